@@ -1,0 +1,177 @@
+"""APIv3 request signing and response verification, as pure functions.
+
+The signed message is always lines joined and terminated by ``\\n``. Requests sign
+``METHOD, PATH_AND_QUERY, TIMESTAMP, NONCE, BODY``; responses sign
+``TIMESTAMP, NONCE, BODY``. PATH_AND_QUERY and BODY must be the exact bytes on the wire,
+so callers pass what the HTTP library will send (or received), never a re-serialisation.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import string
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+AUTH_SCHEMA = "WECHATPAY2-SHA256-RSA2048"
+SIGNTEST_PREFIX = "WECHATPAY/SIGNTEST/"
+MAX_CLOCK_SKEW = 300  # seconds, the provider's own limit for both directions
+
+_NONCE_ALPHABET = string.ascii_uppercase + string.digits
+_AUTH_PARAM = re.compile(r'\s*([a-z_]+)="([^"]*)"\s*(?:,|$)')
+AUTH_FIELDS = ("mchid", "nonce_str", "signature", "timestamp", "serial_no")
+
+
+def new_nonce(length: int = 32) -> str:
+    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(length))
+
+
+def request_message(
+    method: str, path_and_query: str, timestamp: str | int, nonce: str, body: bytes | str
+) -> bytes:
+    if isinstance(body, str):
+        body = body.encode()
+    head = f"{method.upper()}\n{path_and_query}\n{timestamp}\n{nonce}\n".encode()
+    return head + body + b"\n"
+
+
+def response_message(timestamp: str | int, nonce: str, body: bytes | str) -> bytes:
+    if isinstance(body, str):
+        body = body.encode()
+    return f"{timestamp}\n{nonce}\n".encode() + body + b"\n"
+
+
+def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
+    """SHA256withRSA (PKCS#1 v1.5), base64."""
+    raw = private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    return base64.b64encode(raw).decode("ascii")
+
+
+def verify(public_key: rsa.RSAPublicKey, message: bytes, signature: str) -> bool:
+    if signature.startswith(SIGNTEST_PREFIX):
+        return False  # the provider's deliberate probe: never a valid signature
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except ValueError:
+        return False
+    try:
+        public_key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    mchid: str
+    nonce_str: str
+    signature: str
+    timestamp: str
+    serial_no: str
+
+    def header(self) -> str:
+        return (
+            f'{AUTH_SCHEMA} mchid="{self.mchid}",nonce_str="{self.nonce_str}",'
+            f'signature="{self.signature}",timestamp="{self.timestamp}",'
+            f'serial_no="{self.serial_no}"'
+        )
+
+
+def build_authorization(
+    *,
+    mchid: str,
+    serial_no: str,
+    private_key: rsa.RSAPrivateKey,
+    method: str,
+    path_and_query: str,
+    body: bytes | str,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> Authorization:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = nonce or new_nonce()
+    signature = sign(private_key, request_message(method, path_and_query, ts, nonce, body))
+    return Authorization(mchid, nonce, signature, ts, serial_no)
+
+
+class AuthorizationParseError(ValueError):
+    pass
+
+
+def parse_authorization(header: str) -> Authorization:
+    """Parse an ``Authorization`` header; raises AuthorizationParseError saying what is wrong."""
+    schema, _, params = header.strip().partition(" ")
+    if schema != AUTH_SCHEMA:
+        raise AuthorizationParseError(f"unsupported authorization schema {schema[:40]!r}")
+    found: dict[str, str] = {}
+    pos = 0
+    while pos < len(params):
+        m = _AUTH_PARAM.match(params, pos)
+        if not m:
+            raise AuthorizationParseError("malformed authorization parameters")
+        if m.group(1) in found:
+            raise AuthorizationParseError(f"duplicate authorization parameter {m.group(1)}")
+        found[m.group(1)] = m.group(2)
+        pos = m.end()
+    missing = [f for f in AUTH_FIELDS if not found.get(f)]
+    if missing:
+        raise AuthorizationParseError(f"authorization lacks {', '.join(missing)}")
+    return Authorization(**{f: found[f] for f in AUTH_FIELDS})
+
+
+RESPONSE_HEADERS = (
+    "Wechatpay-Timestamp",
+    "Wechatpay-Nonce",
+    "Wechatpay-Signature",
+    "Wechatpay-Serial",
+)
+
+
+class VerificationError(ValueError):
+    """Why a response could not be verified: it is then no result at all."""
+
+
+def check_response_signature(
+    headers: Mapping[str, str],
+    body: bytes,
+    keys: Mapping[str, rsa.RSAPublicKey],
+    *,
+    now: float | None = None,
+    max_skew: int = MAX_CLOCK_SKEW,
+) -> str:
+    """Verify a 2xx response; returns the serial that verified it or raises VerificationError.
+
+    ``headers`` must be case-insensitive (httpx.Headers is). ``keys`` maps a public-key id or a
+    platform certificate serial to its public key; both kinds may be present at once.
+    """
+    values = {}
+    for name in RESPONSE_HEADERS:
+        value = headers.get(name)
+        if not value:
+            raise VerificationError(f"response lacks the {name} header")
+        values[name] = value
+    serial = values["Wechatpay-Serial"]
+    key = keys.get(serial)
+    if key is None:
+        raise VerificationError(f"response signed with unknown serial {serial[:64]!r}")
+    ts = values["Wechatpay-Timestamp"]
+    try:
+        ts_int = int(ts)
+    except ValueError:
+        raise VerificationError("response timestamp is not an integer") from None
+    now = time.time() if now is None else now
+    if abs(now - ts_int) > max_skew:
+        raise VerificationError(f"response timestamp {ts_int} is more than {max_skew}s from now")
+    signature = values["Wechatpay-Signature"]
+    if signature.startswith(SIGNTEST_PREFIX):
+        raise VerificationError("response carries a WECHATPAY/SIGNTEST probe signature")
+    if not verify(key, response_message(ts, values["Wechatpay-Nonce"], body), signature):
+        raise VerificationError("response signature does not verify")
+    return serial
