@@ -1,0 +1,56 @@
+"""Prometheus metrics. Names follow Prometheus conventions; no order ids as labels.
+
+Under Celery prefork set ``PROMETHEUS_MULTIPROC_DIR`` so every process writes its samples to
+files that the ``metrics`` process aggregates.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+PROVIDER_REQUEST_SECONDS = Histogram(
+    "wxrecon_provider_request_duration_seconds",
+    "Duration of requests to the provider by endpoint and outcome (HTTP status or error).",
+    ["endpoint", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROVIDER_ERRORS = Counter(
+    "wxrecon_provider_errors_total",
+    "Provider errors by endpoint and code (or error class when there is no code).",
+    ["endpoint", "code"],
+)
+TRANSITIONS = Counter(
+    "wxrecon_transitions_total",
+    "State transitions of orders by kind (reduction, bill), from and to.",
+    ["kind", "from_state", "to_state"],
+)
+RATELIMIT_WAIT_SECONDS = Counter(
+    "wxrecon_ratelimit_wait_seconds_total",
+    "Seconds spent waiting for the shared rate limiter, by endpoint.",
+    ["endpoint"],
+)
+RATELIMIT_DEFERRALS = Counter(
+    "wxrecon_ratelimit_deferrals_total",
+    "Calls deferred by the shared rate limiter (not counted as attempts), by endpoint.",
+    ["endpoint"],
+)
+
+
+def observe_provider_request(endpoint: str, outcome: str, seconds: float) -> None:
+    """Matches the client's ``Observer`` signature."""
+    PROVIDER_REQUEST_SECONDS.labels(str(endpoint), outcome).observe(seconds)
+
+
+def count_provider_error(endpoint: str, code: str) -> None:
+    PROVIDER_ERRORS.labels(str(endpoint), code).inc()
+
+
+def count_transition(kind: str, from_state: str, to_state: str) -> None:
+    TRANSITIONS.labels(kind, from_state, to_state).inc()
+
+
+def count_ratelimit_wait(endpoint: str, seconds: float, *, deferred: bool) -> None:
+    if seconds > 0:
+        RATELIMIT_WAIT_SECONDS.labels(str(endpoint)).inc(seconds)
+    if deferred:
+        RATELIMIT_DEFERRALS.labels(str(endpoint)).inc()
