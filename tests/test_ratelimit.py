@@ -1,0 +1,155 @@
+"""The shared rate limiter: the sliding-window rule, the hook, and real Redis across processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+import redis
+
+from wxrecon.ratelimit import (
+    REDIS_DOWN_RETRY,
+    LocalRateLimiter,
+    RedisRateLimiter,
+    make_limiter,
+    rate_limit_hook,
+)
+from wxrecon.wechatpay.client import Endpoint
+from wxrecon.wechatpay.errors import Throttled
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def max_in_window(times: Iterable[float], window: float = 1.0) -> int:
+    """The largest number of events inside any half-open window of ``window`` seconds."""
+    ordered = sorted(times)
+    best = lo = 0
+    for hi, t in enumerate(ordered):
+        while ordered[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def test_max_in_window_counts_the_densest_second() -> None:
+    assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3
+    assert max_in_window([]) == 0
+
+
+def test_local_limiter_grants_rate_then_says_how_long_to_wait() -> None:
+    clock = FakeClock()
+    limiter = LocalRateLimiter(3, window=1.0, clock=clock)
+    assert [limiter.acquire("k") for _ in range(3)] == [0.0, 0.0, 0.0]
+    clock.now += 0.25
+    wait = limiter.acquire("k")
+    assert wait == pytest.approx(0.75)
+    clock.now += wait
+    assert limiter.acquire("k") == 0.0
+
+
+def test_local_limiter_keys_are_independent() -> None:
+    limiter = LocalRateLimiter(1, window=1.0, clock=FakeClock())
+    assert limiter.acquire("submit_reduction:1") == 0.0
+    assert limiter.acquire("submit_reduction:2") == 0.0
+    assert limiter.acquire("query_reduction:1") == 0.0
+    assert limiter.acquire("submit_reduction:1") > 0
+
+
+def test_local_limiter_never_exceeds_rate_in_any_window() -> None:
+    clock = FakeClock()
+    limiter = LocalRateLimiter(100, window=1.05, clock=clock)
+    granted = []
+    for step in range(5000):
+        clock.now = 1000.0 + step * 0.0007  # callers far faster than the limit
+        if limiter.acquire("k") == 0.0:
+            granted.append(clock.now)
+    assert max_in_window(granted) <= 100
+    assert len(granted) > 300  # it refills: ~3.5 s of time passed
+
+
+def test_hook_waits_then_proceeds_and_defers_past_max_wait() -> None:
+    clock = FakeClock()
+    limiter = LocalRateLimiter(1, window=1.0, clock=clock)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    hook = rate_limit_hook(limiter, max_wait=2.0, sleep=sleep)
+    hook(Endpoint.QUERY_REDUCTION, "1900000001")
+    hook(Endpoint.QUERY_REDUCTION, "1900000001")  # waits a full window
+    assert slept == [pytest.approx(1.0)]
+
+    impatient = rate_limit_hook(limiter, max_wait=0.1, sleep=sleep)
+    with pytest.raises(Throttled) as info:
+        impatient(Endpoint.QUERY_REDUCTION, "1900000001")
+    assert info.value.retry_after == pytest.approx(1.0)
+    assert info.value.key == "query_reduction:1900000001"
+    assert not info.value.maybe_sent
+
+
+def test_make_limiter_picks_the_backend() -> None:
+    assert isinstance(make_limiter(None, 10), LocalRateLimiter)
+    assert isinstance(make_limiter("filesystem://", 10), LocalRateLimiter)
+    assert isinstance(make_limiter("redis://127.0.0.1:1/0", 10), RedisRateLimiter)
+
+
+def test_redis_down_defers_instead_of_sending_unmetered() -> None:
+    limiter = make_limiter("redis://127.0.0.1:1/0", 10)  # nothing listens on port 1
+    assert limiter.acquire("k") == REDIS_DOWN_RETRY
+
+
+def _hammer(url: str, prefix: str, rate: int, seconds: float, out: Any) -> None:
+    limiter = RedisRateLimiter(redis.Redis.from_url(url), rate, prefix=prefix)
+    hook = rate_limit_hook(limiter, max_wait=10.0)
+    granted = []
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
+        granted.append(time.time())
+    out.put(granted)
+
+
+@pytest.mark.redis
+def test_redis_limiter_holds_across_processes(redis_url: str) -> None:
+    rate, procs, seconds = 50, 4, 2.5
+    prefix = f"test:rl:{uuid.uuid4().hex}:"
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    workers = [
+        ctx.Process(target=_hammer, args=(redis_url, prefix, rate, seconds, out))
+        for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    everything = [t for granted in results for t in granted]
+    assert all(granted for granted in results), "every process got some grants"
+    assert max_in_window(everything) <= rate
+    assert len(everything) > rate  # the window slides: more than one second's worth
+
+
+@pytest.mark.redis
+def test_redis_limiter_reports_wait_and_expires_keys(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test:rl:{uuid.uuid4().hex}:"
+    limiter = RedisRateLimiter(client, 2, window=1.0, prefix=prefix)
+    assert limiter.acquire("k") == 0.0
+    assert limiter.acquire("k") == 0.0
+    wait = limiter.acquire("k")
+    assert 0 < wait <= 1.0
+    assert client.zcard(prefix + "k") == 2
+    assert 0 < client.pttl(prefix + "k") <= 2000

@@ -1,0 +1,149 @@
+"""Per (endpoint, target merchant) rate limiting shared by every worker process.
+
+The provider allows 100 requests per second per target merchant and endpoint, counted over any
+one-second window. A token bucket of capacity N lets 2N through in some windows (a full bucket
+plus a second of refill), so this is a sliding-window log instead: at most ``rate`` grants in
+any ``window`` seconds. The window is a little longer than a second (``guard``) because
+requests granted 1.000 s apart can arrive at the provider closer together than that.
+
+In Redis the log is a sorted set per key, updated by one Lua script using the Redis server's
+clock, so every process on every host shares one clock and one count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import redis
+
+from wxrecon import metrics
+from wxrecon.wechatpay.client import BeforeRequest, Endpoint
+from wxrecon.wechatpay.errors import Throttled
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GUARD = 0.05  # seconds added to the one-second window
+REDIS_DOWN_RETRY = 1.0  # with no limiter there is no permission: defer, never send unmetered
+
+
+class RateLimiter(Protocol):
+    rate: int
+
+    def acquire(self, key: str) -> float:
+        """Take a grant: 0.0 on success, else the seconds until one may be free (none taken)."""
+        ...
+
+
+class LocalRateLimiter:
+    """The same sliding-window log in one process (the server-less demo, tests)."""
+
+    def __init__(
+        self,
+        rate: int,
+        window: float = 1.0 + DEFAULT_GUARD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.window = window
+        self.clock = clock
+        self._logs: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> float:
+        with self._lock:
+            now = self.clock()
+            grants = self._logs.setdefault(key, deque())
+            while grants and grants[0] <= now - self.window:
+                grants.popleft()
+            if len(grants) < self.rate:
+                grants.append(now)
+                return 0.0
+            return max(grants[0] + self.window - now, 0.001)
+
+
+# KEYS[1]: the log. ARGV: rate, window in microseconds, a unique member.
+# Returns 0 when granted, else the microseconds until the oldest grant leaves the window.
+_SLIDING_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rate = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < rate then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = tonumber(oldest[2]) + window - now
+if wait < 1000 then wait = 1000 end
+return wait
+"""
+
+
+class RedisRateLimiter:
+    def __init__(
+        self,
+        client: redis.Redis,
+        rate: int,
+        window: float = 1.0 + DEFAULT_GUARD,
+        prefix: str = "wxrecon:rl:",
+    ) -> None:
+        self.rate = rate
+        self.window_us = int(window * 1_000_000)
+        self.prefix = prefix
+        self._script = client.register_script(_SLIDING_WINDOW)
+        self._ids = itertools.count()
+        self._tag = f"{os.getpid()}:{id(self):x}"
+
+    def acquire(self, key: str) -> float:
+        member = f"{self._tag}:{next(self._ids)}"
+        try:
+            wait_us = int(
+                self._script(keys=[self.prefix + key], args=[self.rate, self.window_us, member])
+            )
+        except redis.RedisError as exc:
+            log.warning("rate limiter unavailable (%s); deferring", type(exc).__name__)
+            return REDIS_DOWN_RETRY
+        return wait_us / 1_000_000
+
+
+def make_limiter(url: str | None, rate_per_second: int) -> RateLimiter:
+    """Redis-backed when ``url`` is a Redis URL, else in-process (one worker process only)."""
+    if url and url.startswith(("redis://", "rediss://", "unix://")):
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        return RedisRateLimiter(client, rate_per_second)
+    return LocalRateLimiter(rate_per_second)
+
+
+def rate_limit_hook(
+    limiter: RateLimiter,
+    *,
+    max_wait: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BeforeRequest:
+    """The client's ``before_request``: wait for a grant up to ``max_wait`` seconds in all,
+    then give up with Throttled so the caller reschedules without spending an attempt."""
+
+    def before_request(endpoint: Endpoint, mchid: str) -> None:
+        key = f"{endpoint}:{mchid}"
+        waited = 0.0
+        while True:
+            wait = limiter.acquire(key)
+            if wait <= 0:
+                metrics.count_ratelimit_wait(endpoint, waited, deferred=False)
+                return
+            if waited + wait > max_wait:
+                metrics.count_ratelimit_wait(endpoint, waited, deferred=True)
+                raise Throttled(wait, key)
+            sleep(wait)
+            waited += wait
+
+    return before_request
