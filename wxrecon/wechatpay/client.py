@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +29,12 @@ from wxrecon.wechatpay.errors import (
     NetworkError,
     OutcomeUnknown,
     ProviderBusy,
+    Throttled,
     TransientError,
     UnverifiedResponse,
     WeChatPayError,
     classify,
+    one_line,
 )
 from wxrecon.wechatpay.keys import Credentials
 from wxrecon.wechatpay.resources import (
@@ -68,8 +72,11 @@ BeforeRequest = Callable[[Endpoint, str], None]
 # Called after every attempt with (endpoint, outcome label, seconds).
 Observer = Callable[[Endpoint, str, float], None]
 
+# Failures before a connection to the host exists: nothing was sent, and (for the primary)
+# a reason to fail over. httpx raises ConnectError for DNS, refused connections and TLS.
 _CONNECT_LEVEL = (httpx.ConnectError, httpx.ConnectTimeout)
 _NOT_SENT = (*_CONNECT_LEVEL, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -96,10 +103,20 @@ class Answer:
     request_id: str | None
 
 
+@dataclass
+class _CallState:
+    """What the attempts of one call have learnt so far."""
+
+    maybe_sent: bool = False
+    last_error: TransientError | None = None
+
+
 R = TypeVar("R")
 
 
 class WeChatPayClient:
+    """Thread-safe; create one per process (it re-opens its connection pool after a fork)."""
+
     def __init__(
         self,
         credentials: Credentials,
@@ -113,27 +130,51 @@ class WeChatPayClient:
         observer: Observer | None = None,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 20,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.credentials = credentials
-        self.base_url = base_url.rstrip("/")
-        self.backup_url = backup_url.rstrip("/") if backup_url else None
+        self.base_url = _check_url(base_url, "base_url")
+        self.backup_url = _check_url(backup_url, "backup_url") if backup_url else None
+        if self.backup_url == self.base_url:
+            self.backup_url = None
         self.retry = retry or RetryPolicy()
         self.failover_cooldown = failover_cooldown
         self.before_request = before_request
         self.observer = observer
-        t = timeouts or Timeouts()
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(t.read, connect=t.connect),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=t.keepalive_expiry,
-            ),
-            transport=transport,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-        )
+        self.timeouts = timeouts or Timeouts()
+        self._transport = transport
+        self._max_connections = max_connections
+        self._clock = clock
         self._lock = threading.Lock()
         self._primary_down_until = 0.0
+        self._pid = os.getpid()
+        self._http = self._new_http()
+        # Built once: tenacity keeps per-call state in thread-locals, so one object serves all.
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(max(1, self.retry.attempts)),
+            wait=tenacity.wait_random_exponential(
+                multiplier=self.retry.initial_wait, max=self.retry.max_wait
+            ),
+            retry=tenacity.retry_if_exception_type(TransientError),
+            before_sleep=_log_retry,
+            sleep=sleep,
+            reraise=True,
+        )
+
+    def _new_http(self) -> httpx.Client:
+        t = self.timeouts
+        return httpx.Client(
+            timeout=httpx.Timeout(t.read, connect=t.connect),
+            limits=httpx.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+                keepalive_expiry=t.keepalive_expiry,
+            ),
+            transport=self._transport,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=False,
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -144,27 +185,46 @@ class WeChatPayClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def using_backup(self) -> bool:
+        """True while the primary domain is cooling down after a connection-level failure."""
+        return self.backup_url is not None and self._clock() < self._primary_down_until
+
     # -- the four endpoints ---------------------------------------------------------------
 
     def submit_special_reduction(self, request: SpecialReductionRequest) -> SpecialReduction:
         """POST a special reduction (or re-enter it: the same parameters are idempotent).
 
-        Raises OutcomeUnknown when the POST may have landed but no verified answer came back;
-        the caller must then query the order.
+        In-call retries re-send the same body bytes with a fresh signature. Raises
+        OutcomeUnknown when the POST may have landed but no verified answer came back; the
+        caller must then query the order.
         """
+        request = SpecialReductionRequest.create(  # also guards directly built requests
+            mchid=request.mchid,
+            bal_account_no=request.bal_account_no,
+            out_request_no=request.out_request_no,
+            reduction_type=request.reduction_type,
+            amount=request.amount,
+            reason=request.reason,
+        )
         body = request.body(self.credentials.encrypt(request.bal_account_no))
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             answer = self._call(
-                Endpoint.SUBMIT_REDUCTION, request.mchid, "POST", REDUCTION_PATH,
-                content=content, encrypted=True,
+                Endpoint.SUBMIT_REDUCTION,
+                request.mchid,
+                "POST",
+                REDUCTION_PATH,
+                content=content,
+                encrypted=True,
             )
         except TransientError as exc:
-            raise OutcomeUnknown(exc) from exc
+            raise OutcomeUnknown(exc) from None
         try:
             return self._with_id(self._parse_reduction(answer, request.out_request_no), answer)
         except GarbledResponse as exc:  # signed, yet unreadable: we cannot tell what happened
-            raise OutcomeUnknown(exc) from exc
+            exc.status, exc.request_id = answer.status, answer.request_id
+            raise OutcomeUnknown(exc) from None
 
     def query_special_reduction(
         self, out_request_no: str, *, mchid: str, bal_account_no: str
@@ -174,10 +234,14 @@ class WeChatPayClient:
         check_bal_account_no(bal_account_no)
         params = {"mchid": mchid, "bal_account_no": self.credentials.encrypt(bal_account_no)}
         answer = self._call(
-            Endpoint.QUERY_REDUCTION, mchid, "GET", f"{REDUCTION_PATH}/{out_request_no}",
-            params=params, encrypted=True,
+            Endpoint.QUERY_REDUCTION,
+            mchid,
+            "GET",
+            f"{REDUCTION_PATH}/{out_request_no}",
+            params=params,
+            encrypted=True,
         )
-        return self._with_id(self._parse_reduction(answer, out_request_no), answer)
+        return self._parsed(lambda: self._parse_reduction(answer, out_request_no), answer)
 
     def query_balance(self, *, mchid: str, bal_account_no: str) -> ChannelBalance:
         check_mchid(mchid)
@@ -186,14 +250,16 @@ class WeChatPayClient:
         answer = self._call(
             Endpoint.QUERY_BALANCE, mchid, "GET", BALANCE_PATH, params=params, encrypted=True
         )
-        return self._with_id(ChannelBalance.parse(answer.data), answer)
+        return self._parsed(lambda: ChannelBalance.parse(answer.data), answer)
 
     def query_compensation_bill(self, out_bill_no: str) -> CompensationBill:
         check_order_no(out_bill_no, "out_bill_no")
         answer = self._call(
             Endpoint.QUERY_BILL, self.credentials.mchid, "GET", f"{BILL_PATH}/{out_bill_no}"
         )
-        return self._with_id(CompensationBill.parse(answer.data, expect_out_bill_no=out_bill_no), answer)
+        return self._parsed(
+            lambda: CompensationBill.parse(answer.data, expect_out_bill_no=out_bill_no), answer
+        )
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -201,6 +267,13 @@ class WeChatPayClient:
         return SpecialReduction.parse(
             answer.data, expect_out_request_no=out_request_no, decrypt=self.credentials.decrypt
         )
+
+    def _parsed(self, parse: Callable[[], R], answer: Answer) -> R:
+        try:
+            return self._with_id(parse(), answer)
+        except GarbledResponse as exc:
+            exc.status, exc.request_id = answer.status, answer.request_id
+            raise
 
     @staticmethod
     def _with_id(result: R, answer: Answer) -> R:
@@ -217,22 +290,51 @@ class WeChatPayClient:
         content: bytes = b"",
         encrypted: bool = False,
     ) -> Answer:
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(max(1, self.retry.attempts)),
-            wait=tenacity.wait_random_exponential(
-                multiplier=self.retry.initial_wait, max=self.retry.max_wait
-            ),
-            retry=tenacity.retry_if_exception_type(TransientError),
-            reraise=True,
-        )
-        return retrying(
-            self._attempt, endpoint, target_mchid, method, path, params, content, encrypted
-        )
+        state = _CallState()
+        try:
+            for attempt in self._retrying:
+                with attempt:
+                    return self._attempt(
+                        endpoint, target_mchid, method, path, params, content, encrypted, state
+                    )
+        except Throttled:
+            # The limiter refused a *retry* of a POST that may already have landed: that is
+            # an unknown outcome, not "nothing sent".
+            if method == "POST" and state.maybe_sent and state.last_error is not None:
+                raise state.last_error from None
+            raise
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def _http_client(self) -> httpx.Client:
+        if self._pid != os.getpid():  # forked (Celery prefork): never share sockets
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._http = self._new_http()
+                    self._pid = os.getpid()
+        return self._http
 
     def _pick_base(self) -> str:
-        if self.backup_url and time.monotonic() < self._primary_down_until:
+        if self.backup_url is not None and self._clock() < self._primary_down_until:
             return self.backup_url
         return self.base_url
+
+    def _connect_failed(self, base: str, exc: Exception) -> None:
+        if self.backup_url is None:
+            return
+        with self._lock:
+            if base == self.base_url:
+                self._primary_down_until = self._clock() + self.failover_cooldown
+                log.warning(
+                    "primary %s unreachable (%s); using backup %s for %.0fs",
+                    base,
+                    type(exc).__name__,
+                    self.backup_url,
+                    self.failover_cooldown,
+                )
+            elif self._primary_down_until:
+                # The backup is failing too: give the primary its chance again at once.
+                self._primary_down_until = 0.0
+                log.warning("backup %s unreachable (%s); back to primary", base, type(exc).__name__)
 
     def _attempt(
         self,
@@ -243,41 +345,51 @@ class WeChatPayClient:
         params: dict[str, str] | None,
         content: bytes,
         encrypted: bool,
+        state: _CallState,
     ) -> Answer:
         if self.before_request is not None:
             self.before_request(endpoint, target_mchid)
+        http = self._http_client()
         base = self._pick_base()
         headers = {}
         if content:
             headers["Content-Type"] = "application/json"
         if encrypted:
             headers["Wechatpay-Serial"] = self.credentials.encrypt_serial
-        request = self._http.build_request(
+        request = http.build_request(
             method, base + path, params=params, content=content or None, headers=headers
         )
-        # Sign exactly what goes on the wire: the request's own raw path and body bytes.
+        # Sign exactly what goes on the wire: the request's own raw path and body bytes. Each
+        # attempt gets a fresh timestamp, nonce and signature over the same bytes.
         request.headers["Authorization"] = self.credentials.authorization(
             method, request.url.raw_path.decode("ascii"), request.content
         )
         started = time.perf_counter()
         try:
-            response = self._http.send(request)
-        except httpx.HTTPError as exc:
-            self._observe(endpoint, type(exc).__name__, started)
-            if base == self.base_url and self.backup_url and isinstance(exc, _CONNECT_LEVEL):
-                with self._lock:
-                    self._primary_down_until = time.monotonic() + self.failover_cooldown
-                log.warning("primary %s unreachable (%s); using backup", base, type(exc).__name__)
-            raise NetworkError(
-                f"{method} {path.split('?')[0]} failed: {type(exc).__name__}",
-                maybe_sent=not isinstance(exc, _NOT_SENT),
-            ) from None
-        self._observe(endpoint, str(response.status_code), started)
-        return self._answer(response)
+            try:
+                response = http.send(request)
+            except httpx.HTTPError as exc:
+                self._observe(endpoint, type(exc).__name__, started)
+                if isinstance(exc, _CONNECT_LEVEL):
+                    self._connect_failed(base, exc)
+                raise NetworkError(
+                    f"{method} {path} failed: {type(exc).__name__}",
+                    maybe_sent=not isinstance(exc, _NOT_SENT),
+                ) from None
+            self._observe(endpoint, str(response.status_code), started)
+            return self._answer(response)
+        except TransientError as exc:
+            state.maybe_sent = state.maybe_sent or exc.maybe_sent
+            exc.maybe_sent = state.maybe_sent  # once any attempt may have landed, it stays so
+            state.last_error = exc
+            raise
 
     def _observe(self, endpoint: Endpoint, outcome: str, started: float) -> None:
         if self.observer is not None:
-            self.observer(endpoint, outcome, time.perf_counter() - started)
+            try:
+                self.observer(endpoint, outcome, time.perf_counter() - started)
+            except Exception:  # metrics must never break a payment call
+                log.exception("request observer failed")
 
     def _answer(self, response: httpx.Response) -> Answer:
         request_id = response.headers.get("Request-ID")
@@ -292,7 +404,7 @@ class WeChatPayClient:
                 raise UnverifiedResponse(str(exc), status=status, request_id=request_id) from None
             try:
                 data = json.loads(body) if body else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise GarbledResponse(
                     "response body is not JSON", status=status, request_id=request_id
                 ) from None
@@ -304,18 +416,40 @@ class WeChatPayClient:
         raise error
 
 
+def _check_url(url: str, name: str) -> str:
+    url = url.rstrip("/")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError(f"{name} is not a URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{name} must be an http(s) URL with a host")
+    return url
+
+
+def _log_retry(retry_state: tenacity.RetryCallState) -> None:
+    outcome = retry_state.outcome
+    error = outcome.exception() if outcome is not None else None
+    log.info(
+        "attempt %d failed (%s); retrying in %.2fs",
+        retry_state.attempt_number,
+        error,
+        retry_state.upcoming_sleep,
+    )
+
+
 def _error_body(body: bytes) -> tuple[str | None, str, Any]:
     """The ``code``, ``message`` and ``detail`` of an error answer, tolerating garbage."""
     try:
         data = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
         return None, "error answer without a JSON body", None
     code = data.get("code")
     message = data.get("message")
     return (
-        code if isinstance(code, str) and code else None,
-        message.replace("\n", " ")[:500] if isinstance(message, str) else "",
+        code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else None,
+        one_line(message)[:500] if isinstance(message, str) else "",
         data.get("detail"),
     )

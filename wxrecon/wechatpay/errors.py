@@ -17,9 +17,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-RETRYABLE_CODES = frozenset({"SYSTEM_ERROR", "FREQUENCY_LIMITED", "RATELIMIT_EXCEEDED", "RATE_LIMITED"})
+RETRYABLE_CODES = frozenset(
+    {"SYSTEM_ERROR", "FREQUENCY_LIMITED", "RATELIMIT_EXCEEDED", "RATE_LIMITED"}
+)
 REJECTION_CODES = frozenset({"PARAM_ERROR", "INVALID_REQUEST", "SIGN_ERROR", "NO_AUTH"})
 NOT_FOUND_CODES = frozenset({"NOT_FOUND", "RESOURCE_NOT_EXISTS", "ORDER_NOT_EXIST"})
+
+
+def one_line(text: str) -> str:
+    """Join every kind of line break (``str.splitlines`` knows them all) into spaces."""
+    return " ".join(text.splitlines())
 
 
 class WeChatPayError(Exception):
@@ -49,7 +56,7 @@ class WeChatPayError(Exception):
             parts.append(f"HTTP {self.status}")
         if self.code:
             parts.append(self.code)
-        parts.append(self.message.replace("\n", " "))
+        parts.append(one_line(self.message))
         if self.request_id:
             parts.append(f"(Request-ID {self.request_id})")
         return " ".join(parts)
@@ -66,7 +73,7 @@ class InvalidRequest(WeChatPayError, ValueError):
         self.field = field
 
     def __str__(self) -> str:
-        return self.message
+        return one_line(self.message)
 
 
 class TransientError(WeChatPayError):
@@ -130,7 +137,12 @@ def classify(
     status: int, code: str | None, message: str, detail: Any, request_id: str | None
 ) -> WeChatPayError:
     """Map a non-2xx answer (or a 202) to its error class."""
-    kw: dict[str, Any] = {"status": status, "code": code, "detail": detail, "request_id": request_id}
+    kw: dict[str, Any] = {
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "request_id": request_id,
+    }
     if status >= 500 or status in (202, 429) or code in RETRYABLE_CODES:
         return ProviderBusy(message or "provider busy", **kw)
     if code == "NOT_ENOUGH":
@@ -148,6 +160,8 @@ class Throttled(WeChatPayError):
     """The shared rate limiter deferred the call; nothing was sent and no attempt is spent."""
 
     def __init__(self, retry_after: float, key: str) -> None:
-        super().__init__(f"rate limited locally on {key}; retry in {retry_after:.2f}s", maybe_sent=False)
+        super().__init__(
+            f"rate limited locally on {key}; retry in {retry_after:.2f}s", maybe_sent=False
+        )
         self.retry_after = retry_after
         self.key = key

@@ -7,17 +7,26 @@ includes key bytes.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from wxrecon.wechatpay import signing
 
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303 - the provider's scheme
+
+
+_MCHID = re.compile(r"[0-9]{1,32}")
+_CERT_SERIAL = re.compile(r"[0-9A-Fa-f]{1,64}")
+_PUB_KEY_ID = re.compile(r"PUB_KEY_ID_[0-9A-Za-z_]{1,64}")
+_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm)
 
 
 class CredentialError(ValueError):
@@ -37,7 +46,7 @@ def parse_private_key(pem: bytes, setting: str = "private key") -> rsa.RSAPrivat
     """PKCS#8 (``BEGIN PRIVATE KEY``) or PKCS#1 (``BEGIN RSA PRIVATE KEY``) PEM."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
+    except _PARSE_ERRORS:
         raise CredentialError(f"{setting}: not an unencrypted PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise CredentialError(f"{setting}: not an RSA key")
@@ -49,7 +58,7 @@ def parse_private_key(pem: bytes, setting: str = "private key") -> rsa.RSAPrivat
 def parse_public_key(pem: bytes, setting: str = "public key") -> rsa.RSAPublicKey:
     try:
         key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError):
+    except _PARSE_ERRORS:
         raise CredentialError(f"{setting}: not a PEM public key") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise CredentialError(f"{setting}: not an RSA key")
@@ -59,7 +68,7 @@ def parse_public_key(pem: bytes, setting: str = "public key") -> rsa.RSAPublicKe
 def parse_certificate(pem: bytes, setting: str = "certificate") -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(pem)
-    except ValueError:
+    except _PARSE_ERRORS:
         raise CredentialError(f"{setting}: not a PEM X.509 certificate") from None
 
 
@@ -69,7 +78,10 @@ def certificate_serial(cert: x509.Certificate) -> str:
 
 
 def certificate_key(cert: x509.Certificate, setting: str) -> rsa.RSAPublicKey:
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except _PARSE_ERRORS:
+        raise CredentialError(f"{setting}: certificate key cannot be read") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise CredentialError(f"{setting}: certificate key is not RSA")
     return key
@@ -132,8 +144,12 @@ class Credentials:
     def __post_init__(self) -> None:
         if not self.mchid:
             raise CredentialError("WXRECON_MCHID is not set")
+        if not _MCHID.fullmatch(self.mchid):
+            raise CredentialError("WXRECON_MCHID must be 1 to 32 digits")
         if not self.cert_serial:
             raise CredentialError("WXRECON_MCH_CERT_SERIAL is not set")
+        if not _CERT_SERIAL.fullmatch(self.cert_serial):
+            raise CredentialError("WXRECON_MCH_CERT_SERIAL must be a hexadecimal serial number")
         if self.encrypt_serial not in self.verify_keys:
             raise CredentialError(
                 "no WeChat Pay public key or platform certificate is configured "
@@ -174,34 +190,61 @@ class Credentials:
         mch_cert_path: str | Path | None = None,
     ) -> Credentials:
         """Load and cross-check every configured file; a problem names its setting."""
+        mchid = (mchid or "").strip()
+        cert_serial = (cert_serial or "").strip()
+        if not mchid:
+            raise CredentialError("WXRECON_MCHID is not set")
+        if not cert_serial:
+            raise CredentialError("WXRECON_MCH_CERT_SERIAL is not set")
         private_key = load_private_key(private_key_path, "WXRECON_MCH_PRIVATE_KEY_PATH")
+        merchant_public = private_key.public_key()
         if mch_cert_path:
             cert = load_certificate(mch_cert_path, "WXRECON_MCH_CERT_PATH")
-            if certificate_serial(cert) != cert_serial.upper():
+            if certificate_serial(cert) != signing.normalise_serial(cert_serial):
                 raise CredentialError(
                     "WXRECON_MCH_CERT_SERIAL does not match the serial of WXRECON_MCH_CERT_PATH"
                 )
-            if not same_key(certificate_key(cert, "WXRECON_MCH_CERT_PATH"), private_key.public_key()):
+            if not same_key(certificate_key(cert, "WXRECON_MCH_CERT_PATH"), merchant_public):
                 raise CredentialError(
                     "WXRECON_MCH_PRIVATE_KEY_PATH does not match the certificate in "
                     "WXRECON_MCH_CERT_PATH"
                 )
         keys: dict[str, rsa.RSAPublicKey] = {}
         encrypt_serial = ""
+        newest: tuple[datetime, str] | None = None
         if public_key_id or public_key_path:
             if not public_key_id:
                 raise CredentialError("WXRECON_WECHATPAY_PUBLIC_KEY_ID is not set")
-            if not public_key_id.startswith("PUB_KEY_ID_"):
-                raise CredentialError("WXRECON_WECHATPAY_PUBLIC_KEY_ID must start with PUB_KEY_ID_")
-            keys[public_key_id] = load_public_key(
-                public_key_path, "WXRECON_WECHATPAY_PUBLIC_KEY_PATH"
-            )
+            public_key_id = public_key_id.strip()
+            if not _PUB_KEY_ID.fullmatch(public_key_id):
+                raise CredentialError(
+                    "WXRECON_WECHATPAY_PUBLIC_KEY_ID must look like PUB_KEY_ID_ followed by "
+                    "letters and digits"
+                )
+            key = load_public_key(public_key_path, "WXRECON_WECHATPAY_PUBLIC_KEY_PATH")
+            if same_key(key, merchant_public):
+                raise CredentialError(
+                    "WXRECON_WECHATPAY_PUBLIC_KEY_PATH holds the merchant's own public key, "
+                    "not the WeChat Pay public key"
+                )
+            keys[public_key_id] = key
             encrypt_serial = public_key_id
         for path in platform_cert_paths or []:
+            # The public key (recommended by the provider) stays the one used for encryption;
+            # platform certificates are accepted for verification alongside it.
             cert = load_certificate(path, "WXRECON_PLATFORM_CERT_PATHS")
             serial = certificate_serial(cert)
-            keys[serial] = certificate_key(cert, "WXRECON_PLATFORM_CERT_PATHS")
-            encrypt_serial = encrypt_serial or serial
+            key = certificate_key(cert, "WXRECON_PLATFORM_CERT_PATHS")
+            if same_key(key, merchant_public):
+                raise CredentialError(
+                    f"WXRECON_PLATFORM_CERT_PATHS: {path} is the merchant's own certificate, "
+                    "not a WeChat Pay platform certificate"
+                )
+            keys[serial] = key
+            if newest is None or cert.not_valid_after_utc > newest[0]:
+                newest = (cert.not_valid_after_utc, serial)
+        if not encrypt_serial and newest is not None:
+            encrypt_serial = newest[1]  # without a public key, encrypt for the newest certificate
         return cls(
             mchid=mchid,
             cert_serial=cert_serial.upper(),

@@ -101,9 +101,7 @@ def check_mchid(value: object, name: str = "mchid") -> str:
 
 def check_bal_account_no(value: object) -> str:
     # The message never repeats the value: it is a secret.
-    return _text(
-        value, "bal_account_no", BAL_ACCOUNT_NO, "1 to 128 printable ASCII characters"
-    )
+    return _text(value, "bal_account_no", BAL_ACCOUNT_NO, "1 to 128 printable ASCII characters")
 
 
 def check_amount(value: object) -> int:
@@ -123,9 +121,8 @@ def check_reduction_type(value: object) -> ReductionType:
         raise InvalidRequest("reduction_type is required", field="reduction_type")
     if not isinstance(value, str) or value not in ReductionType.__members__:
         allowed = " or ".join(ReductionType.__members__)
-        raise InvalidRequest(
-            f"reduction_type must be {allowed}, not {str(value)[:40]!r}", field="reduction_type"
-        )
+        # The value is not echoed: a mistyped command line may have put a secret here.
+        raise InvalidRequest(f"reduction_type must be {allowed}", field="reduction_type")
     return ReductionType(value)
 
 
@@ -136,8 +133,10 @@ def check_reason(value: object) -> str | None:
         raise InvalidRequest("reason must be a string", field="reason")
     if len(value) > MAX_REASON:
         raise InvalidRequest(f"reason is longer than {MAX_REASON} characters", field="reason")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise InvalidRequest("reason must not contain control characters", field="reason")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidRequest(
+            "reason must not contain control characters or lone surrogates", field="reason"
+        )
     return value
 
 
@@ -201,7 +200,7 @@ class _Reader:
     def _bad(self, name: str, rule: str) -> GarbledResponse:
         return GarbledResponse(f"{self.what}: field {name} {rule}")
 
-    def str(self, name: str, *, required: bool = False) -> str | None:
+    def text(self, name: str, *, required: bool = False) -> str | None:
         value = self.data.get(name)
         if value is None:
             if required:
@@ -211,7 +210,7 @@ class _Reader:
             raise self._bad(name, "is not a string")
         return value
 
-    def int(self, name: str, *, required: bool = False) -> int | None:
+    def integer(self, name: str, *, required: bool = False) -> int | None:
         value = self.data.get(name)
         if value is None:
             if required:
@@ -221,7 +220,7 @@ class _Reader:
             raise self._bad(name, "is not an integer")
         return value
 
-    def bool(self, name: str, *, required: bool = False) -> bool | None:
+    def boolean(self, name: str, *, required: bool = False) -> bool | None:
         value = self.data.get(name)
         if value is None:
             if required:
@@ -232,7 +231,7 @@ class _Reader:
         return value
 
     def time(self, name: str) -> datetime | None:
-        value = self.str(name)
+        value = self.text(name)
         if value is None or value == "":
             return None
         try:
@@ -244,14 +243,14 @@ class _Reader:
         return parsed
 
     def enum(self, name: str, kind: type[E], *, required: bool = False) -> E | None:
-        value = self.str(name, required=required)
+        value = self.text(name, required=required)
         if value is None:
             return None
         if not value:
             raise self._bad(name, "is empty")
         return kind(value)
 
-    def object(self, name: str) -> _Reader | None:
+    def child(self, name: str) -> _Reader | None:
         value = self.data.get(name)
         if value is None:
             return None
@@ -282,15 +281,15 @@ class SpecialReduction:
         decrypt: Callable[[str], str] | None = None,
     ) -> Self:
         r = _Reader(data, "special reduction")
-        out_request_no = r.str("out_request_no") or expect_out_request_no
+        out_request_no = r.text("out_request_no") or expect_out_request_no
         if out_request_no != expect_out_request_no:
             raise GarbledResponse("special reduction: answer is about another out_request_no")
         state = r.enum("state", ReductionState, required=True)
         assert state is not None
-        amount = r.int("amount")
+        amount = r.integer("amount")
         if amount is not None and amount < 0:
             raise GarbledResponse("special reduction: field amount is negative")
-        encrypted = r.str("bal_account_no")
+        encrypted = r.text("bal_account_no")
         plaintext = None
         if encrypted and decrypt is not None:
             try:
@@ -302,12 +301,12 @@ class SpecialReduction:
         return cls(
             out_request_no=out_request_no,
             state=state,
-            mchid=r.str("mchid"),
+            mchid=r.text("mchid"),
             bal_account_no=plaintext,
             reduction_type=r.enum("reduction_type", ReductionType),
             amount=amount,
-            reason=r.str("reason"),
-            quota_change_no=r.str("quota_change_no"),
+            reason=r.text("reason"),
+            quota_change_no=r.text("quota_change_no"),
             success_time=r.time("success_time"),
             fail_time=r.time("fail_time"),
             fail_reason=r.enum("fail_reason", FailReason),
@@ -323,9 +322,12 @@ class ChannelBalance:
     @classmethod
     def parse(cls, data: object) -> Self:
         r = _Reader(data, "channel balance")
-        balance = r.int("balance", required=True)
+        balance = r.integer("balance", required=True)
         assert balance is not None
-        return cls(balance=balance, in_transit_reduction_exist=bool(r.bool("in_transit_reduction_exist")))
+        return cls(
+            balance=balance,
+            in_transit_reduction_exist=bool(r.boolean("in_transit_reduction_exist")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,24 +353,24 @@ class CompensationBill:
     @classmethod
     def parse(cls, data: object, *, expect_out_bill_no: str) -> Self:
         r = _Reader(data, "compensation bill")
-        out_bill_no = r.str("out_bill_no", required=True)
+        out_bill_no = r.text("out_bill_no", required=True)
         if out_bill_no != expect_out_bill_no:
             raise GarbledResponse("compensation bill: answer is about another out_bill_no")
         state = r.enum("state", BillState, required=True)
-        amount = r.int("amount", required=True)
+        amount = r.integer("amount", required=True)
         assert state is not None and amount is not None
         if amount < 0:
             raise GarbledResponse("compensation bill: field amount is negative")
-        ci = r.object("close_info")
+        ci = r.child("close_info")
         return cls(
             out_bill_no=out_bill_no,
             state=state,
             amount=amount,
-            sp_mchid=r.str("sp_mchid"),
-            bill_id=r.str("bill_id"),
-            transfer_remark=r.str("transfer_remark"),
+            sp_mchid=r.text("sp_mchid"),
+            bill_id=r.text("bill_id"),
+            transfer_remark=r.text("transfer_remark"),
             accept_time=r.time("accept_time"),
             success_time=r.time("success_time"),
-            close_info=CloseInfo(ci.time("close_time"), ci.str("close_reason")) if ci else None,
-            sponsor_mchid=r.str("sponsor_mchid"),
+            close_info=CloseInfo(ci.time("close_time"), ci.text("close_reason")) if ci else None,
+            sponsor_mchid=r.text("sponsor_mchid"),
         )

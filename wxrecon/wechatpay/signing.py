@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,13 +23,14 @@ AUTH_SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 SIGNTEST_PREFIX = "WECHATPAY/SIGNTEST/"
 MAX_CLOCK_SKEW = 300  # seconds, the provider's own limit for both directions
 
-_NONCE_ALPHABET = string.ascii_uppercase + string.digits
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _AUTH_PARAM = re.compile(r'\s*([a-z_]+)="([^"]*)"\s*(?:,|$)')
 AUTH_FIELDS = ("mchid", "nonce_str", "signature", "timestamp", "serial_no")
 
 
 def new_nonce(length: int = 32) -> str:
-    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(length))
+    """Random upper-case hex (``length`` characters; 32 gives 128 bits)."""
+    return secrets.token_hex((length + 1) // 2)[:length].upper()
 
 
 def request_message(
@@ -134,6 +134,17 @@ RESPONSE_HEADERS = (
 )
 
 
+def normalise_serial(serial: str) -> str:
+    """A certificate serial as :func:`keys.certificate_serial` writes it (upper-case hex, no
+    leading zeros); anything that is not hex (a ``PUB_KEY_ID_…``) is returned unchanged."""
+    if len(serial) > 64:
+        return serial
+    try:
+        return format(int(serial, 16), "X")
+    except ValueError:
+        return serial
+
+
 class VerificationError(ValueError):
     """Why a response could not be verified: it is then no result at all."""
 
@@ -160,12 +171,13 @@ def check_response_signature(
     serial = values["Wechatpay-Serial"]
     key = keys.get(serial)
     if key is None:
+        key = keys.get(normalise_serial(serial))
+    if key is None:
         raise VerificationError(f"response signed with unknown serial {serial[:64]!r}")
     ts = values["Wechatpay-Timestamp"]
-    try:
-        ts_int = int(ts)
-    except ValueError:
-        raise VerificationError("response timestamp is not an integer") from None
+    if not _TIMESTAMP.fullmatch(ts):
+        raise VerificationError("response timestamp is not a number of seconds")
+    ts_int = int(ts)
     now = time.time() if now is None else now
     if abs(now - ts_int) > max_skew:
         raise VerificationError(f"response timestamp {ts_int} is more than {max_skew}s from now")
