@@ -1,0 +1,73 @@
+"""From settings to a ready client: the one place the engine and the CLI get their provider.
+
+Credentials are loaded and cross-checked here, once, at start-up; every problem is a one-line
+:class:`CredentialError` naming the ``WXRECON_*`` setting at fault, before any request.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from wxrecon.config import Settings
+from wxrecon.wechatpay.client import (
+    BeforeRequest,
+    Observer,
+    RetryPolicy,
+    Timeouts,
+    WeChatPayClient,
+)
+from wxrecon.wechatpay.keys import CredentialError, Credentials
+
+__all__ = ["CredentialError", "build_client", "load_credentials"]
+
+
+def load_credentials(settings: Settings) -> Credentials:
+    """The merchant's keys and the provider's verification keys, checked against each other."""
+    try:
+        return Credentials.load(
+            mchid=settings.mchid,
+            cert_serial=settings.mch_cert_serial,
+            private_key_path=settings.mch_private_key_path,
+            public_key_id=settings.wechatpay_public_key_id or None,
+            public_key_path=settings.wechatpay_public_key_path,
+            platform_cert_paths=list(settings.platform_cert_paths),
+            mch_cert_path=settings.mch_cert_path,
+        )
+    except CredentialError:
+        raise
+    except Exception as exc:  # never let a library message (or key bytes) through
+        raise CredentialError(
+            f"key settings could not be loaded ({type(exc).__name__}); check "
+            "WXRECON_MCH_PRIVATE_KEY_PATH, WXRECON_WECHATPAY_PUBLIC_KEY_PATH and "
+            "WXRECON_PLATFORM_CERT_PATHS"
+        ) from None
+
+
+def build_client(
+    settings: Settings,
+    *,
+    before_request: BeforeRequest | None = None,
+    observer: Observer | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> WeChatPayClient:
+    """A client for ``settings``; create it once per process and reuse it (it pools
+    connections). ``before_request`` is the rate-limiter hook, ``observer`` the metrics one."""
+    credentials = load_credentials(settings)
+    try:
+        return WeChatPayClient(
+            credentials,
+            base_url=settings.wechatpay_base_url,
+            backup_url=settings.wechatpay_backup_url or None,
+            timeouts=Timeouts(
+                connect=settings.http_connect_timeout, read=settings.http_read_timeout
+            ),
+            retry=RetryPolicy(attempts=settings.http_retries),
+            failover_cooldown=settings.failover_cooldown,
+            before_request=before_request,
+            observer=observer,
+            transport=transport,
+        )
+    except ValueError as exc:  # a malformed base or backup URL
+        backup = str(exc).startswith("backup_url")
+        setting = "WXRECON_WECHATPAY_BACKUP_URL" if backup else "WXRECON_WECHATPAY_BASE_URL"
+        raise CredentialError(f"{setting}: {exc}") from None
