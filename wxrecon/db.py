@@ -1,0 +1,233 @@
+"""Engines, sessions, transactions with after-commit hooks, and schema migrations.
+
+- SQLite: WAL journal, a busy timeout, foreign keys on, and ``BEGIN IMMEDIATE`` for every
+  write transaction, so concurrent worker processes queue for the write lock instead of
+  failing a read-to-write upgrade.
+- PostgreSQL: psycopg 3 (``postgresql://`` URLs are mapped to ``postgresql+psycopg://``).
+- ``on_commit(session, fn)`` runs ``fn`` only after the session's outermost transaction has
+  committed, and drops it on rollback (the warehouse idiom: a task is never enqueued for a row
+  that was rolled back).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+AFTER_COMMIT_KEY = "wxrecon_after_commit"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class SchemaError(RuntimeError):
+    """The database schema is missing or older than this code."""
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return normalize_url(url).startswith("sqlite")
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN itself (pysqlite's implicit
+        # transactions would defer it and break SAVEPOINTs and lock ordering).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        mode = "DEFERRED" if conn.get_execution_options().get("wxrecon_readonly") else "IMMEDIATE"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    url = normalize_url(url)
+    if is_sqlite(url):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, **kwargs)
+        _sqlite_setup(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+# -- after-commit hooks (registered once, for every Session in the process) ----------------
+
+
+def on_commit(session: Session, callback: Callable[[], Any]) -> None:
+    """Run ``callback`` after ``session``'s current outermost transaction commits.
+
+    Dropped if that transaction rolls back. Callbacks run in registration order; one that
+    raises is logged and does not stop the others (the row is committed; the sweep will pick
+    it up if its task was not enqueued).
+    """
+    session.info.setdefault(AFTER_COMMIT_KEY, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop(AFTER_COMMIT_KEY, [])
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed; the sweep will pick the work up")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(AFTER_COMMIT_KEY, None)
+
+
+# -- the Database object --------------------------------------------------------------------
+
+
+class Database:
+    """An engine plus a session factory for one URL."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None, **engine_kwargs: Any) -> None:
+        self.url = normalize_url(url)
+        self.engine = engine or make_engine(self.url, **engine_kwargs)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = self.engine.execution_options(wxrecon_readonly=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def session(self, *, readonly: bool = False) -> Session:
+        if readonly:
+            return self.sessionmaker(bind=self._read_engine)
+        return self.sessionmaker()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction: commits on success (then runs on_commit hooks), rolls
+        back on error."""
+        with self.sessionmaker() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work (no write lock on SQLite); never commits. Rows loaded in
+        it stay readable (detached) afterwards."""
+        with self.session(readonly=True) as session:
+            try:
+                yield session
+            finally:
+                session.expunge_all()  # keep loaded rows usable after the session ends
+                session.rollback()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"<Database {make_url(self.url).render_as_string(hide_password=True)}>"
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+def alembic_config(url: str | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "wxrecon:migrations")
+    if url is not None:
+        config.attributes["url"] = normalize_url(url)
+    return config
+
+
+def head_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def current_revisions(url: str) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(MigrationContext.configure(conn).get_current_heads())
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` (what ``wxrecon db upgrade`` runs)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def check_schema(url: str) -> None:
+    """Raise SchemaError (one line) unless the database is at the code's schema head."""
+    try:
+        current = current_revisions(url)
+    except Exception as exc:
+        raise SchemaError(
+            f"cannot read the database schema ({type(exc).__name__}); "
+            "check WXRECON_DATABASE_URL, then run `wxrecon db upgrade`"
+        ) from None
+    heads = head_revisions()
+    if current == heads:
+        return
+    if not current:
+        raise SchemaError("the database has no wxrecon schema: run `wxrecon db upgrade`")
+    unknown = current - _known_revisions()
+    if unknown:
+        raise SchemaError(
+            f"the database schema ({', '.join(sorted(unknown))}) is newer than this code; "
+            "upgrade wxrecon"
+        )
+    raise SchemaError(
+        f"the database schema is at {', '.join(sorted(current))}, this code needs "
+        f"{', '.join(sorted(heads))}: run `wxrecon db upgrade`"
+    )
+
+
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def table_names(url: str) -> list[str]:
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        return sorted(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

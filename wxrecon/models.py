@@ -1,0 +1,198 @@
+"""SQLAlchemy 2.0 typed models: special reductions, compensation bills, events.
+
+Times are stored in UTC (``timestamptz`` on PostgreSQL, naive UTC text on SQLite) and always
+come back as aware UTC datetimes. Amounts are integer fen. ``bal_account_no`` is stored in
+plaintext because every re-entry must send it again; it is never logged or shown unmasked.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from wxrecon.states import (
+    BILL_ACTIVE,
+    REDUCTION_ACTIVE,
+    BState,
+    RState,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware-UTC datetime on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _active_predicate(states: frozenset[Any]) -> Any:
+    listed = ", ".join(f"'{s}'" for s in sorted(states))
+    return text(f"state IN ({listed})")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012
+
+
+class PollingColumns:
+    """The columns the sweep works on, shared by both order tables."""
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the next query (or submit) is due; NULL on terminal rows.
+    next_poll_at: Mapped[datetime | None]
+    # The claim lease: a claimed row is left alone by other sweeps until claimed_until.
+    claimed_until: Mapped[datetime | None]
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped by every write; the compare-and-set key.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class SpecialReduction(PollingColumns, Base):
+    __tablename__ = "special_reductions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    mchid: Mapped[str] = mapped_column(String(32))
+    bal_account_no: Mapped[str] = mapped_column(String(128))
+    out_request_no: Mapped[str] = mapped_column(String(32))
+    reduction_type: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(String(512))
+
+    state: Mapped[str] = mapped_column(String(20), default=RState.RECEIVED)
+    provider_state: Mapped[str | None] = mapped_column(String(32))
+    fail_reason: Mapped[str | None] = mapped_column(String(64))  # verbatim from the provider
+    quota_change_no: Mapped[str | None] = mapped_column(String(64))
+    success_time: Mapped[datetime | None]
+    fail_time: Mapped[datetime | None]
+    submitted_at: Mapped[datetime | None]  # first POST: starts the 31-day re-entry window
+    last_submit_at: Mapped[datetime | None]  # latest POST (the grace before re-entry)
+
+    __table_args__ = (
+        UniqueConstraint("mchid", "out_request_no"),
+        Index("ix_special_reductions_state", "state"),
+        Index(
+            "ix_special_reductions_due",
+            "next_poll_at",
+            postgresql_where=_active_predicate(REDUCTION_ACTIVE),
+            sqlite_where=_active_predicate(REDUCTION_ACTIVE),
+        ),
+    )
+
+    def __repr__(self) -> str:  # never shows bal_account_no
+        return (
+            f"<SpecialReduction id={self.id} mchid={self.mchid} "
+            f"out_request_no={self.out_request_no} state={self.state}>"
+        )
+
+
+class CompensationBill(PollingColumns, Base):
+    __tablename__ = "compensation_bills"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    out_bill_no: Mapped[str] = mapped_column(String(32), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default=BState.TRACKING)
+    provider_state: Mapped[str | None] = mapped_column(String(32))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    bill_id: Mapped[str | None] = mapped_column(String(64))
+    sp_mchid: Mapped[str | None] = mapped_column(String(32))
+    sponsor_mchid: Mapped[str | None] = mapped_column(String(32))
+    transfer_remark: Mapped[str | None] = mapped_column(String(512))
+    accept_time: Mapped[datetime | None]
+    success_time: Mapped[datetime | None]
+    close_reason: Mapped[str | None] = mapped_column(String(64))
+    close_time: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_compensation_bills_state", "state"),
+        Index(
+            "ix_compensation_bills_due",
+            "next_poll_at",
+            postgresql_where=_active_predicate(BILL_ACTIVE),
+            sqlite_where=_active_predicate(BILL_ACTIVE),
+        ),
+    )
+
+    def __repr__(self) -> str:
+        return f"<CompensationBill id={self.id} out_bill_no={self.out_bill_no} state={self.state}>"
+
+
+class Event(Base):
+    """Append-only history: every transition and every operator action, with its reason."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "reduction" or "bill"
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    from_state: Mapped[str | None] = mapped_column(String(20))
+    to_state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(128), default="engine")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_events_kind_order_id", "kind", "order_id"),)
+
+    def __repr__(self) -> str:
+        return f"<Event {self.kind}#{self.order_id} {self.from_state}->{self.to_state}>"
+
+
+__all__ = [
+    "Base",
+    "CompensationBill",
+    "Event",
+    "SpecialReduction",
+    "UTCDateTime",
+    "utcnow",
+]

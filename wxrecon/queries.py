@@ -1,0 +1,241 @@
+"""The read side for the CLI and apps: get and list orders, their events, and stats.
+
+Plain functions over a SQLAlchemy session (use ``Database.read()``). ``*_dict`` helpers give
+JSON-ready dicts with ``bal_account_no`` masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from wxrecon.models import CompensationBill, Event, SpecialReduction, utcnow
+from wxrecon.reconcile import OrderNotFound
+from wxrecon.states import BILL_ACTIVE, REDUCTION_ACTIVE, Kind
+from wxrecon.wechatpay.keys import mask
+
+
+class Ambiguous(LookupError):
+    """An out_request_no exists for several target merchants: give the mchid."""
+
+
+def get_reduction(
+    session: Session,
+    *,
+    id: int | None = None,
+    out_request_no: str | None = None,
+    mchid: str | None = None,
+) -> SpecialReduction:
+    """One reduction by id, or by out_request_no (plus mchid when it is ambiguous)."""
+    stmt = select(SpecialReduction)
+    if id is not None:
+        stmt = stmt.where(SpecialReduction.id == id)
+    elif out_request_no is not None:
+        stmt = stmt.where(SpecialReduction.out_request_no == out_request_no)
+        if mchid is not None:
+            stmt = stmt.where(SpecialReduction.mchid == mchid)
+    else:
+        raise ValueError("give an id or an out_request_no")
+    rows = list(session.execute(stmt.limit(2)).scalars())
+    what = (
+        f"#{id}"
+        if id is not None
+        else f"{out_request_no}" + (f" for mchid {mchid}" if mchid else "")
+    )
+    if not rows:
+        raise OrderNotFound(f"no reduction {what}")
+    if len(rows) > 1:
+        raise Ambiguous(f"reduction {what} exists for several merchants: give --mchid")
+    return rows[0]
+
+
+def get_bill(
+    session: Session,
+    *,
+    id: int | None = None,
+    out_bill_no: str | None = None,
+) -> CompensationBill:
+    stmt = select(CompensationBill)
+    if id is not None:
+        stmt = stmt.where(CompensationBill.id == id)
+    elif out_bill_no is not None:
+        stmt = stmt.where(CompensationBill.out_bill_no == out_bill_no)
+    else:
+        raise ValueError("give an id or an out_bill_no")
+    row = session.execute(stmt).scalar_one_or_none()
+    if row is None:
+        raise OrderNotFound(f"no bill {'#' + str(id) if id is not None else out_bill_no}")
+    return row
+
+
+def list_reductions(
+    session: Session,
+    *,
+    states: Sequence[str] | None = None,
+    mchid: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    oldest_first: bool = False,
+) -> list[SpecialReduction]:
+    stmt = select(SpecialReduction)
+    if states:
+        stmt = stmt.where(SpecialReduction.state.in_([str(s) for s in states]))
+    if mchid is not None:
+        stmt = stmt.where(SpecialReduction.mchid == mchid)
+    order = SpecialReduction.id.asc() if oldest_first else SpecialReduction.id.desc()
+    return list(session.execute(stmt.order_by(order).limit(limit).offset(offset)).scalars())
+
+
+def list_bills(
+    session: Session,
+    *,
+    states: Sequence[str] | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    oldest_first: bool = False,
+) -> list[CompensationBill]:
+    stmt = select(CompensationBill)
+    if states:
+        stmt = stmt.where(CompensationBill.state.in_([str(s) for s in states]))
+    order = CompensationBill.id.asc() if oldest_first else CompensationBill.id.desc()
+    return list(session.execute(stmt.order_by(order).limit(limit).offset(offset)).scalars())
+
+
+def events_of(session: Session, kind: Kind | str, order_id: int) -> list[Event]:
+    """An order's history, oldest first."""
+    stmt = (
+        select(Event).where(Event.kind == str(kind), Event.order_id == order_id).order_by(Event.id)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def reduction_events(session: Session, order_id: int) -> list[Event]:
+    return events_of(session, Kind.REDUCTION, order_id)
+
+
+def bill_events(session: Session, order_id: int) -> list[Event]:
+    return events_of(session, Kind.BILL, order_id)
+
+
+@dataclass
+class Stats:
+    reductions: dict[str, int] = field(default_factory=dict)  # state -> count
+    reduction_amounts: dict[str, int] = field(default_factory=dict)  # state -> fen
+    bills: dict[str, int] = field(default_factory=dict)
+    reductions_due: int = 0  # in flight and due now
+    bills_due: int = 0
+    oldest_due: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reductions": self.reductions,
+            "reduction_amounts": self.reduction_amounts,
+            "bills": self.bills,
+            "reductions_due": self.reductions_due,
+            "bills_due": self.bills_due,
+            "oldest_due": _iso(self.oldest_due),
+        }
+
+
+def stats(session: Session, *, now: datetime | None = None) -> Stats:
+    now = now or utcnow()
+    out = Stats()
+    for state, count, amount in session.execute(
+        select(
+            SpecialReduction.state,
+            func.count(),
+            func.coalesce(func.sum(SpecialReduction.amount), 0),
+        ).group_by(SpecialReduction.state)
+    ):
+        out.reductions[state] = count
+        out.reduction_amounts[state] = int(amount)
+    for state, count in session.execute(
+        select(CompensationBill.state, func.count()).group_by(CompensationBill.state)
+    ):
+        out.bills[state] = count
+    due_r = select(func.count(), func.min(SpecialReduction.next_poll_at)).where(
+        SpecialReduction.state.in_(sorted(REDUCTION_ACTIVE)), SpecialReduction.next_poll_at <= now
+    )
+    out.reductions_due, oldest_r = session.execute(due_r).one()
+    due_b = select(func.count(), func.min(CompensationBill.next_poll_at)).where(
+        CompensationBill.state.in_(sorted(BILL_ACTIVE)), CompensationBill.next_poll_at <= now
+    )
+    out.bills_due, oldest_b = session.execute(due_b).one()
+    candidates = [t for t in (oldest_r, oldest_b) if t is not None]
+    out.oldest_due = min(candidates) if candidates else None
+    return out
+
+
+# -- JSON-ready views ---------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def reduction_dict(row: SpecialReduction) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "mchid": row.mchid,
+        "bal_account_no": mask(row.bal_account_no),
+        "out_request_no": row.out_request_no,
+        "reduction_type": row.reduction_type,
+        "amount": row.amount,
+        "reason": row.reason,
+        "state": row.state,
+        "provider_state": row.provider_state,
+        "fail_reason": row.fail_reason,
+        "quota_change_no": row.quota_change_no,
+        "success_time": _iso(row.success_time),
+        "fail_time": _iso(row.fail_time),
+        "attempts": row.attempts,
+        "next_poll_at": _iso(row.next_poll_at),
+        "last_error": row.last_error,
+        "last_request_id": row.last_request_id,
+        "submitted_at": _iso(row.submitted_at),
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def bill_dict(row: CompensationBill) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "out_bill_no": row.out_bill_no,
+        "state": row.state,
+        "provider_state": row.provider_state,
+        "amount": row.amount,
+        "bill_id": row.bill_id,
+        "sp_mchid": row.sp_mchid,
+        "sponsor_mchid": row.sponsor_mchid,
+        "transfer_remark": row.transfer_remark,
+        "accept_time": _iso(row.accept_time),
+        "success_time": _iso(row.success_time),
+        "close_reason": row.close_reason,
+        "close_time": _iso(row.close_time),
+        "attempts": row.attempts,
+        "next_poll_at": _iso(row.next_poll_at),
+        "last_error": row.last_error,
+        "last_request_id": row.last_request_id,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "kind": event.kind,
+        "order_id": event.order_id,
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "reason": event.reason,
+        "request_id": event.request_id,
+        "actor": event.actor,
+        "at": _iso(event.at),
+    }

@@ -1,0 +1,1082 @@
+"""The domain: intake, submit, refresh, sweep claims and operator actions. No Celery here.
+
+Rules (DESIGN.md §2):
+
+- A row is written before anything is sent; a reduction moves RECEIVED → SUBMITTED in its own
+  committed transaction *before* its POST, so a crash after sending is never mistaken for
+  "nothing sent".
+- Every write is a compare-and-set on ``(id, version, state)`` plus, for every transition, an
+  event row in the same transaction. A writer that loses the race changes nothing.
+- An unknown outcome is never a failure: the order stays SUBMITTED and is queried. A
+  ``NOT_ENOUGH`` / ``ALREADY_EXISTS`` answer (unsigned) is confirmed with a signed query before
+  a final state is written. ``NotFound`` shortly after a POST proves nothing: after a grace
+  period the same POST is re-entered (idempotent for 31 days); past the window, a person looks.
+- A call deferred by the shared rate limiter (``Throttled``) is rescheduled after its
+  ``retry_after`` and does not count as an attempt.
+- Final states never change except through :func:`retry_reduction` / :func:`retry_bill`, which
+  record the operator and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Select, select, text, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.orm import Session
+
+from wxrecon import metrics
+from wxrecon.db import Database
+from wxrecon.models import CompensationBill, Event, SpecialReduction, utcnow
+from wxrecon.schedule import next_delay, past_reentry_window
+from wxrecon.states import (
+    BILL_ACTIVE,
+    BILL_FINAL,
+    REDUCTION_ACTIVE,
+    REDUCTION_FINAL,
+    REDUCTION_UNCONFIRMED,
+    BState,
+    IllegalTransition,
+    Kind,
+    RState,
+    bill_from_provider,
+    bill_retry_target,
+    check_bill,
+    check_reduction,
+    reduction_from_provider,
+    reduction_retry_target,
+)
+from wxrecon.wechatpay import errors
+from wxrecon.wechatpay.client import Endpoint
+from wxrecon.wechatpay.resources import (
+    CompensationBill as ProviderBill,
+)
+from wxrecon.wechatpay.resources import (
+    SpecialReduction as ProviderReduction,
+)
+from wxrecon.wechatpay.resources import (
+    SpecialReductionRequest,
+    check_order_no,
+)
+
+log = logging.getLogger(__name__)
+
+ENGINE_ACTOR = "engine"
+DEFAULT_REENTRY_GRACE = 30.0  # seconds after a POST during which NotFound proves nothing
+MAX_ERROR_TEXT = 1000
+
+Clock = Callable[[], datetime]
+
+__all__ = [
+    "Claim",
+    "Conflict",
+    "IllegalTransition",
+    "IntakeResult",
+    "OrderNotFound",
+    "Provider",
+    "Reconciler",
+    "claim_due_bills",
+    "claim_due_reductions",
+    "intake_bill",
+    "intake_reduction",
+    "new_token",
+    "requery_bill",
+    "requery_reduction",
+    "retry_bill",
+    "retry_bills",
+    "retry_reduction",
+    "retry_reductions",
+]
+
+
+class Conflict(ValueError):
+    """The same out_request_no (for the same mchid) arrived with different parameters."""
+
+
+class OrderNotFound(LookupError):
+    """No order with that id / number."""
+
+
+class Provider(Protocol):
+    """What the engine needs from :class:`wxrecon.wechatpay.WeChatPayClient`."""
+
+    def submit_special_reduction(self, request: SpecialReductionRequest) -> ProviderReduction: ...
+
+    def query_special_reduction(
+        self, out_request_no: str, *, mchid: str, bal_account_no: str
+    ) -> ProviderReduction: ...
+
+    def query_compensation_bill(self, out_bill_no: str) -> ProviderBill: ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A leased order: whoever holds ``token`` may work on row ``id`` until the lease ends."""
+
+    id: int
+    token: str
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    order_id: int
+    created: bool
+    state: str
+    # The claim token when the caller holds the order's lease (it was just created, or this
+    # is a redelivery of the call that created it), so it should process or enqueue it.
+    token: str | None
+
+    @property
+    def claimed(self) -> bool:
+        return self.token is not None
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def _short(error: BaseException | str) -> str:
+    return str(error).replace("\n", " ")[:MAX_ERROR_TEXT]
+
+
+def _active_sql(states: Iterable[str]) -> Any:
+    # Literal values, written exactly like the partial index predicate, so the planner can
+    # prove the index applies (bound parameters would hide that).
+    return text("state IN ({})".format(", ".join(f"'{s}'" for s in sorted(states))))
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_dialect.insert(model)
+    if dialect == "sqlite":
+        return sqlite_dialect.insert(model)
+    raise RuntimeError(f"unsupported database: {dialect}")
+
+
+# -- intake -----------------------------------------------------------------------------------
+
+
+REDUCTION_PARAMS = ("bal_account_no", "reduction_type", "amount", "reason")
+
+
+def intake_reduction(
+    session: Session,
+    request: SpecialReductionRequest,
+    *,
+    token: str | None = None,
+    lease: float = 120.0,
+    now: datetime | None = None,
+    actor: str = "intake",
+) -> IntakeResult:
+    """Write a new RECEIVED order in ``session``'s transaction, or find the same one.
+
+    The new row is claimed for ``lease`` seconds under ``token`` (a fresh one if None), so
+    the caller can process it (or enqueue a task for it) without the sweep racing it; if the
+    caller dies, the lease expires and the sweep submits it. Raises :class:`Conflict`, and
+    writes nothing, when the order exists with different parameters.
+    """
+    now = now or utcnow()
+    token = token or new_token()
+    until = now + timedelta(seconds=lease)
+    values = {
+        "mchid": request.mchid,
+        "bal_account_no": request.bal_account_no,
+        "out_request_no": request.out_request_no,
+        "reduction_type": str(request.reduction_type),
+        "amount": request.amount,
+        "reason": request.reason,
+        "state": RState.RECEIVED.value,
+        "attempts": 0,
+        "next_poll_at": until,
+        "claimed_until": until,
+        "claim_token": token,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
+    stmt = (
+        _insert(session, SpecialReduction)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["mchid", "out_request_no"])
+        .returning(SpecialReduction.id)
+    )
+    new_id = session.execute(stmt).scalar()
+    if new_id is not None:
+        session.add(
+            Event(
+                kind=Kind.REDUCTION,
+                order_id=new_id,
+                from_state=None,
+                to_state=RState.RECEIVED,
+                reason="received",
+                actor=actor,
+                at=now,
+            )
+        )
+        session.flush()
+        log.info(
+            "reduction received",
+            extra={"out_request_no": request.out_request_no, "mchid": request.mchid},
+        )
+        metrics.count_transition(Kind.REDUCTION, "", RState.RECEIVED)
+        return IntakeResult(new_id, True, RState.RECEIVED.value, token)
+    existing = session.execute(
+        select(SpecialReduction).where(
+            SpecialReduction.mchid == request.mchid,
+            SpecialReduction.out_request_no == request.out_request_no,
+        )
+    ).scalar_one()
+    differs = reduction_differences(existing, request)
+    if differs:
+        raise Conflict(
+            f"out_request_no {request.out_request_no} for mchid {request.mchid} already exists "
+            f"with a different {', '.join(differs)}; nothing changed"
+        )
+    mine = existing.claim_token == token and existing.state == RState.RECEIVED
+    return IntakeResult(existing.id, False, existing.state, token if mine else None)
+
+
+def reduction_differences(row: SpecialReduction, request: SpecialReductionRequest) -> list[str]:
+    """Names (never values) of the parameters in which ``request`` differs from ``row``."""
+    theirs = {
+        "bal_account_no": request.bal_account_no,
+        "reduction_type": str(request.reduction_type),
+        "amount": request.amount,
+        "reason": request.reason,
+    }
+    return [name for name in REDUCTION_PARAMS if getattr(row, name) != theirs[name]]
+
+
+def request_of(row: SpecialReduction) -> SpecialReductionRequest:
+    """The (re-validated) request a stored order sends; every re-entry sends exactly this."""
+    return SpecialReductionRequest.create(
+        mchid=row.mchid,
+        bal_account_no=row.bal_account_no,
+        out_request_no=row.out_request_no,
+        reduction_type=row.reduction_type,
+        amount=row.amount,
+        reason=row.reason,
+    )
+
+
+def intake_bill(
+    session: Session,
+    out_bill_no: str,
+    *,
+    token: str | None = None,
+    lease: float = 120.0,
+    now: datetime | None = None,
+    actor: str = "intake",
+) -> IntakeResult:
+    """Start tracking a compensation bill (idempotent: an existing one is returned)."""
+    out_bill_no = check_order_no(out_bill_no, "out_bill_no")
+    now = now or utcnow()
+    token = token or new_token()
+    until = now + timedelta(seconds=lease)
+    stmt = (
+        _insert(session, CompensationBill)
+        .values(
+            out_bill_no=out_bill_no,
+            state=BState.TRACKING.value,
+            attempts=0,
+            next_poll_at=until,
+            claimed_until=until,
+            claim_token=token,
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
+        .on_conflict_do_nothing(index_elements=["out_bill_no"])
+        .returning(CompensationBill.id)
+    )
+    new_id = session.execute(stmt).scalar()
+    if new_id is not None:
+        session.add(
+            Event(
+                kind=Kind.BILL,
+                order_id=new_id,
+                from_state=None,
+                to_state=BState.TRACKING,
+                reason="tracking requested",
+                actor=actor,
+                at=now,
+            )
+        )
+        session.flush()
+        log.info("bill tracked", extra={"out_bill_no": out_bill_no})
+        metrics.count_transition(Kind.BILL, "", BState.TRACKING)
+        return IntakeResult(new_id, True, BState.TRACKING.value, token)
+    existing = session.execute(
+        select(CompensationBill).where(CompensationBill.out_bill_no == out_bill_no)
+    ).scalar_one()
+    mine = existing.claim_token == token and existing.state == BState.TRACKING
+    return IntakeResult(existing.id, False, existing.state, token if mine else None)
+
+
+# -- sweep claims -----------------------------------------------------------------------------
+
+
+def _claim(
+    db: Database, model: type[Any], active: Iterable[str], limit: int, lease: float, now: datetime
+) -> list[Claim]:
+    token = new_token()
+    until = now + timedelta(seconds=lease)
+    due: Select[Any] = (
+        select(model.id)
+        .where(_active_sql(active), model.next_poll_at <= now)
+        .order_by(model.next_poll_at)
+        .limit(limit)
+    )
+    if db.is_postgresql:
+        # Two sweeps never wait for (or double-claim) each other's rows.
+        due = due.with_for_update(skip_locked=True)
+    # The lease is also the next due time: a claimed row is not due again until it expires.
+    stmt = (
+        update(model)
+        .where(model.id.in_(due.scalar_subquery()))
+        .values(
+            claimed_until=until,
+            next_poll_at=until,
+            claim_token=token,
+            version=model.version + 1,
+        )
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    )
+    with db.transaction() as session:
+        ids = list(session.execute(stmt).scalars())
+    return [Claim(i, token) for i in sorted(ids)]
+
+
+def claim_due_reductions(
+    db: Database, *, limit: int, lease: float, now: datetime | None = None
+) -> list[Claim]:
+    """Claim up to ``limit`` due reductions in one statement; returns the leases taken."""
+    return _claim(db, SpecialReduction, REDUCTION_ACTIVE, limit, lease, now or utcnow())
+
+
+def claim_due_bills(
+    db: Database, *, limit: int, lease: float, now: datetime | None = None
+) -> list[Claim]:
+    return _claim(db, CompensationBill, BILL_ACTIVE, limit, lease, now or utcnow())
+
+
+# -- processing -------------------------------------------------------------------------------
+
+
+@dataclass
+class Reconciler:
+    """Works on one claimed order at a time: I/O with the provider, CAS writes to the DB."""
+
+    db: Database
+    client: Provider
+    settings: Any  # wxrecon.config.Settings (or anything with the same attributes)
+    clock: Clock = utcnow
+    rng: random.Random = field(default_factory=random.Random)
+    actor: str = ENGINE_ACTOR
+
+    # -- settings with defaults (some are not in config.Settings yet) ----------------------
+
+    @property
+    def reentry_grace(self) -> float:
+        return float(getattr(self.settings, "reentry_grace", DEFAULT_REENTRY_GRACE))
+
+    @property
+    def window_days(self) -> int:
+        return int(getattr(self.settings, "reentry_window_days", 31))
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def sweep_reductions(self, dispatch: Callable[[Claim], Any], *, max_batches: int = 10) -> int:
+        """Claim due reductions batch by batch and hand each claim to ``dispatch``."""
+        return self._sweep(claim_due_reductions, dispatch, max_batches)
+
+    def sweep_bills(self, dispatch: Callable[[Claim], Any], *, max_batches: int = 10) -> int:
+        return self._sweep(claim_due_bills, dispatch, max_batches)
+
+    def _sweep(
+        self, claim: Callable[..., list[Claim]], dispatch: Callable[[Claim], Any], max_batches: int
+    ) -> int:
+        batch = int(self.settings.sweep_batch)
+        total = 0
+        for _ in range(max_batches):
+            claims = claim(
+                self.db, limit=batch, lease=float(self.settings.claim_lease), now=self.clock()
+            )
+            for c in claims:
+                dispatch(c)
+            total += len(claims)
+            if len(claims) < batch:
+                break
+        return total
+
+    # -- reductions ------------------------------------------------------------------------
+
+    def process_reduction(self, order_id: int, token: str) -> str | None:
+        """Advance one claimed reduction as far as one step allows; returns its state.
+
+        Returns None when the row is gone or the claim is no longer ours (a newer claim or
+        an operator action took over): nothing is done then.
+        """
+        with self.db.read() as session:
+            row = session.get(SpecialReduction, order_id)
+        if row is None:
+            log.warning("reduction %s does not exist", order_id)
+            return None
+        if row.claim_token != token:
+            log.info("stale claim on reduction %s; skipped", order_id, extra=_rx(row))
+            return None
+        if row.state not in REDUCTION_ACTIVE:
+            return row.state
+        if row.state == RState.RECEIVED:
+            self._submit(row)
+        else:
+            self._refresh(row)
+        return row.state
+
+    def _submit(self, row: SpecialReduction) -> None:
+        now = self.clock()
+        if row.state == RState.SUBMITTED and past_reentry_window(
+            row.submitted_at, now, self.window_days
+        ):
+            self._review(row, "the 31-day re-entry window has passed; the provider has no trace")
+            return
+        try:
+            request = request_of(row)
+        except errors.InvalidRequest as exc:
+            self._write(
+                row,
+                RState.REJECTED,
+                {"last_error": _short(exc), **_settled()},
+                reason=f"stored order is invalid: {exc}",
+            )
+            return
+        if row.state == RState.RECEIVED:
+            ok = self._write(
+                row,
+                RState.SUBMITTED,
+                {"submitted_at": row.submitted_at or now, "last_submit_at": now},
+                reason="sending",
+            )
+        else:
+            ok = self._write(
+                row,
+                None,
+                {"last_submit_at": now},
+                reason="re-entering the same POST: the provider has no trace of the order",
+                note=True,
+            )
+        if not ok:
+            return
+        try:
+            result = self.client.submit_special_reduction(request)
+        except errors.Throttled as exc:
+            self._defer(row, exc)
+        except errors.OutcomeUnknown as exc:
+            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
+            self._retry_later(row, exc, "outcome of the POST unknown; will query")
+        except (errors.NotEnough, errors.AlreadyExists) as exc:
+            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
+            self._confirm(row, exc)
+        except errors.Rejected as exc:
+            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
+            self._write(
+                row,
+                RState.REJECTED,
+                {"last_error": _short(exc), "last_request_id": exc.request_id, **_settled()},
+                reason=f"rejected by the provider: {_short(exc)}",
+                request_id=exc.request_id,
+            )
+        except errors.InvalidRequest as exc:
+            self._write(
+                row,
+                RState.REJECTED,
+                {"last_error": _short(exc), **_settled()},
+                reason=f"refused before sending: {exc}",
+            )
+        except errors.WeChatPayError as exc:  # UnexpectedAnswer, NotFound on a POST, …
+            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
+            self._review(row, f"unexpected answer to the POST: {_short(exc)}", exc)
+        else:
+            self._apply(row, result, via="POST")
+
+    def _confirm(self, row: SpecialReduction, hint: errors.WeChatPayError) -> None:
+        """An unsigned NOT_ENOUGH / ALREADY_EXISTS: ask a signed query before anything final."""
+        try:
+            result = self._query(row)
+        except errors.Throttled as exc:
+            self._defer(row, exc)
+        except errors.WeChatPayError as exc:
+            self._error(Endpoint.QUERY_REDUCTION, exc, row)
+            self._retry_later(row, exc, f"{hint.kind} not yet confirmed by a signed query")
+        else:
+            self._apply(row, result, via=f"signed query after {hint.kind}")
+
+    def _refresh(self, row: SpecialReduction) -> None:
+        try:
+            result = self._query(row)
+        except errors.Throttled as exc:
+            self._defer(row, exc)
+        except errors.NotFound as exc:
+            self._not_found(row, exc)
+        except errors.TransientError as exc:
+            self._error(Endpoint.QUERY_REDUCTION, exc, row)
+            self._retry_later(row, exc, "query failed")
+        except errors.WeChatPayError as exc:
+            self._error(Endpoint.QUERY_REDUCTION, exc, row)
+            self._review(row, f"unexpected answer to the query: {_short(exc)}", exc)
+        else:
+            self._apply(row, result, via="query")
+
+    def _query(self, row: SpecialReduction) -> ProviderReduction:
+        return self.client.query_special_reduction(
+            row.out_request_no, mchid=row.mchid, bal_account_no=row.bal_account_no
+        )
+
+    def _not_found(self, row: SpecialReduction, exc: errors.NotFound) -> None:
+        now = self.clock()
+        if row.state != RState.SUBMITTED:
+            # It answered PROCESSING before: a not-found now is a lagging replica, not proof.
+            self._retry_later(row, exc, "query found nothing for an accepted order")
+            return
+        last = row.last_submit_at or row.submitted_at
+        if last is not None and (now - last).total_seconds() < self.reentry_grace:
+            self._retry_later(row, exc, "not found yet, too soon after the POST to conclude")
+            return
+        log.info("reduction not found after the grace period; re-entering", extra=_rx(row, exc))
+        self._submit(row)
+
+    def _apply(self, row: SpecialReduction, result: ProviderReduction, *, via: str) -> None:
+        local = reduction_from_provider(result.state)
+        if local is None:
+            self._review(row, f"the provider answered an unknown state {result.state!s}", result)
+            return
+        differs = _provider_differences(row, result)
+        if differs:
+            self._review(
+                row,
+                f"the provider's order differs from ours in {', '.join(differs)}",
+                result,
+            )
+            return
+        values: dict[str, Any] = {
+            "provider_state": str(result.state),
+            "fail_reason": str(result.fail_reason) if result.fail_reason is not None else None,
+            "quota_change_no": result.quota_change_no,
+            "success_time": result.success_time,
+            "fail_time": result.fail_time,
+            "last_request_id": result.request_id,
+            "last_error": None,
+        }
+        if local in REDUCTION_FINAL:
+            detail = f" ({result.fail_reason})" if result.fail_reason is not None else ""
+            self._write(
+                row,
+                local,
+                {**values, **_settled()},
+                reason=f"{via}: {result.state}{detail}",
+                request_id=result.request_id,
+            )
+            return
+        changed = local != row.state
+        attempts = 1 if changed else row.attempts + 1
+        delay = next_delay(attempts, self.settings, self.rng)
+        if delay is None:
+            self._review(row, f"still {result.state} after {row.attempts} attempts", result)
+            return
+        self._write(
+            row,
+            local if changed else None,
+            {**values, **self._later(attempts, delay)},
+            reason=f"{via}: {result.state}",
+            request_id=result.request_id,
+        )
+
+    # -- bills -----------------------------------------------------------------------------
+
+    def process_bill(self, order_id: int, token: str) -> str | None:
+        """Query one claimed compensation bill and record what the provider says."""
+        with self.db.read() as session:
+            row = session.get(CompensationBill, order_id)
+        if row is None:
+            log.warning("bill %s does not exist", order_id)
+            return None
+        if row.claim_token != token:
+            log.info("stale claim on bill %s; skipped", order_id, extra=_bx(row))
+            return None
+        if row.state not in BILL_ACTIVE:
+            return row.state
+        try:
+            result = self.client.query_compensation_bill(row.out_bill_no)
+        except errors.Throttled as exc:
+            self._defer(row, exc)
+        except (errors.TransientError, errors.NotFound) as exc:
+            # A bill the provider does not know yet may simply not be created yet.
+            self._error(Endpoint.QUERY_BILL, exc, row)
+            self._retry_later(row, exc, "bill query gave no answer")
+        except errors.WeChatPayError as exc:
+            self._error(Endpoint.QUERY_BILL, exc, row)
+            self._review(row, f"unexpected answer to the bill query: {_short(exc)}", exc)
+        else:
+            self._apply_bill(row, result)
+        return row.state
+
+    def _apply_bill(self, row: CompensationBill, result: ProviderBill) -> None:
+        local = bill_from_provider(result.state)
+        if local is None:
+            self._review(row, f"the provider answered an unknown state {result.state!s}", result)
+            return
+        close = result.close_info
+        values: dict[str, Any] = {
+            "provider_state": str(result.state),
+            "amount": result.amount,
+            "bill_id": result.bill_id,
+            "sp_mchid": result.sp_mchid,
+            "sponsor_mchid": result.sponsor_mchid,
+            "transfer_remark": result.transfer_remark,
+            "accept_time": result.accept_time,
+            "success_time": result.success_time,
+            "close_reason": close.close_reason if close else None,
+            "close_time": close.close_time if close else None,
+            "last_request_id": result.request_id,
+            "last_error": None,
+        }
+        if local in BILL_FINAL:
+            detail = f" ({close.close_reason})" if close and close.close_reason else ""
+            self._write(
+                row,
+                local,
+                {**values, **_settled()},
+                reason=f"query: {result.state}{detail}",
+                request_id=result.request_id,
+            )
+            return
+        changed = local != row.state
+        attempts = 1 if changed else row.attempts + 1
+        delay = next_delay(attempts, self.settings, self.rng)
+        if delay is None:
+            self._review(row, f"still {result.state} after {row.attempts} attempts", result)
+            return
+        self._write(
+            row,
+            local if changed else None,
+            {**values, **self._later(attempts, delay)},
+            reason=f"query: {result.state}",
+            request_id=result.request_id,
+        )
+
+    # -- shared write paths ------------------------------------------------------------------
+
+    def _later(self, attempts: int, delay: float) -> dict[str, Any]:
+        return {
+            "attempts": attempts,
+            "next_poll_at": self.clock() + timedelta(seconds=delay),
+            "claimed_until": None,
+            "claim_token": None,
+        }
+
+    def _defer(self, row: Any, exc: errors.Throttled) -> None:
+        """The rate limiter said wait: come back later, no attempt spent, no event."""
+        log.info("deferred by the rate limiter for %.2fs", exc.retry_after, extra=_x(row))
+        self._write(
+            row,
+            None,
+            {
+                "next_poll_at": self.clock() + timedelta(seconds=max(exc.retry_after, 0.05)),
+                "claimed_until": None,
+                "claim_token": None,
+            },
+            reason="",
+        )
+
+    def _retry_later(self, row: Any, exc: errors.WeChatPayError, why: str) -> None:
+        attempts = row.attempts + 1
+        delay = next_delay(attempts, self.settings, self.rng)
+        unconfirmed = isinstance(row, SpecialReduction) and row.state in REDUCTION_UNCONFIRMED
+        if unconfirmed and past_reentry_window(row.submitted_at, self.clock(), self.window_days):
+            self._review(row, f"past the 31-day re-entry window; {why}: {_short(exc)}", exc)
+            return
+        if delay is None:
+            self._review(row, f"gave up after {attempts} attempts; {why}: {_short(exc)}", exc)
+            return
+        log.info("%s: %s; next try in %.1fs", why, _short(exc), delay, extra=_x(row, exc))
+        self._write(
+            row,
+            None,
+            {
+                "last_error": f"{why}: {_short(exc)}"[:MAX_ERROR_TEXT],
+                "last_request_id": exc.request_id,
+                **self._later(attempts, delay),
+            },
+            reason="",
+        )
+
+    def _review(self, row: Any, why: str, source: Any = None) -> None:
+        request_id = getattr(source, "request_id", None)
+        log.warning("needs review: %s", why, extra=_x(row, source))
+        self._write(
+            row,
+            RState.NEEDS_REVIEW if isinstance(row, SpecialReduction) else BState.NEEDS_REVIEW,
+            {"last_error": why[:MAX_ERROR_TEXT], "last_request_id": request_id, **_settled()},
+            reason=why,
+            request_id=request_id,
+        )
+
+    def _error(self, endpoint: Endpoint, exc: errors.WeChatPayError, row: Any) -> None:
+        metrics.count_provider_error(endpoint, exc.kind)
+
+    def _write(
+        self,
+        row: Any,
+        to: str | None,
+        values: dict[str, Any],
+        *,
+        reason: str,
+        request_id: str | None = None,
+        note: bool = False,
+    ) -> bool:
+        """Compare-and-set ``row`` (id, version, state) to ``to`` (None: same state) with
+        ``values``, plus an event when the state changes (or ``note``). Updates ``row`` in
+        place on success; returns False, changing nothing, when another writer won."""
+        ok = cas(
+            self.db,
+            row,
+            to,
+            values,
+            reason=reason,
+            request_id=request_id,
+            actor=self.actor,
+            note=note,
+            now=self.clock(),
+        )
+        if not ok:
+            log.info("lost a race on %s; leaving it to the winner", _label(row), extra=_x(row))
+        return ok
+
+
+def _settled() -> dict[str, Any]:
+    """Values of a row that needs no more polling (terminal)."""
+    return {"next_poll_at": None, "claimed_until": None, "claim_token": None}
+
+
+def cas(
+    db: Database,
+    row: Any,
+    to: str | None,
+    values: dict[str, Any],
+    *,
+    reason: str,
+    request_id: str | None = None,
+    actor: str = ENGINE_ACTOR,
+    note: bool = False,
+    now: datetime | None = None,
+) -> bool:
+    """The one write path of the engine: ``UPDATE … WHERE id=? AND version=? AND state=?``
+    and, when the state changes (or ``note``), an event row, in one transaction."""
+    now = now or utcnow()
+    model = type(row)
+    kind = Kind.REDUCTION if model is SpecialReduction else Kind.BILL
+    src = row.state
+    changed = to is not None and to != src
+    if changed:
+        (check_reduction if kind is Kind.REDUCTION else check_bill)(src, to)  # type: ignore[arg-type]
+    new_values = {**values, "version": row.version + 1, "updated_at": now}
+    if changed:
+        new_values["state"] = to
+    stmt = (
+        update(model)
+        .where(model.id == row.id, model.version == row.version, model.state == src)
+        .values(**new_values)
+        .execution_options(synchronize_session=False)
+    )
+    with db.transaction() as session:
+        if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if changed or note:
+            session.add(
+                Event(
+                    kind=kind,
+                    order_id=row.id,
+                    from_state=src,
+                    to_state=to if changed else src,
+                    reason=reason or "(no reason given)",
+                    request_id=request_id,
+                    actor=actor,
+                    at=now,
+                )
+            )
+    for key, value in new_values.items():
+        setattr(row, key, value)
+    if changed:
+        metrics.count_transition(kind, src, str(to))
+        log.info("%s %s -> %s: %s", kind, src, to, reason, extra=_x(row, request_id=request_id))
+    return True
+
+
+def _provider_differences(row: SpecialReduction, result: ProviderReduction) -> list[str]:
+    """Fields where the provider's copy of the order disagrees with ours (names only)."""
+    out = []
+    if result.mchid is not None and result.mchid != row.mchid:
+        out.append("mchid")
+    if result.amount is not None and result.amount != row.amount:
+        out.append("amount")
+    if result.reduction_type is not None and str(result.reduction_type) != row.reduction_type:
+        out.append("reduction_type")
+    if result.bal_account_no is not None and result.bal_account_no != row.bal_account_no:
+        out.append("bal_account_no")
+    return out
+
+
+# -- logging helpers (never the bal_account_no) -----------------------------------------------
+
+
+def _rx(row: SpecialReduction, source: Any = None) -> dict[str, Any]:
+    return {
+        "out_request_no": row.out_request_no,
+        "mchid": row.mchid,
+        "request_id": getattr(source, "request_id", None),
+    }
+
+
+def _bx(row: CompensationBill, source: Any = None) -> dict[str, Any]:
+    return {"out_bill_no": row.out_bill_no, "request_id": getattr(source, "request_id", None)}
+
+
+def _x(row: Any, source: Any = None, *, request_id: str | None = None) -> dict[str, Any]:
+    extra = _rx(row, source) if isinstance(row, SpecialReduction) else _bx(row, source)
+    if request_id is not None:
+        extra["request_id"] = request_id
+    return extra
+
+
+def _label(row: Any) -> str:
+    if isinstance(row, SpecialReduction):
+        return f"reduction {row.mchid}/{row.out_request_no}"
+    return f"bill {row.out_bill_no}"
+
+
+# -- operator actions -------------------------------------------------------------------------
+
+
+def _load(session: Session, model: type[Any], order_id: int, *, lock: bool) -> Any:
+    stmt = select(model).where(model.id == order_id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).scalar_one_or_none()
+    if row is None:
+        raise OrderNotFound(
+            f"no {'reduction' if model is SpecialReduction else 'bill'} #{order_id}"
+        )
+    return row
+
+
+def _operator_write(
+    db: Database,
+    model: type[Any],
+    order_id: int,
+    target: Callable[[Any], str],
+    values: Callable[[Any], dict[str, Any]],
+    *,
+    actor: str,
+    reason: str,
+    now: datetime,
+) -> str:
+    """Lock, re-read, decide, write and record an operator action in one transaction."""
+    if not actor:
+        raise ValueError("an operator action needs an actor")
+    kind = Kind.REDUCTION if model is SpecialReduction else Kind.BILL
+    with db.transaction() as session:
+        row = _load(session, model, order_id, lock=True)
+        src = row.state
+        dst = target(row)  # raises IllegalTransition when not allowed
+        stmt = (
+            update(model)
+            .where(model.id == row.id, model.version == row.version)
+            .values(state=dst, version=row.version + 1, updated_at=now, **values(row))
+            .execution_options(synchronize_session=False)
+        )
+        if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+            raise IllegalTransition(f"{kind} #{order_id} changed meanwhile; try again")
+        session.add(
+            Event(
+                kind=kind,
+                order_id=row.id,
+                from_state=src,
+                to_state=dst,
+                reason=reason,
+                actor=actor,
+                at=now,
+            )
+        )
+    if src != dst:
+        metrics.count_transition(kind, src, dst)
+    log.info("%s #%s %s -> %s by %s: %s", kind, order_id, src, dst, actor, reason)
+    return dst
+
+
+def _restart(now: datetime) -> Callable[[Any], dict[str, Any]]:
+    return lambda _row: {
+        "attempts": 0,
+        "next_poll_at": now,
+        "claimed_until": None,
+        "claim_token": None,
+    }
+
+
+def retry_reduction(
+    db: Database,
+    order_id: int,
+    *,
+    actor: str,
+    why: str,
+    force: bool = False,
+    now: datetime | None = None,
+) -> str:
+    """Put a reduction in NEEDS_REVIEW or REJECTED (or, with ``force``, a final one) back to
+    work: RECEIVED if it was never sent, else SUBMITTED (queried first, re-entered only if
+    the provider has no trace). Records ``actor`` and ``why``; returns the new state."""
+    now = now or utcnow()
+    return _operator_write(
+        db,
+        SpecialReduction,
+        order_id,
+        lambda row: reduction_retry_target(
+            row.state, ever_sent=row.submitted_at is not None, force=force
+        ),
+        _restart(now),
+        actor=actor,
+        reason=f"operator retry: {why}" if why else "operator retry",
+        now=now,
+    )
+
+
+def retry_bill(
+    db: Database,
+    order_id: int,
+    *,
+    actor: str,
+    why: str,
+    force: bool = False,
+    now: datetime | None = None,
+) -> str:
+    now = now or utcnow()
+    return _operator_write(
+        db,
+        CompensationBill,
+        order_id,
+        lambda row: bill_retry_target(row.state, force=force),
+        _restart(now),
+        actor=actor,
+        reason=f"operator retry: {why}" if why else "operator retry",
+        now=now,
+    )
+
+
+def _requery_target(active: frozenset[Any]) -> Callable[[Any], str]:
+    def target(row: Any) -> str:
+        if row.state not in active:
+            raise IllegalTransition(f"order is {row.state}, not in flight: use retry instead")
+        return str(row.state)
+
+    return target
+
+
+def requery_reduction(
+    db: Database, order_id: int, *, actor: str, why: str = "", now: datetime | None = None
+) -> str:
+    """Make an in-flight reduction due now (dropping any claim); recorded as an event."""
+    now = now or utcnow()
+    return _operator_write(
+        db,
+        SpecialReduction,
+        order_id,
+        _requery_target(REDUCTION_ACTIVE),
+        lambda row: {"next_poll_at": now, "claimed_until": None, "claim_token": None},
+        actor=actor,
+        reason=f"operator re-query: {why}" if why else "operator re-query",
+        now=now,
+    )
+
+
+def requery_bill(
+    db: Database, order_id: int, *, actor: str, why: str = "", now: datetime | None = None
+) -> str:
+    now = now or utcnow()
+    return _operator_write(
+        db,
+        CompensationBill,
+        order_id,
+        _requery_target(BILL_ACTIVE),
+        lambda row: {"next_poll_at": now, "claimed_until": None, "claim_token": None},
+        actor=actor,
+        reason=f"operator re-query: {why}" if why else "operator re-query",
+        now=now,
+    )
+
+
+@dataclass
+class BulkResult:
+    retried: list[int] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)  # id -> why not
+
+
+def retry_reductions(
+    db: Database,
+    *,
+    actor: str,
+    why: str,
+    states: Sequence[str] = (RState.NEEDS_REVIEW,),
+    mchid: str | None = None,
+    force: bool = False,
+    limit: int | None = None,
+    now: datetime | None = None,
+) -> BulkResult:
+    """Retry every reduction matching the filter (each in its own recorded transaction)."""
+    stmt = select(SpecialReduction.id).where(SpecialReduction.state.in_([str(s) for s in states]))
+    if mchid is not None:
+        stmt = stmt.where(SpecialReduction.mchid == mchid)
+    return _bulk(
+        db,
+        stmt.order_by(SpecialReduction.id).limit(limit),
+        lambda i: retry_reduction(db, i, actor=actor, why=why, force=force, now=now),
+    )
+
+
+def retry_bills(
+    db: Database,
+    *,
+    actor: str,
+    why: str,
+    states: Sequence[str] = (BState.NEEDS_REVIEW,),
+    force: bool = False,
+    limit: int | None = None,
+    now: datetime | None = None,
+) -> BulkResult:
+    stmt = select(CompensationBill.id).where(CompensationBill.state.in_([str(s) for s in states]))
+    return _bulk(
+        db,
+        stmt.order_by(CompensationBill.id).limit(limit),
+        lambda i: retry_bill(db, i, actor=actor, why=why, force=force, now=now),
+    )
+
+
+def _bulk(db: Database, stmt: Select[Any], action: Callable[[int], str]) -> BulkResult:
+    with db.read() as session:
+        ids = list(session.execute(stmt).scalars())
+    result = BulkResult()
+    for order_id in ids:
+        try:
+            action(order_id)
+        except (IllegalTransition, OrderNotFound) as exc:
+            result.skipped[order_id] = str(exc)
+        else:
+            result.retried.append(order_id)
+    return result

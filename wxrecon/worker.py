@@ -1,0 +1,149 @@
+"""The Celery app: queues, money-safe delivery settings, the beat schedule, and signals.
+
+Run ``celery -A wxrecon.worker worker`` (consumes both queues) and ``celery -A wxrecon.worker
+beat``. The broker is ``WXRECON_BROKER_URL``: Redis in production, kombu's ``filesystem://``
+under ``WXRECON_DATA_DIR`` for the server-less demo.
+
+Timing invariants (so a message or a lease never outlives the work it guards):
+``soft time limit < hard time limit < claim lease < broker visibility timeout``. A task past
+its hard limit is killed and its lease later expires, so the sweep picks the order up again;
+a message is only redelivered by the broker after the visibility timeout, by when its claim
+token is stale and the redelivered task does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from wxrecon.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+INTAKE_QUEUE = "wxrecon.intake"
+POLL_QUEUE = "wxrecon.poll"
+
+ROUTES = {
+    "wxrecon.submit_special_reduction": {"queue": INTAKE_QUEUE},
+    "wxrecon.track_compensation_bill": {"queue": INTAKE_QUEUE},
+    "wxrecon.poll_reduction": {"queue": POLL_QUEUE},
+    "wxrecon.poll_bill": {"queue": POLL_QUEUE},
+    "wxrecon.sweep_reductions": {"queue": POLL_QUEUE},
+    "wxrecon.sweep_bills": {"queue": POLL_QUEUE},
+}
+
+
+def time_limits(settings: Settings) -> tuple[float, float]:
+    """(soft, hard) task time limits, derived from the claim lease."""
+    hard = max(10.0, settings.claim_lease * 0.75)
+    return hard * 0.8, hard
+
+
+def visibility_timeout(settings: Settings) -> int:
+    return int(max(3600.0, settings.claim_lease * 10))
+
+
+def filesystem_folder(settings: Settings) -> Path:
+    folder = Path(settings.data_dir) / "broker"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "processed").mkdir(exist_ok=True)
+    return folder
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    soft, hard = time_limits(settings)
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith("filesystem://"):
+        folder = filesystem_folder(settings)
+        transport_options = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        transport_options = {"visibility_timeout": visibility_timeout(settings)}
+    interval = settings.sweep_interval
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a business app can call us by name, and nothing unpickles broker data.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        # A task's message is acknowledged only when it finished; a killed worker's message
+        # goes back to the queue. One message reserved per process at a time.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": soft,
+        "task_time_limit": hard,
+        "task_queues": [Queue(INTAKE_QUEUE), Queue(POLL_QUEUE)],
+        "task_default_queue": INTAKE_QUEUE,
+        "task_routes": ROUTES,
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "sweep-reductions": {
+                "task": "wxrecon.sweep_reductions",
+                "schedule": interval,
+                # A sweep that waited longer than one interval is stale: the next one comes.
+                "options": {"queue": POLL_QUEUE, "expires": max(1.0, interval)},
+            },
+            "sweep-bills": {
+                "task": "wxrecon.sweep_bills",
+                "schedule": interval,
+                "options": {"queue": POLL_QUEUE, "expires": max(1.0, interval)},
+            },
+        },
+        "beat_schedule_filename": str(Path(settings.data_dir) / "celerybeat-schedule"),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery = Celery("wxrecon", include=["wxrecon.tasks"])
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+app = make_app()
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    from wxrecon.logs import configure_logging
+
+    configure_logging(get_settings())
+
+
+@signals.worker_init.connect
+def _refuse_old_schema(**_: Any) -> None:
+    """The worker does not start on a missing or old schema, nor without credentials."""
+    from wxrecon.db import SchemaError, check_schema
+    from wxrecon.provider import load_credentials
+    from wxrecon.wechatpay.keys import CredentialError
+
+    settings = get_settings()
+    try:
+        check_schema(settings.database_url)
+        load_credentials(settings)
+    except (SchemaError, CredentialError) as exc:
+        log.critical("wxrecon worker refuses to start: %s", exc)
+        raise SystemExit(1) from None
+
+
+@signals.worker_process_init.connect
+def _fresh_runtime(**_: Any) -> None:
+    from wxrecon import runtime
+
+    runtime.reset()
