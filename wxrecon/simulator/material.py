@@ -1,0 +1,401 @@
+"""The simulator's directory: key material, certificates, ledger seed and ``client.env``.
+
+``init_dir`` writes everything a simulator and a client need; ``SimDir.load`` reads it back.
+Layout (private keys are mode 0600)::
+
+    sim.json                    mchid, serials, key id, mode, port
+    apiclient_key.pem           merchant API private key (the client's)
+    apiclient_cert.pem          merchant API certificate (serial = WXRECON_MCH_CERT_SERIAL)
+    wechatpay_pub_key.pem       WeChat Pay public key (the client's, id PUB_KEY_ID_…)
+    wechatpay_private_key.pem   its private half (the simulator's)
+    platform_cert.pem           platform certificate (the client's, certificate mode)
+    platform_private_key.pem    its private half (the simulator's)
+    ledgers.json                optional ledger seed
+    client.env                  every WXRECON_* setting a client needs
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from wxrecon.wechatpay import keys
+from wxrecon.wechatpay.errors import InvalidRequest
+from wxrecon.wechatpay.keys import Credentials
+from wxrecon.wechatpay.resources import check_bal_account_no, check_mchid
+
+DEFAULT_MCHID = "1900000001"
+DEFAULT_PORT = 8000
+SIM_JSON = "sim.json"
+CLIENT_ENV = "client.env"
+LEDGERS_JSON = "ledgers.json"
+
+MERCHANT_KEY = "apiclient_key.pem"
+MERCHANT_CERT = "apiclient_cert.pem"
+WECHATPAY_PUBLIC_KEY = "wechatpay_pub_key.pem"
+WECHATPAY_PRIVATE_KEY = "wechatpay_private_key.pem"
+PLATFORM_CERT = "platform_cert.pem"
+PLATFORM_PRIVATE_KEY = "platform_private_key.pem"
+
+
+class SimDirError(ValueError):
+    """The directory is missing, incomplete or would be overwritten; one line, no secrets."""
+
+
+@dataclass(frozen=True)
+class LedgerSeed:
+    mchid: str
+    bal_account_no: str = field(repr=False)
+    balance: int
+
+    @classmethod
+    def parse(cls, spec: str) -> LedgerSeed:
+        """``MCHID:BAL_ACCOUNT_NO:BALANCE`` (the account number may itself contain ``:``)."""
+        mchid, sep1, rest = spec.partition(":")
+        bal, sep2, balance = rest.rpartition(":")
+        if not (sep1 and sep2):
+            raise SimDirError("a ledger is MCHID:BAL_ACCOUNT_NO:BALANCE")
+        return cls.create(mchid, bal, balance)
+
+    @classmethod
+    def create(cls, mchid: object, bal_account_no: object, balance: object) -> LedgerSeed:
+        try:
+            check_mchid(mchid)
+            check_bal_account_no(bal_account_no)
+        except InvalidRequest as exc:
+            raise SimDirError(f"ledger: {exc}") from None
+        if isinstance(balance, str) and balance.strip().isdigit():
+            balance = int(balance)
+        if isinstance(balance, bool) or not isinstance(balance, int) or balance < 0:
+            raise SimDirError("ledger: balance must be a non-negative integer number of fen")
+        assert isinstance(mchid, str) and isinstance(bal_account_no, str)
+        return cls(mchid, bal_account_no, balance)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mchid": self.mchid, "bal_account_no": self.bal_account_no, "balance": self.balance}
+
+
+# -- key material ------------------------------------------------------------------------------
+
+
+def _pkcs8(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _spki(key: rsa.RSAPublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _certificate(
+    key: rsa.RSAPrivateKey, subject: list[x509.NameAttribute[str]]
+) -> x509.Certificate:
+    name = x509.Name(subject)
+    now = dt.datetime.now(dt.UTC)
+    # A 40-hex-digit serial like the provider's (top nibble set so no digit is dropped).
+    serial = (0x4 << 156) | secrets.randbits(156)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=5 * 365))
+        .sign(key, hashes.SHA256())
+    )
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """Every key and certificate of one simulated merchant and provider, as PEM bytes."""
+
+    mchid: str
+    merchant_key: bytes = field(repr=False)
+    merchant_cert: bytes
+    wechatpay_private_key: bytes = field(repr=False)
+    wechatpay_public_key: bytes
+    public_key_id: str
+    platform_private_key: bytes = field(repr=False)
+    platform_cert: bytes
+
+    @classmethod
+    def generate(cls, mchid: str = DEFAULT_MCHID) -> KeyMaterial:
+        merchant = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        wechatpay = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        platform = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        merchant_cert = _certificate(
+            merchant,
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, mchid),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "wxrecon simulated merchant"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Tenpay.com CA Center"),
+            ],
+        )
+        platform_cert = _certificate(
+            platform,
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com sign (wxrecon simulator)"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tenpay.com"),
+            ],
+        )
+        key_id = "PUB_KEY_ID_01" + "".join(secrets.choice("0123456789") for _ in range(26))
+        return cls(
+            mchid=mchid,
+            merchant_key=_pkcs8(merchant),
+            merchant_cert=merchant_cert.public_bytes(serialization.Encoding.PEM),
+            wechatpay_private_key=_pkcs8(wechatpay),
+            wechatpay_public_key=_spki(wechatpay.public_key()),
+            public_key_id=key_id,
+            platform_private_key=_pkcs8(platform),
+            platform_cert=platform_cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o600 if private else 0o644)  # umask may have narrowed the public ones
+    os.replace(tmp, path)
+
+
+def init_dir(
+    directory: str | Path,
+    *,
+    mchid: str = DEFAULT_MCHID,
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    cert_mode: bool = False,
+    ledgers: Iterable[LedgerSeed] = (),
+    material: KeyMaterial | None = None,
+    force: bool = False,
+) -> SimDir:
+    """Create a simulator directory; refuses to overwrite one unless ``force``."""
+    try:
+        check_mchid(mchid)
+    except InvalidRequest as exc:
+        raise SimDirError(str(exc)) from None
+    if not 0 <= port <= 65535:
+        raise SimDirError(f"port {port} is out of range")
+    root = Path(directory).expanduser().resolve()
+    if (root / SIM_JSON).exists() and not force:
+        raise SimDirError(f"{root} is already a simulator directory (use --force to replace it)")
+    if root.exists() and not root.is_dir():
+        raise SimDirError(f"{root} exists and is not a directory")
+    ledgers = list(ledgers)
+    if material is None or material.mchid != mchid:
+        material = KeyMaterial.generate(mchid)
+    root.mkdir(parents=True, exist_ok=True)
+    _write(root / MERCHANT_KEY, material.merchant_key, private=True)
+    _write(root / MERCHANT_CERT, material.merchant_cert)
+    _write(root / WECHATPAY_PRIVATE_KEY, material.wechatpay_private_key, private=True)
+    _write(root / WECHATPAY_PUBLIC_KEY, material.wechatpay_public_key)
+    _write(root / PLATFORM_PRIVATE_KEY, material.platform_private_key, private=True)
+    _write(root / PLATFORM_CERT, material.platform_cert)
+    merchant_cert = keys.parse_certificate(material.merchant_cert)
+    platform_cert = keys.parse_certificate(material.platform_cert)
+    meta = {
+        "mchid": mchid,
+        "mch_cert_serial": keys.certificate_serial(merchant_cert),
+        "wechatpay_public_key_id": material.public_key_id,
+        "platform_cert_serial": keys.certificate_serial(platform_cert),
+        "cert_mode": cert_mode,
+        "host": host,
+        "port": port,
+    }
+    _write(root / SIM_JSON, (json.dumps(meta, indent=2) + "\n").encode())
+    if ledgers:
+        # Holds plaintext account numbers: private like the keys.
+        data = json.dumps([seed.to_json() for seed in ledgers], indent=2) + "\n"
+        _write(root / LEDGERS_JSON, data.encode(), private=True)
+    elif (root / LEDGERS_JSON).exists():
+        (root / LEDGERS_JSON).unlink()
+    sim = SimDir.load(root)
+    sim.write_client_env()
+    return sim
+
+
+@dataclass(frozen=True)
+class SimDir:
+    """A loaded simulator directory (paths are absolute)."""
+
+    path: Path
+    mchid: str
+    mch_cert_serial: str
+    wechatpay_public_key_id: str
+    platform_cert_serial: str
+    cert_mode: bool
+    host: str
+    port: int
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SimDir:
+        root = Path(directory).expanduser().resolve()
+        try:
+            meta = json.loads((root / SIM_JSON).read_text())
+        except FileNotFoundError:
+            raise SimDirError(
+                f"{root} is not a simulator directory (run `sim init` first)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise SimDirError(f"{root / SIM_JSON}: unreadable ({type(exc).__name__})") from None
+        try:
+            sim = cls(
+                path=root,
+                mchid=str(meta["mchid"]),
+                mch_cert_serial=str(meta["mch_cert_serial"]),
+                wechatpay_public_key_id=str(meta["wechatpay_public_key_id"]),
+                platform_cert_serial=str(meta["platform_cert_serial"]),
+                cert_mode=bool(meta.get("cert_mode", False)),
+                host=str(meta.get("host", "127.0.0.1")),
+                port=int(meta.get("port", DEFAULT_PORT)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SimDirError(f"{root / SIM_JSON}: missing or bad field {exc}") from None
+        for name in (
+            MERCHANT_KEY,
+            MERCHANT_CERT,
+            WECHATPAY_PRIVATE_KEY,
+            WECHATPAY_PUBLIC_KEY,
+            PLATFORM_PRIVATE_KEY,
+            PLATFORM_CERT,
+        ):
+            if not (root / name).is_file():
+                raise SimDirError(f"{root} lacks {name} (run `sim init --force` to recreate it)")
+        return sim
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def client_env(self, base_url: str | None = None) -> dict[str, str]:
+        """Every ``WXRECON_*`` setting a client needs to talk to this simulator."""
+        env = {
+            "WXRECON_MCHID": self.mchid,
+            "WXRECON_MCH_CERT_SERIAL": self.mch_cert_serial,
+            "WXRECON_MCH_PRIVATE_KEY_PATH": str(self.file(MERCHANT_KEY)),
+            "WXRECON_MCH_CERT_PATH": str(self.file(MERCHANT_CERT)),
+        }
+        if self.cert_mode:
+            env["WXRECON_PLATFORM_CERT_PATHS"] = str(self.file(PLATFORM_CERT))
+        else:
+            env["WXRECON_WECHATPAY_PUBLIC_KEY_ID"] = self.wechatpay_public_key_id
+            env["WXRECON_WECHATPAY_PUBLIC_KEY_PATH"] = str(self.file(WECHATPAY_PUBLIC_KEY))
+        env["WXRECON_WECHATPAY_BASE_URL"] = base_url or self.base_url
+        env["WXRECON_WECHATPAY_BACKUP_URL"] = ""
+        return env
+
+    def write_client_env(self, base_url: str | None = None) -> Path:
+        lines = [
+            "# Written by `wxrecon sim`: the settings a client needs to talk to this simulator.",
+            *(f"{k}={v}" for k, v in self.client_env(base_url).items()),
+        ]
+        target = self.file(CLIENT_ENV)
+        _write(target, ("\n".join(lines) + "\n").encode())
+        return target
+
+    def credentials(self, *, cert_mode: bool | None = None) -> Credentials:
+        """The client's credentials (public-key mode unless this dir or ``cert_mode`` says so)."""
+        use_cert = self.cert_mode if cert_mode is None else cert_mode
+        return Credentials.load(
+            mchid=self.mchid,
+            cert_serial=self.mch_cert_serial,
+            private_key_path=self.file(MERCHANT_KEY),
+            public_key_id=None if use_cert else self.wechatpay_public_key_id,
+            public_key_path=None if use_cert else self.file(WECHATPAY_PUBLIC_KEY),
+            platform_cert_paths=[str(self.file(PLATFORM_CERT))] if use_cert else None,
+            mch_cert_path=self.file(MERCHANT_CERT),
+        )
+
+    def ledger_seed(self) -> list[LedgerSeed]:
+        target = self.file(LEDGERS_JSON)
+        if not target.exists():
+            return []
+        try:
+            rows = json.loads(target.read_text())
+        except (OSError, ValueError) as exc:
+            raise SimDirError(f"{target}: unreadable ({type(exc).__name__})") from None
+        if not isinstance(rows, list):
+            raise SimDirError(f"{target}: expected a JSON list of ledgers")
+        out = []
+        for row in rows:
+            if not isinstance(row, Mapping):
+                raise SimDirError(f"{target}: every ledger is an object")
+            out.append(
+                LedgerSeed.create(row.get("mchid"), row.get("bal_account_no"), row.get("balance"))
+            )
+        return out
+
+    @cached_property
+    def provider_keys(self) -> ProviderKeys:
+        return ProviderKeys.load(self)
+
+
+@dataclass(frozen=True)
+class ProviderKeys:
+    """The key objects the simulator uses, parsed once (RSA parsing is not free)."""
+
+    merchant_mchid: str
+    merchant_serial: str
+    merchant_public: rsa.RSAPublicKey = field(repr=False)
+    public_key_id: str
+    wechatpay_private: rsa.RSAPrivateKey = field(repr=False)
+    platform_serial: str
+    platform_private: rsa.RSAPrivateKey = field(repr=False)
+    cert_mode: bool
+
+    @classmethod
+    def load(cls, sim: SimDir) -> ProviderKeys:
+        cert = keys.load_certificate(sim.file(MERCHANT_CERT), MERCHANT_CERT)
+        serial = keys.certificate_serial(cert)
+        if serial != sim.mch_cert_serial.upper():
+            raise SimDirError(f"{SIM_JSON}: mch_cert_serial does not match {MERCHANT_CERT}")
+        return cls(
+            merchant_mchid=sim.mchid,
+            merchant_serial=serial,
+            merchant_public=keys.certificate_key(cert, MERCHANT_CERT),
+            public_key_id=sim.wechatpay_public_key_id,
+            wechatpay_private=keys.load_private_key(
+                sim.file(WECHATPAY_PRIVATE_KEY), WECHATPAY_PRIVATE_KEY
+            ),
+            platform_serial=sim.platform_cert_serial,
+            platform_private=keys.load_private_key(
+                sim.file(PLATFORM_PRIVATE_KEY), PLATFORM_PRIVATE_KEY
+            ),
+            cert_mode=sim.cert_mode,
+        )
+
+    def private_key_for(self, serial: str | None) -> tuple[str, rsa.RSAPrivateKey] | None:
+        """The provider key a ``Wechatpay-Serial`` names, or None when it names none."""
+        if serial == self.public_key_id:
+            return self.public_key_id, self.wechatpay_private
+        if serial and serial.upper() == self.platform_serial:
+            return self.platform_serial, self.platform_private
+        return None
+
+    def default_signer(self) -> tuple[str, rsa.RSAPrivateKey]:
+        """A merchant without a WeChat Pay public key gets platform-certificate signatures."""
+        if self.cert_mode:
+            return self.platform_serial, self.platform_private
+        return self.public_key_id, self.wechatpay_private
