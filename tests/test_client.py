@@ -1,0 +1,738 @@
+"""Retries, failover, error classification and hooks of the client, on httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fixtures_keys import (
+    BAL_ACCOUNT_NO,
+    MCHID,
+    PUB_KEY_ID,
+    KeySet,
+    error_response,
+    mock_client,
+    reduction_answer,
+    signed_headers,
+    signed_response,
+)
+from wxrecon.config import Settings
+from wxrecon.provider import build_client
+from wxrecon.wechatpay import signing
+from wxrecon.wechatpay.client import Endpoint, RetryPolicy, Timeouts, WeChatPayClient
+from wxrecon.wechatpay.errors import (
+    AlreadyExists,
+    GarbledResponse,
+    InvalidRequest,
+    NetworkError,
+    NotEnough,
+    NotFound,
+    OutcomeUnknown,
+    ProviderBusy,
+    Rejected,
+    Throttled,
+    TransientError,
+    UnexpectedAnswer,
+    WeChatPayError,
+)
+from wxrecon.wechatpay.keys import CredentialError, Credentials
+from wxrecon.wechatpay.resources import ReductionState, ReductionType, SpecialReductionRequest
+
+PRIMARY = "https://primary.test"
+BACKUP = "https://backup.test"
+BALANCE = {"balance": 12345, "in_transit_reduction_exist": True}
+TARGET = "1900000002"  # a target merchant other than our own mchid
+
+
+def _request(out_request_no: str = "R1", mchid: str = TARGET) -> SpecialReductionRequest:
+    return SpecialReductionRequest.create(
+        mchid=mchid,
+        bal_account_no=BAL_ACCOUNT_NO,
+        out_request_no=out_request_no,
+        reduction_type="FINANCIAL_PENALTY",
+        amount=100,
+        reason="罚款",
+    )
+
+
+class Script:
+    """A handler that plays a list of answers (or exceptions) and records every request."""
+
+    def __init__(
+        self, *steps: httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+    ) -> None:
+        self.steps = list(steps)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        if isinstance(step, Exception):
+            raise step
+        if callable(step) and not isinstance(step, httpx.Response):
+            return step(request)
+        return step
+
+    @property
+    def hosts(self) -> list[str]:
+        return [r.url.host for r in self.requests]
+
+
+def _balance(client: WeChatPayClient) -> Any:
+    return client.query_balance(mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def test_verified_answers_become_typed_results(keys: KeySet, credentials: Credentials) -> None:
+    script = Script(signed_response(keys, BALANCE, request_id="RID-1"))
+    with mock_client(credentials, script) as client:
+        result = _balance(client)
+    assert result.balance == 12345 and result.in_transit_reduction_exist is True
+    assert result.request_id == "RID-1"
+
+
+def test_query_reduction_decrypts_and_checks(keys: KeySet, credentials: Credentials) -> None:
+    answer = reduction_answer(
+        keys, "R1", "SUCCESS", extra={"amount": 100, "success_time": "2025-01-01T08:00:00+08:00"}
+    )
+    script = Script(signed_response(keys, answer))
+    with mock_client(credentials, script) as client:
+        r = client.query_special_reduction("R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
+    assert r.state is ReductionState.SUCCESS and r.amount == 100
+    assert r.bal_account_no == BAL_ACCOUNT_NO  # decrypted with the merchant key
+    assert r.success_time is not None and r.success_time.tzinfo is not None
+    (request,) = script.requests
+    assert request.url.path == "/v3/aggracct-bc/wb-channel/special-reduction/R1"
+    assert request.url.params["mchid"] == MCHID
+
+
+def test_bill_query_has_no_encrypted_fields(keys: KeySet, credentials: Credentials) -> None:
+    bill = {"out_bill_no": "B1", "state": "ACCEPTED", "amount": 5}
+    script = Script(signed_response(keys, bill))
+    with mock_client(credentials, script) as client:
+        assert client.query_compensation_bill("B1").amount == 5
+    (request,) = script.requests
+    assert request.url.raw_path == (
+        b"/v3/platsolution/ecommerce/mch-transfer/compensate-bills/out-bill-no/B1"
+    )
+    assert "Wechatpay-Serial" not in request.headers
+    assert request.headers["Accept"] == "application/json"
+    assert request.headers["User-Agent"].startswith("wxrecon/")
+
+
+def test_submit_result(keys: KeySet, credentials: Credentials) -> None:
+    script = Script(signed_response(keys, reduction_answer(keys, "R1"), request_id="RID-2"))
+    with mock_client(credentials, script) as client:
+        r = client.submit_special_reduction(_request())
+    assert r.state is ReductionState.PROCESSING and r.request_id == "RID-2"
+
+
+# -- classification -------------------------------------------------------------------------
+
+RETRIED = [
+    (500, "SYSTEM_ERROR", ProviderBusy),
+    (503, None, ProviderBusy),
+    (429, "FREQUENCY_LIMITED", ProviderBusy),
+    (429, "RATELIMIT_EXCEEDED", ProviderBusy),
+    (400, "RATE_LIMITED", ProviderBusy),
+    (202, None, ProviderBusy),
+]
+FINAL = [
+    (400, "PARAM_ERROR", Rejected),
+    (400, "INVALID_REQUEST", Rejected),
+    (401, "SIGN_ERROR", Rejected),
+    (401, None, Rejected),
+    (403, "NO_AUTH", Rejected),
+    (403, "NOT_ENOUGH", NotEnough),
+    (400, "ALREADY_EXISTS", AlreadyExists),
+    (404, "NOT_FOUND", NotFound),
+    (404, "ORDER_NOT_EXIST", NotFound),
+    (404, None, NotFound),
+    (403, "SOMETHING_NEW", UnexpectedAnswer),
+    (418, None, UnexpectedAnswer),
+    (302, None, UnexpectedAnswer),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "kind"), RETRIED)
+def test_retryable_answers_on_get(
+    credentials: Credentials, status: int, code: str | None, kind: type[Exception]
+) -> None:
+    script = Script(error_response(status, code, "系统繁忙\n请稍后", request_id="RID-9"))
+    with mock_client(credentials, script) as client, pytest.raises(kind) as info:
+        _balance(client)
+    assert len(script.requests) == 3
+    err = info.value
+    assert isinstance(err, TransientError) and err.status == status and err.code == code
+    line = str(err)
+    assert "\n" not in line and f"HTTP {status}" in line and "(Request-ID RID-9)" in line
+    assert "系统繁忙 请稍后" in line
+
+
+@pytest.mark.parametrize(("status", "code", "kind"), FINAL)
+def test_final_answers_are_not_retried(
+    credentials: Credentials, status: int, code: str | None, kind: type[Exception]
+) -> None:
+    script = Script(error_response(status, code, "参数错误", request_id="RID-4"))
+    with mock_client(credentials, script) as client, pytest.raises(kind) as info:
+        _balance(client)
+    assert len(script.requests) == 1
+    err = info.value
+    assert isinstance(err, WeChatPayError) and not isinstance(err, TransientError)
+    assert err.status == status and err.request_id == "RID-4"
+    assert str(err) == " ".join(
+        p for p in (f"HTTP {status}", code, "参数错误", "(Request-ID RID-4)") if p
+    )
+
+
+@pytest.mark.parametrize(("status", "code", "kind"), FINAL[:7])
+def test_final_answers_to_a_post_are_not_wrapped(
+    credentials: Credentials, status: int, code: str | None, kind: type[Exception]
+) -> None:
+    script = Script(error_response(status, code, "x"))
+    with mock_client(credentials, script) as client, pytest.raises(kind):
+        client.submit_special_reduction(_request())
+    assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"<html>502</html>", b"[1,2]", b'{"code": 5}', b"[" * 50_000, b"\xff\xfe"]
+)
+def test_error_bodies_of_any_shape(credentials: Credentials, body: bytes) -> None:
+    script = Script(httpx.Response(400, content=body))
+    with mock_client(credentials, script) as client, pytest.raises(UnexpectedAnswer) as info:
+        _balance(client)
+    assert info.value.code is None and "\n" not in str(info.value)
+
+
+def test_retried_then_answered(keys: KeySet, credentials: Credentials) -> None:
+    script = Script(
+        error_response(500, "SYSTEM_ERROR"),
+        httpx.Response(202),
+        signed_response(keys, BALANCE),
+    )
+    with mock_client(credentials, script) as client:
+        assert _balance(client).balance == 12345
+    assert len(script.requests) == 3
+    nonces = {
+        signing.parse_authorization(r.headers["Authorization"]).nonce_str for r in script.requests
+    }
+    assert len(nonces) == 3  # every attempt is signed afresh
+
+
+def test_waits_between_attempts_are_bounded_jitter(credentials: Credentials) -> None:
+    waits: list[float] = []
+    script = Script(error_response(500, "SYSTEM_ERROR"))
+    client = WeChatPayClient(
+        credentials,
+        transport=httpx.MockTransport(script),
+        retry=RetryPolicy(attempts=4, initial_wait=0.2, max_wait=1.0),
+        sleep=waits.append,
+    )
+    with client, pytest.raises(ProviderBusy):
+        _balance(client)
+    assert len(script.requests) == 4 and len(waits) == 3
+    assert all(0 <= w <= 1.0 for w in waits)
+
+
+# -- network errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "maybe_sent"),
+    [
+        (httpx.ConnectError("refused"), False),
+        (httpx.ConnectTimeout("slow"), False),
+        (httpx.PoolTimeout("pool"), False),
+        (httpx.ReadTimeout("slow"), True),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
+        (httpx.ReadError("reset"), True),
+        (httpx.WriteError("broken pipe"), True),
+    ],
+)
+def test_network_errors_on_get(credentials: Credentials, exc: Exception, maybe_sent: bool) -> None:
+    script = Script(exc)
+    with (
+        mock_client(credentials, script, backup_url=None) as client,
+        pytest.raises(NetworkError) as info,
+    ):
+        _balance(client)
+    assert len(script.requests) == 3
+    assert info.value.maybe_sent is maybe_sent
+    assert type(exc).__name__ in str(info.value)
+
+
+def test_post_exhausted_is_an_unknown_outcome(credentials: Credentials) -> None:
+    script = Script(error_response(500, "SYSTEM_ERROR", request_id="RID-5"))
+    with mock_client(credentials, script) as client, pytest.raises(OutcomeUnknown) as info:
+        client.submit_special_reduction(_request())
+    assert len(script.requests) == 3
+    assert isinstance(info.value.cause, ProviderBusy)
+    assert info.value.maybe_sent and info.value.status == 500 and info.value.request_id == "RID-5"
+    assert str(info.value).startswith("HTTP 500 SYSTEM_ERROR outcome unknown:")
+
+
+@pytest.mark.parametrize("exc", [httpx.ReadTimeout("t"), httpx.RemoteProtocolError("reset")])
+def test_post_lost_answer_is_an_unknown_outcome(credentials: Credentials, exc: Exception) -> None:
+    script = Script(exc)
+    with (
+        mock_client(credentials, script, backup_url=None) as client,
+        pytest.raises(OutcomeUnknown) as info,
+    ):
+        client.submit_special_reduction(_request())
+    assert isinstance(info.value.cause, NetworkError) and info.value.maybe_sent
+
+
+def test_post_never_connected_says_nothing_was_sent(credentials: Credentials) -> None:
+    script = Script(httpx.ConnectError("refused"))
+    with (
+        mock_client(credentials, script, backup_url=None) as client,
+        pytest.raises(OutcomeUnknown) as info,
+    ):
+        client.submit_special_reduction(_request())
+    assert info.value.maybe_sent is False
+
+
+def test_maybe_sent_sticks_once_any_attempt_may_have_landed(credentials: Credentials) -> None:
+    script = Script(
+        error_response(500, "SYSTEM_ERROR"), httpx.ConnectError("x"), httpx.ConnectError("x")
+    )
+    with (
+        mock_client(credentials, script, backup_url=None) as client,
+        pytest.raises(OutcomeUnknown) as info,
+    ):
+        client.submit_special_reduction(_request())
+    assert isinstance(info.value.cause, NetworkError)
+    assert info.value.maybe_sent is True
+
+
+def test_post_reentry_resends_the_same_parameters_with_a_fresh_signature(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    script = Script(
+        httpx.ReadTimeout("lost"),
+        error_response(500, "SYSTEM_ERROR"),
+        signed_response(keys, reduction_answer(keys, "R1")),
+    )
+    with mock_client(credentials, script) as client:
+        client.submit_special_reduction(_request())
+    assert len(script.requests) == 3
+    bodies = [r.content for r in script.requests]
+    assert bodies[0] == bodies[1] == bodies[2]  # byte-identical re-entry
+    plain = json.loads(bodies[0])
+    assert plain["out_request_no"] == "R1" and plain["amount"] == 100 and plain["mchid"] == TARGET
+    from wxrecon.wechatpay.keys import decrypt
+
+    assert decrypt(keys.wechatpay_key, plain["bal_account_no"]) == BAL_ACCOUNT_NO
+    auths = [signing.parse_authorization(r.headers["Authorization"]) for r in script.requests]
+    assert len({a.nonce_str for a in auths}) == 3 and len({a.signature for a in auths}) == 3
+    for request, auth in zip(script.requests, auths, strict=True):
+        message = signing.request_message(
+            "POST", request.url.raw_path.decode(), auth.timestamp, auth.nonce_str, request.content
+        )
+        assert signing.verify(keys.merchant_key.public_key(), message, auth.signature)
+
+
+def test_submit_garbled_but_signed_answer_is_an_unknown_outcome(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    script = Script(signed_response(keys, {"out_request_no": "R1"}, request_id="RID-7"))
+    with mock_client(credentials, script) as client, pytest.raises(OutcomeUnknown) as info:
+        client.submit_special_reduction(_request())
+    assert isinstance(info.value.cause, GarbledResponse)
+    assert info.value.request_id == "RID-7" and info.value.status == 200
+
+
+# -- failover -------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _failover_client(credentials: Credentials, script: Script, clock: Clock) -> WeChatPayClient:
+    return mock_client(
+        credentials, script, base_url=PRIMARY, backup_url=BACKUP, failover_cooldown=60, clock=clock
+    )
+
+
+def _by_host(
+    keys: KeySet, primary: Exception | httpx.Response
+) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "primary.test":
+            if isinstance(primary, Exception):
+                raise primary
+            return primary
+        return signed_response(keys, BALANCE)
+
+    return handler
+
+
+@pytest.mark.parametrize("exc", [httpx.ConnectError("dns"), httpx.ConnectTimeout("syn")])
+def test_connect_failure_on_primary_fails_over_then_returns_after_cooldown(
+    keys: KeySet, credentials: Credentials, exc: Exception
+) -> None:
+    clock = Clock()
+    script = Script(_by_host(keys, exc))
+    with _failover_client(credentials, script, clock) as client:
+        assert _balance(client).balance == 12345
+        assert script.hosts == ["primary.test", "backup.test"]
+        assert client.using_backup
+        clock.now += 59
+        _balance(client)
+        assert script.hosts[-1] == "backup.test"  # still cooling down: primary not tried
+        clock.now += 2
+        assert not client.using_backup
+        script.steps = [signed_response(keys, BALANCE)]  # the primary is back
+        _balance(client)
+        assert script.hosts[-1] == "primary.test"
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("reset"),
+        error_response(500, "SYSTEM_ERROR"),
+    ],
+)
+def test_failures_after_connecting_do_not_fail_over(
+    keys: KeySet, credentials: Credentials, failure: Exception | httpx.Response
+) -> None:
+    clock = Clock()
+    script = Script(_by_host(keys, failure))
+    with _failover_client(credentials, script, clock) as client, pytest.raises(TransientError):
+        _balance(client)
+    assert script.hosts == ["primary.test"] * 3
+    assert not client.using_backup
+
+
+def test_post_fails_over_only_when_nothing_reached_the_primary(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    clock = Clock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "primary.test":
+            raise httpx.ConnectError("refused")
+        return signed_response(keys, reduction_answer(keys, "R1"))
+
+    script = Script(handler)
+    with _failover_client(credentials, script, clock) as client:
+        client.submit_special_reduction(_request())
+    assert script.hosts == ["primary.test", "backup.test"]
+    assert script.requests[0].content == script.requests[1].content
+
+
+def test_backup_unreachable_sends_us_back_to_the_primary(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    clock = Clock()
+    script = Script(
+        httpx.ConnectError("a"), httpx.ConnectError("b"), signed_response(keys, BALANCE)
+    )
+    with _failover_client(credentials, script, clock) as client:
+        assert _balance(client).balance == 12345
+    assert script.hosts == ["primary.test", "backup.test", "primary.test"]
+
+
+def test_no_backup_configured(keys: KeySet, credentials: Credentials) -> None:
+    script = Script(httpx.ConnectError("a"), signed_response(keys, BALANCE))
+    with mock_client(credentials, script, base_url=PRIMARY, backup_url=None) as client:
+        _balance(client)
+    assert script.hosts == ["primary.test", "primary.test"]
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+
+def test_before_request_is_called_per_attempt_with_endpoint_and_target(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    calls: list[tuple[Endpoint, str]] = []
+    script = Script(
+        error_response(500, "SYSTEM_ERROR"),
+        signed_response(keys, reduction_answer(keys, "R1")),
+    )
+    with mock_client(credentials, script, before_request=lambda e, m: calls.append((e, m))) as c:
+        c.submit_special_reduction(_request(mchid=TARGET))
+        script.steps = [signed_response(keys, BALANCE)]
+        c.query_balance(mchid="1900000003", bal_account_no=BAL_ACCOUNT_NO)
+        script.steps = [
+            signed_response(keys, {"out_bill_no": "B1", "state": "SUCCESS", "amount": 1})
+        ]
+        c.query_compensation_bill("B1")
+    assert calls == [
+        (Endpoint.SUBMIT_REDUCTION, TARGET),
+        (Endpoint.SUBMIT_REDUCTION, TARGET),
+        (Endpoint.QUERY_BALANCE, "1900000003"),
+        (Endpoint.QUERY_BILL, MCHID),
+    ]
+
+
+def test_throttled_by_the_hook_propagates_without_sending(credentials: Credentials) -> None:
+    def hook(endpoint: Endpoint, mchid: str) -> None:
+        raise Throttled(0.25, f"{endpoint}:{mchid}")
+
+    script = Script(error_response(500, "SYSTEM_ERROR"))
+    with mock_client(credentials, script, before_request=hook) as client:
+        with pytest.raises(Throttled) as info:
+            _balance(client)
+        assert info.value.retry_after == 0.25 and not info.value.maybe_sent
+        with pytest.raises(Throttled):
+            client.submit_special_reduction(_request())
+    assert script.requests == []
+
+
+def test_throttled_retry_of_a_post_that_may_have_landed_is_an_unknown_outcome(
+    credentials: Credentials,
+) -> None:
+    attempts = []
+
+    def hook(endpoint: Endpoint, mchid: str) -> None:
+        attempts.append(endpoint)
+        if len(attempts) > 1:
+            raise Throttled(1.0, "k")
+
+    script = Script(error_response(500, "SYSTEM_ERROR"))
+    with mock_client(credentials, script, before_request=hook) as client:
+        with pytest.raises(OutcomeUnknown) as info:
+            client.submit_special_reduction(_request())
+        assert info.value.maybe_sent and len(script.requests) == 1
+        attempts.clear()
+        with pytest.raises(Throttled):  # a GET just reports the deferral
+            _balance(client)
+
+
+def test_observer_sees_every_attempt_and_cannot_break_a_call(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    seen: list[tuple[Endpoint, str, float]] = []
+
+    def observer(endpoint: Endpoint, outcome: str, seconds: float) -> None:
+        seen.append((endpoint, outcome, seconds))
+        raise RuntimeError("metrics backend down")
+
+    script = Script(
+        httpx.ReadTimeout("t"), error_response(500, "SYSTEM_ERROR"), signed_response(keys, BALANCE)
+    )
+    with mock_client(credentials, script, observer=observer) as client:
+        assert _balance(client).balance == 12345
+    assert [(e, o) for e, o, _ in seen] == [
+        (Endpoint.QUERY_BALANCE, "ReadTimeout"),
+        (Endpoint.QUERY_BALANCE, "500"),
+        (Endpoint.QUERY_BALANCE, "200"),
+    ]
+    assert all(s >= 0 for _, _, s in seen)
+
+
+# -- nothing sent on bad input --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.query_special_reduction("A" * 33, mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO),
+        lambda c: c.query_special_reduction("R1", mchid="x", bal_account_no=BAL_ACCOUNT_NO),
+        lambda c: c.query_balance(mchid=MCHID, bal_account_no=""),
+        lambda c: c.query_compensation_bill("../x"),
+        lambda c: c.submit_special_reduction(
+            SpecialReductionRequest(
+                MCHID, BAL_ACCOUNT_NO, "R1", ReductionType.FINANCIAL_PENALTY, -5
+            )
+        ),
+        lambda c: c.submit_special_reduction(
+            SpecialReductionRequest(MCHID, BAL_ACCOUNT_NO, "R1", ReductionType("BOGUS"), 5)
+        ),
+    ],
+)
+def test_invalid_input_sends_nothing(
+    credentials: Credentials, call: Callable[[WeChatPayClient], object]
+) -> None:
+    script = Script(httpx.Response(500))
+    with mock_client(credentials, script) as client, pytest.raises(InvalidRequest) as info:
+        call(client)
+    assert script.requests == []
+    assert BAL_ACCOUNT_NO not in str(info.value)
+
+
+# -- garbled bodies of any shape ------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "out_request_no": st.sampled_from(["R1", "R2", 7]),
+            "out_bill_no": st.sampled_from(["B1", None]),
+            "state": json_values | st.sampled_from(["SUCCESS", "FAILED", "ACCEPTED", "NEW"]),
+            "amount": json_values | st.integers(),
+            "balance": json_values | st.integers(),
+            "bal_account_no": json_values,
+            "success_time": json_values | st.just("2025-01-01T00:00:00+08:00"),
+            "close_info": json_values,
+        },
+    ).map(lambda v: json.dumps(v).encode()),
+    st.sampled_from([b"[" * 100_000, b'{"a":' * 5000, b"1" * 5000, b"NaN", b"\xef\xbb\xbf{}"]),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=bodies, status=st.sampled_from([200, 201, 204]))
+def test_any_signed_body_is_a_result_or_a_typed_error(
+    keys: KeySet, credentials: Credentials, body: bytes, status: int
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body, headers=signed_headers(keys, body))
+
+    calls: list[Callable[[WeChatPayClient], object]] = [
+        _balance,
+        lambda c: c.query_compensation_bill("B1"),
+        lambda c: c.query_special_reduction("R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO),
+    ]
+    with mock_client(credentials, handler, retry=RetryPolicy(attempts=1)) as client:
+        for call in calls:
+            try:
+                call(client)
+            except GarbledResponse as exc:
+                assert "\n" not in str(exc) and exc.status == status
+        try:
+            client.submit_special_reduction(_request())
+        except OutcomeUnknown as exc:
+            assert isinstance(exc.cause, GarbledResponse)
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+
+def test_no_secret_reaches_an_exception_or_a_log(
+    keys: KeySet, credentials: Credentials, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    pem = keys.merchant_key_path.read_text().splitlines()[1]
+    errors: list[BaseException] = []
+    clock = Clock()
+    script = Script(
+        httpx.ConnectError("refused"),
+        error_response(500, "SYSTEM_ERROR"),
+        httpx.ReadTimeout("t"),
+        error_response(400, "PARAM_ERROR", "bal_account_no invalid"),
+    )
+    with _failover_client(credentials, script, clock) as client:
+        for call in (
+            lambda: client.submit_special_reduction(_request()),
+            lambda: _balance(client),
+            lambda: client.query_special_reduction(
+                "R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO
+            ),
+        ):
+            try:
+                call()
+            except WeChatPayError as exc:
+                errors.append(exc)
+    assert errors
+    texts = [caplog.text, *map(str, errors), *map(repr, errors)]
+    for exc in errors:
+        texts.append(str(getattr(exc, "cause", "")))
+        texts.append(repr(exc.detail))
+    for text in texts:
+        assert BAL_ACCOUNT_NO not in text
+        assert pem not in text
+    assert BAL_ACCOUNT_NO not in repr(_request()) and pem not in repr(credentials)
+
+
+# -- construction ---------------------------------------------------------------------------
+
+
+def test_pool_settings_and_fork_safety(credentials: Credentials) -> None:
+    client = WeChatPayClient(credentials, timeouts=Timeouts(connect=1.5, read=4.0))
+    assert client.timeouts.keepalive_expiry < 8  # the provider drops idle connections at 8 s
+    first = client._http_client()
+    assert first.timeout.connect == 1.5 and first.timeout.read == 4.0
+    client._pid = -1  # as if we were a forked child: the parent's sockets must not be shared
+    second = client._http_client()
+    assert second is not first
+    assert client._http_client() is second
+    client.close()
+    first.close()
+
+
+@pytest.mark.parametrize("url", ["", "ftp://x", "not a url", "https://"])
+def test_bad_base_url(credentials: Credentials, url: str) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        WeChatPayClient(credentials, base_url=url)
+
+
+def _settings(keys: KeySet, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {k.removeprefix("WXRECON_").lower(): v for k, v in keys.env().items()}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_build_client_from_settings(keys: KeySet) -> None:
+    hook_calls: list[tuple[Endpoint, str]] = []
+    observed: list[str] = []
+    script = Script(httpx.ConnectError("x"), signed_response(keys, BALANCE))
+    s = _settings(
+        keys,
+        wechatpay_base_url="http://127.0.0.1:9/",
+        wechatpay_backup_url="http://localhost:9",
+        http_connect_timeout=1.25,
+        http_read_timeout=7.5,
+        http_retries=2,
+        failover_cooldown=33.0,
+    )
+    client = build_client(
+        s,
+        before_request=lambda e, m: hook_calls.append((e, m)),
+        observer=lambda e, o, t: observed.append(o),
+        transport=httpx.MockTransport(script),
+    )
+    with client:
+        assert client.base_url == "http://127.0.0.1:9" and client.backup_url == "http://localhost:9"
+        assert client.retry.attempts == 2 and client.failover_cooldown == 33.0
+        assert client.timeouts.connect == 1.25 and client.timeouts.read == 7.5
+        assert client.credentials.encrypt_serial == PUB_KEY_ID
+        assert client._retrying.sleep is not None
+        client._retrying.sleep = lambda _: None  # type: ignore[method-assign]
+        assert _balance(client).balance == 12345
+    assert script.hosts == ["127.0.0.1", "localhost"]
+    assert len(hook_calls) == 2 and observed == ["ConnectError", "200"]
+
+
+def test_build_client_bad_settings(keys: KeySet) -> None:
+    with pytest.raises(CredentialError, match=r"^WXRECON_WECHATPAY_BASE_URL: "):
+        build_client(_settings(keys, wechatpay_base_url="nowhere"))
+    with pytest.raises(CredentialError, match=r"^WXRECON_WECHATPAY_BACKUP_URL: "):
+        build_client(_settings(keys, wechatpay_backup_url="ftp://x"))
+    with pytest.raises(CredentialError, match="WXRECON_MCH_PRIVATE_KEY_PATH"):
+        build_client(_settings(keys, mch_private_key_path=None))
+    client = build_client(_settings(keys, wechatpay_backup_url=""))
+    assert client.backup_url is None
+    client.close()
