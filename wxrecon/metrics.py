@@ -6,7 +6,15 @@ files that the ``metrics`` process aggregates.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 PROVIDER_REQUEST_SECONDS = Histogram(
     "wxrecon_provider_request_duration_seconds",
@@ -54,3 +62,55 @@ def count_ratelimit_wait(endpoint: str, seconds: float, *, deferred: bool) -> No
         RATELIMIT_WAIT_SECONDS.labels(str(endpoint)).inc(seconds)
     if deferred:
         RATELIMIT_DEFERRALS.labels(str(endpoint)).inc()
+
+
+# -- read at scrape time from the database (served by the ``metrics`` process) ---------------
+
+
+@dataclass(frozen=True)
+class OrdersSnapshot:
+    """What the database says now: order counts by (kind, state), and per kind the age in
+    seconds of the oldest order whose next query is overdue (0 when none is)."""
+
+    counts: Mapping[tuple[str, str], int]
+    oldest_due_seconds: Mapping[str, float]
+
+
+class OrdersCollector(Collector):
+    """Gauges computed at scrape time, so they are right however many workers there are."""
+
+    def __init__(self, snapshot: Callable[[], OrdersSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # computed on scrape: never registered eagerly
+
+    def collect(self) -> Iterator[Metric]:
+        orders = GaugeMetricFamily(
+            "wxrecon_orders",
+            "Orders in the database by kind and local state.",
+            labels=["kind", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            "wxrecon_oldest_due_order_age_seconds",
+            "Seconds the most overdue non-final order has been waiting for its next query.",
+            labels=["kind"],
+        )
+        up = GaugeMetricFamily(
+            "wxrecon_database_up", "1 when the metrics process could read the database."
+        )
+        try:
+            snap = self._snapshot()
+        except Exception:
+            log.warning("metrics: cannot read the database", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        for (kind, state), count in sorted(snap.counts.items()):
+            orders.add_metric([kind, state], count)
+        for kind, seconds in sorted(snap.oldest_due_seconds.items()):
+            oldest.add_metric([kind], max(0.0, seconds))
+        up.add_metric([], 1)
+        yield orders
+        yield oldest
+        yield up

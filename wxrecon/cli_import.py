@@ -1,0 +1,122 @@
+"""``wxrecon import FILE.csv``: bulk intake of special reductions.
+
+The header row names the fields (``mchid,bal_account_no,out_request_no,reduction_type,amount``
+and optionally ``reason``). Each row is its own transaction: a bad row is reported with its
+line number, nothing of it is written, and the import goes on (``--stop-on-error`` stops
+instead). The exit code is non-zero when any row was refused.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from wxrecon import cli_orders
+from wxrecon.cli_common import CliError, JsonOpt, Output, bad_input, one_line
+
+REQUIRED = ("mchid", "bal_account_no", "out_request_no", "reduction_type", "amount")
+OPTIONAL = ("reason",)
+
+
+def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[dict[str, Any]]]:
+    """Rows with their line numbers, and the rows refused before touching the database."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise bad_input(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise bad_input(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise bad_input(f"{path}: {exc.strerror}") from None
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in reader.fieldnames or []]
+    if not header:
+        raise bad_input(f"{path}: empty file (the first line must name the fields)")
+    missing = [f for f in REQUIRED if f not in header]
+    unknown = [f for f in header if f not in (*REQUIRED, *OPTIONAL)]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown {', '.join(unknown)}")
+        raise bad_input(f"{path}: line 1: header {'; '.join(parts)}")
+    reader.fieldnames = header
+    rows: list[tuple[int, dict[str, str]]] = []
+    refused: list[dict[str, Any]] = []
+    for record in reader:
+        line = reader.line_num
+        if None in record or any(v is None for v in record.values()):
+            refused.append({"line": line, "error": "wrong number of fields"})
+            continue
+        rows.append((line, {k: (v or "").strip() for k, v in record.items()}))
+    return rows, refused
+
+
+def parse_amount(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError("amount must be a positive integer number of fen")
+    return int(text)
+
+
+def import_csv(
+    file: Path = typer.Argument(..., help="CSV file with a header row."),
+    stop_on_error: bool = typer.Option(False, "--stop-on-error", help="Stop at the first bad row."),
+    json_out: JsonOpt = False,
+) -> None:
+    """Bulk intake of special reductions from a CSV file, with a progress bar."""
+    from wxrecon import intake
+    from wxrecon.reconcile import Conflict
+    from wxrecon.wechatpay.errors import InvalidRequest
+
+    rows, refused = read_rows(file)
+    if refused and stop_on_error:
+        raise bad_input(f"{file}: line {refused[0]['line']}: {refused[0]['error']}")
+    db = cli_orders.database()
+    created = existing = 0
+    out = Output(json_out)
+    with Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=out.err,
+        disable=json_out,
+    ) as bar:
+        task = bar.add_task("import", total=len(rows))
+        for line, row in rows:
+            try:
+                amount = parse_amount(row["amount"])
+                with db.transaction() as session:
+                    result = intake.submit_reduction(
+                        session,
+                        mchid=row["mchid"],
+                        bal_account_no=row["bal_account_no"],
+                        out_request_no=row["out_request_no"],
+                        reduction_type=row["reduction_type"],
+                        amount=amount,
+                        reason=row.get("reason") or None,
+                        enqueue=cli_orders.ENQUEUE,
+                    )
+            except (InvalidRequest, Conflict, ValueError) as exc:
+                refused.append({"line": line, "error": one_line(exc)})
+                if stop_on_error:
+                    break
+            else:
+                if result.created:
+                    created += 1
+                else:
+                    existing += 1
+            bar.advance(task)
+    refused.sort(key=lambda r: r["line"])
+    if json_out:
+        out.json({"created": created, "existing": existing, "refused": refused})
+    else:
+        out.print(f"[green]✓[/] {created} new, {existing} already known, {len(refused)} refused")
+    if refused:
+        first = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise CliError(f"{file}: line {first['line']}: {first['error']}{more}")

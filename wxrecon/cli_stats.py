@@ -1,0 +1,174 @@
+"""``wxrecon stats``: what is in flight, what is stuck, what finished, what failed."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.columns import Columns
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+
+from wxrecon.cli_common import JsonOpt, Output, ago, fen, state_text, table
+
+
+def provider_errors(metrics_dir: str | None) -> dict[str, float] | None:
+    """``endpoint/code -> count`` summed over every worker process's samples."""
+    if not metrics_dir or not Path(metrics_dir).is_dir():
+        return None
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+    out: dict[str, float] = {}
+    for family in registry.collect():
+        if family.name != "wxrecon_provider_errors":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:
+                key = f"{sample.labels['endpoint']}/{sample.labels['code']}"
+                out[key] = out.get(key, 0) + sample.value
+    return out
+
+
+def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
+    from wxrecon import queries
+    from wxrecon.models import CompensationBill, Event, SpecialReduction
+    from wxrecon.states import BILL_ACTIVE, BILL_FINAL, REDUCTION_ACTIVE, REDUCTION_FINAL
+
+    now = now or datetime.now(UTC)
+    with db.read() as session:
+        base = queries.stats(session, now=now)
+        by_merchant: dict[str, dict[str, int]] = {}
+        for mchid, state, count in session.execute(
+            select(SpecialReduction.mchid, SpecialReduction.state, func.count()).group_by(
+                SpecialReduction.mchid, SpecialReduction.state
+            )
+        ):
+            by_merchant.setdefault(mchid, {})[state] = count
+        oldest: dict[str, Any] | None = None
+        for model, kind, active, number in (
+            (SpecialReduction, "reduction", REDUCTION_ACTIVE, "out_request_no"),
+            (CompensationBill, "bill", BILL_ACTIVE, "out_bill_no"),
+        ):
+            row = session.execute(
+                select(model)
+                .where(model.state.in_(sorted(active)), model.next_poll_at <= now)
+                .order_by(model.next_poll_at)
+                .limit(1)
+            ).scalar_one_or_none()
+            if row is not None:
+                overdue = (now - row.next_poll_at).total_seconds()
+                if oldest is None or overdue > oldest["overdue_seconds"]:
+                    oldest = {
+                        "kind": kind,
+                        "id": row.id,
+                        "number": getattr(row, number),
+                        "state": row.state,
+                        "overdue_seconds": overdue,
+                    }
+        finals = sorted({*REDUCTION_FINAL, *BILL_FINAL})
+        finalised = dict(
+            session.execute(
+                select(Event.kind, func.count())
+                .where(Event.at >= now - timedelta(hours=1), Event.to_state.in_(finals))
+                .group_by(Event.kind)
+            ).all()
+        )
+    return {
+        "reductions": base.reductions,
+        "reduction_amounts": base.reduction_amounts,
+        "bills": base.bills,
+        "by_merchant": by_merchant,
+        "due_now": {"reductions": base.reductions_due, "bills": base.bills_due},
+        "oldest_overdue": oldest,
+        "finalised_last_hour": {k: int(v) for k, v in finalised.items()},
+        "provider_errors": provider_errors(metrics_dir),
+    }
+
+
+def render(data: dict[str, Any]) -> Group:
+    reductions = table(
+        "reductions by state",
+        ["state", "orders", "amount"],
+        (
+            [state_text(s), n, fen(data["reduction_amounts"].get(s, 0))]
+            for s, n in sorted(data["reductions"].items())
+        ),
+    )
+    bills = table(
+        "bills by state",
+        ["state", "bills"],
+        ([state_text(s), n] for s, n in sorted(data["bills"].items())),
+    )
+    states = sorted({s for m in data["by_merchant"].values() for s in m})
+    merchants = table(
+        "reductions by target merchant",
+        ["mchid", *states],
+        ([m, *(row.get(s, 0) for s in states)] for m, row in sorted(data["by_merchant"].items())),
+    )
+    errors = data["provider_errors"]
+    if errors is None:
+        error_view: Any = Text("provider errors: set PROMETHEUS_MULTIPROC_DIR to see them", "dim")
+    else:
+        error_view = table(
+            "provider errors by code",
+            ["endpoint/code", "count"],
+            ([k, int(v)] for k, v in sorted(errors.items(), key=lambda kv: -kv[1])),
+        )
+    oldest = data["oldest_overdue"]
+    if oldest:
+        line = Text.assemble(
+            "oldest overdue: ",
+            (f"{oldest['kind']} #{oldest['id']} {oldest['number']} ", "bold"),
+            state_text(oldest["state"]),
+            f" · {ago(oldest['overdue_seconds'])} overdue",
+        )
+    else:
+        line = Text("nothing overdue", style="green")
+    due = data["due_now"]
+    fin = data["finalised_last_hour"]
+    summary = Text(
+        f"due now: {due['reductions']} reductions, {due['bills']} bills · finalised in the "
+        f"last hour: {fin.get('reduction', 0)} reductions, {fin.get('bill', 0)} bills"
+    )
+    return Group(Columns([reductions, bills]), merchants, error_view, line, summary)
+
+
+def stats(
+    watch: bool = typer.Option(False, "--watch", help="Refresh in place until Ctrl-C."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes."),
+    metrics_dir: str = typer.Option(
+        None,
+        "--metrics-dir",
+        help="Where workers write metric samples (default: PROMETHEUS_MULTIPROC_DIR).",
+    ),
+    json_out: JsonOpt = False,
+) -> None:
+    """Counts by state and merchant, oldest overdue order, finalised in the last hour,
+    provider errors by code."""
+    from wxrecon.cli_orders import database
+
+    db = database()
+    mdir = metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    out = Output(json_out)
+    if json_out:
+        out.json(collect(db, mdir))
+        return
+    if not watch:
+        out.print(render(collect(db, mdir)))
+        return
+    try:
+        with Live(render(collect(db, mdir)), console=out.console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(collect(db, mdir)), refresh=True)
+    except KeyboardInterrupt:
+        pass
