@@ -1,0 +1,269 @@
+"""Database fixtures for engine tests: a fresh, migrated schema per test on SQLite and on
+PostgreSQL, plus a scripted in-memory provider and a settable clock.
+
+PostgreSQL: migrations run once per session into a template database; each test gets
+``CREATE DATABASE … TEMPLATE …`` (fast) and it is dropped afterwards. SQLite: a migrated
+template file copied per test. Database names start with ``wxrecon_engine_`` and carry the
+xdist worker id, so parallel runs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from wxrecon.db import Database, normalize_url, upgrade
+from wxrecon.wechatpay.resources import (
+    BillState,
+    CloseInfo,
+    CompensationBill,
+    FailReason,
+    ReductionState,
+    ReductionType,
+    SpecialReduction,
+    SpecialReductionRequest,
+)
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def _admin_conninfo(url: str) -> str:
+    u = make_url(normalize_url(url))
+    return (
+        f"host={u.host or '127.0.0.1'} port={u.port or 5432} user={u.username or 'postgres'}"
+        + (f" password={u.password}" if u.password else "")
+        + f" dbname={u.database or 'postgres'}"
+    )
+
+
+def _pg_url(base: str, name: str) -> str:
+    return make_url(normalize_url(base)).set(database=name).render_as_string(hide_password=False)
+
+
+def pg_admin(base_url: str, *statements: str) -> None:
+    with psycopg.connect(_admin_conninfo(base_url), autocommit=True) as conn:
+        for sql in statements:
+            conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def pg_template(postgres_url: str) -> Iterator[str]:
+    """A migrated template database; yields its name."""
+    name = f"wxrecon_engine_tpl_{_worker()}"
+    pg_admin(
+        postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
+    )
+    upgrade(_pg_url(postgres_url, name))
+    # No one may stay connected to a template while it is copied.
+    pg_admin(postgres_url, f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+    yield name
+    pg_admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("engine-template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+def fresh_pg_url(postgres_url: str, template: str) -> str:
+    name = f"wxrecon_engine_{_worker()}_{uuid.uuid4().hex[:10]}"
+    pg_admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template}")
+    return _pg_url(postgres_url, name)
+
+
+def drop_pg(postgres_url: str, url: str) -> None:
+    name = make_url(url).database
+    pg_admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh migrated PostgreSQL database URL (PostgreSQL only)."""
+    postgres_url = request.getfixturevalue("postgres_url")
+    template = request.getfixturevalue("pg_template")
+    url = fresh_pg_url(postgres_url, template)
+    yield url
+    drop_pg(postgres_url, url)
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "wxrecon.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A fresh migrated database URL, once on SQLite and once on PostgreSQL."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue("sqlite_url"))
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[Database]:
+    database = Database(pg_url)
+    yield database
+    database.dispose()
+
+
+# -- a settable clock -------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 0, **kw: float) -> datetime:
+        self.now += timedelta(seconds=seconds, **kw)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# -- engine settings for tests ----------------------------------------------------------------
+
+
+@dataclass
+class EngineSettings:
+    """The settings the engine reads, with small deterministic values."""
+
+    poll_schedule: list[float] = field(default_factory=lambda: [5.0, 15.0, 60.0])
+    poll_jitter: float = 0.0
+    poll_max_attempts: int = 6
+    reentry_window_days: int = 31
+    reentry_grace: float = 30.0
+    sweep_batch: int = 200
+    claim_lease: float = 120.0
+
+
+@pytest.fixture
+def engine_settings() -> EngineSettings:
+    return EngineSettings()
+
+
+# -- a scripted provider ----------------------------------------------------------------------
+
+Answer = Any  # a result, an exception instance, or a callable(request-ish) -> either
+
+
+def reduction(
+    out_request_no: str,
+    state: str,
+    *,
+    fail_reason: str | None = None,
+    request_id: str = "rid-q",
+    amount: int | None = None,
+    reduction_type: str | None = None,
+    mchid: str | None = None,
+) -> SpecialReduction:
+    return SpecialReduction(
+        out_request_no=out_request_no,
+        state=ReductionState(state),
+        mchid=mchid,
+        amount=amount,
+        reduction_type=ReductionType(reduction_type) if reduction_type else None,
+        fail_reason=FailReason(fail_reason) if fail_reason else None,
+        quota_change_no="Q" + out_request_no if state == "SUCCESS" else None,
+        success_time=datetime(2026, 1, 5, 8, 1, tzinfo=UTC) if state == "SUCCESS" else None,
+        fail_time=datetime(2026, 1, 5, 8, 1, tzinfo=UTC) if state == "FAILED" else None,
+        request_id=request_id,
+    )
+
+
+def bill(
+    out_bill_no: str,
+    state: str,
+    *,
+    amount: int = 500,
+    close_reason: str | None = None,
+    request_id: str = "rid-b",
+) -> CompensationBill:
+    close = (
+        CloseInfo(datetime(2026, 1, 5, 9, 0, tzinfo=UTC), close_reason) if close_reason else None
+    )
+    return CompensationBill(
+        out_bill_no=out_bill_no,
+        state=BillState(state),
+        amount=amount,
+        bill_id="B" + out_bill_no,
+        close_info=close,
+        request_id=request_id,
+    )
+
+
+class FakeProvider:
+    """Answers each call with the next scripted answer (a result or an exception to raise).
+
+    ``hook`` (if set) runs inside every call, before answering: tests use it to act while
+    the engine is "waiting on the network" (e.g. an operator action, to lose a CAS race).
+    """
+
+    def __init__(self) -> None:
+        self.submit_answers: deque[Answer] = deque()
+        self.query_answers: deque[Answer] = deque()
+        self.bill_answers: deque[Answer] = deque()
+        self.submits: list[SpecialReductionRequest] = []
+        self.queries: list[tuple[str, str, str]] = []
+        self.bill_queries: list[str] = []
+        self.hook: Callable[[], None] | None = None
+
+    def _answer(self, answers: deque[Answer], what: str) -> Any:
+        if self.hook is not None:
+            self.hook()
+        if not answers:
+            raise AssertionError(f"unexpected {what} call: no answer scripted")
+        answer = answers.popleft()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def submit_special_reduction(self, request: SpecialReductionRequest) -> SpecialReduction:
+        self.submits.append(request)
+        return self._answer(self.submit_answers, "submit")
+
+    def query_special_reduction(
+        self, out_request_no: str, *, mchid: str, bal_account_no: str
+    ) -> SpecialReduction:
+        self.queries.append((out_request_no, mchid, bal_account_no))
+        return self._answer(self.query_answers, "query")
+
+    def query_compensation_bill(self, out_bill_no: str) -> CompensationBill:
+        self.bill_queries.append(out_bill_no)
+        return self._answer(self.bill_answers, "bill query")
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
