@@ -22,7 +22,7 @@ import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +352,20 @@ class SimDir:
         return ProviderKeys.load(self)
 
 
+@lru_cache(maxsize=32)
+def _parse_private_key(pem: bytes, setting: str) -> rsa.RSAPrivateKey:
+    # Parsing validates the key (tens of ms); identical bytes give an identical, immutable key.
+    return keys.parse_private_key(pem, setting)
+
+
+def _private_key(path: Path, setting: str) -> rsa.RSAPrivateKey:
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise SimDirError(f"{path}: cannot read ({exc.strerror})") from None
+    return _parse_private_key(pem, setting)
+
+
 @dataclass(frozen=True)
 class ProviderKeys:
     """The key objects the simulator uses, parsed once (RSA parsing is not free)."""
@@ -376,13 +390,9 @@ class ProviderKeys:
             merchant_serial=serial,
             merchant_public=keys.certificate_key(cert, MERCHANT_CERT),
             public_key_id=sim.wechatpay_public_key_id,
-            wechatpay_private=keys.load_private_key(
-                sim.file(WECHATPAY_PRIVATE_KEY), WECHATPAY_PRIVATE_KEY
-            ),
+            wechatpay_private=_private_key(sim.file(WECHATPAY_PRIVATE_KEY), WECHATPAY_PRIVATE_KEY),
             platform_serial=sim.platform_cert_serial,
-            platform_private=keys.load_private_key(
-                sim.file(PLATFORM_PRIVATE_KEY), PLATFORM_PRIVATE_KEY
-            ),
+            platform_private=_private_key(sim.file(PLATFORM_PRIVATE_KEY), PLATFORM_PRIVATE_KEY),
             cert_mode=sim.cert_mode,
         )
 

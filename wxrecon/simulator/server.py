@@ -39,6 +39,17 @@ MAX_BODY = 64 * 1024
 SAVE_INTERVAL = 5.0
 
 
+def is_loopback(peer: str) -> bool:
+    """Whether a peer address is loopback (127.0.0.0/8, ::1, or IPv4-mapped loopback)."""
+    try:
+        address = ipaddress.ip_address(peer.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "wxrecon-simulator"
@@ -156,12 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- admin API --------------------------------------------------------------------------
 
     def _admin(self, body: bytes) -> None:
-        peer = self.client_address[0]
-        try:
-            loopback = ipaddress.ip_address(peer.split("%")[0]).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
+        if not is_loopback(self.client_address[0]):
             self._admin_answer(403, {"error": "the admin API answers loopback clients only"})
             return
         path, _, query = self.path.partition("?")
