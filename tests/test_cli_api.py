@@ -1,0 +1,405 @@
+"""``wxrecon api`` commands, through typer's CliRunner on ``wxrecon.cli_api.app``.
+
+The provider is an ``httpx.MockTransport`` for the error paths; the end of the file runs the
+commands against the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+import wxrecon.cli_api as cli_api
+from tests.fixtures_keys import (
+    BAL_ACCOUNT_NO,
+    MCHID,
+    KeySet,
+    error_response,
+    reduction_answer,
+    signed_headers,
+    signed_response,
+)
+from wxrecon import provider
+from wxrecon.config import Settings, get_settings
+from wxrecon.wechatpay.keys import decrypt, mask
+
+runner = CliRunner()
+MASKED = mask(BAL_ACCOUNT_NO)
+NO = "htozr8denqegbt6tk6u10iymo7yww5pn"
+
+
+class Provider:
+    """The fake provider behind the CLI: a list of answers and the requests it got."""
+
+    def __init__(self) -> None:
+        self.answers: list[httpx.Response | Exception] = []
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def fake(keys: KeySet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Provider]:
+    """Settings from the environment (as in production), the transport swapped for a fake."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in keys.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WXRECON_HTTP_RETRIES", "1")
+    monkeypatch.setenv("WXRECON_WECHATPAY_BASE_URL", "https://primary.test")
+    monkeypatch.setenv("WXRECON_WECHATPAY_BACKUP_URL", "")
+    prov = Provider()
+    real = provider.build_client
+
+    def build(settings: Settings, **kw: Any) -> Any:
+        return real(settings, transport=httpx.MockTransport(prov), **kw)
+
+    monkeypatch.setattr(cli_api, "build_client", build)
+    get_settings.cache_clear()
+    yield prov
+    get_settings.cache_clear()
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> Any:
+    result = runner.invoke(cli_api.app, list(args), env=env)
+    # Whatever happened, the plaintext ledger number never shows.
+    assert BAL_ACCOUNT_NO not in result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def _one_error_line(result: Any) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# -- happy paths ----------------------------------------------------------------------------
+
+
+def test_balance_table(keys: KeySet, fake: Provider) -> None:
+    fake.answers = [signed_response(keys, {"balance": 12345, "in_transit_reduction_exist": True})]
+    result = _run("balance", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO)
+    assert result.exit_code == 0, result.output
+    assert "12345 fen (¥123.45)" in result.stdout
+    assert MASKED in result.stdout and "yes" in result.stdout
+    (request,) = fake.requests
+    assert request.url.path == "/v3/aggracct-bc/wb-channel/account/balance"
+    assert decrypt(keys.wechatpay_key, request.url.params["bal_account_no"]) == BAL_ACCOUNT_NO
+
+
+def test_balance_json_with_ledger_from_the_environment(keys: KeySet, fake: Provider) -> None:
+    fake.answers = [
+        signed_response(keys, {"balance": 7, "in_transit_reduction_exist": False}, request_id="R-7")
+    ]
+    result = _run(
+        "balance", "--mchid", MCHID, "--json", env={"WXRECON_API_BAL_ACCOUNT_NO": BAL_ACCOUNT_NO}
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "mchid": MCHID,
+        "bal_account_no": MASKED,
+        "balance": 7,
+        "in_transit_reduction_exist": False,
+        "request_id": "R-7",
+    }
+
+
+def test_submit_reduction(keys: KeySet, fake: Provider) -> None:
+    fake.answers = [signed_response(keys, reduction_answer(keys, NO), request_id="R-1")]
+    result = _run(
+        "submit-reduction",
+        "--mchid",
+        MCHID,
+        "--bal-account-no",
+        BAL_ACCOUNT_NO,
+        "--out-request-no",
+        NO,
+        "--type",
+        "JUDICIAL_DEDUCTION",
+        "--amount",
+        "100",
+        "--reason",
+        "司法案件号：202508080009",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["state"] == "PROCESSING" and doc["out_request_no"] == NO
+    assert doc["bal_account_no"] == MASKED and doc["request_id"] == "R-1"
+    (request,) = fake.requests
+    body = json.loads(request.content)
+    assert body["amount"] == 100 and body["reason"] == "司法案件号：202508080009"
+    assert body["reduction_type"] == "JUDICIAL_DEDUCTION" and body["mchid"] == MCHID
+
+
+def test_query_reduction_table(keys: KeySet, fake: Provider) -> None:
+    answer = reduction_answer(
+        keys,
+        NO,
+        "FAILED",
+        extra={"fail_reason": "RECEIPT_NOT_EXIST_CLOSED", "fail_time": "2025-09-11T10:00:00+08:00"},
+    )
+    fake.answers = [signed_response(keys, answer)]
+    result = _run("query-reduction", NO, "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO)
+    assert result.exit_code == 0, result.output
+    for text in ("FAILED", "RECEIPT_NOT_EXIST_CLOSED", "2025-09-11T10:00:00+08:00", MASKED):
+        assert text in result.stdout
+    assert fake.requests[0].url.path.endswith(f"/special-reduction/{NO}")
+
+
+def test_query_bill(keys: KeySet, fake: Provider) -> None:
+    bill = {
+        "out_bill_no": "plfk2020042013",
+        "state": "CLOSED",
+        "amount": 10000,
+        "close_info": {"close_time": "2015-05-20T13:29:35+08:00", "close_reason": "NOT_ENOUGH"},
+    }
+    fake.answers = [signed_response(keys, bill), signed_response(keys, bill)]
+    result = _run("query-bill", "plfk2020042013")
+    assert result.exit_code == 0, result.output
+    assert "CLOSED" in result.stdout and "10000 fen (¥100.00)" in result.stdout
+    assert "close_reason=NOT_ENOUGH" in result.stdout
+    doc = json.loads(_run("query-bill", "plfk2020042013", "--json").stdout)
+    assert doc["close_info"] == {
+        "close_time": "2015-05-20T13:29:35+08:00",
+        "close_reason": "NOT_ENOUGH",
+    }
+
+
+# -- provider failures: one line with status, code, message, Request-ID ----------------------
+
+
+def test_business_answer_is_one_line(fake: Provider) -> None:
+    fake.answers = [error_response(403, "NOT_ENOUGH", "余额不足", request_id="0A1B2C")]
+    result = _run(
+        "submit-reduction",
+        "--mchid",
+        MCHID,
+        "--bal-account-no",
+        BAL_ACCOUNT_NO,
+        "--out-request-no",
+        NO,
+        "--type",
+        "FINANCIAL_PENALTY",
+        "--amount",
+        "5",
+    )
+    assert result.exit_code == 1
+    assert _one_error_line(result) == "error: HTTP 403 NOT_ENOUGH 余额不足 (Request-ID 0A1B2C)"
+    assert result.stdout == ""
+
+
+def test_failure_as_json(fake: Provider) -> None:
+    fake.answers = [error_response(401, "SIGN_ERROR", "签名错误", request_id="RID")]
+    result = _run("query-bill", "B1", "--json")
+    assert result.exit_code == 1
+    doc = json.loads(_one_error_line(result))
+    assert doc == {
+        "error": "HTTP 401 SIGN_ERROR 签名错误 (Request-ID RID)",
+        "kind": "Rejected",
+        "status": 401,
+        "code": "SIGN_ERROR",
+        "message": "签名错误",
+        "request_id": "RID",
+    }
+
+
+def test_unknown_outcome_of_a_submit(fake: Provider) -> None:
+    fake.answers = [error_response(500, "SYSTEM_ERROR", "系统异常", request_id="X9")]
+    result = _run(
+        "submit-reduction",
+        "--mchid",
+        MCHID,
+        "--bal-account-no",
+        BAL_ACCOUNT_NO,
+        "--out-request-no",
+        NO,
+        "--type",
+        "FINANCIAL_PENALTY",
+        "--amount",
+        "5",
+    )
+    assert result.exit_code == 1
+    assert _one_error_line(result) == (
+        "error: HTTP 500 SYSTEM_ERROR outcome unknown: 系统异常 (Request-ID X9)"
+    )
+
+
+def test_unverified_answer_is_a_failure_not_data(keys: KeySet, fake: Provider) -> None:
+    body = b'{"balance":999999,"in_transit_reduction_exist":false}'
+    headers = signed_headers(keys, body, signer=keys.other_key)
+    fake.answers = [httpx.Response(200, content=body, headers=headers)]
+    result = _run("balance", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO)
+    assert result.exit_code == 1 and "999999" not in result.output
+    assert "signature does not verify" in _one_error_line(result)
+
+
+def test_network_failure(fake: Provider) -> None:
+    fake.answers = [httpx.ConnectError("refused")]
+    result = _run("query-bill", "B1")
+    assert result.exit_code == 1
+    assert (
+        _one_error_line(result)
+        == "error: GET /v3/platsolution/ecommerce/mch-transfer/compensate-bills/out-bill-no/B1"
+        " failed: ConnectError"
+    )
+
+
+# -- bad input: one line, exit 2, nothing loaded or sent -------------------------------------
+
+SUBMIT = ["submit-reduction", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [*SUBMIT, "--out-request-no", NO, "--type", "FINANCIAL_PENALTY", "--amount", "-5"],
+            "amount must be a positive number of fen",
+        ),
+        (
+            [*SUBMIT, "--out-request-no", NO, "--type", "FINANCIAL_PENALTY", "--amount", "0"],
+            "amount must be a positive number of fen",
+        ),
+        (
+            [*SUBMIT, "--out-request-no", NO, "--type", "FINANCIAL_PENALTY", "--amount", "1.5"],
+            "amount must be a whole number of fen",
+        ),
+        (
+            [*SUBMIT, "--out-request-no", NO, "--type", "FINANCIAL_PENALTY", "--amount", "1e3"],
+            "amount must be a whole number of fen",
+        ),
+        (
+            [*SUBMIT, "--out-request-no", NO, "--type", "FINANCIAL_PENALTY", "--amount", "１２"],
+            "amount must be a whole number of fen",
+        ),
+        (
+            [*SUBMIT, "--out-request-no", "A" * 33, "--type", "FINANCIAL_PENALTY", "--amount", "5"],
+            "out_request_no must be 1 to 32 characters of 0-9, A-Z, a-z",
+        ),
+        (
+            [*SUBMIT, "--out-request-no", NO, "--type", "PENALTY", "--amount", "5"],
+            "reduction_type must be FINANCIAL_PENALTY or JUDICIAL_DEDUCTION",
+        ),
+        (
+            [
+                *SUBMIT,
+                "--out-request-no",
+                NO,
+                "--type",
+                "FINANCIAL_PENALTY",
+                "--amount",
+                "5",
+                "--reason",
+                "x" * 513,
+            ],
+            "reason is longer than 512 characters",
+        ),
+        (
+            ["balance", "--mchid", "abc", "--bal-account-no", BAL_ACCOUNT_NO],
+            "mchid must be 1 to 32 digits",
+        ),
+        (["balance", "--mchid", MCHID, "--bal-account-no", ""], "bal_account_no is required"),
+        (
+            ["query-reduction", "no-dash", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO],
+            "out_request_no must be 1 to 32 characters",
+        ),
+        (["query-bill", "B" * 33], "out_bill_no must be 1 to 32 characters"),
+        (["balance", "--mchid", MCHID], "Missing option '--bal-account-no'"),
+        (["submit-reduction", "--mchid", MCHID], "Missing option"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_bad_input(
+    fake: Provider, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("bad input must not load keys or build a client")
+
+    monkeypatch.setattr(cli_api, "build_client", never)
+    result = _run(*args)
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result)
+    assert line.startswith("error: ") and message in line
+    assert fake.requests == [] and result.stdout == ""
+
+
+def test_bad_input_as_json(fake: Provider) -> None:
+    result = _run(*SUBMIT, "--out-request-no", NO, "--type", "X", "--amount", "5", "--json")
+    assert result.exit_code == 2
+    assert json.loads(_one_error_line(result)) == {
+        "error": "reduction_type must be FINANCIAL_PENALTY or JUDICIAL_DEDUCTION"
+    }
+
+
+def test_secret_in_the_wrong_option_is_not_echoed(fake: Provider) -> None:
+    result = _run(
+        "submit-reduction",
+        "--mchid",
+        MCHID,
+        "--bal-account-no",
+        "x",
+        "--out-request-no",
+        NO,
+        "--type",
+        BAL_ACCOUNT_NO,
+        "--amount",
+        "5",
+    )
+    assert result.exit_code == 2  # and _run checked the secret is nowhere in the output
+
+
+# -- configuration problems name the setting ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "setting"),
+    [
+        ("WXRECON_MCH_PRIVATE_KEY_PATH", "", "WXRECON_MCH_PRIVATE_KEY_PATH"),
+        (
+            "WXRECON_MCH_PRIVATE_KEY_PATH",
+            "/nonexistent/apiclient_key.pem",
+            "WXRECON_MCH_PRIVATE_KEY_PATH",
+        ),
+        (
+            "WXRECON_WECHATPAY_PUBLIC_KEY_PATH",
+            "/nonexistent/pub.pem",
+            "WXRECON_WECHATPAY_PUBLIC_KEY_PATH",
+        ),
+        ("WXRECON_MCH_CERT_SERIAL", "ABCDEF", "WXRECON_MCH_CERT_SERIAL"),
+        ("WXRECON_MCHID", "", "WXRECON_MCHID"),
+        ("WXRECON_HTTP_RETRIES", "many", "WXRECON_HTTP_RETRIES"),
+        ("WXRECON_WECHATPAY_BASE_URL", "nowhere", "WXRECON_WECHATPAY_BASE_URL"),
+    ],
+)
+def test_broken_settings(
+    fake: Provider, monkeypatch: pytest.MonkeyPatch, name: str, value: str, setting: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    result = _run("query-bill", "B1")
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert line.startswith("error: configuration: ") and setting in line
+    assert fake.requests == []
+
+
+def test_garbage_key_file(fake: Provider, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "key.pem"
+    path.write_text("-----BEGIN PRIVATE KEY-----\nZ2FyYmFnZQ==\n-----END PRIVATE KEY-----\n")
+    monkeypatch.setenv("WXRECON_MCH_PRIVATE_KEY_PATH", str(path))
+    result = _run("query-bill", "B1", "--json")
+    assert result.exit_code == 1
+    assert json.loads(_one_error_line(result)) == {
+        "error": "configuration: WXRECON_MCH_PRIVATE_KEY_PATH: not an unencrypted PEM private key"
+    }
