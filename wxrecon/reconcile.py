@@ -382,11 +382,16 @@ class Reconciler:
     clock: Clock = utcnow
     rng: random.Random = field(default_factory=random.Random)
     actor: str = ENGINE_ACTOR
+    # Seconds after a POST during which a not-found answer proves nothing (None: from
+    # ``settings.reentry_grace``, else DEFAULT_REENTRY_GRACE).
+    grace: float | None = None
 
     # -- settings with defaults (some are not in config.Settings yet) ----------------------
 
     @property
     def reentry_grace(self) -> float:
+        if self.grace is not None:
+            return self.grace
         return float(getattr(self.settings, "reentry_grace", DEFAULT_REENTRY_GRACE))
 
     @property

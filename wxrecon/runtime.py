@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wxrecon import metrics
-from wxrecon.config import Settings, get_settings
+from wxrecon.config import Settings, get_settings, parse_duration
 from wxrecon.db import Database
 from wxrecon.reconcile import Provider, Reconciler
 
@@ -39,7 +39,7 @@ class Runtime:
             return self._client
 
     def reconciler(self) -> Reconciler:
-        return Reconciler(self.db, self.client, self.settings)
+        return Reconciler(self.db, self.client, self.settings, grace=reentry_grace(self.settings))
 
     def close(self) -> None:
         with self._lock:
@@ -51,6 +51,16 @@ class Runtime:
                 self._db.dispose()
             self._client = None
             self._db = None
+
+
+def reentry_grace(settings: Settings) -> float | None:
+    """``reentry_grace`` from the settings, or (until config.Settings has it) from
+    ``WXRECON_REENTRY_GRACE`` (a duration such as ``30s``)."""
+    value = getattr(settings, "reentry_grace", None)
+    if value is not None:
+        return float(value)
+    text = os.environ.get("WXRECON_REENTRY_GRACE")
+    return parse_duration(text) if text else None
 
 
 def build_client(settings: Settings) -> Provider:

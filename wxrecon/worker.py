@@ -56,6 +56,7 @@ def filesystem_folder(settings: Settings) -> Path:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     soft, hard = time_limits(settings)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith("filesystem://"):
         folder = filesystem_folder(settings)
