@@ -357,10 +357,10 @@ def test_engine_end_to_end(
     assert {b.out_bill_no: b.state for b in bill_rows} == {
         k: v["state"] for k, v in bill_truth.items()
     }
-    for b in bill_rows:
-        assert b.close_reason == (
-            bill_truth[b.out_bill_no]["close_reason"] if b.state == "CLOSED" else None
-        )
+    for bill_row in bill_rows:
+        truth_bill = bill_truth[bill_row.out_bill_no]
+        expected = truth_bill["close_reason"] if bill_row.state == "CLOSED" else None
+        assert bill_row.close_reason == expected
     # The faults really fired, and some orders were re-entered (same parameters, see above).
     faults = sim_stats["faults"]
     assert sim_stats["faults_total"] >= 20, faults
