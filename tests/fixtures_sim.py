@@ -15,14 +15,17 @@ Stable interface, used beyond the simulator's own tests:
   in-process or subprocess simulator, for child processes (workers, CLI runs).
 - ``start_sim_process(sim_dir, ...)``: ``python -m wxrecon.simulator serve`` as a child
   process (``wxrecon.simulator.start_subprocess``); stop it with ``.stop()``.
+- ``sim_reduction(out_request_no, amount)``: a valid request against the seeded ledger;
+  ``wait_settled(client, out_request_no)`` polls until it is final; ``wait_for`` polls anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -38,6 +41,9 @@ from wxrecon.simulator import (
     start_subprocess,
 )
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
+from wxrecon.wechatpay.resources import SpecialReduction, SpecialReductionRequest
+
+T = TypeVar("T")
 
 SIM_MCHID = "1900000001"
 SIM_BAL_ACCOUNT_NO = "6222000011112222"
@@ -114,6 +120,46 @@ def start_sim_process(directory: SimDir, *args: str, **kw: Any) -> SimulatorProc
         "200ms",
     ]
     return start_subprocess(directory, args=[*base, *args], **kw)
+
+
+def wait_for(probe: Callable[[], T], done: Callable[[T], bool], limit: float = 10.0) -> T:
+    """Poll until ``done``; the limit only guards against a hang, it is not what is tested."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = probe()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+def sim_reduction(out_request_no: str, amount: int = 100, **kw: Any) -> SpecialReductionRequest:
+    """A valid special reduction on the seeded ledger (override any field by keyword)."""
+    fields: dict[str, Any] = {
+        "mchid": SIM_MCHID,
+        "bal_account_no": SIM_BAL_ACCOUNT_NO,
+        "out_request_no": out_request_no,
+        "reduction_type": "FINANCIAL_PENALTY",
+        "amount": amount,
+        "reason": "case 2026-001",
+    }
+    fields.update(kw)
+    return SpecialReductionRequest.create(**fields)
+
+
+def wait_settled(
+    client: WeChatPayClient,
+    out_request_no: str,
+    *,
+    bal_account_no: str = SIM_BAL_ACCOUNT_NO,
+    mchid: str = SIM_MCHID,
+) -> SpecialReduction:
+    """Query until the reduction is final (or 10 s passed) and return the last answer."""
+    return wait_for(
+        lambda: client.query_special_reduction(
+            out_request_no, mchid=mchid, bal_account_no=bal_account_no
+        ),
+        lambda r: r.state.final,
+    )
 
 
 @pytest.fixture

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -15,7 +13,10 @@ from tests.fixtures_sim import (
     make_sim_client,
     make_sim_dir,
     start_simulator,
+    wait_for,
 )
+from tests.fixtures_sim import sim_reduction as reduction
+from tests.fixtures_sim import wait_settled as settled
 from wxrecon.simulator import AdminClient, LedgerSeed, SimDir, Simulator
 from wxrecon.wechatpay import (
     AlreadyExists,
@@ -25,44 +26,8 @@ from wxrecon.wechatpay import (
     NotFound,
     ReductionState,
     Rejected,
-    SpecialReductionRequest,
     WeChatPayClient,
 )
-
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], done: Callable[[T], bool], limit: float = 10.0) -> T:
-    """Poll until ``done``; the limit only guards against a hang, it is not what is tested."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
-
-
-def reduction(out_request_no: str, amount: int = 100, **kw: Any) -> SpecialReductionRequest:
-    fields: dict[str, Any] = {
-        "mchid": SIM_MCHID,
-        "bal_account_no": SIM_BAL_ACCOUNT_NO,
-        "out_request_no": out_request_no,
-        "reduction_type": "FINANCIAL_PENALTY",
-        "amount": amount,
-        "reason": "case 2026-001",
-    }
-    fields.update(kw)
-    return SpecialReductionRequest.create(**fields)
-
-
-def settled(client: WeChatPayClient, out_request_no: str) -> Any:
-    return wait_for(
-        lambda: client.query_special_reduction(
-            out_request_no, mchid=SIM_MCHID, bal_account_no=SIM_BAL_ACCOUNT_NO
-        ),
-        lambda r: r.state.final,
-    )
-
 
 # -- special reductions ---------------------------------------------------------------------
 
