@@ -12,13 +12,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from wxrecon import __version__
 from wxrecon.cli_bill import app as bill_app
-from wxrecon.cli_common import CliError, one_line
+from wxrecon.cli_common import ABORTS, CLICK_ERRORS, CliError, one_line
 from wxrecon.cli_db import app as db_app
 from wxrecon.cli_ops import register as register_ops
 from wxrecon.cli_reduction import app as reduction_app
@@ -41,10 +40,10 @@ class OneLineErrors(TyperGroup):
             rv = super().main(
                 argv, prog_name or "wxrecon", complete_var, standalone_mode=False, **extra
             )
-        except click.exceptions.Abort:
+        except ABORTS:
             _fail("aborted", 1, argv)
-        except click.ClickException as exc:
-            _fail(one_line(exc), exc.exit_code, argv)
+        except CLICK_ERRORS as exc:
+            _fail(one_line(exc), getattr(exc, "exit_code", 1), argv)
         except KeyboardInterrupt:
             _fail("interrupted", 130, argv)
         except Exception as exc:  # a bug or an unexpected failure: still one line
@@ -75,13 +74,23 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         typer.echo(f"wxrecon {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """Reconciliation worker for WeChat Pay APIv3 special reductions and compensation bills."""
 
 
 def _mount(name: str, module: str, help_text: str) -> None:

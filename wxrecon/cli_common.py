@@ -31,6 +31,12 @@ from wxrecon.logs import redact
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 
 
+# Typer may vendor its own copy of click: its usage errors are not click's classes.
+_TYPER_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+CLICK_ERRORS: tuple[type[Exception], ...] = tuple({click.ClickException, _TYPER_CLICK_ERROR})
+ABORTS: tuple[type[BaseException], ...] = tuple({click.exceptions.Abort, typer.Abort})
+
+
 class CliError(click.ClickException):
     """A one-line failure of an operation (exit 1)."""
 
@@ -49,8 +55,8 @@ def bad_input(message: str) -> CliError:
 
 def one_line(exc: BaseException) -> str:
     """A single, secret-free line describing ``exc``."""
-    if isinstance(exc, click.ClickException):
-        text = exc.format_message()
+    if isinstance(exc, CLICK_ERRORS):
+        text = exc.format_message()  # type: ignore[attr-defined]
     else:
         # SQLAlchemy errors carry the statement and its parameters: show only the driver's
         # own first line.

@@ -84,7 +84,7 @@ def import_csv(
         BarColumn(),
         MofNCompleteColumn(),
         console=out.err,
-        disable=json_out,
+        disable=json_out or not out.err.is_terminal,
     ) as bar:
         task = bar.add_task("import", total=len(rows))
         for line, row in rows:

@@ -281,6 +281,8 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
             raise bad_input("give either one order or --state, not both")
         if mchid is not None and kind.name != "reduction":
             raise bad_input("--mchid filters reductions only")
+        if json_out and not yes:
+            raise bad_input("--json needs --yes for a retry (there is nobody to ask)")
         who = actor or default_actor()
         out = Output(json_out)
         if ref is not None:
@@ -322,7 +324,7 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
             BarColumn(),
             MofNCompleteColumn(),
             console=out.err,
-            disable=json_out,
+            disable=json_out or not out.err.is_terminal,
         ) as bar:
             task = bar.add_task("retry", total=len(ids))
             for order_id in sorted(ids):
@@ -361,8 +363,6 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
 
 
 def _confirm(question: str, json_out: bool) -> None:
-    if json_out:
-        raise bad_input("--json needs --yes for a retry (there is nobody to ask)")
     if not typer.confirm(question, default=False, err=True):
         raise CliError("nothing retried")
 

@@ -164,6 +164,7 @@ class Demo:
     def start_simulator(self, sup: Supervisor) -> Any:
         from wxrecon.simulator.admin import AdminClient
         from wxrecon.simulator.material import LedgerSeed, init_dir
+        from wxrecon.simulator.process import SimulatorProcess
 
         port = free_port()
         sim_dir = init_dir(
@@ -176,7 +177,7 @@ class Demo:
         )
         sup.start(
             "simulator",
-            [sys.executable, "-m", "wxrecon.demo.simproc", str(sim_dir.path), str(port)],
+            SimulatorProcess(sim_dir, port=port).command,
             env=self.base_env(),
             log_path=self.work / "logs" / "simulator.log",
         )

@@ -1,0 +1,164 @@
+"""``wxrecon demo`` end to end, as a newcomer runs it: no Redis and no PostgreSQL settings,
+real simulator / worker / beat processes. Then: no process left behind, no secret in any log,
+and a metrics scrape over what the workers recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wxrecon.demo.mix import BILL, DEMO_BAL_ACCOUNT_NOS, NORMAL, NOT_ENOUGH, SLOW_SETTLE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+ORDERS = 10
+
+
+def demo_env() -> dict[str, str]:
+    """The caller's environment without any wxrecon setting: embedded defaults only."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("WXRECON_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env["COLUMNS"] = "160"
+    return env
+
+
+def wxrecon(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wxrecon.cli", *args]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line or environment mentions ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+                continue
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run(
+        wxrecon("demo", "--orders", str(ORDERS), "--dir", str(work), "--timeout", "150", "--json"),
+        cwd=work,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    try:
+        summary = json.loads(proc.stdout)
+    except ValueError:
+        pytest.fail(f"demo printed no JSON summary: {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+    return work, summary, proc
+
+
+def test_demo_converges_to_the_ground_truth(demo_run):
+    _, summary, proc = demo_run
+    assert proc.returncode == 0, (summary.get("problems"), proc.stderr[-2000:])
+    assert summary["ok"] is True and summary["problems"] == []
+    assert summary["orders"] == summary["matched_ground_truth"]
+    cats = summary["by_category"]
+    assert set(cats) == {NORMAL, SLOW_SETTLE, NOT_ENOUGH, BILL}
+    assert cats[NOT_ENOUGH] == {"FAILED": sum(cats[NOT_ENOUGH].values())}
+    assert set(cats[BILL]) <= {"SUCCESS", "CLOSED", "CANCELLED"}
+    assert sum(sum(c.values()) for c in cats.values()) == summary["orders"]
+    assert summary["provider_requests"]["submit_reduction"]
+
+
+def test_demo_leaves_no_process_behind(demo_run):
+    work, _, _ = demo_run
+    assert processes_mentioning(str(work)) == []
+
+
+def test_demo_logs_hold_no_secrets(demo_run):
+    work, _, _ = demo_run
+    logs = {p.name: p.read_text(errors="replace") for p in (work / "logs").glob("*.log")}
+    assert {"worker.log", "beat.log", "simulator.log"} <= set(logs)
+    text = "\n".join(logs.values())
+    # the logs do talk about orders, with their context fields
+    assert "out_request_no=DEMO" in logs["worker.log"]
+    assert "request_id=" in logs["worker.log"]
+    assert "PRIVATE KEY" not in text
+    for pem in (work / "sim").glob("*key*.pem"):
+        body = [line for line in pem.read_text().splitlines() if line and "-----" not in line]
+        assert not any(line in text for line in body), pem.name
+    for account in DEMO_BAL_ACCOUNT_NOS:
+        assert account not in text
+
+
+def test_metrics_scrape_after_the_run(demo_run):
+    work, _, _ = demo_run
+    env = demo_env() | {
+        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
+        "WXRECON_DATABASE_URL": f"sqlite:///{work / 'wxrecon-demo.db'}",
+    }
+    proc = subprocess.run(
+        wxrecon("metrics", "--once"), cwd=work, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for series in (
+        'wxrecon_provider_request_duration_seconds_bucket{endpoint="submit_reduction"',
+        'wxrecon_provider_request_duration_seconds_count{endpoint="query_reduction"',
+        'wxrecon_transitions_total{from_state="PROCESSING",kind="reduction",to_state="SUCCESS"}',
+        'wxrecon_provider_errors_total{code="NOT_ENOUGH",endpoint="submit_reduction"}',
+        'wxrecon_orders{kind="reduction",state="SUCCESS"}',
+        'wxrecon_orders{kind="reduction",state="FAILED"}',
+        'wxrecon_oldest_due_order_age_seconds{kind="reduction"} 0.0',
+        "wxrecon_database_up 1.0",
+    ):
+        assert series in text, series
+    assert "DEMO" not in text  # no order ids as labels
+
+
+def test_ctrl_c_stops_every_child(tmp_path: Path):
+    work = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        wxrecon("demo", "--orders", "20", "--dir", str(work), "--json"),
+        cwd=tmp_path,
+        env=demo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        worker_log = work / "logs" / "worker.log"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if worker_log.exists() and "ready" in worker_log.read_text(errors="replace"):
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the demo's worker never became ready")
+        assert processes_mentioning(str(work))  # the children are running
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert processes_mentioning(str(work)) == []
