@@ -21,6 +21,7 @@ from wxrecon.wechatpay import (
     ReductionState,
     UnverifiedResponse,
     WeChatPayClient,
+    WeChatPayError,
 )
 from wxrecon.wechatpay.client import BILL_PATH
 
@@ -57,7 +58,7 @@ def test_every_fault_kind_is_covered() -> None:
 
 @pytest.mark.parametrize(("kind", "error"), FAULT_ERRORS)
 def test_each_fault_on_a_query_is_the_right_error(
-    one_try: WeChatPayClient, sim_admin: AdminClient, kind: str, error: type[Exception]
+    one_try: WeChatPayClient, sim_admin: AdminClient, kind: str, error: type[WeChatPayError]
 ) -> None:
     sim_admin.set_faults(f"{kind}@query_balance#1")
     with pytest.raises(error) as caught:
