@@ -62,7 +62,7 @@ def submit_reduction(
         session, request, lease=get_settings().claim_lease if lease is None else lease
     )
     if result.token is not None:
-        send = enqueue or default_enqueue
+        send = default_enqueue if enqueue is None else enqueue
         kwargs = {"id": result.order_id, "token": result.token}
         on_commit(session, lambda: send("wxrecon.poll_reduction", kwargs))
     return result
@@ -83,7 +83,7 @@ def track_bill(
         lease=get_settings().claim_lease if lease is None else lease,
     )
     if result.token is not None:
-        send = enqueue or default_enqueue
+        send = default_enqueue if enqueue is None else enqueue
         kwargs = {"id": result.order_id, "token": result.token}
         on_commit(session, lambda: send("wxrecon.poll_bill", kwargs))
     return result

@@ -240,7 +240,8 @@ def intake_reduction(
             f"out_request_no {request.out_request_no} for mchid {request.mchid} already exists "
             f"with a different {', '.join(differs)}; nothing changed"
         )
-    mine = existing.claim_token == token and existing.state == RState.RECEIVED
+    # A redelivered intake message (same deterministic token) still owns its claim.
+    mine = existing.claim_token == token and existing.state in REDUCTION_ACTIVE
     return IntakeResult(existing.id, False, existing.state, token if mine else None)
 
 
@@ -317,7 +318,7 @@ def intake_bill(
     existing = session.execute(
         select(CompensationBill).where(CompensationBill.out_bill_no == out_bill_no)
     ).scalar_one()
-    mine = existing.claim_token == token and existing.state == BState.TRACKING
+    mine = existing.claim_token == token and existing.state in BILL_ACTIVE
     return IntakeResult(existing.id, False, existing.state, token if mine else None)
 
 

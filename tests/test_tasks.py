@@ -1,0 +1,224 @@
+"""The Celery layer: configuration for money, task names and JSON kwargs, thin tasks over the
+domain, and a worker that refuses to start on an old schema."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from tests.fixtures_db import FakeProvider, reduction
+from wxrecon import runtime, tasks
+from wxrecon.config import Settings
+from wxrecon.db import Database
+from wxrecon.models import CompensationBill, SpecialReduction
+from wxrecon.states import RState
+from wxrecon.wechatpay import errors
+from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app, celery_config, time_limits
+
+GOOD = {
+    "mchid": "1900000109",
+    "bal_account_no": "6222000011112222",
+    "out_request_no": "T1",
+    "reduction_type": "FINANCIAL_PENALTY",
+    "amount": 700,
+}
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_money_safe_celery_configuration(tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {"broker_url": "redis://127.0.0.1:6379/9", "data_dir": tmp_path, "claim_lease": 120}
+    )
+    conf = celery_config(settings)
+    assert conf["task_serializer"] == "json" and conf["accept_content"] == ["json"]
+    assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_ignore_result"] is True and conf["result_backend"] is None
+    soft, hard = time_limits(settings)
+    visibility = conf["broker_transport_options"]["visibility_timeout"]
+    assert conf["task_soft_time_limit"] == soft < hard == conf["task_time_limit"]
+    assert hard < settings.claim_lease < visibility
+    assert {q.name for q in conf["task_queues"]} == {INTAKE_QUEUE, POLL_QUEUE}
+    beat = conf["beat_schedule"]
+    assert {e["task"] for e in beat.values()} == {"wxrecon.sweep_reductions", "wxrecon.sweep_bills"}
+    assert all(e["schedule"] == settings.sweep_interval for e in beat.values())
+
+
+def test_filesystem_broker_gets_its_folders(tmp_path: Path) -> None:
+    conf = celery_config(
+        Settings.model_validate({"broker_url": "filesystem://", "data_dir": tmp_path / "d"})
+    )
+    options = conf["broker_transport_options"]
+    assert Path(options["data_folder_in"]).is_dir() and Path(options["data_folder_out"]).is_dir()
+
+
+def test_public_task_names_and_routes() -> None:
+    names = {n for n in app.tasks if n.startswith("wxrecon.")}
+    assert names == {
+        "wxrecon.submit_special_reduction",
+        "wxrecon.track_compensation_bill",
+        "wxrecon.poll_reduction",
+        "wxrecon.poll_bill",
+        "wxrecon.sweep_reductions",
+        "wxrecon.sweep_bills",
+    }
+    routes = app.conf.task_routes
+    assert routes["wxrecon.submit_special_reduction"]["queue"] == INTAKE_QUEUE
+    assert routes["wxrecon.track_compensation_bill"]["queue"] == INTAKE_QUEUE
+    assert routes["wxrecon.poll_reduction"]["queue"] == POLL_QUEUE
+    # Only a database that does not answer is retried.
+    assert tasks.submit_special_reduction.autoretry_for == tasks.DB_DOWN
+    assert OperationalError in tasks.DB_DOWN
+
+
+# -- tasks over the domain -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def installed(db: Database, tmp_path: Path) -> Iterator[tuple[Database, FakeProvider]]:
+    provider = FakeProvider()
+    settings = Settings.model_validate(
+        {"database_url": db.url, "data_dir": tmp_path, "poll_schedule": [1.0], "poll_jitter": 0}
+    )
+    runtime.install(runtime.Runtime(settings, _db=db, _client=provider))
+    try:
+        yield db, provider
+    finally:
+        runtime.install(None)
+
+
+def count(db: Database, model: Any = SpecialReduction) -> int:
+    with db.read() as session:
+        return int(session.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_submit_task_writes_then_submits(installed: tuple[Database, FakeProvider]) -> None:
+    db, provider = installed
+    provider.submit_answers.append(reduction("T1", "PROCESSING"))
+    result = tasks.submit_special_reduction.apply(kwargs=GOOD, task_id="m-1").get()
+    assert result["created"] is True and result["state"] == RState.PROCESSING
+    assert [r.out_request_no for r in provider.submits] == ["T1"]
+    # The same call again (another message): the same order, nothing sent.
+    again = tasks.submit_special_reduction.apply(kwargs=GOOD, task_id="m-2").get()
+    assert again["id"] == result["id"] and again["created"] is False
+    assert len(provider.submits) == 1 and count(db) == 1
+
+
+def test_redelivered_intake_message_resumes_its_own_order(
+    installed: tuple[Database, FakeProvider],
+) -> None:
+    db, provider = installed
+    provider.submit_answers.append(RuntimeError("worker killed before sending"))
+    with pytest.raises(RuntimeError):
+        tasks.submit_special_reduction.apply(kwargs=GOOD, task_id="m-9", throw=True).get()
+    assert count(db) == 1
+    # The broker redelivers the same message (same task id): it still owns the claim, and
+    # as the POST may have gone out, it queries before anything else.
+    provider.query_answers.append(reduction("T1", "SUCCESS"))
+    result = tasks.submit_special_reduction.apply(kwargs=GOOD, task_id="m-9").get()
+    assert result["created"] is False and result["state"] == RState.SUCCESS
+    assert len(provider.submits) == 1 and len(provider.queries) == 1
+    # Another message for the same order does not own it.
+    other = tasks.submit_special_reduction.apply(kwargs=GOOD, task_id="m-10").get()
+    assert other["state"] == RState.SUCCESS and len(provider.queries) == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {**GOOD, "amount": "700"},
+        {**GOOD, "amount": 7.5},
+        {**GOOD, "mchid": None},
+        {**GOOD, "reduction_type": "REFUND"},
+        {k: v for k, v in GOOD.items() if k != "bal_account_no"},
+    ],
+)
+def test_invalid_task_input_is_refused_once_and_writes_nothing(
+    installed: tuple[Database, FakeProvider], bad: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    db, provider = installed
+    result = tasks.submit_special_reduction.apply(kwargs=bad).get()
+    assert "error" in result and "\n" not in result["error"]
+    assert count(db) == 0 and provider.submits == []
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert "6222000011112222" not in caplog.text
+
+
+def test_conflicting_task_is_refused(installed: tuple[Database, FakeProvider]) -> None:
+    db, provider = installed
+    provider.submit_answers.append(reduction("T1", "PROCESSING"))
+    tasks.submit_special_reduction.apply(kwargs=GOOD).get()
+    result = tasks.submit_special_reduction.apply(kwargs={**GOOD, "amount": 701}).get()
+    assert "amount" in result["error"]
+    with db.read() as session:
+        assert session.execute(select(SpecialReduction.amount)).scalar_one() == 700
+
+
+def test_bill_task_tracks_and_queries(installed: tuple[Database, FakeProvider]) -> None:
+    from tests.fixtures_db import bill
+
+    db, provider = installed
+    provider.bill_answers.append(bill("BT1", "ACCEPTED"))
+    result = tasks.track_compensation_bill.apply(kwargs={"out_bill_no": "BT1"}).get()
+    assert result["state"] == "ACCEPTED" and count(db, CompensationBill) == 1
+    bad = tasks.track_compensation_bill.apply(kwargs={"out_bill_no": "no spaces"}).get()
+    assert "error" in bad and count(db, CompensationBill) == 1
+
+
+@pytest.mark.parametrize(("id_", "token"), [("1", "t"), (1, None), (True, "t"), (1, "")])
+def test_poll_task_with_bad_arguments_is_dropped(
+    installed: tuple[Database, FakeProvider], id_: Any, token: Any
+) -> None:
+    assert tasks.poll_reduction.apply(kwargs={"id": id_, "token": token}).get() is None
+
+
+def test_sweep_task_claims_and_dispatches_polls(installed: tuple[Database, FakeProvider]) -> None:
+    db, provider = installed
+    provider.submit_answers.append(errors.OutcomeUnknown(errors.NetworkError("timeout")))
+    tasks.submit_special_reduction.apply(kwargs=GOOD).get()
+    with db.transaction() as session:  # make it due now
+        row = session.execute(select(SpecialReduction)).scalar_one()
+        row.next_poll_at = row.created_at
+    provider.query_answers.append(reduction("T1", "SUCCESS"))
+    app.conf.task_always_eager = True
+    try:
+        assert tasks.sweep_reductions.apply().get() == 1
+    finally:
+        app.conf.task_always_eager = False
+    with db.read() as session:
+        assert session.execute(select(SpecialReduction.state)).scalar_one() == RState.SUCCESS
+
+
+# -- the worker refuses an old schema ------------------------------------------------------------
+
+
+def test_worker_refuses_to_start_without_schema(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WXRECON_")}
+    env.update(
+        {
+            "WXRECON_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
+            "WXRECON_DATA_DIR": str(tmp_path / "data"),
+            "WXRECON_BROKER_URL": "filesystem://",
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "wxrecon.worker", "worker", "-c", "1", "-P", "solo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "wxrecon db upgrade" in proc.stdout + proc.stderr
