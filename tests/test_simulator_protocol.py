@@ -408,6 +408,22 @@ def test_wechatpayv3_queries_a_reduction_and_its_signature_checks_pass(
 # -- certificate mode -----------------------------------------------------------------------
 
 
+class SerialRecorder(httpx.BaseTransport):
+    """A real transport that notes the ``Wechatpay-Serial`` of every answer."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.serials: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        self.serials.append(response.headers.get("Wechatpay-Serial"))
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 @pytest.fixture
 def cert_sim(tmp_path: Path) -> Iterator[Simulator]:
     sim = start_simulator(make_sim_dir(tmp_path / "certsim", cert_mode=True))
@@ -420,14 +436,9 @@ def test_cert_mode_every_endpoint_is_signed_with_the_platform_certificate(
 ) -> None:
     env = cert_sim.client_env()
     assert "WXRECON_PLATFORM_CERT_PATHS" in env and "WXRECON_WECHATPAY_PUBLIC_KEY_ID" not in env
-    seen: list[str] = []
-
-    def observe(response: httpx.Response) -> None:
-        seen.append(response.headers.get("Wechatpay-Serial", ""))
-
-    with make_sim_client(cert_sim, cert_mode=True) as client:
+    recorder = SerialRecorder()
+    with make_sim_client(cert_sim, cert_mode=True, transport=recorder) as client:
         assert client.credentials.encrypt_serial == cert_sim.dir.platform_cert_serial
-        client._http.event_hooks["response"].append(observe)
         with cert_sim.admin() as admin:
             admin.seed_bill("CB1", 100, confirm_after=0, final_after=0)
         order = SpecialReductionRequest.create(
@@ -441,7 +452,7 @@ def test_cert_mode_every_endpoint_is_signed_with_the_platform_certificate(
         client.query_special_reduction("C1", mchid=SIM_MCHID, bal_account_no=SIM_BAL_ACCOUNT_NO)
         assert client.query_balance(mchid=SIM_MCHID, bal_account_no=SIM_BAL_ACCOUNT_NO).balance
         assert client.query_compensation_bill("CB1").state == "SUCCESS"
-    assert seen == [cert_sim.dir.platform_cert_serial] * 4
+    assert recorder.serials == [cert_sim.dir.platform_cert_serial] * 4
 
 
 def test_public_key_client_against_cert_mode_merchant_fails_verification(

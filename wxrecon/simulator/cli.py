@@ -140,7 +140,8 @@ def serve(
     fault: Annotated[
         list[str] | None,
         typer.Option(
-            "--fault", help="KIND[=PROBABILITY][@ENDPOINT][#TIMES], repeatable (see README)."
+            "--fault",
+            help="KIND=PROB@ENDPOINT#TIMES (all but KIND optional), repeatable; see README.",
         ),
     ] = None,
     latency: Annotated[str, typer.Option(help="Delay added by a latency fault.")] = "200ms",

@@ -367,8 +367,12 @@ class Simulator:
                 log.error("cannot save simulator state to %s: %s", self.state_file, exc.strerror)
 
     def _save_loop(self) -> None:
+        saved = -1
         while not self.stopping.wait(SAVE_INTERVAL):
-            self.save_state()
+            self.books.settle(time.time())  # due settlements count as changes too
+            if self.books.version != saved:
+                saved = self.books.version
+                self.save_state()
 
     # -- admin API ------------------------------------------------------------------------
 

@@ -294,11 +294,13 @@ class Books:
         self._due: list[tuple[float, int, tuple[str, str]]] = []
         self._seq = itertools.count()
         self.clock_offset = 0.0  # business time may be moved forward (re-entry window tests)
+        self.version = 0  # bumped on every change, so an idle simulator is not re-saved
 
     # -- configuration --------------------------------------------------------------------
 
     def set_config(self, changes: dict[str, Any]) -> BusinessConfig:
         with self._lock:
+            self.version += 1
             self.config = self.config.updated(changes)
             return self.config
 
@@ -306,6 +308,7 @@ class Books:
         if seconds < 0:
             raise ValueError("the clock only moves forward")
         with self._lock:
+            self.version += 1
             self.clock_offset += seconds
             return self.clock_offset
 
@@ -313,6 +316,7 @@ class Books:
 
     def set_ledger(self, mchid: str, bal_account_no: str, balance: int) -> dict[str, Any]:
         with self._lock:
+            self.version += 1
             led = self._ledgers.get((mchid, bal_account_no))
             if led is None:
                 led = self._ledgers[(mchid, bal_account_no)] = Ledger(
@@ -349,6 +353,7 @@ class Books:
     def submit(self, now: float, params: ReductionParams) -> ReductionView:
         """Create or re-enter a special reduction; raises ApiError for every non-2xx answer."""
         with self._lock:
+            self.version += 1
             self._settle_due(now)
             biz_now = now + self.clock_offset
             existing = self._reductions.get((params.mchid, params.out_request_no))
@@ -419,6 +424,10 @@ class Books:
                 if out_request_no is None or r.params.out_request_no == out_request_no
             ]
 
+    def settle(self, now: float) -> None:
+        with self._lock:
+            self._settle_due(now)
+
     @staticmethod
     def _view(r: Reduction) -> ReductionView:
         return ReductionView(
@@ -431,6 +440,7 @@ class Books:
             order = self._reductions.get(key)
             if order is None or order.state != PROCESSING:
                 continue
+            self.version += 1
             led = self._ledgers[(order.params.mchid, order.params.bal_account_no)]
             led.in_transit -= 1
             if self._rng.random() < self.config.fail_rate:
@@ -457,6 +467,7 @@ class Books:
     def seed_bill(self, now: float, spec: dict[str, Any], default_sp_mchid: str) -> dict[str, Any]:
         bill = _bill_from_spec(spec, now, default_sp_mchid, self.config)
         with self._lock:
+            self.version += 1
             key = (bill.sp_mchid, bill.out_bill_no)
             if key in self._bills:
                 raise ValueError(f"bill {bill.out_bill_no} already exists")
@@ -478,6 +489,7 @@ class Books:
 
     def reset(self) -> None:
         with self._lock:
+            self.version += 1
             self._ledgers.clear()
             self._reductions.clear()
             self._bills.clear()
