@@ -673,12 +673,16 @@ def test_no_secret_reaches_an_exception_or_a_log(
 def test_pool_settings_and_fork_safety(credentials: Credentials) -> None:
     client = WeChatPayClient(credentials, timeouts=Timeouts(connect=1.5, read=4.0))
     assert client.timeouts.keepalive_expiry < 8  # the provider drops idle connections at 8 s
-    first = client._http_client()
-    assert first.timeout.connect == 1.5 and first.timeout.read == 4.0
+    first, transport = client._http_client()
+    assert isinstance(transport, httpx.HTTPTransport)
+    pool = transport._pool
+    assert pool._keepalive_expiry == client.timeouts.keepalive_expiry
+    request = first.build_request("GET", "https://x.test/")
+    assert request.extensions["timeout"] == {"connect": 1.5, "read": 4.0, "write": 4.0, "pool": 4.0}
     client._pid = -1  # as if we were a forked child: the parent's sockets must not be shared
-    second = client._http_client()
-    assert second is not first
-    assert client._http_client() is second
+    second, transport2 = client._http_client()
+    assert second is not first and transport2 is not transport
+    assert client._http_client()[0] is second
     client.close()
     first.close()
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 import tenacity
@@ -130,6 +131,7 @@ class WeChatPayClient:
         observer: Observer | None = None,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 20,
+        proxy: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -143,13 +145,14 @@ class WeChatPayClient:
         self.before_request = before_request
         self.observer = observer
         self.timeouts = timeouts or Timeouts()
-        self._transport = transport
+        self._given_transport = transport
+        self._proxy = proxy
         self._max_connections = max_connections
         self._clock = clock
         self._lock = threading.Lock()
         self._primary_down_until = 0.0
         self._pid = os.getpid()
-        self._http = self._new_http()
+        self._http, self._transport = self._new_http()
         # Built once: tenacity keeps per-call state in thread-locals, so one object serves all.
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max(1, self.retry.attempts)),
@@ -162,19 +165,28 @@ class WeChatPayClient:
             reraise=True,
         )
 
-    def _new_http(self) -> httpx.Client:
+    def _new_http(self) -> tuple[httpx.Client, httpx.BaseTransport]:
+        """The pooled client that builds our requests, and the transport (the connection
+        pool) they are sent through. Sending through the transport itself skips the client's
+        cookie jar, auth and redirect layers, which this API never uses (a third of httpx's
+        per-request cost)."""
         t = self.timeouts
-        return httpx.Client(
-            timeout=httpx.Timeout(t.read, connect=t.connect),
+        transport = self._given_transport or httpx.HTTPTransport(
             limits=httpx.Limits(
                 max_connections=self._max_connections,
                 max_keepalive_connections=self._max_connections,
                 keepalive_expiry=t.keepalive_expiry,
             ),
-            transport=self._transport,
+            proxy=self._proxy,
+        )
+        client = httpx.Client(
+            timeout=httpx.Timeout(t.read, connect=t.connect),
+            transport=transport,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
+            trust_env=False,  # proxies come from ``proxy``: requests go to ``transport`` only
         )
+        return client, transport
 
     def close(self) -> None:
         self._http.close()
@@ -305,13 +317,13 @@ class WeChatPayClient:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    def _http_client(self) -> httpx.Client:
+    def _http_client(self) -> tuple[httpx.Client, httpx.BaseTransport]:
         if self._pid != os.getpid():  # forked (Celery prefork): never share sockets
             with self._lock:
                 if self._pid != os.getpid():
-                    self._http = self._new_http()
+                    self._http, self._transport = self._new_http()
                     self._pid = os.getpid()
-        return self._http
+        return self._http, self._transport
 
     def _pick_base(self) -> str:
         if self.backup_url is not None and self._clock() < self._primary_down_until:
@@ -349,16 +361,17 @@ class WeChatPayClient:
     ) -> Answer:
         if self.before_request is not None:
             self.before_request(endpoint, target_mchid)
-        http = self._http_client()
+        http, transport = self._http_client()
         base = self._pick_base()
         headers = {}
         if content:
             headers["Content-Type"] = "application/json"
         if encrypted:
             headers["Wechatpay-Serial"] = self.credentials.encrypt_serial
-        request = http.build_request(
-            method, base + path, params=params, content=content or None, headers=headers
-        )
+        url = base + path
+        if params:  # percent-encoded once here (base64's + / = included), parsed once by httpx
+            url += "?" + urlencode(params, quote_via=quote, safe="")
+        request = http.build_request(method, url, content=content or None, headers=headers)
         # Sign exactly what goes on the wire: the request's own raw path and body bytes. Each
         # attempt gets a fresh timestamp, nonce and signature over the same bytes.
         request.headers["Authorization"] = self.credentials.authorization(
@@ -367,7 +380,11 @@ class WeChatPayClient:
         started = time.perf_counter()
         try:
             try:
-                response = http.send(request)
+                response = transport.handle_request(request)
+                try:
+                    response.read()
+                finally:
+                    response.close()
             except httpx.HTTPError as exc:
                 self._observe(endpoint, type(exc).__name__, started)
                 if isinstance(exc, _CONNECT_LEVEL):
