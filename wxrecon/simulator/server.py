@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import select
 import socket
 import struct
@@ -142,9 +143,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         try:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.wfile.close()
-            self.connection.close()
+            # detach() leaves the reader/writer objects harmless; closing the descriptor itself
+            # sends the RST now (a plain close() waits for them).
+            os.close(self.connection.detach())
         except OSError:
             pass
 
