@@ -7,7 +7,7 @@ commands against the simulator.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,15 @@ from tests.fixtures_keys import (
     reduction_answer,
     signed_headers,
     signed_response,
+)
+from tests.fixtures_sim import (
+    SIM_BAL_ACCOUNT_NO,
+    SIM_BALANCE,
+    SIM_MCHID,
+    make_sim_dir,
+    sim_env,
+    start_simulator,
+    wait_for,
 )
 from wxrecon import provider
 from wxrecon.config import Settings, get_settings
@@ -403,3 +412,136 @@ def test_garbage_key_file(fake: Provider, monkeypatch: pytest.MonkeyPatch, tmp_p
     assert json.loads(_one_error_line(result)) == {
         "error": "configuration: WXRECON_MCH_PRIVATE_KEY_PATH: not an unencrypted PEM private key"
     }
+
+
+# -- against the simulator ------------------------------------------------------------------
+
+
+@pytest.fixture
+def sim_cli(
+    simulator: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Callable[..., Any]]:
+    """Run ``wxrecon api`` with the simulator's settings in the environment, unpatched."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in sim_env(simulator).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WXRECON_HTTP_RETRIES", "1")
+    get_settings.cache_clear()
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(cli_api.app, list(args))
+        assert SIM_BAL_ACCOUNT_NO not in result.output
+        assert "Traceback" not in result.output
+        return result
+
+    yield run
+    get_settings.cache_clear()
+
+
+LEDGER = ["--mchid", SIM_MCHID, "--bal-account-no", SIM_BAL_ACCOUNT_NO]
+
+
+def _json(result: Any) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_sim_reduction_round_trip(sim_cli: Callable[..., Any]) -> None:
+    assert _json(sim_cli("balance", *LEDGER, "--json"))["balance"] == SIM_BALANCE
+    submitted = _json(
+        sim_cli(
+            "submit-reduction",
+            *LEDGER,
+            "--out-request-no",
+            "CLI1",
+            "--type",
+            "JUDICIAL_DEDUCTION",
+            "--amount",
+            "2500",
+            "--reason",
+            "司法案件号：1",
+            "--json",
+        )
+    )
+    assert submitted["out_request_no"] == "CLI1" and submitted["request_id"]
+    final = wait_for(
+        lambda: _json(sim_cli("query-reduction", "CLI1", *LEDGER, "--json")),
+        lambda doc: doc["state"] in ("SUCCESS", "FAILED"),
+    )
+    assert final["state"] == "SUCCESS" and final["amount"] == 2500
+    assert final["bal_account_no"] == mask(SIM_BAL_ACCOUNT_NO)  # decrypted, then masked
+    assert _json(sim_cli("balance", *LEDGER, "--json"))["balance"] == SIM_BALANCE - 2500
+    table = sim_cli("query-reduction", "CLI1", *LEDGER)
+    assert table.exit_code == 0 and "2500 fen (¥25.00)" in table.stdout
+
+
+def test_sim_not_enough_then_already_exists(sim_cli: Callable[..., Any]) -> None:
+    args = [
+        "submit-reduction",
+        *LEDGER,
+        "--out-request-no",
+        "BIG1",
+        "--type",
+        "FINANCIAL_PENALTY",
+        "--amount",
+        str(SIM_BALANCE + 1),
+    ]
+    first = sim_cli(*args)
+    assert first.exit_code == 1
+    line = _one_error_line(first)
+    assert line.startswith("error: HTTP 403 NOT_ENOUGH ") and "(Request-ID " in line
+    again = sim_cli(*args, "--json")
+    assert again.exit_code == 1
+    doc = json.loads(_one_error_line(again))
+    assert doc["status"] == 400 and doc["code"] == "ALREADY_EXISTS" and doc["request_id"]
+    closed = _json(sim_cli("query-reduction", "BIG1", *LEDGER, "--json"))
+    assert closed["state"] == "FAILED" and closed["fail_reason"] == "BALANCE_NOT_ENOUGH"
+
+
+def test_sim_bills(sim_cli: Callable[..., Any], sim_admin: Any) -> None:
+    sim_admin.seed_bill("BILL1", 8800, "CLOSED", close_reason="NOT_ENOUGH")
+    doc = wait_for(
+        lambda: _json(sim_cli("query-bill", "BILL1", "--json")), lambda d: d["state"] == "CLOSED"
+    )
+    assert doc["amount"] == 8800 and doc["close_info"]["close_reason"] == "NOT_ENOUGH"
+    missing = sim_cli("query-bill", "NOSUCHBILL")
+    assert missing.exit_code == 1
+    assert _one_error_line(missing).startswith("error: HTTP 404 ")
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("bad_signature", "response signature does not verify"),
+        ("signtest", "SIGNTEST"),
+        ("stale_timestamp", "more than 300s"),
+        ("system_error", "HTTP 500 SYSTEM_ERROR"),
+        ("rate_limited", "HTTP 429 "),
+        ("malformed_json", "HTTP 200 response body is not JSON"),
+    ],
+)
+def test_sim_faults_are_one_line_failures(
+    sim_cli: Callable[..., Any], sim_admin: Any, fault: str, expected: str
+) -> None:
+    sim_admin.add_fault(fault, endpoint="query_balance")
+    result = sim_cli("balance", *LEDGER)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert expected in _one_error_line(result)
+
+
+def test_sim_platform_certificate_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = start_simulator(make_sim_dir(tmp_path / "certsim", cert_mode=True))
+    try:
+        monkeypatch.chdir(tmp_path)
+        env = sim_env(sim)
+        assert "WXRECON_PLATFORM_CERT_PATHS" in env
+        monkeypatch.delenv("WXRECON_WECHATPAY_PUBLIC_KEY_ID", raising=False)
+        monkeypatch.delenv("WXRECON_WECHATPAY_PUBLIC_KEY_PATH", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        result = runner.invoke(cli_api.app, ["balance", *LEDGER, "--json"])
+        assert json.loads(result.stdout)["balance"] == SIM_BALANCE, result.output
+    finally:
+        sim.stop()
+        get_settings.cache_clear()
