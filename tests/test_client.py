@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -740,3 +741,105 @@ def test_build_client_bad_settings(keys: KeySet) -> None:
     client = build_client(_settings(keys, wechatpay_backup_url=""))
     assert client.backup_url is None
     client.close()
+
+
+# -- real sockets on loopback ---------------------------------------------------------------
+
+
+class _Server:
+    """A tiny HTTP/1.1 keep-alive server on loopback answering with a fixed response."""
+
+    def __init__(self, respond: Callable[[], tuple[int, dict[str, str], bytes]], delay: float = 0):
+        import http.server
+        import threading
+
+        outer = self
+        self.paths: list[str] = []
+        self.peers: list[object] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:
+                outer.paths.append(self.path)
+                outer.peers.append(self.client_address)
+                if delay:
+                    time.sleep(delay)
+                status, headers, body = respond()
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up first (the read-timeout test)
+                    self.close_connection = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_real_sockets_refused_primary_fails_over_and_keeps_alive(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    body = json.dumps(BALANCE).encode()
+    backup = _Server(lambda: (200, signed_headers(keys, body), body))
+    dead = f"http://127.0.0.1:{_free_port()}"
+    try:
+        client = WeChatPayClient(
+            credentials,
+            base_url=dead,
+            backup_url=backup.url,
+            retry=RetryPolicy(attempts=2, initial_wait=0, max_wait=0),
+            timeouts=Timeouts(connect=1.0, read=2.0),
+        )
+        with client:
+            for _ in range(3):
+                assert _balance(client).balance == 12345
+            assert client.using_backup
+        assert len(backup.paths) == 3
+        assert len(set(backup.peers)) == 1  # one kept-alive connection served all three
+        # The query went out percent-encoded, exactly as signed.
+        assert all("&bal_account_no=" in p and "%3D" in p for p in backup.paths)
+    finally:
+        backup.stop()
+
+
+def test_real_sockets_read_timeout_is_maybe_sent(keys: KeySet, credentials: Credentials) -> None:
+    body = json.dumps(BALANCE).encode()
+    slow = _Server(lambda: (200, signed_headers(keys, body), body), delay=0.5)
+    try:
+        client = WeChatPayClient(
+            credentials,
+            base_url=slow.url,
+            backup_url=None,
+            retry=RetryPolicy(attempts=1),
+            timeouts=Timeouts(connect=1.0, read=0.1),
+        )
+        with client, pytest.raises(NetworkError) as info:
+            _balance(client)
+        assert info.value.maybe_sent and "ReadTimeout" in str(info.value)
+    finally:
+        slow.stop()
