@@ -1,0 +1,530 @@
+"""Chaos: every order stays safe while the processes around it break.
+
+Real processes: the simulator (faults on: 500s, 429s, hangs, resets, bad and SIGNTEST
+signatures, stale timestamps, malformed bodies, apply-then-fail), two Celery workers, beat,
+a private redis-server and a dedicated PostgreSQL database. 2,000 special reductions over 10
+target merchants and 100 compensation bills. While they run: a worker's whole process group is
+SIGKILLed every few seconds (and restarted), Redis is killed and restarted once (losing every
+queued message), every PostgreSQL connection of the database is terminated once, and beat is
+restarted once. Then the faults stop and the orders must converge.
+
+Afterwards: every order final and equal to the simulator's ground truth; nothing applied
+twice; every POST of one out_request_no with the same parameters; no claim left behind; an
+unbroken event story for each order; no secret in any log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from benchmarks import harness
+from tests.fixtures_chaos import report_figures
+from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
+from wxrecon import intake
+from wxrecon.db import Database
+from wxrecon.demo.procs import Child, Supervisor
+from wxrecon.models import CompensationBill, Event, SpecialReduction
+from wxrecon.simulator import LedgerSeed, SimulatorProcess
+from wxrecon.states import BILL_FINAL, REDUCTION_FINAL, BState, RState
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.e2e,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.timeout(900),
+]
+
+DB_NAME = "wxrecon_chaos"
+MERCHANTS = [f"19000002{i:02d}" for i in range(10)]
+PER_MERCHANT = 200
+TOO_BIG_PER_MERCHANT = 3  # larger than the whole ledger: 403 NOT_ENOUGH at submit
+BILLS = 100
+WORKERS = 2
+CONCURRENCY = 2
+
+# Intake is spread over most of the chaos period, so every blow lands on work in flight.
+INTAKE_BATCH = 25  # orders per transaction, one batch every INTAKE_EVERY seconds (~40 s)
+INTAKE_EVERY = 0.5
+KILL_EVERY = 4.0
+FIRST_KILL = 2.0
+PG_TERMINATE_AT = 15.0
+REDIS_RESTART_AT = 30.0
+BEAT_RESTART_AT = 40.0
+CHAOS_FOR = 75.0
+CONVERGE_WITHIN = 300.0
+
+FAULTS = [
+    "system_error=0.04",
+    "rate_limited=0.04",
+    "reset=0.02",
+    "hang=0.02",
+    "bad_signature=0.03",
+    "signtest=0.02",
+    "stale_timestamp=0.02",
+    "malformed_json=0.02",
+    "apply_then_500=0.04",
+    "apply_then_reset=0.02",
+    "apply_then_hang=0.02",
+]
+
+ENGINE_SETTINGS = {
+    "POLL_SCHEDULE": "200ms,400ms,800ms,1500ms",
+    "POLL_JITTER": "0.2",
+    "POLL_MAX_ATTEMPTS": "400",
+    "SWEEP_INTERVAL": "0.5",
+    "SWEEP_BATCH": "200",
+    "CLAIM_LEASE": "15",
+    "REENTRY_GRACE": "1s",
+    "HTTP_READ_TIMEOUT": "1",
+    "HTTP_CONNECT_TIMEOUT": "1",
+    "HTTP_RETRIES": "2",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def account(mchid: str) -> str:
+    return f"6217{mchid}55"  # 16 digits, unique per merchant; must never reach a log
+
+
+@dataclass(frozen=True)
+class Order:
+    mchid: str
+    out_request_no: str
+    amount: int
+    reduction_type: str
+    reason: str | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "mchid": self.mchid,
+            "bal_account_no": account(self.mchid),
+            "out_request_no": self.out_request_no,
+            "reduction_type": self.reduction_type,
+            "amount": self.amount,
+            "reason": self.reason,
+        }
+
+
+def make_orders(rng: random.Random) -> tuple[list[Order], dict[str, int]]:
+    orders: list[Order] = []
+    balances: dict[str, int] = {}
+    for m, mchid in enumerate(MERCHANTS):
+        normal = [
+            Order(
+                mchid,
+                f"CHAOS{m}N{i:04d}",
+                rng.randint(100, 20_000),
+                rng.choice(["FINANCIAL_PENALTY", "JUDICIAL_DEDUCTION"]),
+                rng.choice([None, f"case {m}-{i}"]),
+            )
+            for i in range(PER_MERCHANT - TOO_BIG_PER_MERCHANT)
+        ]
+        balance = sum(o.amount for o in normal) * 7 // 10  # about a third will not fit
+        too_big = [
+            Order(mchid, f"CHAOS{m}B{i:04d}", balance + 1 + i, "FINANCIAL_PENALTY", None)
+            for i in range(TOO_BIG_PER_MERCHANT)
+        ]
+        balances[mchid] = balance
+        orders.extend(normal + too_big)
+    rng.shuffle(orders)
+    return orders, balances
+
+
+@dataclass
+class Rig:
+    """Everything the chaos run started; ``sup`` reaps it all."""
+
+    sup: Supervisor
+    work: Path
+    logs: Path
+    redis: harness.RedisServer
+    sim: SimulatorProcess
+    env: dict[str, str]
+    workers: dict[str, Child]
+    beat: Child
+    starts: Counter[str]
+
+    def start_worker(self, name: str) -> None:
+        self.starts[name] += 1
+        self.workers[name] = harness.start_worker(
+            self.sup,
+            name,
+            self.env,
+            self.logs / f"{name}.{self.starts[name]}.log",
+            concurrency=CONCURRENCY,
+        )
+
+    def start_beat(self) -> None:
+        self.starts["beat"] += 1
+        self.beat = harness.start_beat(
+            self.sup, self.env, self.logs / f"beat.{self.starts['beat']}.log", self.work / "data"
+        )
+
+    def check_alive(self) -> None:
+        for child in [*self.workers.values(), self.beat]:
+            if not child.alive():
+                raise AssertionError(
+                    f"{child.name} exited with {child.popen.returncode}: {child.log_tail(20)}"
+                )
+
+
+@pytest.fixture
+def chaos_db(postgres_url: str) -> Iterator[str]:
+    url = harness.fresh_database(postgres_url, DB_NAME)
+    yield url
+    harness.drop_database(postgres_url, DB_NAME)
+
+
+def test_chaos(tmp_path: Path, postgres_url: str, chaos_db: str) -> None:
+    orders, balances = make_orders(random.Random(20261125))
+    work = tmp_path / "chaos"
+    logs = work / "logs"
+    logs.mkdir(parents=True)
+    seeds = [LedgerSeed(m, account(m), balances[m]) for m in MERCHANTS]
+    sim_material()
+    sim_dir = make_sim_dir(work / "sim", ledgers=seeds)
+    figures: Counter[str] = Counter()
+
+    with Supervisor(stop_timeout=10) as sup:
+        redis_server = harness.RedisServer(sup, work / "redis").start()
+        sim = start_sim_process(
+            sim_dir,
+            *(f"--fault={f}" for f in FAULTS),
+            "--hang",
+            "1500ms",
+            "--fail-rate",
+            "0.03",
+            log_path=logs / "simulator.log",
+        )
+        try:
+            rig = Rig(
+                sup=sup,
+                work=work,
+                logs=logs,
+                redis=redis_server,
+                sim=sim,
+                env=harness.engine_env(
+                    sim.client_env(),
+                    chaos_db,
+                    redis_server.url,
+                    work / "data",
+                    **ENGINE_SETTINGS,
+                ),
+                workers={},
+                beat=None,  # type: ignore[arg-type]
+                starts=Counter(),
+            )
+            for w in range(WORKERS):
+                rig.start_worker(f"chaos{w}")
+            rig.start_beat()
+            harness.wait_for(
+                lambda: all(harness.worker_ready(c) for c in rig.workers.values()),
+                60,
+                "the workers",
+                every=0.2,
+            )
+            run_chaos(rig, orders, chaos_db, postgres_url, figures)
+            check_outcome(rig, orders, balances, chaos_db, figures)
+        finally:
+            sim.stop()
+
+
+def run_chaos(
+    rig: Rig, orders: list[Order], db_url: str, postgres_url: str, figures: Counter[str]
+) -> None:
+    db = Database(db_url)
+    app, enqueue = harness.producer(rig.redis.url)
+    outcomes = ["SUCCESS", "CLOSED", "CANCELLED", "SUCCESS"]
+    with rig.sim.admin() as admin:
+        for b in range(BILLS):
+            outcome = outcomes[b % len(outcomes)]
+            admin.seed_bill(
+                f"CHAOSBILL{b:03d}",
+                1000 + b,
+                outcome,
+                confirm_after=0.5 + 0.02 * b,
+                final_after=2.0 + 0.1 * b,
+                **({"close_reason": "USER_REJECTED"} if outcome == "CLOSED" else {}),
+            )
+    pending = list(orders)
+    bills = [f"CHAOSBILL{b:03d}" for b in range(BILLS)]
+    started = time.monotonic()
+    next_intake = started
+    next_kill = started + FIRST_KILL
+    victim = 0
+    done = {"pg": False, "redis": False, "beat": False}
+    try:
+        while True:
+            now = time.monotonic()
+            t = now - started
+            if (pending or bills) and now >= next_intake:
+                batch, pending = pending[:INTAKE_BATCH], pending[INTAKE_BATCH:]
+                with db.transaction() as session:
+                    for order in batch:
+                        intake.submit_reduction(
+                            session, **order.kwargs(), enqueue=enqueue, lease=15
+                        )
+                    if not pending:
+                        for number in bills:
+                            intake.track_bill(session, number, enqueue=enqueue, lease=15)
+                        bills = []
+                next_intake += INTAKE_EVERY
+            if t >= CHAOS_FOR:
+                break
+            if now >= next_kill:
+                name = f"chaos{victim % WORKERS}"
+                victim += 1
+                harness.kill9(rig.sup, rig.workers[name])
+                figures["worker kills (SIGKILL)"] += 1
+                rig.start_worker(name)
+                next_kill += KILL_EVERY
+            if t >= PG_TERMINATE_AT and not done["pg"]:
+                done["pg"] = True
+                figures["PostgreSQL connections terminated"] += harness.terminate_backends(
+                    postgres_url, DB_NAME
+                )
+            if t >= REDIS_RESTART_AT and not done["redis"]:
+                done["redis"] = True
+                rig.redis.restart()
+                figures["Redis restarts"] += 1
+            if t >= BEAT_RESTART_AT and not done["beat"]:
+                done["beat"] = True
+                harness.stop_child(rig.sup, rig.beat)
+                rig.start_beat()
+                figures["beat restarts"] += 1
+            rig.check_alive()
+            time.sleep(0.1)
+        assert not pending and not bills, "intake did not finish during the chaos period"
+        with rig.sim.admin() as admin:
+            figures["faults injected"] = int(admin.stats()["faults_total"])
+            admin.clear_faults()
+        chaos_end = time.monotonic()
+        wait_converged(rig, db, len(orders), chaos_end)
+        figures["seconds of chaos"] = round(chaos_end - started)
+        figures["seconds to converge after"] = round(time.monotonic() - chaos_end)
+    finally:
+        db.dispose()
+        app.close()
+
+
+def wait_converged(rig: Rig, db: Database, expected: int, since: float) -> None:
+    while True:
+        rig.check_alive()
+        with db.read() as session:
+            reductions = dict(
+                session.execute(
+                    select(SpecialReduction.state, func.count()).group_by(SpecialReduction.state)
+                ).all()
+            )
+            bills = dict(
+                session.execute(
+                    select(CompensationBill.state, func.count()).group_by(CompensationBill.state)
+                ).all()
+            )
+        settled = (
+            sum(reductions.values()) == expected
+            and set(reductions) <= set(REDUCTION_FINAL)
+            and sum(bills.values()) == BILLS
+            and set(bills) <= set(BILL_FINAL)
+        )
+        if settled:
+            return
+        if time.monotonic() - since > CONVERGE_WITHIN:
+            raise AssertionError(
+                f"not converged {CONVERGE_WITHIN:.0f}s after the chaos: reductions {reductions}, "
+                f"bills {bills}\n{stuck_report(db)}"
+            )
+        time.sleep(0.5)
+
+
+def stuck_report(db: Database, limit: int = 10) -> str:
+    """The rows that are not final, with their events: what the engine owner needs to see."""
+    lines = []
+    with db.read() as session:
+        tables: list[tuple[Any, frozenset[Any]]] = [
+            (SpecialReduction, REDUCTION_FINAL),
+            (CompensationBill, BILL_FINAL),
+        ]
+        for model, final in tables:
+            rows = list(
+                session.execute(
+                    select(model).where(model.state.notin_([str(s) for s in final])).limit(limit)
+                ).scalars()
+            )
+            kind = "reduction" if model is SpecialReduction else "bill"
+            for row in rows:
+                number = getattr(row, "out_request_no", None) or row.out_bill_no
+                lines.append(
+                    f"{kind} #{row.id} {number}: {row.state} attempts={row.attempts} "
+                    f"next_poll_at={row.next_poll_at} claimed_until={row.claimed_until} "
+                    f"last_error={row.last_error!r}"
+                )
+                events = session.execute(
+                    select(Event).where(Event.kind == kind, Event.order_id == row.id)
+                ).scalars()
+                for e in events:
+                    lines.append(
+                        f"    {e.at:%H:%M:%S.%f} {e.from_state} -> {e.to_state}: {e.reason}"
+                    )
+    return "\n".join(lines)
+
+
+def check_outcome(
+    rig: Rig,
+    orders: list[Order],
+    balances: dict[str, int],
+    db_url: str,
+    figures: Counter[str],
+) -> None:
+    db = Database(db_url)
+    try:
+        with db.read() as session:
+            rows = list(session.execute(select(SpecialReduction)).scalars())
+            bill_rows = list(session.execute(select(CompensationBill)).scalars())
+            events = list(session.execute(select(Event).order_by(Event.id)).scalars())
+    finally:
+        db.dispose()
+    with rig.sim.admin() as admin:
+        truth = {(t["mchid"], t["out_request_no"]): t for t in admin.reductions()}
+        bill_truth = {b["out_bill_no"]: b for b in admin.bills()}
+        final_balances = {m: admin.balance(m, account(m)) for m in MERCHANTS}
+        stats = admin.stats()
+
+    # Every order final and equal to the provider's ground truth (state and fail reason).
+    by_key = {(r.mchid, r.out_request_no): r for r in rows}
+    assert set(by_key) == {(o.mchid, o.out_request_no) for o in orders}
+    wrong = [
+        f"#{r.id} {key[1]}: local {r.state}/{r.fail_reason}, provider "
+        f"{truth.get(key, {}).get('state')}/{truth.get(key, {}).get('fail_reason')}"
+        for key, r in by_key.items()
+        if key not in truth
+        or r.state != truth[key]["state"]
+        or r.fail_reason != truth[key]["fail_reason"]
+    ]
+    assert not wrong, f"{len(wrong)} orders disagree with the provider: {wrong[:10]}"
+    assert {b.out_bill_no: b.state for b in bill_rows} == {
+        k: v["state"] for k, v in bill_truth.items()
+    }
+    for b in bill_rows:
+        expected = bill_truth[b.out_bill_no]["close_reason"] if b.state == BState.CLOSED else None
+        assert b.close_reason == expected, b.out_bill_no
+
+    # Nothing applied twice; every POST of one out_request_no carried the same parameters.
+    twice = [k for k, t in truth.items() if t["applied_count"] > 1]
+    assert not twice, f"applied more than once: {twice[:10]}"
+    mismatched = [k for k, t in truth.items() if t["mismatched_param_submits"]]
+    assert not mismatched, f"re-entered with different parameters: {mismatched[:10]}"
+    for mchid in MERCHANTS:
+        applied = sum(r.amount for r in rows if r.mchid == mchid and r.state == RState.SUCCESS)
+        assert final_balances[mchid] == balances[mchid] - applied, mchid
+
+    # No claim left behind.
+    now = datetime.now(UTC)
+    everything: list[Any] = [*rows, *bill_rows]
+    claimed = [
+        f"{type(r).__name__} #{r.id}: claimed_until={r.claimed_until}"
+        for r in everything
+        if r.claimed_until is not None or r.claim_token is not None or r.next_poll_at is not None
+    ]
+    assert not claimed, f"final orders still holding a claim at {now}: {claimed[:10]}"
+
+    # Each order's story, without gaps.
+    stories: defaultdict[tuple[str, int], list[Event]] = defaultdict(list)
+    for e in events:
+        stories[(e.kind, e.order_id)].append(e)
+    gaps = []
+    for kind, all_rows, initial in (
+        ("reduction", rows, RState.RECEIVED),
+        ("bill", bill_rows, BState.TRACKING),
+    ):
+        for row in all_rows:
+            story = stories.get((kind, row.id), [])
+            gaps.extend(story_gaps(kind, row.id, row.state, initial, story))
+    assert not gaps, f"{len(gaps)} broken stories: {gaps[:10]}"
+
+    # No secret in any log.
+    accounts = {account(m) for m in MERCHANTS}
+    secrets = [*secret_lines(rig.sim.dir.path), *sorted(accounts)]
+    log_files = sorted(p for p in rig.logs.rglob("*.log"))
+    leaks = [
+        f"{p.name}: {'a plaintext bal_account_no' if s in accounts else 'a private key line'}"
+        for p in log_files
+        for s in secrets
+        if s in p.read_text(errors="replace")
+    ]
+    assert not leaks, leaks[:10]
+    assert len(log_files) >= 2 + WORKERS
+
+    # The faults and the chaos really happened.
+    assert stats["faults_total"] >= 100, stats["faults"]
+    assert any(k.startswith("apply_then") for k in stats["faults"]), stats["faults"]
+    resubmitted = sum(t["submit_count"] - 1 for t in truth.values())
+    assert resubmitted > 0
+
+    logs_text = "\n".join(p.read_text(errors="replace") for p in log_files)
+    states = Counter(r.state for r in rows)
+    report_figures(
+        f"chaos: {len(rows)} reductions {dict(states)}, {len(bill_rows)} bills "
+        f"{dict(Counter(b.state for b in bill_rows))}; all equal to the provider's ground truth"
+    )
+    report_figures(
+        f"chaos: provider requests {stats['requests_total']}, faults injected "
+        f"{stats['faults_total']} {dict(sorted(stats['faults'].items()))}"
+    )
+    report_figures(
+        "chaos: "
+        + ", ".join(f"{k} {v}" for k, v in figures.items() if k != "faults injected")
+        + f"; in-call retries {len(re.findall(r'; retrying in', logs_text))}, "
+        f"engine re-schedules {len(re.findall(r'next try in', logs_text))}, "
+        f"POST re-entries {resubmitted}, closed at submit "
+        f"{sum(1 for t in truth.values() if t['closed_at_submit'])}, "
+        f"events {len(events)}"
+    )
+
+
+def story_gaps(kind: str, order_id: int, state: str, initial: str, story: list[Event]) -> list[str]:
+    """What is wrong with one order's events (empty when its story is whole)."""
+    label = f"{kind} #{order_id}"
+    if not story:
+        return [f"{label}: no events"]
+    out = []
+    if story[0].from_state is not None or story[0].to_state != initial:
+        out.append(f"{label}: starts {story[0].from_state} -> {story[0].to_state}")
+    for before, after in itertools.pairwise(story):
+        if after.from_state != before.to_state:
+            out.append(
+                f"{label}: event {after.id} {after.from_state} -> {after.to_state} follows "
+                f"{before.to_state}"
+            )
+    if story[-1].to_state != state:
+        out.append(f"{label}: the last event ends in {story[-1].to_state}, the row is {state}")
+    return out
+
+
+def secret_lines(sim_path: Path) -> list[str]:
+    """The body lines of every private key PEM in the simulator directory (long enough not to
+    match by chance)."""
+    out: list[str] = []
+    for pem in sim_path.glob("*.pem"):
+        text = pem.read_text()
+        if "PRIVATE KEY" not in text:
+            continue
+        out.extend(
+            line.strip()
+            for line in text.splitlines()
+            if len(line.strip()) >= 16 and "-----" not in line
+        )
+    return out
