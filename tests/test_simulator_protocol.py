@@ -550,3 +550,15 @@ def test_reset_restores_the_seeded_ledgers(sim_client: Any, sim_admin: AdminClie
     assert sim_admin.balance(SIM_MCHID, SIM_BAL_ACCOUNT_NO) == SIM_BALANCE
     assert sim_admin.bills() == [] and sim_admin.faults() == []
     assert sim_admin.stats()["requests_total"] == 0
+
+
+def test_http_level_refusals_are_json_with_a_request_id(simulator: Simulator) -> None:
+    with httpx.Client(base_url=simulator.url, timeout=5) as http:
+        head = http.head(BALANCE_PATH)
+        assert head.status_code == 501 and head.headers.get("Request-ID")
+        chunked = http.post(
+            REDUCTION_PATH, content=iter([b"{}"]), headers={"Content-Type": "application/json"}
+        )
+        assert chunked.status_code == 400
+        assert chunked.json()["code"] == "INVALID_REQUEST" and chunked.headers.get("Request-ID")
+        assert http.get("/_sim/health").status_code == 200  # the server carries on

@@ -30,7 +30,7 @@ from wxrecon.simulator import material
 from wxrecon.simulator.admin import AdminClient
 from wxrecon.simulator.faults import FaultPlan, FaultRule, FaultSpecError
 from wxrecon.simulator.material import SimDir
-from wxrecon.simulator.provider import Provider, Reply, Timing
+from wxrecon.simulator.provider import Provider, Reply, Timing, new_request_id
 from wxrecon.simulator.state import ApiError, Books, BusinessConfig
 from wxrecon.simulator.traffic import Traffic
 
@@ -68,6 +68,16 @@ class _Handler(BaseHTTPRequestHandler):
             super().finish()
         self.server.track(self.connection, False)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """HTTP-level refusals (bad request line, unknown method, bad length) as APIv3 errors."""
+        self.close_connection = True
+        body = {"code": "INVALID_REQUEST", "message": message or HTTPStatus(code).phrase}
+        self._write(
+            code,
+            json.dumps(body).encode(),
+            [("Content-Type", "application/json; charset=utf-8"), ("Request-ID", new_request_id())],
+        )
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -98,12 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         body = self._read_body()
         if body is None:
-            self.close_connection = True
-            self._write(
-                400,
-                b'{"code":"INVALID_REQUEST","message":"bad or missing Content-Length"}',
-                [("Content-Type", "application/json")],
-            )
+            self.send_error(400, "bad or missing Content-Length (bodies up to 64 KiB, not chunked)")
             return
         if self.path.startswith("/_sim/") or self.path == "/_sim":
             self._admin(body)
