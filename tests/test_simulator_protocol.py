@@ -562,3 +562,25 @@ def test_http_level_refusals_are_json_with_a_request_id(simulator: Simulator) ->
         assert chunked.status_code == 400
         assert chunked.json()["code"] == "INVALID_REQUEST" and chunked.headers.get("Request-ID")
         assert http.get("/_sim/health").status_code == 200  # the server carries on
+
+
+def test_at_the_default_limit_the_101st_request_within_one_second_is_refused(
+    simulator: Simulator, raw: Raw, sim_admin: AdminClient
+) -> None:
+    assert sim_admin.config()["rate_limit"] == 100
+    frozen = time.time()
+    simulator.provider.clock = lambda: frozen  # every request lands in the same instant
+    statuses = [raw.balance().status_code for _ in range(100)]
+    assert statuses == [200] * 100
+    refused = raw.balance()
+    assert refused.status_code == 429 and error_of(refused)["code"] == "FREQUENCY_LIMITED"
+    # Other endpoints of the same merchant have their own window.
+    query = raw.request(
+        "GET", f"{REDUCTION_PATH}/NOPE", params={"mchid": SIM_MCHID, "bal_account_no": raw.enc()}
+    )
+    assert query.status_code == 404
+    simulator.provider.clock = lambda: frozen + 1.01  # a second later the window is clear
+    assert raw.balance().status_code == 200
+    peaks = sim_admin.stats()["peak_per_second"]
+    assert peaks["by_endpoint"]["query_balance"] == 101
+    assert peaks["overall"] == 102 and peaks["overall_mchid"] == SIM_MCHID

@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,11 +84,13 @@ class Provider:
         self.faults = faults
         self.traffic = traffic
         self.timing = timing or Timing()
+        # The provider's notion of now (rate windows, settlement, signature age); tests may pin it.
+        self.clock: Callable[[], float] = time.time
 
     # -- the request ----------------------------------------------------------------------
 
     def handle(self, method: str, raw_target: str, headers: Any, body: bytes) -> Reply:
-        now = time.time()
+        now = self.clock()
         request_id = new_request_id()
         path, _, query = raw_target.partition("?")
         try:
