@@ -320,3 +320,35 @@ def test_bills_of_another_platform_merchant_are_invisible(
     sim_admin.seed_bill("B8", 300, sp_mchid="1900000999")
     with pytest.raises(NotFound):
         sim_client.query_compensation_bill("B8")
+
+
+# -- the books on their own -------------------------------------------------------------------
+
+
+def test_books_survive_a_dump_and_load_mid_settlement() -> None:
+    import json as _json
+
+    from wxrecon.simulator.state import Books, BusinessConfig, ReductionParams
+
+    books = Books(BusinessConfig(settle_delay_min=10, settle_delay_max=10), seed=1)
+    books.set_ledger("1", "ACC", 100)
+    params = ReductionParams("1", "ACC", "O1", "FINANCIAL_PENALTY", 60, None)
+    assert books.submit(1000.0, params).state == "PROCESSING"
+    books.seed_bill(1000.0, {"out_bill_no": "B1", "amount": 5, "outcome": "CLOSED"}, "1")
+    restored = Books(BusinessConfig())
+    restored.load(_json.loads(_json.dumps(books.dump())))
+    assert restored.balance(1005.0, "1", "ACC") == {
+        "in_transit_reduction_exist": True,
+        "balance": 100,
+    }
+    assert restored.query(1011.0, "1", "ACC", "O1").state == "SUCCESS"
+    assert restored.balance(1011.0, "1", "ACC") == {
+        "in_transit_reduction_exist": False,
+        "balance": 40,
+    }
+    [truth] = restored.reductions(1011.0)
+    assert truth["applied_count"] == 1
+    assert restored.bill(2000.0, "1", "B1")["close_info"]["close_reason"] == "NOT_ENOUGH"
+    # The original, settling on its own, agrees: one debit, however often it is read.
+    assert books.query(1011.0, "1", "ACC", "O1").state == "SUCCESS"
+    assert books.balance(2000.0, "1", "ACC")["balance"] == 40
