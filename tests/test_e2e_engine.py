@@ -38,7 +38,7 @@ from wxrecon.worker import INTAKE_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(420)]
 
-REDIS_DB = 12  # this test's own broker database
+REDIS_DB = 4  # this test's own broker database (the demo test uses 12, the suite 15)
 MERCHANTS = ["1900000101", "1900000102", "1900000103"]
 PER_MERCHANT = 100
 HELPER_EVERY = 10  # every 10th order goes through the Python helper instead of send_task
@@ -122,6 +122,19 @@ class Processes:
                 args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.procs.append((name, proc, log))
+
+    def children(self, name: str) -> list[int]:
+        """Child pids of the process we started as ``name`` (e.g. Celery's pool processes)."""
+        [pid] = [proc.pid for n, proc, _ in self.procs if n == name]
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent pid
+                found.append(int(stat.parent.name))
+        return sorted(found)
 
     def check_alive(self) -> None:
         for name, proc, log in self.procs:
@@ -236,6 +249,12 @@ def test_engine_end_to_end(
     )
     processes.start("beat", [*celery, "beat", "-l", "INFO"], env, work)
 
+    ready = time.monotonic() + 30
+    while len(processes.children("worker")) < 2:  # the pool is up
+        processes.check_alive()
+        assert time.monotonic() < ready, f"worker pool did not start\n{processes.logs()}"
+        time.sleep(0.2)
+
     # A business app that does not import wxrecon: send_task by name, JSON kwargs.
     app = Celery("business-app", broker=broker_url)
     app.conf.update(task_serializer="json", accept_content=["json"])
@@ -247,7 +266,16 @@ def test_engine_end_to_end(
     def enqueue(name: str, kwargs: dict[str, Any]) -> None:
         app.send_task(name, kwargs=kwargs, queue=INTAKE_QUEUE)
 
+    killed = False
     for i, order in enumerate(orders):
+        if i == len(orders) // 2:
+            # A pool process dies mid-work (OOM, kill -9): its message is requeued, its
+            # claim expires, and nothing is lost or applied twice.
+            time.sleep(1.0)
+            pool = processes.children("worker")
+            if pool:
+                os.kill(pool[0], signal.SIGKILL)  # a child of the worker this test started
+                killed = True
         if i % HELPER_EVERY == 0:
             with db.transaction() as session:
                 intake.submit_reduction(session, **order.kwargs(), enqueue=enqueue)
@@ -366,6 +394,7 @@ def test_engine_end_to_end(
     assert sim_stats["faults_total"] >= 20, faults
     assert any(k.startswith("apply_then") for k in faults), faults
     assert any(t["submit_count"] > 1 for t in truth.values())
+    assert killed, "no pool process was found to kill"
     print(
         f"e2e: {dict(states)}; bills {Counter(b.state for b in bill_rows)}; "
         f"requests {sim_stats['requests_total']}; faults {faults}"
