@@ -219,16 +219,29 @@ def test_hangs_end_when_the_client_hangs_up(
         ("system_error=0.05", ("system_error", 0.05, "all", None)),
         ("apply_then_500=1@submit_reduction#3", ("apply_then_500", 1.0, "submit_reduction", 3)),
         ("hang@query_bill", ("hang", 1.0, "query_bill", None)),
+        ("reset=1/4@query_bill#2", ("reset", 1.0, "query_bill", 2)),
     ],
 )
 def test_fault_specs_parse(spec: str, expected: tuple[Any, ...]) -> None:
     rule = FaultRule.parse(spec)
     assert (rule.kind.value, rule.probability, rule.endpoint, rule.times) == expected
+    assert rule.every == (4 if "1/4" in spec else None)
 
 
 @pytest.mark.parametrize(
     "spec",
-    ["explode", "reset=2", "reset=-0.1", "reset=x", "reset@nowhere", "reset#x", "reset#-1", ""],
+    [
+        "explode",
+        "reset=2",
+        "reset=-0.1",
+        "reset=x",
+        "reset@nowhere",
+        "reset#x",
+        "reset#-1",
+        "",
+        "reset=1/0",
+        "reset=1/x",
+    ],
 )
 def test_bad_fault_specs_are_refused(spec: str) -> None:
     with pytest.raises(FaultSpecError):
@@ -239,6 +252,22 @@ def test_probabilities_are_honoured_statistically() -> None:
     plan = FaultPlan([FaultRule(FaultKind.SYSTEM_ERROR, probability=0.3)], seed=7)
     fired = sum(bool(plan.draw("query_balance", (FaultKind.SYSTEM_ERROR,))) for _ in range(2000))
     assert 450 < fired < 750
+
+
+def test_a_schedule_fires_on_every_nth_matching_request(
+    one_try: WeChatPayClient, sim_admin: AdminClient
+) -> None:
+    sim_admin.set_faults("system_error=1/3@query_balance")
+    outcomes = []
+    for _ in range(9):
+        try:
+            balance(one_try)
+            outcomes.append("ok")
+        except ProviderBusy:
+            outcomes.append("500")
+    assert outcomes == ["ok", "ok", "500"] * 3
+    [rule] = sim_admin.faults()
+    assert (rule["every"], rule["seen"], rule["fired"]) == (3, 9, 3)
 
 
 def test_latency_stacks_but_only_one_other_fault_acts() -> None:

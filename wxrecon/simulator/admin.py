@@ -19,6 +19,7 @@ def _rule(rule: FaultRule | dict[str, Any] | str) -> dict[str, Any]:
     if isinstance(rule, FaultRule):
         data = rule.to_json()
         data.pop("fired")
+        data.pop("seen")
         return data
     return dict(rule)
 
@@ -123,6 +124,7 @@ class AdminClient:
         probability: float = 1.0,
         endpoint: str = "all",
         times: int | None = None,
+        every: int | None = None,
         seconds: float | None = None,
     ) -> list[dict[str, Any]]:
         rule = {
@@ -130,6 +132,7 @@ class AdminClient:
             "probability": probability,
             "endpoint": endpoint,
             "times": times,
+            "every": every,
             "seconds": seconds,
         }
         return self.set_faults(rule, mode="add")

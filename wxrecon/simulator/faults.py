@@ -1,8 +1,9 @@
 """Fault injection: rules, their parsing, and the draw made for each request.
 
-A rule names a kind, the endpoint it targets (or ``all``), a probability and optionally how
-many times it may fire (``times``: a rule with ``times=1`` and probability 1 fires on exactly
-the next matching request, which is how tests target one call).
+A rule names a kind, the endpoint it targets (or ``all``), a probability or a schedule
+(``every``: the Nth, 2Nth, … matching request) and optionally how many times it may fire
+(``times``: a rule with ``times=1`` and probability 1 fires on exactly the next matching
+request, which is how tests target one call).
 
 Faults act at three points of a request:
 
@@ -75,8 +76,10 @@ class FaultRule:
     probability: float = 1.0
     endpoint: str = ALL
     times: int | None = None  # fire at most this many times, then stay quiet
+    every: int | None = None  # deterministic schedule: fire on every Nth matching request
     seconds: float | None = None  # latency/hang duration; None: the simulator's default
     fired: int = 0
+    seen: int = 0
 
     def __post_init__(self) -> None:
         self.kind = _kind(self.kind)
@@ -92,6 +95,10 @@ class FaultRule:
             isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 0
         ):
             raise FaultSpecError("fault times must be a non-negative integer")
+        if self.every is not None and (
+            isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1
+        ):
+            raise FaultSpecError("fault every must be a positive integer")
         if self.seconds is not None and (
             isinstance(self.seconds, bool)
             or not isinstance(self.seconds, int | float)
@@ -103,7 +110,7 @@ class FaultRule:
     def from_json(cls, data: object) -> FaultRule:
         if not isinstance(data, dict):
             raise FaultSpecError("a fault rule is a JSON object")
-        allowed = {"kind", "probability", "endpoint", "times", "seconds"}
+        allowed = {"kind", "probability", "endpoint", "times", "every", "seconds"}
         unknown = set(data) - allowed
         if unknown:
             raise FaultSpecError(f"unknown fault field {sorted(unknown)[0]!r}")
@@ -114,12 +121,14 @@ class FaultRule:
             probability=data.get("probability", 1.0),
             endpoint=data.get("endpoint", ALL),
             times=data.get("times"),
+            every=data.get("every"),
             seconds=data.get("seconds"),
         )
 
     @classmethod
     def parse(cls, spec: str) -> FaultRule:
-        """``KIND[=PROBABILITY][@ENDPOINT][#TIMES]``, e.g. ``reset=0.05@submit_reduction``."""
+        """``KIND[=PROBABILITY|=1/N][@ENDPOINT][#TIMES]``, e.g. ``reset=0.05@submit_reduction``;
+        ``=1/N`` fires on every Nth matching request instead of at random."""
         text = spec.strip()
         times = None
         if "#" in text:
@@ -131,17 +140,24 @@ class FaultRule:
         if "@" in text:
             text, _, endpoint = text.partition("@")
         probability = 1.0
+        every = None
         if "=" in text:
             text, _, raw_p = text.partition("=")
-            try:
-                probability = float(raw_p)
-            except ValueError:
-                raise FaultSpecError(f"fault {spec!r}: probability must be a number") from None
+            if raw_p.startswith("1/"):  # "one in N": every Nth matching request
+                if not raw_p[2:].isdigit() or int(raw_p[2:]) < 1:
+                    raise FaultSpecError(f"fault {spec!r}: 1/N needs a whole N of at least 1")
+                every = int(raw_p[2:])
+            else:
+                try:
+                    probability = float(raw_p)
+                except ValueError:
+                    raise FaultSpecError(f"fault {spec!r}: probability must be a number") from None
         return cls(
             kind=_kind(text.strip()),
             probability=probability,
             endpoint=endpoint.strip(),
             times=times,
+            every=every,
         )
 
     def matches(self, endpoint: str) -> bool:
@@ -153,8 +169,10 @@ class FaultRule:
             "probability": self.probability,
             "endpoint": self.endpoint,
             "times": self.times,
+            "every": self.every,
             "seconds": self.seconds,
             "fired": self.fired,
+            "seen": self.seen,
         }
 
 
@@ -192,7 +210,12 @@ class FaultPlan:
                     continue
                 if rule.times is not None and rule.fired >= rule.times:
                     continue
-                if rule.probability >= 1 or self._rng.random() < rule.probability:
+                rule.seen += 1
+                if rule.every is not None:
+                    fires = rule.seen % rule.every == 0
+                else:
+                    fires = rule.probability >= 1 or self._rng.random() < rule.probability
+                if fires:
                     rule.fired += 1
                     fired.append(rule)
                     if rule.kind is not FaultKind.LATENCY:
