@@ -141,7 +141,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--fault",
-            help="KIND=PROB@ENDPOINT#TIMES (all but KIND optional), repeatable; see README.",
+            help="KIND=PROB|1/N@ENDPOINT#TIMES (all but KIND optional), repeatable; see README.",
         ),
     ] = None,
     latency: Annotated[str, typer.Option(help="Delay added by a latency fault.")] = "200ms",
