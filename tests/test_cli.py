@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -135,6 +137,30 @@ def test_submit_bad_input_writes_and_sends_nothing(cli: Cli, changes, expect):
     assert cli.count(SpecialReduction) == 0
     assert cli.count(Event) == 0
     assert cli.sent == []
+
+
+def test_submit_wait_follows_the_order_to_a_final_state(cli: Cli):
+    def provider_answers() -> None:  # what a worker would do, once the row exists
+        while True:
+            with cli.db.transaction() as session:
+                hit = session.execute(update(SpecialReduction).values(state="SUCCESS"))
+            if hit.rowcount:
+                return
+            time.sleep(0.05)
+
+    answer = threading.Thread(target=provider_answers)
+    answer.start()
+    out = json.loads(cli.ok(*submit_args(), "--wait", "--timeout", "60", "--json").stdout)
+    answer.join()
+    assert out["state"] == "SUCCESS"
+    human = cli.ok(*submit_args(), "--wait")
+    assert "SUCCESS" in human.stdout
+
+
+def test_submit_wait_gives_up_with_one_line(cli: Cli):
+    line = cli.fails(*submit_args(), "--wait", "--timeout", "1", code=1)
+    assert "still RECEIVED after 1s" in line
+    assert cli.count(SpecialReduction) == 1  # the order stays, and keeps being reconciled
 
 
 def test_missing_option_is_one_line(cli: Cli):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_demo_logs_hold_no_secrets(demo_run):
 
 
 def test_metrics_scrape_after_the_run(demo_run):
-    work, _, _ = demo_run
+    work, summary, _ = demo_run
     env = demo_env() | {
         "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
         "WXRECON_DATABASE_URL": f"sqlite:///{work / 'wxrecon-demo.db'}",
@@ -122,14 +123,27 @@ def test_metrics_scrape_after_the_run(demo_run):
     for series in (
         'wxrecon_provider_request_duration_seconds_bucket{endpoint="submit_reduction"',
         'wxrecon_provider_request_duration_seconds_count{endpoint="query_reduction"',
-        'wxrecon_transitions_total{from_state="PROCESSING",kind="reduction",to_state="SUCCESS"}',
-        'wxrecon_provider_errors_total{code="NOT_ENOUGH",endpoint="submit_reduction"}',
+        'wxrecon_provider_request_duration_seconds_count{endpoint="query_bill"',
+        'wxrecon_transitions_total{from_state="",kind="reduction",to_state="RECEIVED"}',
         'wxrecon_orders{kind="reduction",state="SUCCESS"}',
         'wxrecon_orders{kind="reduction",state="FAILED"}',
         'wxrecon_oldest_due_order_age_seconds{kind="reduction"} 0.0',
         "wxrecon_database_up 1.0",
     ):
         assert series in text, series
+    assert re.search(
+        r'wxrecon_transitions_total\{from_state="\w+",kind="reduction",to_state="SUCCESS"\}', text
+    )
+    assert re.search(
+        r'wxrecon_transitions_total\{from_state="\w+",kind="bill",to_state="(SUCCESS|CLOSED|CANCELLED)"\}',
+        text,
+    )
+    # every NOT_ENOUGH the simulator answered was counted as a provider error by code
+    not_enough = summary["provider_requests"]["submit_reduction"].get("403", 0)
+    if not_enough:
+        assert (
+            'wxrecon_provider_errors_total{code="NOT_ENOUGH",endpoint="submit_reduction"}' in text
+        )
     assert "DEMO" not in text  # no order ids as labels
 
 
@@ -162,3 +176,48 @@ def test_ctrl_c_stops_every_child(tmp_path: Path):
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert processes_mentioning(str(work)) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_the_same_demo_runs_on_redis_and_postgresql(
+    postgres_url: str, redis_url: str, tmp_path: Path
+):
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from wxrecon.db import normalize_url
+
+    base = make_url(normalize_url(postgres_url))
+    name = f"wxrecon_cli_demo_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+
+    def conninfo(database: str | None) -> str:
+        return f"host={base.host} port={base.port or 5432} user={base.username} dbname={database}"
+
+    with psycopg.connect(conninfo(base.database), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        work = tmp_path / "services"
+        env = demo_env() | {
+            "WXRECON_DATABASE_URL": base.set(database=name).render_as_string(hide_password=False),
+            "WXRECON_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/12",  # this area's Redis DB
+        }
+        proc = subprocess.run(
+            wxrecon("demo", "--orders", "8", "--dir", str(work), "--timeout", "120", "--json"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+        summary = json.loads(proc.stdout)
+        assert proc.returncode == 0, (summary["problems"], proc.stderr[-2000:])
+        assert summary["ok"] and summary["matched_ground_truth"] == summary["orders"]
+        assert processes_mentioning(str(work)) == []
+        with psycopg.connect(conninfo(name)) as conn:
+            rows = conn.execute("SELECT count(*) FROM special_reductions").fetchone()
+        assert rows is not None and rows[0] == 8  # the orders really went to PostgreSQL
+    finally:
+        with psycopg.connect(conninfo(base.database), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -293,7 +293,6 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
                 _confirm(
                     f"Retry {kind.label} #{order.id} "
                     f"({getattr(order, kind.number_field)}, {order.state})?",
-                    json_out,
                 )
             new_state = kind.retry(db, order.id, actor=who, why=why, force=force)
             if json_out:
@@ -316,7 +315,7 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
                 out.print(f"no {kind.label} in {wanted}{where}")
             return
         if not yes:
-            _confirm(f"Retry {len(ids)} {kind.label}(s) in {wanted}{where}?", json_out)
+            _confirm(f"Retry {len(ids)} {kind.label}(s) in {wanted}{where}?")
         retried: list[int] = []
         skipped: dict[int, str] = {}
         with Progress(
@@ -362,7 +361,7 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
             out.print(f"{kind.label} #{order.id} is due for a query now (", state_text(state), ")")
 
 
-def _confirm(question: str, json_out: bool) -> None:
+def _confirm(question: str) -> None:
     if not typer.confirm(question, default=False, err=True):
         raise CliError("nothing retried")
 

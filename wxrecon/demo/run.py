@@ -9,6 +9,7 @@ on exit, on error, on Ctrl-C and on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -158,6 +159,7 @@ class Demo:
         self.phase = "starting"
         self.sim_url = ""
         self.env: dict[str, str] = {}
+        self.faults_fired: dict[str, int] = {}
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -351,6 +353,16 @@ class Demo:
         tally = Text("  ").join(
             Text.assemble(state_text(s), f" {n}") for s, n in sorted(counts.items())
         )
+        fired = sum(self.faults_fired.values())
+        faults = Text(
+            f"provider faults injected so far: {fired}"
+            + (
+                " (" + ", ".join(f"{k} ×{n}" for k, n in sorted(self.faults_fired.items())) + ")"
+                if fired
+                else ""
+            ),
+            style="dim",
+        )
         # The orders still moving first, then the most recently finished ones.
         now = time.monotonic()
         moving = [t for t in items if not t.final]
@@ -384,7 +396,7 @@ class Demo:
             )
         hidden = len(items) - len(shown)
         footer = Text(f"… and {hidden} more" if hidden > 0 else "", style="dim")
-        return Group(Panel(Group(header, bar, tally), expand=False), table, footer)
+        return Group(Panel(Group(header, bar, tally, faults), expand=False), table, footer)
 
     # -- verdict ----------------------------------------------------------------------------
 
@@ -510,6 +522,8 @@ def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
     def tick() -> None:
         sup.check()
         demo.refresh(db)
+        with contextlib.suppress(Exception):  # the view only; the verdict asks again
+            demo.faults_fired = {r["kind"]: r["fired"] for r in admin.faults() if r.get("fired")}
         if live is not None:
             live.update(demo.render())
 
