@@ -186,6 +186,14 @@ def test_query_bill(keys: KeySet, fake: Provider) -> None:
     }
 
 
+def test_provider_text_is_not_rich_markup(keys: KeySet, fake: Provider) -> None:
+    answer = reduction_answer(keys, NO, "SUCCESS", extra={"reason": "[/red] [bold]罚款[/bold]"})
+    fake.answers = [signed_response(keys, answer)]
+    result = _run("query-reduction", NO, "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO)
+    assert result.exit_code == 0, result.output
+    assert "[/red] [bold]罚款[/bold]" in result.stdout
+
+
 # -- provider failures: one line with status, code, message, Request-ID ----------------------
 
 

@@ -21,6 +21,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from wxrecon.config import Settings, get_settings
@@ -174,7 +175,8 @@ def _show(title: str, data: dict[str, Any], json_mode: bool) -> None:
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for name, value in data.items():
-        table.add_row(name, _cell(name, value))
+        # Text, not str: a provider's text like "[/x]" must print as is, not as Rich markup.
+        table.add_row(Text(name), Text(_cell(name, value)))
     Console(highlight=False).print(table)
 
 
