@@ -519,6 +519,31 @@ def test_throttled_retry_of_a_post_that_may_have_landed_is_an_unknown_outcome(
             _balance(client)
 
 
+def test_hook_failure_on_a_post_retry_keeps_the_unknown_outcome(credentials: Credentials) -> None:
+    attempts: list[Endpoint] = []
+
+    def hook(endpoint: Endpoint, mchid: str) -> None:
+        attempts.append(endpoint)
+        if len(attempts) > 1:
+            raise ConnectionError("rate limiter backend unreachable")
+
+    script = Script(httpx.ReadTimeout("lost"))
+    with mock_client(credentials, script, before_request=hook) as client:
+        with pytest.raises(OutcomeUnknown) as info:
+            client.submit_special_reduction(_request())
+        assert info.value.maybe_sent and isinstance(info.value.cause, NetworkError)
+        attempts.clear()
+        with pytest.raises(ConnectionError):  # a GET has nothing to hide
+            _balance(client)
+
+
+def test_a_real_answer_after_a_lost_one_passes_through(credentials: Credentials) -> None:
+    script = Script(error_response(500, "SYSTEM_ERROR"), error_response(403, "NOT_ENOUGH"))
+    with mock_client(credentials, script) as client, pytest.raises(NotEnough):
+        client.submit_special_reduction(_request())
+    assert len(script.requests) == 2
+
+
 def test_observer_sees_every_attempt_and_cannot_break_a_call(
     keys: KeySet, credentials: Credentials
 ) -> None:

@@ -309,10 +309,14 @@ class WeChatPayClient:
                     return self._attempt(
                         endpoint, target_mchid, method, path, params, content, encrypted, state
                     )
-        except Throttled:
-            # The limiter refused a *retry* of a POST that may already have landed: that is
-            # an unknown outcome, not "nothing sent".
-            if method == "POST" and state.maybe_sent and state.last_error is not None:
+        except Exception as exc:
+            # The limiter refused (or the hook failed on) a *retry* of a POST that may already
+            # have landed: that is an unknown outcome, not "nothing sent". Provider answers
+            # (NotEnough after a 500, …) are real results and pass through.
+            answered = isinstance(exc, WeChatPayError) and not isinstance(exc, Throttled)
+            if method == "POST" and state.maybe_sent and state.last_error and not answered:
+                if not isinstance(exc, Throttled):
+                    log.error("request hook failed on a POST retry: %s", type(exc).__name__)
                 raise state.last_error from None
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
