@@ -6,7 +6,6 @@ on stderr (a JSON object with ``--json``) and a non-zero exit code, never a trac
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -16,12 +15,14 @@ import typer
 from typer.core import TyperGroup
 
 from wxrecon import __version__
+from wxrecon.cli_api import app as api_app
 from wxrecon.cli_bill import app as bill_app
-from wxrecon.cli_common import ABORTS, CLICK_ERRORS, CliError, one_line
+from wxrecon.cli_common import ABORTS, CLICK_ERRORS, one_line
 from wxrecon.cli_db import app as db_app
 from wxrecon.cli_ops import register as register_ops
 from wxrecon.cli_reduction import app as reduction_app
 from wxrecon.demo import register as register_demo
+from wxrecon.simulator.cli import app as sim_app
 
 
 class OneLineErrors(TyperGroup):
@@ -93,24 +94,6 @@ def _root(
     """Reconciliation worker for WeChat Pay APIv3 special reductions and compensation bills."""
 
 
-def _mount(name: str, module: str, help_text: str) -> None:
-    """Mount ``module.app`` as ``wxrecon NAME``; a sub-app that fails to import turns into a
-    command that explains why, instead of breaking every other command."""
-    try:
-        sub = importlib.import_module(module).app
-    except Exception as exc:
-        reason = one_line(exc)
-        broken = typer.Typer(help=f"{help_text} (unavailable: {reason})")
-
-        @broken.callback(invoke_without_command=True)
-        def _unavailable() -> None:
-            raise CliError(f"wxrecon {name} is unavailable: {reason}")
-
-        app.add_typer(broken, name=name)
-    else:
-        app.add_typer(sub, name=name, help=help_text)
-
-
 # Our own command modules import the engine lazily, inside each command, so that
 # ``wxrecon --help`` is fast and one command's trouble never hides the others.
 app.add_typer(db_app, name="db", help="Database schema.")
@@ -118,8 +101,8 @@ app.add_typer(reduction_app, name="reduction", help="Special reductions.")
 app.add_typer(bill_app, name="bill", help="Compensation bills.")
 register_ops(app)
 register_demo(app)
-_mount("sim", "wxrecon.simulator.cli", "The provider simulator (development, tests, demo).")
-_mount("api", "wxrecon.cli_api", "Call the provider directly and print the verified answer.")
+app.add_typer(sim_app, name="sim", help="The provider simulator (development, tests, demo).")
+app.add_typer(api_app, name="api", help="Call the provider directly; print the verified answer.")
 
 
 def main() -> None:

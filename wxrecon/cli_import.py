@@ -58,7 +58,7 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[dict[s
 
 
 def parse_amount(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValueError("amount must be a positive integer number of fen")
     return int(text)
 
@@ -68,7 +68,7 @@ def import_csv(
     stop_on_error: bool = typer.Option(False, "--stop-on-error", help="Stop at the first bad row."),
     json_out: JsonOpt = False,
 ) -> None:
-    """Bulk intake of special reductions from a CSV file, with a progress bar."""
+    """Bulk intake of special reductions from a CSV file (header row names the fields)."""
     from wxrecon import intake
     from wxrecon.reconcile import Conflict
     from wxrecon.wechatpay.errors import InvalidRequest

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from wxrecon.cli_common import CliError, JsonOpt, Output, bad_input, fen, one_line, settings
+from wxrecon.logs import configure_logging
 from wxrecon.wechatpay.keys import mask
 
 
@@ -66,13 +67,18 @@ def metrics(
     no_db: bool = typer.Option(False, "--no-db", help="Leave out the database gauges."),
     json_out: JsonOpt = False,
 ) -> None:
-    """Serve Prometheus metrics: every worker process's (PROMETHEUS_MULTIPROC_DIR) plus
-    database gauges (orders by state, oldest due order age)."""
+    """Serve Prometheus metrics of all processes, plus gauges read from the database.
+
+    Worker samples come from PROMETHEUS_MULTIPROC_DIR; the database gauges are orders by
+    state and the oldest due order's age.
+    """
     from prometheus_client import generate_latest
 
     from wxrecon import metrics_server
 
     s = settings()
+    if not once:
+        configure_logging(s)
     if once:
         registry = metrics_server.build_registry(
             None if no_db else metrics_server.database_snapshot(s)

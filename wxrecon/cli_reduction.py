@@ -70,7 +70,7 @@ def submit(
     from wxrecon import intake
     from wxrecon.wechatpay.errors import InvalidRequest
 
-    if not amount.isdigit():  # no floats, no signs, no "15.00": fen are whole numbers
+    if not (amount.isascii() and amount.isdigit()):  # no floats, signs, "15.00" or "²"
         raise bad_input("--amount must be a positive integer number of fen (1500 = ¥15.00)")
     db = database()
     try:

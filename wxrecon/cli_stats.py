@@ -152,8 +152,10 @@ def stats(
     ),
     json_out: JsonOpt = False,
 ) -> None:
-    """Counts by state and merchant, oldest overdue order, finalised in the last hour,
-    provider errors by code."""
+    """Orders by state and merchant, the oldest overdue, recent finals, provider errors.
+
+    Provider errors by code come from the workers' metric samples (PROMETHEUS_MULTIPROC_DIR).
+    """
     from wxrecon.cli_orders import database
 
     db = database()
