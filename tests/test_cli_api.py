@@ -249,7 +249,8 @@ def test_unknown_outcome_of_a_submit(fake: Provider) -> None:
     )
     assert result.exit_code == 1
     assert _one_error_line(result) == (
-        "error: HTTP 500 SYSTEM_ERROR outcome unknown: 系统异常 (Request-ID X9)"
+        "error: HTTP 500 SYSTEM_ERROR outcome unknown: 系统异常 (Request-ID X9);"
+        " query the order to learn its outcome"
     )
 
 

@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 from wxrecon.config import Settings, get_settings
 from wxrecon.provider import build_client
 from wxrecon.wechatpay.client import WeChatPayClient
-from wxrecon.wechatpay.errors import InvalidRequest, WeChatPayError, one_line
+from wxrecon.wechatpay.errors import InvalidRequest, OutcomeUnknown, WeChatPayError, one_line
 from wxrecon.wechatpay.keys import CredentialError, mask
 from wxrecon.wechatpay.resources import (
     SpecialReductionRequest,
@@ -209,6 +209,8 @@ def _run(json_mode: bool, call: Callable[[WeChatPayClient], T]) -> T:
             return call(client)
     except InvalidRequest as exc:
         _fail(json_mode, str(exc), EXIT_BAD_INPUT)
+    except OutcomeUnknown as exc:
+        _fail(json_mode, f"{exc}; query the order to learn its outcome", EXIT_FAILED, exc)
     except WeChatPayError as exc:
         _fail(json_mode, str(exc), EXIT_FAILED, exc)
     except Exception as exc:  # a bug: say what kind, never a traceback or its text (secrets)
