@@ -64,7 +64,8 @@ def pg_admin(base_url: str, *statements: str) -> None:
 @pytest.fixture(scope="session")
 def pg_template(postgres_url: str) -> Iterator[str]:
     """A migrated template database; yields its name."""
-    name = f"wxrecon_engine_tpl_{_worker()}"
+    # Unique per test session: several sessions (other engineers, CI) may run at once.
+    name = f"wxrecon_engine_tpl_{_worker()}_{os.getpid()}"
     pg_admin(
         postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
     )
