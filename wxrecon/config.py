@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     http_read_timeout: float = 10.0
     http_retries: int = Field(3, ge=1, le=10)
     failover_cooldown: float = 60.0
+    https_proxy: str | None = None  # egress proxy for provider calls, e.g. http://proxy:3128
 
     # Rate limiting (per endpoint and target merchant, shared by all workers)
     rate_limit_per_second: int = Field(100, ge=1)
