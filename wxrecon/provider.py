@@ -66,8 +66,7 @@ def build_client(
             before_request=before_request,
             observer=observer,
             transport=transport,
-            # An egress proxy, once Settings carries one (WXRECON_HTTPS_PROXY).
-            proxy=getattr(settings, "https_proxy", None) or None,
+            proxy=settings.https_proxy or None,
         )
     except ValueError as exc:  # a malformed base or backup URL
         backup = str(exc).startswith("backup_url")
