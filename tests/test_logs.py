@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from wxrecon.config import Settings
-from wxrecon.logs import configure_logging, order_context, redact
+from wxrecon.logs import configure_logging, redact
 
 PEM = (
     "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n"
@@ -36,7 +36,7 @@ def capture():
 def test_plain_line_carries_order_context(capture):
     out = capture(json_lines=False)
     logging.getLogger("wxrecon.test").info(
-        "queried %s", "it", extra=order_context(out_request_no="R1", mchid="1900", request_id="q-1")
+        "queried %s", "it", extra={"out_request_no": "R1", "mchid": "1900", "request_id": "q-1"}
     )
     line = out.getvalue().strip()
     assert line.endswith("queried it [out_request_no=R1 mchid=1900 request_id=q-1]")
@@ -46,7 +46,7 @@ def test_plain_line_carries_order_context(capture):
 def test_json_line_has_fields(capture):
     out = capture(json_lines=True)
     logging.getLogger("wxrecon.test").warning(
-        "submit failed", extra=order_context(out_request_no="R2", mchid="1901", request_id=None)
+        "submit failed", extra={"out_request_no": "R2", "mchid": "1901"}
     )
     record = json.loads(out.getvalue())
     assert record["message"] == "submit failed"

@@ -74,7 +74,7 @@ def track(
         out.json({"id": result.order_id, "created": result.created, "state": state})
     else:
         verb = "tracking" if result.created else "already tracked"
-        out.print(f"bill #{result.order_id} {out_bill_no}: {verb}, ", state_text(state))
+        out.print(f"bill #{result.order_id} {out_bill_no}: {verb}, now", state_text(state))
 
 
 add_common_commands(app, KIND)

@@ -104,11 +104,6 @@ class Output:
         if not self.json_mode:
             self.console.print(*renderables)
 
-    def note(self, message: str) -> None:
-        """A human remark on stderr (never pollutes ``--json`` output)."""
-        if not self.json_mode:
-            self.err.print(message)
-
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold", expand=False)
@@ -196,6 +191,16 @@ def parse_since(
                 f"{option}: {text!r} is neither an ISO time (2026-01-31T08:00) nor a duration (2h)"
             ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def safe_url(url: str) -> str:
+    """A database or broker URL for display: the password hidden."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse (a broker URL may not be)
+        return url.rsplit("@", 1)[-1]
 
 
 def default_actor() -> str:

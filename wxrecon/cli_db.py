@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from wxrecon.cli_common import CliError, JsonOpt, Output, one_line, settings
+from wxrecon.cli_common import CliError, JsonOpt, Output, one_line, safe_url, settings
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -12,12 +12,10 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("upgrade")
 def upgrade(json_out: JsonOpt = False) -> None:
     """Apply every pending migration (safe to run again; run it before starting workers)."""
-    from sqlalchemy.engine import make_url
-
     from wxrecon import db
 
     s = settings()
-    url = make_url(db.normalize_url(s.database_url)).render_as_string(hide_password=True)
+    url = safe_url(db.normalize_url(s.database_url))
     try:
         before = db.current_revisions(s.database_url)
         db.upgrade(s.database_url)

@@ -95,7 +95,7 @@ def submit(
         verb = "submitted" if result.created else "already known (same parameters)"
         out.print(
             f"reduction #{result.order_id} {out_request_no} of {fen(int(amount))} for "
-            f"{mchid}: {verb}, ",
+            f"{mchid}: {verb}, now",
             state_text(state),
         )
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO
 
 from wxrecon.config import Settings
 from wxrecon.wechatpay.keys import mask
@@ -132,8 +131,3 @@ def configure_logging(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     return handler
-
-
-def order_context(**fields: Any) -> Mapping[str, Any]:
-    """``extra=`` for a log call about an order; drops empty fields."""
-    return {k: v for k, v in fields.items() if v not in (None, "")}

@@ -46,17 +46,6 @@ class PlannedReduction:
     amount: int
     reason: str
 
-    def task_kwargs(self) -> dict[str, object]:
-        """The JSON keyword arguments of ``wxrecon.submit_special_reduction``."""
-        return {
-            "mchid": self.mchid,
-            "bal_account_no": self.bal_account_no,
-            "out_request_no": self.out_request_no,
-            "reduction_type": self.reduction_type,
-            "amount": self.amount,
-            "reason": self.reason,
-        }
-
 
 @dataclass(frozen=True)
 class PlannedBill:
@@ -70,10 +59,6 @@ class Plan:
     ledgers: tuple[Ledger, ...]
     reductions: tuple[PlannedReduction, ...]
     bills: tuple[PlannedBill, ...]
-
-    @property
-    def slow_mchids(self) -> frozenset[str]:
-        return frozenset({SLOW[0]})
 
 
 REASONS = {

@@ -30,7 +30,16 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from wxrecon.cli_common import CliError, JsonOpt, Output, ago, fen, one_line, state_text
+from wxrecon.cli_common import (
+    CliError,
+    JsonOpt,
+    Output,
+    ago,
+    fen,
+    one_line,
+    safe_url,
+    state_text,
+)
 from wxrecon.demo import mix
 from wxrecon.demo.procs import ChildDied, Supervisor
 
@@ -124,15 +133,6 @@ def demo_env(base: dict[str, str], work: Path, sim_env: dict[str, str]) -> dict[
     if "WXRECON_RATELIMIT_URL" in base:
         env["WXRECON_RATELIMIT_URL"] = base["WXRECON_RATELIMIT_URL"]
     return env
-
-
-def redacted_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
 
 
 class Demo:
@@ -603,7 +603,7 @@ def demo(
                 broker = os.environ.get("WXRECON_BROKER_URL", "filesystem://")
                 out.print(
                     f"[bold]wxrecon demo[/]: {orders} reductions + {len(d.plan.bills)} bills · "
-                    f"database {redacted_url(db_url)} · broker {redacted_url(broker)} · "
+                    f"database {safe_url(db_url)} · broker {safe_url(broker)} · "
                     f"work dir {work}"
                 )
             summary = run(d, sup)
