@@ -269,6 +269,16 @@ def test_retry_one_records_who_and_why(cli: Cli):
     assert "provider outage" in last.reason
 
 
+def test_retry_records_the_os_user_by_default(cli: Cli):
+    import getpass
+
+    order_id = add_reduction(cli, "PEN0001")
+    set_state(cli, SpecialReduction, order_id, "REJECTED")
+    cli.ok("reduction", "retry", "PEN0001", "--yes", "--why", "fixed NO_AUTH")
+    last = events(cli, "reduction", order_id)[-1]
+    assert last.actor == getpass.getuser() and last.from_state == "REJECTED"
+
+
 def test_retry_asks_and_a_no_changes_nothing(cli: Cli):
     order_id = add_reduction(cli, "PEN0001")
     set_state(cli, SpecialReduction, order_id, "NEEDS_REVIEW")
@@ -408,6 +418,25 @@ def test_stats_counts_and_oldest_overdue(cli: Cli):
     assert data["finalised_last_hour"] == {"reduction": 1}
     human = cli.ok("stats")
     assert "oldest overdue" in human.stdout and "PEN2" in human.stdout
+
+
+def test_stats_watch_refreshes_until_interrupted(cli: Cli, monkeypatch: pytest.MonkeyPatch):
+    from wxrecon import cli_stats
+
+    add_reduction(cli, "PEN0")
+    sleeps: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            add_reduction(cli, "PEN1")  # the next frame must show it
+            return
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_stats.time, "sleep", fake_sleep)
+    result = cli.ok("stats", "--watch", "--interval", "0.5")
+    assert sleeps == [0.5, 0.5]
+    assert "RECEIVED" in result.stdout and "│ 2 " in result.stdout
 
 
 # -- import ----------------------------------------------------------------------------------------

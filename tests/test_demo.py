@@ -147,6 +147,22 @@ def test_metrics_scrape_after_the_run(demo_run):
     assert "DEMO" not in text  # no order ids as labels
 
 
+def test_a_demo_that_does_not_converge_fails_and_cleans_up(tmp_path: Path):
+    work = tmp_path / "short"
+    proc = subprocess.run(
+        wxrecon("demo", "--orders", "4", "--dir", str(work), "--timeout", "5", "--json"),
+        cwd=tmp_path,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert summary["ok"] is False and "not final after 5s" in summary["problems"][0]
+    assert processes_mentioning(str(work)) == []
+
+
 def test_ctrl_c_stops_every_child(tmp_path: Path):
     work = tmp_path / "interrupted"
     proc = subprocess.Popen(

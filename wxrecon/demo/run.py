@@ -536,7 +536,7 @@ def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
             admin.set_config(settle_delay_min=SLOW_SETTLE[0], settle_delay_max=SLOW_SETTLE[1])
             demo.enqueue(db, slow)
             wanted = {r.out_request_no for r in slow}
-            seen_by = time.monotonic() + 20
+            seen_by = min(time.monotonic() + 20, deadline)
             while time.monotonic() < seen_by:
                 tick()
                 if wanted <= {r["out_request_no"] for r in admin.reductions()}:
