@@ -19,7 +19,7 @@ from wxrecon.queries import reduction_events
 from wxrecon.reconcile import Reconciler
 from wxrecon.simulator import AdminClient
 from wxrecon.states import BILL_ACTIVE, REDUCTION_ACTIVE
-from wxrecon.wechatpay import WeChatPayClient
+from wxrecon.wechatpay import WeChatPayClient, errors
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 
 
@@ -126,15 +126,23 @@ def test_post_that_never_arrived_is_reentered(
     assert any("re-entering" in r for r in reasons)
 
 
-def test_operator_recheck_of_a_closed_order_meets_already_exists(
-    db: Database, rec: Reconciler, sim_admin: AdminClient
+def test_already_exists_is_confirmed_by_a_signed_query(
+    db: Database, rec: Reconciler, sim_admin: AdminClient, sim_client: WeChatPayClient
 ) -> None:
+    # The provider already closed this order (sent before, e.g. by a lost earlier run); our
+    # POST is answered 400 ALREADY_EXISTS, and only the signed query decides.
+    with pytest.raises(errors.NotEnough):
+        sim_client.submit_special_reduction(request("SIMCLOSED", SIM_BALANCE + 5))
     order_id = submit(db, rec, "SIMCLOSED", SIM_BALANCE + 5)
-    settle(db, rec)
-    # An operator forces a re-check; the provider's copy is still closed.
-    reconcile.retry_reduction(db, order_id, actor="ops", why="double-check", force=True)
     [row] = settle(db, rec)
     assert row.state == "FAILED" and row.fail_reason == "BALANCE_NOT_ENOUGH"
+    with db.read() as session:
+        last = reduction_events(session, order_id)[-1]
+    assert "ALREADY_EXISTS" in last.reason
+    # An operator's forced re-check queries again and lands on the same answer.
+    reconcile.retry_reduction(db, order_id, actor="ops", why="double-check", force=True)
+    [row] = settle(db, rec)
+    assert row.state == "FAILED"
     assert sim_admin.reduction("SIMCLOSED")["mismatched_param_submits"] == 0  # type: ignore[index]
 
 
