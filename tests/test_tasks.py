@@ -222,3 +222,48 @@ def test_worker_refuses_to_start_without_schema(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "wxrecon db upgrade" in proc.stdout + proc.stderr
+
+
+# -- the per-process runtime ---------------------------------------------------------------------
+
+
+def test_runtime_client_is_rate_limited_and_observed(
+    monkeypatch: pytest.MonkeyPatch, sim_dir: Any
+) -> None:
+    from wxrecon import metrics
+    from wxrecon.wechatpay.client import Endpoint
+
+    for key, value in sim_dir.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WXRECON_RATE_LIMIT_PER_SECOND", "1")
+    monkeypatch.setenv("WXRECON_RATE_LIMIT_MAX_WAIT", "0")
+    monkeypatch.setenv("WXRECON_BROKER_URL", "filesystem://")  # an in-process bucket
+    client = runtime.build_client(Settings())
+    try:
+        assert client.observer is metrics.observe_provider_request  # type: ignore[attr-defined]
+        hook = client.before_request  # type: ignore[attr-defined]
+        hook(Endpoint.QUERY_REDUCTION, "1900000109")
+        with pytest.raises(errors.Throttled):
+            hook(Endpoint.QUERY_REDUCTION, "1900000109")
+        hook(Endpoint.QUERY_REDUCTION, "1900000110")  # another target merchant, another bucket
+    finally:
+        client.close()  # type: ignore[attr-defined]
+
+
+def test_runtime_is_dropped_in_a_forked_child(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"database_url": f"sqlite:///{tmp_path}/x.db"})
+    runtime.install(runtime.Runtime(settings))
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: no inherited pools or connections
+            os._exit(0 if runtime._runtime is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert runtime._runtime is not None  # the parent keeps its own
+    finally:
+        runtime.install(None)
+
+
+def test_reentry_grace_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WXRECON_REENTRY_GRACE", "2m")
+    assert runtime.reentry_grace(Settings()) in (120.0, getattr(Settings(), "reentry_grace", None))
