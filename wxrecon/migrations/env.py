@@ -3,6 +3,8 @@ option, ``sqlalchemy.url`` in alembic.ini, or the settings, in that order."""
 
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy.pool import NullPool
 
@@ -11,6 +13,9 @@ from wxrecon.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+if config.config_file_name is not None:  # the `alembic` command line, with alembic.ini
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def _url() -> str:
