@@ -1,0 +1,407 @@
+"""``python -m benchmarks``: the end-to-end workload, the client baselines and the sweep claim
+cost in one run; prints a table and writes JSON to ``benchmarks/results/``.
+
+Needs PostgreSQL (``WXRECON_BENCH_POSTGRES_URL``, default the local server) and
+``redis-server`` on the PATH (a private one is started on a free port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import baselines, claim, e2e, harness
+from wxrecon.db import Database
+from wxrecon.demo.procs import Supervisor
+from wxrecon.simulator import LedgerSeed, init_dir, start_subprocess
+
+RESULTS = Path(__file__).resolve().parent / "results"
+POSTGRES_URL = os.environ.get(
+    "WXRECON_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+DB_NAME = "wxrecon_bench"
+CLAIM_DB = "wxrecon_bench_claim"
+HOT_MCHID = "1900004999"
+LIMIT = 100  # the provider's requests per second per target merchant and endpoint
+
+ENGINE_SETTINGS = {
+    "POLL_SCHEDULE": "250ms,500ms,1s,2s",
+    "POLL_JITTER": "0.1",
+    "POLL_MAX_ATTEMPTS": "200",
+    "SWEEP_INTERVAL": "0.5",
+    "SWEEP_BATCH": "500",
+    "CLAIM_LEASE": str(int(e2e.LEASE)),
+    "HTTP_READ_TIMEOUT": "10",
+    "HTTP_RETRIES": "3",
+    "LOG_LEVEL": "INFO",  # as in production: one line per transition
+}
+
+GOALS = {
+    "client_cost_vs_wechatpayv3": ("≤", 0.5),
+    "throughput_vs_floor": ("≥", 0.7),
+    "claim_large_vs_small": ("≤", 2.0),
+    "rss_growth_pct": ("<", 10.0),
+    "peak_requests_per_second": ("≤", float(LIMIT)),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--orders", type=int, default=20_000, help="reductions (throughput phase)")
+    p.add_argument("--merchants", type=int, default=20, help="target merchants")
+    p.add_argument("--hot-orders", type=int, default=2_000, help="reductions for one merchant")
+    p.add_argument("--workers", type=int, default=1, help="celery worker nodes")
+    p.add_argument("--concurrency", type=int, default=4, help="processes per worker node")
+    p.add_argument("--baseline-requests", type=int, default=3_000, help="queries per baseline")
+    p.add_argument("--baseline-threads", type=int, default=0, help="0: workers × concurrency")
+    p.add_argument(
+        "--claim-rows", default="10000,1000000", help="table sizes for the claim cost, SMALL,LARGE"
+    )
+    p.add_argument("--claim-batch", type=int, default=500)
+    p.add_argument("--claim-repeats", type=int, default=9)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per phase, at most")
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--skip", action="append", default=[], choices=["e2e", "baselines", "claim"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    console = Console(stderr=False)
+    work = Path(tempfile.mkdtemp(prefix="wxrecon-bench-"))
+    report: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "note": "shared machine: other processes used the CPU during the run",
+        },
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    ok = False
+    try:
+        if "e2e" not in args.skip or "baselines" not in args.skip:
+            run_processes(args, work, report, console)
+        if "claim" not in args.skip:
+            console.print("[bold]sweep claim cost[/]")
+            small, large = (int(x) for x in args.claim_rows.split(","))
+            results = {}
+            for size in (small, large):
+                r = claim.measure(
+                    POSTGRES_URL,
+                    CLAIM_DB,
+                    size,
+                    batch=args.claim_batch,
+                    repeats=args.claim_repeats,
+                )
+                results[str(size)] = r.to_json()
+                console.print(f"  {size:>9,} rows: median {r.median_ms:.2f} ms per claim")
+            report["claim"] = {
+                "small": results[str(small)],
+                "large": results[str(large)],
+            }
+        report["ratios"] = ratios(report)
+        report["goals"] = goals(report["ratios"])
+        ok = True
+    finally:
+        if args.keep or not ok:
+            console.print(f"work directory (logs): {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    render(console, report)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = args.out_dir / f"bench-{stamp}.json"
+    target.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    console.print(f"written: {target}")
+    report["json_path"] = str(target)
+    return report
+
+
+def run_processes(
+    args: argparse.Namespace, work: Path, report: dict[str, Any], console: Console
+) -> None:
+    rng = random.Random(20261125)
+    tag = datetime.now(UTC).strftime("B%H%M%S")
+    mchids = e2e.merchants(args.merchants)
+    rich_balance = 10**13  # nothing here should fail for want of balance
+    seeds = [LedgerSeed(m, e2e.account(m), rich_balance) for m in [*mchids, HOT_MCHID]]
+    sim_dir = init_dir(work / "sim", ledgers=seeds)
+    db_url = harness.fresh_database(POSTGRES_URL, DB_NAME)
+    logs = work / "logs"
+    logs.mkdir(parents=True)
+    with Supervisor() as sup:
+        redis_server = harness.RedisServer(sup, work / "redis").start()
+        sim = start_subprocess(
+            sim_dir, args=["--settle-delay", "50ms:150ms"], log_path=logs / "simulator.log"
+        )
+        db = Database(db_url)
+        app, enqueue = harness.producer(redis_server.url)
+        try:
+            env = harness.engine_env(
+                sim.client_env(), db_url, redis_server.url, work / "data", **ENGINE_SETTINGS
+            )
+            workers = [
+                harness.start_worker(
+                    sup, f"bench{w}", env, logs / f"worker{w}.log", concurrency=args.concurrency
+                )
+                for w in range(args.workers)
+            ]
+            beat = harness.start_beat(sup, env, logs / "beat.log", work / "data")
+            harness.wait_for(
+                lambda: all(harness.worker_ready(c) for c in workers), 120, "workers", every=0.2
+            )
+
+            def check() -> None:
+                for child in [*workers, beat]:
+                    if not child.alive():
+                        raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
+
+            admin = sim.admin()
+            orders = e2e.plan(args.orders, mchids, f"{tag}T", rng)
+            if "e2e" not in args.skip:
+                sampler = harness.ProcSampler(lambda: [w.pid for w in workers]).start()
+                # CPU of the rest of the rig over the same phase (single processes).
+                redis_pid = redis_server.child.pid if redis_server.child else None
+                rig = {"simulator": sim.pid, "beat": beat.pid, "redis": redis_pid}
+                others = {
+                    k: (pid, harness.cpu_seconds(pid) or 0.0)
+                    for k, pid in rig.items()
+                    if pid is not None
+                }
+                console.print(
+                    f"[bold]throughput[/]: {args.orders:,} reductions over {args.merchants} "
+                    f"merchants, {args.workers}×{args.concurrency} worker processes"
+                )
+                phase = e2e.run_phase(
+                    db,
+                    admin,
+                    orders,
+                    f"{tag}T",
+                    enqueue,
+                    timeout=args.timeout,
+                    check=check,
+                    sampler=sampler,
+                    progress=ticker(console),
+                )
+                sampler.stop()
+                others_cpu = {
+                    k: (harness.cpu_seconds(pid) or 0.0) - v for k, (pid, v) in others.items()
+                }
+                report["throughput"] = phase.to_json()
+                main_pids = {w.pid for w in workers}
+                main_cpu = sum(c for p, c in sampler.cpu_by_pid.items() if p in main_pids)
+                report["throughput"]["cpu_seconds"] = {
+                    "worker_main_processes": round(main_cpu, 2),
+                    "worker_pool_processes": round(sampler.cpu - main_cpu, 2),
+                    **{k: round(v, 2) for k, v in others_cpu.items()},
+                }
+                report["throughput"]["worker_peak_hwm_mb"] = round(
+                    sum(sampler.hwm_by_pid.values()) / 2**20, 1
+                )
+                report["throughput"]["problems"] = e2e.ground_truth_problems(
+                    admin, orders
+                ) + state_problems(db, admin, f"{tag}T")
+                hot = e2e.plan(args.hot_orders, [HOT_MCHID], f"{tag}H", rng)
+                console.print(f"[bold]one hot merchant[/]: {args.hot_orders:,} reductions")
+                hot_phase = e2e.run_phase(
+                    db,
+                    admin,
+                    hot,
+                    f"{tag}H",
+                    enqueue,
+                    timeout=args.timeout,
+                    check=check,
+                    progress=ticker(console),
+                )
+                report["hot_merchant"] = hot_phase.to_json()
+                report["hot_merchant"]["problems"] = e2e.ground_truth_problems(admin, hot)
+            else:
+                e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
+                wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)
+            if "baselines" not in args.skip:
+                threads = args.baseline_threads or args.workers * args.concurrency
+                queries = [
+                    baselines.Query(o.mchid, e2e.account(o.mchid), o.out_request_no) for o in orders
+                ]
+                queries = (queries * (1 + args.baseline_requests // max(1, len(queries))))[
+                    : args.baseline_requests
+                ]
+                console.print(
+                    f"[bold]client baselines[/]: {len(queries):,} queries each, {threads} threads"
+                )
+                limit = admin.config()["rate_limit"]
+                admin.set_config(rate_limit=0)  # the baselines have no shared limiter
+                try:
+                    found = baselines.compare(sim_dir, str(sim.url), queries, threads)
+                finally:
+                    admin.set_config(rate_limit=limit)
+                report["baselines"] = {k: v.to_json() for k, v in found.items()}
+                report["baselines"]["threads"] = threads
+            admin.close()
+        finally:
+            db.dispose()
+            app.close()
+            sim.stop()
+    harness.drop_database(POSTGRES_URL, DB_NAME)
+
+
+def wait_final(db: Database, prefix: str, n: int, check: Any, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(v for k, v in e2e.count_final(db, prefix).items() if k in ("SUCCESS", "FAILED")) < n:
+        check()
+        if time.monotonic() > deadline:
+            raise TimeoutError("the baseline orders did not become final")
+        time.sleep(0.5)
+
+
+def state_problems(db: Database, admin: Any, prefix: str) -> list[str]:
+    truth = {t["out_request_no"]: t["state"] for t in admin.reductions()}
+    from sqlalchemy import select
+
+    from wxrecon.models import SpecialReduction
+
+    with db.read() as session:
+        rows = session.execute(
+            select(SpecialReduction.out_request_no, SpecialReduction.state).where(
+                SpecialReduction.out_request_no.like(f"{prefix}%")
+            )
+        ).all()
+    return [f"{n}: local {s}, provider {truth.get(n)}" for n, s in rows if truth.get(n) != s][:20]
+
+
+def ticker(console: Console) -> Any:
+    last = [0.0]
+    interactive = console.is_terminal
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= (1 if interactive else 15) or done >= total:
+            last[0] = now
+            console.print(f"  {done:,}/{total:,} final", highlight=False)
+
+    return progress
+
+
+def ratios(report: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    b = report.get("baselines")
+    t = report.get("throughput")
+    c = report.get("claim")
+
+    def div(a: float | None, d: float | None) -> float | None:
+        return round(a / d, 3) if a is not None and d else None
+
+    if b:
+        mine = b["wxrecon"]["cpu_ms_per_request"]
+        out["client_cost_vs_wechatpayv3"] = div(mine, b["wechatpayv3"]["cpu_ms_per_request"])
+        out["client_cost_vs_floor"] = div(mine, b["floor"]["cpu_ms_per_request"])
+        if t:
+            out["throughput_vs_floor"] = div(
+                t["requests_per_second"], b["floor"]["requests_per_second"]
+            )
+    if c:
+        out["claim_large_vs_small"] = div(c["large"]["median_ms"], c["small"]["median_ms"])
+    if t:
+        out["rss_growth_pct"] = t["rss"].get("growth_pct")
+        peaks = [
+            *t["peak_per_second"]["by_endpoint"].values(),
+            *report.get("hot_merchant", {})
+            .get("peak_per_second", {})
+            .get("by_endpoint", {})
+            .values(),
+        ]
+        out["peak_requests_per_second"] = float(max(peaks)) if peaks else None
+    return out
+
+
+def goals(r: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, (op, target) in GOALS.items():
+        value = r.get(name)
+        met = None
+        if value is not None:
+            met = {"≤": value <= target, "≥": value >= target, "<": value < target}[op]
+        out[name] = {"value": value, "goal": f"{op} {target:g}", "met": met}
+    return out
+
+
+def render(console: Console, report: dict[str, Any]) -> None:
+    t = report.get("throughput")
+    h = report.get("hot_merchant")
+    b = report.get("baselines")
+    c = report.get("claim")
+    table = Table(title="wxrecon benchmarks", title_justify="left", header_style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    if t:
+        table.add_row("orders (throughput phase)", f"{t['final']:,}/{t['orders']:,} final")
+        table.add_row("orders finalised per second", f"{t['orders_per_second']:.1f}")
+        table.add_row("provider requests per second", f"{t['requests_per_second']:.1f}")
+        table.add_row(
+            "intake → final p50 / p99",
+            f"{t['latency_ms']['p50'] / 1000:.2f} s / {t['latency_ms']['p99'] / 1000:.2f} s",
+        )
+        table.add_row("worker CPU per order", f"{t['cpu_ms_per_order']:.2f} ms")
+        table.add_row(
+            "worker RSS peak / growth",
+            f"{t['rss']['peak_mb']:.0f} MB / {t['rss']['growth_pct']:+.1f} %",
+        )
+        table.add_row(
+            "peak requests/s of any merchant",
+            str(max(t["peak_per_second"]["by_endpoint"].values(), default=0)),
+        )
+    if h:
+        peaks = h["peak_per_second"]["by_endpoint"]
+        table.add_row(
+            "hot merchant: peak requests/s",
+            ", ".join(f"{k} {v}" for k, v in sorted(peaks.items())),
+        )
+        table.add_row(
+            "hot merchant: sustained requests/s",
+            f"{h['requests_per_second']:.1f} (two endpoints)",
+        )
+    if b:
+        for name in ("floor", "wechatpayv3", "wxrecon"):
+            r = b[name]
+            table.add_row(
+                f"client {name}: CPU per request, req/s",
+                f"{r['cpu_ms_per_request']:.2f} ms, {r['requests_per_second']:.0f}"
+                + (f" ({r['errors']} errors)" if r["errors"] else ""),
+            )
+    if c:
+        for size in ("small", "large"):
+            table.add_row(
+                f"claim {c[size]['batch']} of {c[size]['rows']:,} rows (median)",
+                f"{c[size]['median_ms']:.2f} ms",
+            )
+    console.print(table)
+    g = Table(title="goals", title_justify="left", header_style="bold")
+    for col in ("ratio", "value", "goal", "met"):
+        g.add_column(col)
+    for name, v in report.get("goals", {}).items():
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[v["met"]]
+        g.add_row(name, "-" if v["value"] is None else f"{v['value']:g}", v["goal"], met)
+    for name, v in report.get("ratios", {}).items():
+        if name not in report.get("goals", {}):
+            g.add_row(name, "-" if v is None else f"{v:g}", "", "")
+    console.print(g)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,79 @@
+"""The benchmark's own code, run small: it must finish, produce every figure, keep every order
+safe and respect the provider's rate limit. Speed is never asserted here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+from tests.fixtures_chaos import report_figures
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(600)]
+
+
+def test_benchmark_smoke(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "POSTGRES_URL", postgres_url)
+    monkeypatch.setattr(run, "DB_NAME", "wxrecon_bench_smoke")
+    monkeypatch.setattr(run, "CLAIM_DB", "wxrecon_bench_smoke_claim")
+    report = run.main(
+        [
+            "--orders",
+            "200",
+            "--merchants",
+            "4",
+            "--hot-orders",
+            "150",
+            "--concurrency",
+            "2",
+            "--baseline-requests",
+            "60",
+            "--claim-rows",
+            "1000,5000",
+            "--claim-batch",
+            "50",
+            "--claim-repeats",
+            "3",
+            "--timeout",
+            "240",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    written = json.loads(Path(report["json_path"]).read_text())
+    assert written["parameters"]["orders"] == 200
+
+    for phase, n in (("throughput", 200), ("hot_merchant", 150)):
+        figures = written[phase]
+        assert figures["final"] == figures["orders"] == n, figures["not_final"]
+        assert figures["problems"] == []
+        assert figures["requests"] >= 2 * n  # at least a submit and a query per order
+        assert set(figures["latency_ms"]) == {"p50", "p90", "p99", "max"}
+        assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
+        peaks = figures["peak_per_second"]["by_endpoint"]
+        assert set(peaks) >= {"submit_reduction", "query_reduction"}
+        assert max(peaks.values()) <= run.LIMIT
+    assert written["hot_merchant"]["peak_per_second"]["overall_mchid"] == run.HOT_MCHID
+    t = written["throughput"]
+    assert t["worker_cpu_seconds"] > 0 and t["rss"]["peak_mb"] > 0
+
+    for name in ("floor", "wechatpayv3", "wxrecon"):
+        b = written["baselines"][name]
+        assert b["requests"] == 60 and b["errors"] == 0, (name, b)
+        assert b["cpu_ms_per_request"] > 0
+    for size, rows in (("small", 1000), ("large", 5000)):
+        c = written["claim"][size]
+        assert c["rows"] == rows and len(c["claim_ms"]) == 3
+
+    assert set(written["goals"]) == set(run.GOALS)
+    for name, goal in written["goals"].items():
+        assert goal["value"] is not None, name
+    assert written["goals"]["peak_requests_per_second"]["met"] is True
+    report_figures(
+        "benchmark smoke (tiny N, not a measurement): "
+        + ", ".join(f"{k} {v['value']}" for k, v in written["goals"].items())
+    )
