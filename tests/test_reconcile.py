@@ -346,6 +346,67 @@ def test_unknown_provider_state_needs_review(
     assert rec.process_reduction(order.order_id, order.token or "") == RState.NEEDS_REVIEW
 
 
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (reduction("R1", "SUCCESS"), RState.SUCCESS),
+        (reduction("R1", "FAILED", fail_reason="TIME_OUT_CLOSED"), RState.FAILED),
+        (errors.UnexpectedAnswer("?", status=418), RState.NEEDS_REVIEW),
+        (errors.Rejected("no auth", status=403, code="NO_AUTH"), RState.NEEDS_REVIEW),
+        (reduction("R1", "PROCESSING"), RState.PROCESSING),
+        (errors.NotFound("lagging replica", status=404, code="NOT_FOUND"), RState.PROCESSING),
+    ],
+)
+def test_processing_order_answers(
+    db: Database,
+    rec: Reconciler,
+    provider: FakeProvider,
+    clock: FakeClock,
+    answer: Any,
+    expected: RState,
+) -> None:
+    order = intake(db, clock)
+    provider.submit_answers.append(reduction("R1", "PROCESSING"))
+    rec.process_reduction(order.order_id, order.token or "")
+    provider.query_answers.append(answer)
+    assert poll(rec, db, clock, order.order_id) == expected
+    row = row_of(db, order.order_id)
+    # A query is never taken for a rejection of the order: it was accepted already.
+    assert row.state != RState.REJECTED
+    assert (row.next_poll_at is None) == (expected != RState.PROCESSING)
+    assert len(provider.submits) == 1  # an accepted order is never re-entered
+
+
+def test_processing_order_past_its_budget_needs_review(
+    db: Database,
+    rec: Reconciler,
+    provider: FakeProvider,
+    clock: FakeClock,
+    engine_settings: EngineSettings,
+) -> None:
+    order = intake(db, clock)
+    provider.submit_answers.append(reduction("R1", "PROCESSING"))
+    rec.process_reduction(order.order_id, order.token or "")
+    for _ in range(engine_settings.poll_max_attempts - 1):
+        provider.query_answers.append(reduction("R1", "PROCESSING"))
+        poll(rec, db, clock, order.order_id)
+    row = row_of(db, order.order_id)
+    assert row.state == RState.NEEDS_REVIEW and "still PROCESSING" in (row.last_error or "")
+
+
+def test_invalid_stored_order_is_rejected_before_sending(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = intake(db, clock)
+    with db.transaction() as session:  # e.g. a row written by hand, bypassing intake
+        row = session.get(SpecialReduction, order.order_id)
+        assert row is not None
+        row.amount = 0
+    assert rec.process_reduction(order.order_id, order.token or "") == RState.REJECTED
+    assert provider.submits == []
+    assert path(db, order.order_id)[-1] == ("RECEIVED", "REJECTED")
+
+
 # -- refresh: not found, re-entry, the window ----------------------------------------------------
 
 
@@ -621,6 +682,30 @@ def test_bill_tracked_through_its_states_to_closed(
         ("ACCEPTED", "WAIT_USER_CONFIRM"),
         ("WAIT_USER_CONFIRM", "CLOSED"),
     ]
+
+
+def test_bill_cancelled_through_canceling(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = track(db, clock)
+    provider.bill_answers.extend(
+        [bill("B1", "WAIT_USER_CONFIRM"), bill("B1", "CANCELING"), bill("B1", "CANCELLED")]
+    )
+    assert rec.process_bill(order.order_id, order.token or "") == BState.WAIT_USER_CONFIRM
+    assert poll_bill(rec, db, clock, order.order_id) == BState.CANCELING
+    assert poll_bill(rec, db, clock, order.order_id) == BState.CANCELLED
+    with db.read() as session:
+        steps = [(e.from_state, e.to_state) for e in bill_events(session, order.order_id)]
+    assert steps[-2:] == [("WAIT_USER_CONFIRM", "CANCELING"), ("CANCELING", "CANCELLED")]
+
+
+def test_bill_unknown_state_needs_review(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = track(db, clock)
+    provider.bill_answers.append(bill("B1", "REFUNDED"))
+    assert rec.process_bill(order.order_id, order.token or "") == BState.NEEDS_REVIEW
+    assert "REFUNDED" in (bill_of(db, order.order_id).last_error or "")
 
 
 @pytest.mark.parametrize("final", ["SUCCESS", "CANCELLED"])

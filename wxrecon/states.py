@@ -59,7 +59,8 @@ BILL_TERMINAL = frozenset(set(BState) - BILL_ACTIVE)
 
 # Allowed automatic transitions (the engine's own). Staying in a state is not a transition.
 REDUCTION_TRANSITIONS: dict[RState, frozenset[RState]] = {
-    RState.RECEIVED: frozenset({RState.SUBMITTED, RState.REJECTED, RState.NEEDS_REVIEW}),
+    # Nothing was sent: the only ways out are sending it, or refusing it before sending.
+    RState.RECEIVED: frozenset({RState.SUBMITTED, RState.REJECTED}),
     RState.SUBMITTED: frozenset(
         {
             RState.PROCESSING,
