@@ -579,7 +579,7 @@ def demo(
     work_dir: Path = typer.Option(
         None, "--dir", help="Keep the database, logs and metrics here (default: a temp dir)."
     ),
-    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Worker processes."),
+    workers: int = typer.Option(4, "--workers", min=1, max=16, help="Worker processes."),
     json_out: JsonOpt = False,
 ) -> None:
     """Run wxrecon end to end on this machine: simulator, worker, beat, a mix of orders."""
