@@ -200,8 +200,9 @@ def test_show_masks_the_account_and_lists_events_with_request_ids(cli: Cli):
     assert data["events"][1]["request_id"] == "REQ-0A1B2C"
 
 
-def test_show_unknown_order(cli: Cli):
-    assert "no reduction" in cli.fails("reduction", "show", "NOPE1", code=1)
+@pytest.mark.parametrize("ref", ["NOPE1", "42", "²"])
+def test_show_unknown_order(cli: Cli, ref: str):
+    assert "no reduction" in cli.fails("reduction", "show", ref, code=1)
 
 
 def test_list_filters_and_pages(cli: Cli):

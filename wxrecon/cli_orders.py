@@ -41,7 +41,7 @@ from wxrecon.wechatpay.keys import mask
 @dataclass(frozen=True)
 class Kind:
     name: str  # "reduction" or "bill"
-    label: str  # "special reduction"
+    label: str  # how an operator calls it: "reduction", "compensation bill"
     number_field: str  # out_request_no / out_bill_no
     states: tuple[str, ...]
     active: frozenset[str]
@@ -60,13 +60,13 @@ class Kind:
         from wxrecon.reconcile import OrderNotFound
 
         if self.name == "reduction":
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit():
                 try:
                     return queries.get_reduction(session, id=int(ref))
                 except OrderNotFound:
                     pass  # an all-digit out_request_no
             return queries.get_reduction(session, out_request_no=ref, mchid=mchid)
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit():
             try:
                 return queries.get_bill(session, id=int(ref))
             except OrderNotFound:
