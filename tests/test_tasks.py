@@ -69,6 +69,8 @@ def test_public_task_names_and_routes() -> None:
         "wxrecon.track_compensation_bill",
         "wxrecon.poll_reduction",
         "wxrecon.poll_bill",
+        "wxrecon.poll_reductions",
+        "wxrecon.poll_bills",
         "wxrecon.sweep_reductions",
         "wxrecon.sweep_bills",
     }
@@ -198,6 +200,61 @@ def test_sweep_task_claims_and_dispatches_polls(installed: tuple[Database, FakeP
         app.conf.task_always_eager = False
     with db.read() as session:
         assert session.execute(select(SpecialReduction.state)).scalar_one() == RState.SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("ids", "token"),
+    [([], "t"), ("1,2", "t"), ([1, "2"], "t"), ([True], "t"), ([1], ""), (list(range(1001)), "t")],
+)
+def test_poll_chunk_with_bad_arguments_is_dropped(
+    installed: tuple[Database, FakeProvider], ids: Any, token: Any
+) -> None:
+    assert tasks.poll_reductions.apply(kwargs={"ids": ids, "token": token}).get() == 0
+
+
+def test_dispatcher_chunks_by_size_and_token() -> None:
+    from wxrecon.reconcile import Claim
+
+    sent: list[dict[str, Any]] = []
+
+    class FakeTask:
+        def apply_async(self, *, kwargs: dict[str, Any], **_: Any) -> None:
+            sent.append(kwargs)
+
+    dispatch = tasks._Dispatcher(FakeTask(), 3, producer=None)  # type: ignore[arg-type]
+    for i in range(7):
+        dispatch(Claim(i, "a"))
+    dispatch(Claim(7, "b"))
+    dispatch.flush()
+    assert sent == [
+        {"ids": [0, 1, 2], "token": "a"},
+        {"ids": [3, 4, 5], "token": "a"},
+        {"ids": [6], "token": "a"},
+        {"ids": [7], "token": "b"},
+    ]
+
+
+def test_one_failing_order_does_not_stop_its_chunk(
+    installed: tuple[Database, FakeProvider],
+) -> None:
+    db, provider = installed
+    for no in ("C1", "C2"):
+        provider.submit_answers.append(errors.OutcomeUnknown(errors.NetworkError("timeout")))
+        tasks.submit_special_reduction.apply(kwargs={**GOOD, "out_request_no": no}).get()
+    with db.transaction() as session:
+        for row in session.execute(select(SpecialReduction)).scalars():
+            row.next_poll_at = row.created_at
+    provider.query_answers.extend([RuntimeError("db hiccup"), reduction("C2", "SUCCESS")])
+    app.conf.task_always_eager = True
+    try:
+        assert tasks.sweep_reductions.apply().get() == 2
+    finally:
+        app.conf.task_always_eager = False
+    with db.read() as session:
+        states = dict(
+            session.execute(select(SpecialReduction.out_request_no, SpecialReduction.state)).all()
+        )
+    assert states == {"C1": RState.SUBMITTED, "C2": RState.SUCCESS}
 
 
 # -- the worker refuses an old schema ------------------------------------------------------------

@@ -7,7 +7,9 @@ Public, stable names (business apps send them by name, JSON kwargs only):
 - ``wxrecon.track_compensation_bill(out_bill_no)`` on queue ``wxrecon.intake``
 
 Internal (beat and the engine send them): ``wxrecon.sweep_reductions``, ``wxrecon.sweep_bills``,
-``wxrecon.poll_reduction(id, token)``, ``wxrecon.poll_bill(id, token)``.
+``wxrecon.poll_reduction(id, token)``, ``wxrecon.poll_bill(id, token)`` (one order, e.g. just
+written by the intake helper) and ``wxrecon.poll_reductions(ids, token)``,
+``wxrecon.poll_bills(ids, token)`` (a chunk of one sweep's claims).
 
 Invalid input is logged as one line and the task ends (never retried). Only a database that
 does not answer is retried, with backoff, because until the row is written the order exists
@@ -20,6 +22,7 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from wxrecon import runtime
@@ -148,21 +151,101 @@ def poll_bill(id: Any = None, token: Any = None) -> str | None:
     return runtime.get().reconciler().process_bill(*args)
 
 
-def _dispatcher(task: Task) -> Any:
-    def dispatch(claim: Claim) -> None:
-        task.apply_async(kwargs={"id": claim.id, "token": claim.token}, queue=POLL_QUEUE)
+DEFAULT_POLL_CHUNK = 10  # claims per poll message: fewer messages, still spread over processes
+MAX_POLL_CHUNK = 1000
 
-    return dispatch
+
+def _chunk_args(ids: Any, token: Any) -> tuple[list[int], str] | None:
+    ok = (
+        isinstance(ids, list)
+        and 0 < len(ids) <= MAX_POLL_CHUNK
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        and isinstance(token, str)
+        and token
+    )
+    if not ok:
+        log.error("poll task with bad arguments; dropped")
+        return None
+    return ids, token
+
+
+def _process_chunk(process: Any, ids: list[int], token: str) -> int:
+    done = 0
+    for order_id in ids:
+        try:
+            process(order_id, token)
+        except SoftTimeLimitExceeded:
+            # Out of time: the rest keep their lease and come back with the next sweep.
+            log.warning("poll chunk out of time after %d of %d orders", done, len(ids))
+            raise
+        except Exception:
+            log.exception("polling order %s failed; its lease will expire and return it", order_id)
+        done += 1
+    return done
+
+
+@app.task(name="wxrecon.poll_reductions", queue=POLL_QUEUE)
+def poll_reductions(ids: Any = None, token: Any = None) -> int:
+    """Process a chunk of reductions claimed together by one sweep (one token)."""
+    args = _chunk_args(ids, token)
+    if args is None:
+        return 0
+    return _process_chunk(runtime.get().reconciler().process_reduction, *args)
+
+
+@app.task(name="wxrecon.poll_bills", queue=POLL_QUEUE)
+def poll_bills(ids: Any = None, token: Any = None) -> int:
+    args = _chunk_args(ids, token)
+    if args is None:
+        return 0
+    return _process_chunk(runtime.get().reconciler().process_bill, *args)
+
+
+class _Dispatcher:
+    """Buffers claims and publishes them in chunks of one token each, on one producer."""
+
+    def __init__(self, task: Task, chunk: int, producer: Any) -> None:
+        self.task = task
+        self.chunk = max(1, chunk)
+        self.producer = producer
+        self.pending: list[Claim] = []
+
+    def __call__(self, claim: Claim) -> None:
+        if self.pending and self.pending[0].token != claim.token:
+            self.flush()
+        self.pending.append(claim)
+        if len(self.pending) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            kwargs = {"ids": [c.id for c in self.pending], "token": self.pending[0].token}
+            self.task.apply_async(kwargs=kwargs, queue=POLL_QUEUE, producer=self.producer)
+            self.pending = []
+
+
+def _sweep(kind: str) -> int:
+    rt = runtime.get()
+    rec = rt.reconciler()
+    chunk = int(getattr(rt.settings, "poll_chunk", DEFAULT_POLL_CHUNK))
+    with app.producer_or_acquire() as producer:
+        if kind == "reduction":
+            dispatch = _Dispatcher(poll_reductions, chunk, producer)
+            count = rec.sweep_reductions(dispatch)
+        else:
+            dispatch = _Dispatcher(poll_bills, chunk, producer)
+            count = rec.sweep_bills(dispatch)
+        dispatch.flush()
+    return count
 
 
 @app.task(name="wxrecon.sweep_reductions", queue=POLL_QUEUE)
 def sweep_reductions() -> int:
-    """Claim due reductions (after the claim commits) and enqueue one poll per claim."""
-    with app.producer_or_acquire():
-        return runtime.get().reconciler().sweep_reductions(_dispatcher(poll_reduction))
+    """Claim due reductions (each batch committed first) and enqueue their polls in chunks."""
+    return _sweep("reduction")
 
 
 @app.task(name="wxrecon.sweep_bills", queue=POLL_QUEUE)
 def sweep_bills() -> int:
-    with app.producer_or_acquire():
-        return runtime.get().reconciler().sweep_bills(_dispatcher(poll_bill))
+    """Claim due bills (each batch committed first) and enqueue their polls in chunks."""
+    return _sweep("bill")

@@ -32,6 +32,8 @@ ROUTES = {
     "wxrecon.track_compensation_bill": {"queue": INTAKE_QUEUE},
     "wxrecon.poll_reduction": {"queue": POLL_QUEUE},
     "wxrecon.poll_bill": {"queue": POLL_QUEUE},
+    "wxrecon.poll_reductions": {"queue": POLL_QUEUE},
+    "wxrecon.poll_bills": {"queue": POLL_QUEUE},
     "wxrecon.sweep_reductions": {"queue": POLL_QUEUE},
     "wxrecon.sweep_bills": {"queue": POLL_QUEUE},
 }
