@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from wxrecon import cli_orders
-from wxrecon.cli_common import JsonOpt, Output, bad_input, state_text
-from wxrecon.cli_orders import Kind, add_common_commands, database, follow
+from wxrecon.cli_common import JsonOpt, bad_input
+from wxrecon.cli_orders import Kind, add_common_commands, database, report_intake
 from wxrecon.states import BILL_ACTIVE, BState
 
 KIND = Kind(
@@ -68,13 +68,16 @@ def track(
     db = database()
     with db.transaction() as session:
         result = intake.track_bill(session, out_bill_no, enqueue=cli_orders.ENQUEUE)
-    out = Output(json_out)
-    state = follow(KIND, db, result.order_id, timeout, json_out) if wait else result.state
-    if json_out:
-        out.json({"id": result.order_id, "created": result.created, "state": state})
-    else:
-        verb = "tracking" if result.created else "already tracked"
-        out.print(f"bill #{result.order_id} {out_bill_no}: {verb}, now", state_text(state))
+    verb = "tracking" if result.created else "already tracked"
+    report_intake(
+        KIND,
+        db,
+        result,
+        f"bill #{result.order_id} {out_bill_no}: {verb}",
+        wait=wait,
+        timeout=timeout,
+        json_out=json_out,
+    )
 
 
 add_common_commands(app, KIND)

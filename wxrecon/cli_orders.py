@@ -370,6 +370,25 @@ def _confirm(question: str) -> None:
 ENQUEUE: Callable[[str, dict[str, Any]], None] | None = None
 
 
+def report_intake(
+    kind: Kind,
+    db: Any,
+    result: Any,
+    line: str,
+    *,
+    wait: bool,
+    timeout: float,
+    json_out: bool,
+) -> None:
+    """After ``submit`` / ``track``: optionally follow the order, then say where it stands."""
+    state = follow(kind, db, result.order_id, timeout, json_out) if wait else result.state
+    out = Output(json_out)
+    if json_out:
+        out.json({"id": result.order_id, "created": result.created, "state": state})
+    else:
+        out.print(f"{line}, now", state_text(state))
+
+
 def follow(kind: Kind, db: Any, order_id: int, timeout: float, quiet: bool) -> str:
     """Watch an order until it leaves the in-flight states, with a live status line."""
     from wxrecon import queries

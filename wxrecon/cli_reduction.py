@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from wxrecon import cli_orders
-from wxrecon.cli_common import JsonOpt, Output, bad_input, fen, state_text
-from wxrecon.cli_orders import Kind, add_common_commands, database, follow
+from wxrecon.cli_common import JsonOpt, bad_input, fen
+from wxrecon.cli_orders import Kind, add_common_commands, database, report_intake
 from wxrecon.states import REDUCTION_ACTIVE, RState
 
 KIND = Kind(
@@ -87,17 +87,16 @@ def submit(
             )
     except InvalidRequest as exc:
         raise bad_input(str(exc)) from None
-    state = follow(KIND, db, result.order_id, timeout, json_out) if wait else result.state
-    out = Output(json_out)
-    if json_out:
-        out.json({"id": result.order_id, "created": result.created, "state": state})
-    else:
-        verb = "submitted" if result.created else "already known (same parameters)"
-        out.print(
-            f"reduction #{result.order_id} {out_request_no} of {fen(int(amount))} for "
-            f"{mchid}: {verb}, now",
-            state_text(state),
-        )
+    verb = "submitted" if result.created else "already known (same parameters)"
+    report_intake(
+        KIND,
+        db,
+        result,
+        f"reduction #{result.order_id} {out_request_no} of {fen(int(amount))} for {mchid}: {verb}",
+        wait=wait,
+        timeout=timeout,
+        json_out=json_out,
+    )
 
 
 add_common_commands(app, KIND)
