@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -401,17 +402,23 @@ class Reconciler:
 
     # -- sweeps ------------------------------------------------------------------------------
 
-    def sweep_reductions(self, dispatch: Callable[[Claim], Any], *, max_batches: int = 10) -> int:
-        """Claim due reductions batch by batch and hand each claim to ``dispatch``."""
+    def sweep_reductions(self, dispatch: Callable[[Claim], Any], *, max_batches: int = 50) -> int:
+        """Claim due reductions batch by batch (one statement each, committed before any
+        dispatch) and hand each claim to ``dispatch``; returns how many were claimed.
+
+        Stops at the first short batch, after ``max_batches``, or once a sweep interval has
+        passed (the next sweep carries on)."""
         return self._sweep(claim_due_reductions, dispatch, max_batches)
 
-    def sweep_bills(self, dispatch: Callable[[Claim], Any], *, max_batches: int = 10) -> int:
+    def sweep_bills(self, dispatch: Callable[[Claim], Any], *, max_batches: int = 50) -> int:
         return self._sweep(claim_due_bills, dispatch, max_batches)
 
     def _sweep(
         self, claim: Callable[..., list[Claim]], dispatch: Callable[[Claim], Any], max_batches: int
     ) -> int:
         batch = int(self.settings.sweep_batch)
+        budget = float(getattr(self.settings, "sweep_interval", 2.0))
+        started = time.monotonic()
         total = 0
         for _ in range(max_batches):
             claims = claim(
@@ -420,7 +427,7 @@ class Reconciler:
             for c in claims:
                 dispatch(c)
             total += len(claims)
-            if len(claims) < batch:
+            if len(claims) < batch or time.monotonic() - started > budget:
                 break
         return total
 
