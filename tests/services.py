@@ -26,7 +26,9 @@ def services_required() -> bool:
 def _answers(url: str, default_port: int) -> bool:
     parsed = urlparse(url.replace("postgresql+psycopg", "postgresql"))
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 1):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 1
+        ):
             return True
     except OSError:
         return False
