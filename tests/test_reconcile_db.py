@@ -134,3 +134,24 @@ def test_queries_for_the_cli(db: Database, clock: FakeClock) -> None:
     assert stats.as_dict()["oldest_due"] is not None
     assert view["bal_account_no"] != "6222000011112222" and "2222" in view["bal_account_no"]
     assert events[0]["to_state"] == "RECEIVED" and events[0]["actor"] == "intake"
+
+
+def test_events_cannot_be_rewritten(db: Database, clock: FakeClock) -> None:
+    with db.transaction() as session:
+        reconcile.intake_reduction(session, request("EV1"), now=clock())
+    with pytest.raises(Exception, match="append-only"), db.transaction() as session:
+        session.execute(text("UPDATE events SET reason = 'rewritten'"))
+    with db.read() as session:
+        assert session.execute(text("SELECT reason FROM events")).scalar_one() == "received"
+
+
+def test_old_schema_is_refused_with_the_command_to_run(db_url: str) -> None:
+    from alembic import command
+
+    command.downgrade(dbmod.alembic_config(db_url), "0001")
+    with pytest.raises(SchemaError) as info:
+        check_schema(db_url)
+    message = str(info.value)
+    assert "0001" in message and "run `wxrecon db upgrade`" in message and "\n" not in message
+    dbmod.upgrade(db_url)
+    check_schema(db_url)
