@@ -79,7 +79,7 @@ def track_bill(
     commit. Tracking an already tracked bill returns it and enqueues nothing."""
     result = intake_bill(
         session,
-        out_bill_no,  # type: ignore[arg-type]
+        out_bill_no,
         lease=get_settings().claim_lease if lease is None else lease,
     )
     if result.token is not None:

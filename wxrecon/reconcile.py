@@ -271,14 +271,16 @@ def request_of(row: SpecialReduction) -> SpecialReductionRequest:
 
 def intake_bill(
     session: Session,
-    out_bill_no: str,
+    out_bill_no: object,
     *,
     token: str | None = None,
     lease: float = 120.0,
     now: datetime | None = None,
     actor: str = "intake",
 ) -> IntakeResult:
-    """Start tracking a compensation bill (idempotent: an existing one is returned)."""
+    """Start tracking a compensation bill (idempotent: an existing one is returned).
+
+    Raises InvalidRequest, writing nothing, when ``out_bill_no`` is not a valid number."""
     out_bill_no = check_order_no(out_bill_no, "out_bill_no")
     now = now or utcnow()
     token = token or new_token()
