@@ -143,6 +143,7 @@ def test_redelivered_intake_message_resumes_its_own_order(
         {**GOOD, "mchid": None},
         {**GOOD, "reduction_type": "REFUND"},
         {k: v for k, v in GOOD.items() if k != "bal_account_no"},
+        {**GOOD, "amount_fen": 700},
     ],
 )
 def test_invalid_task_input_is_refused_once_and_writes_nothing(
@@ -176,6 +177,8 @@ def test_bill_task_tracks_and_queries(installed: tuple[Database, FakeProvider]) 
     assert result["state"] == "ACCEPTED" and count(db, CompensationBill) == 1
     bad = tasks.track_compensation_bill.apply(kwargs={"out_bill_no": "no spaces"}).get()
     assert "error" in bad and count(db, CompensationBill) == 1
+    extra = tasks.track_compensation_bill.apply(kwargs={"out_bill_no": "BT2", "x": 1}).get()
+    assert "unknown argument" in extra["error"] and count(db, CompensationBill) == 1
 
 
 @pytest.mark.parametrize(("id_", "token"), [("1", "t"), (1, None), (True, "t"), (1, "")])

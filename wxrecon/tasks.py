@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 DB_DOWN = (OperationalError, InterfaceError)
 
 
+def _unknown_fields(unknown: dict[str, Any]) -> str:
+    names = ", ".join(sorted(str(k)[:40] for k in unknown)[:5])
+    return f"unknown argument(s): {names}"
+
+
+def _refuse(what: str, why: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Bad input: one log line, the task ends (never retried), nothing was written."""
+    log.error("%s refused: %s", what, why, extra=context)
+    return {"error": why}
+
+
 def _token(task: Task) -> str | None:
     # Deterministic per message: a redelivered intake recognises the claim it made before.
     task_id = task.request.id
@@ -59,8 +70,11 @@ def submit_special_reduction(
     reduction_type: Any = None,
     amount: Any = None,
     reason: Any = None,
+    **unknown: Any,
 ) -> dict[str, Any]:
     context = {"out_request_no": str(out_request_no)[:40], "mchid": str(mchid)[:40]}
+    if unknown:
+        return _refuse("special reduction", _unknown_fields(unknown), context)
     try:
         request = SpecialReductionRequest.create(
             mchid=mchid,
@@ -71,8 +85,7 @@ def submit_special_reduction(
             reason=reason,
         )
     except InvalidRequest as exc:
-        log.error("special reduction refused: %s", exc, extra=context)
-        return {"error": str(exc)}
+        return _refuse("special reduction", str(exc), context)
     rt = runtime.get()
     try:
         with rt.db.transaction() as session:
@@ -80,8 +93,7 @@ def submit_special_reduction(
                 session, request, token=_token(self), lease=rt.settings.claim_lease
             )
     except Conflict as exc:
-        log.error("special reduction refused: %s", exc, extra=context)
-        return {"error": str(exc)}
+        return _refuse("special reduction", str(exc), context)
     state: str | None = result.state
     if result.token is not None:
         state = rt.reconciler().process_reduction(result.order_id, result.token) or state
@@ -97,12 +109,14 @@ def submit_special_reduction(
     retry_backoff_max=60,
     max_retries=30,
 )
-def track_compensation_bill(self: Task, out_bill_no: Any = None) -> dict[str, Any]:
+def track_compensation_bill(self: Task, out_bill_no: Any = None, **unknown: Any) -> dict[str, Any]:
+    context = {"out_bill_no": str(out_bill_no)[:40]}
+    if unknown:
+        return _refuse("bill tracking", _unknown_fields(unknown), context)
     try:
         out_bill_no = check_order_no(out_bill_no, "out_bill_no")
     except InvalidRequest as exc:
-        log.error("bill tracking refused: %s", exc)
-        return {"error": str(exc)}
+        return _refuse("bill tracking", str(exc), context)
     rt = runtime.get()
     with rt.db.transaction() as session:
         result = intake_bill(
