@@ -339,22 +339,22 @@ def _claim(
         .order_by(model.next_poll_at)
         .limit(limit)
     )
+    values = {
+        "claimed_until": until,
+        "next_poll_at": until,  # the lease is also the next due time
+        "claim_token": token,
+        "version": model.version + 1,
+    }
     if db.is_postgresql:
-        # Two sweeps never wait for (or double-claim) each other's rows.
-        due = due.with_for_update(skip_locked=True)
-    # The lease is also the next due time: a claimed row is not due again until it expires.
-    stmt = (
-        update(model)
-        .where(model.id.in_(due.scalar_subquery()))
-        .values(
-            claimed_until=until,
-            next_poll_at=until,
-            claim_token=token,
-            version=model.version + 1,
-        )
-        .returning(model.id)
-        .execution_options(synchronize_session=False)
-    )
+        # SKIP LOCKED: concurrent sweeps never wait for (or double-claim) each other's rows.
+        # A CTE with FOR UPDATE is evaluated exactly once, so LIMIT really bounds the batch
+        # (an IN (subquery) may be re-run by the planner).
+        due_cte = due.with_for_update(skip_locked=True).cte("due")
+        stmt = update(model).where(model.id == due_cte.c.id)
+    else:
+        # SQLite has one writer at a time (BEGIN IMMEDIATE): a plain subquery is enough.
+        stmt = update(model).where(model.id.in_(due.scalar_subquery()))
+    stmt = stmt.values(**values).returning(model.id).execution_options(synchronize_session=False)
     with db.transaction() as session:
         ids = list(session.execute(stmt).scalars())
     return [Claim(i, token) for i in sorted(ids)]
