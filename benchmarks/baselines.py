@@ -150,6 +150,50 @@ class BareFloor:
         return True
 
 
+class BareFloorUrllib3(BareFloor):
+    """The same floor on urllib3 (no httpx): how much of a request is the HTTP library."""
+
+    def __init__(self, sim_dir: SimDir, base_url: str) -> None:
+        import urllib3
+
+        super().__init__(sim_dir, base_url)
+        self.http.close()
+        self.pool = urllib3.PoolManager(maxsize=32, timeout=10, retries=False)
+
+    def close(self) -> None:
+        self.pool.clear()
+
+    def __call__(self, q: Query) -> bool:
+        encrypted = base64.b64encode(self.public.encrypt(q.bal_account_no.encode(), _OAEP))
+        path = (
+            f"{REDUCTION_PATH}/{q.out_request_no}?mchid={q.mchid}"
+            f"&bal_account_no={quote(encrypted.decode(), safe='')}"
+        )
+        ts, nonce = str(int(time.time())), secrets.token_hex(16)
+        message = f"GET\n{path}\n{ts}\n{nonce}\n\n".encode()
+        signature = base64.b64encode(self.key.sign(message, padding.PKCS1v15(), hashes.SHA256()))
+        r = self.pool.request(
+            "GET",
+            self.base + path,
+            headers={
+                "Authorization": f'WECHATPAY2-SHA256-RSA2048 mchid="{self.mchid}",'
+                f'nonce_str="{nonce}",signature="{signature.decode()}",timestamp="{ts}",'
+                f'serial_no="{self.serial}"',
+                "Accept": "application/json",
+                "User-Agent": "wxrecon-bench-floor",
+                "Wechatpay-Serial": self.key_id,
+            },
+        )
+        if r.status != 200:
+            return False
+        h = r.headers
+        signed = f"{h['Wechatpay-Timestamp']}\n{h['Wechatpay-Nonce']}\n".encode() + r.data + b"\n"
+        self.verify_keys[h["Wechatpay-Serial"]].verify(
+            base64.b64decode(h["Wechatpay-Signature"]), signed, padding.PKCS1v15(), hashes.SHA256()
+        )
+        return True
+
+
 # -- (b) wechatpayv3 Core.request ---------------------------------------------------------------
 
 
@@ -212,6 +256,7 @@ class WxreconClient:
 
 CLIENTS: dict[str, Callable[[SimDir, str], Any]] = {
     "floor": BareFloor,
+    "floor_urllib3": BareFloorUrllib3,
     "wechatpayv3": WeChatPayV3,
     "wxrecon": WxreconClient,
 }

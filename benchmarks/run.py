@@ -311,6 +311,12 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
         mine = b["wxrecon"]["cpu_ms_per_request"]
         out["client_cost_vs_wechatpayv3"] = div(mine, b["wechatpayv3"]["cpu_ms_per_request"])
         out["client_cost_vs_floor"] = div(mine, b["floor"]["cpu_ms_per_request"])
+        out["floor_cost_vs_wechatpayv3"] = div(
+            b["floor"]["cpu_ms_per_request"], b["wechatpayv3"]["cpu_ms_per_request"]
+        )
+        out["floor_urllib3_cost_vs_wechatpayv3"] = div(
+            b["floor_urllib3"]["cpu_ms_per_request"], b["wechatpayv3"]["cpu_ms_per_request"]
+        )
         if t:
             out["throughput_vs_floor"] = div(
                 t["requests_per_second"], b["floor"]["requests_per_second"]
@@ -377,7 +383,7 @@ def render(console: Console, report: dict[str, Any]) -> None:
             f"{h['requests_per_second']:.1f} (two endpoints)",
         )
     if b:
-        for name in ("floor", "wechatpayv3", "wxrecon"):
+        for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):
             r = b[name]
             table.add_row(
                 f"client {name}: CPU per request, req/s",

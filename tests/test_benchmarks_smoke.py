@@ -61,7 +61,7 @@ def test_benchmark_smoke(
     t = written["throughput"]
     assert t["worker_cpu_seconds"] > 0 and t["rss"]["peak_mb"] > 0
 
-    for name in ("floor", "wechatpayv3", "wxrecon"):
+    for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):
         b = written["baselines"][name]
         assert b["requests"] == 60 and b["errors"] == 0, (name, b)
         assert b["cpu_ms_per_request"] > 0
