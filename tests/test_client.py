@@ -566,6 +566,35 @@ def test_observer_sees_every_attempt_and_cannot_break_a_call(
     assert all(s >= 0 for _, _, s in seen)
 
 
+def test_every_failed_attempt_is_reported_even_when_retried(
+    keys: KeySet, credentials: Credentials
+) -> None:
+    seen: list[tuple[Endpoint, str]] = []
+
+    def on_error(endpoint: Endpoint, kind: str) -> None:
+        seen.append((endpoint, kind))
+        raise RuntimeError("metrics backend down")
+
+    script = Script(
+        httpx.ReadTimeout("t"),
+        error_response(500, "SYSTEM_ERROR"),
+        error_response(429, "FREQUENCY_LIMITED"),
+        error_response(403, "NOT_ENOUGH"),
+    )
+    retry = RetryPolicy(attempts=4, initial_wait=0, max_wait=0)
+    with (
+        mock_client(credentials, script, on_error=on_error, retry=retry) as client,
+        pytest.raises(NotEnough),
+    ):
+        client.submit_special_reduction(_request())
+    assert seen == [
+        (Endpoint.SUBMIT_REDUCTION, "NetworkError"),
+        (Endpoint.SUBMIT_REDUCTION, "SYSTEM_ERROR"),
+        (Endpoint.SUBMIT_REDUCTION, "FREQUENCY_LIMITED"),
+        (Endpoint.SUBMIT_REDUCTION, "NOT_ENOUGH"),
+    ]
+
+
 # -- nothing sent on bad input --------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from wxrecon import runtime, tasks
 from wxrecon.config import Settings
 from wxrecon.db import Database
 from wxrecon.models import CompensationBill, SpecialReduction
+from wxrecon.reconcile import Reconciler
 from wxrecon.states import RState
 from wxrecon.wechatpay import errors
 from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app, celery_config, time_limits
@@ -324,6 +325,10 @@ def test_runtime_is_dropped_in_a_forked_child(tmp_path: Path) -> None:
         runtime.install(None)
 
 
-def test_reentry_grace_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_durations_and_reentry_grace_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WXRECON_REENTRY_GRACE", "2m")
-    assert runtime.reentry_grace(Settings()) in (120.0, getattr(Settings(), "reentry_grace", None))
+    monkeypatch.setenv("WXRECON_SWEEP_INTERVAL", "500ms")
+    settings = Settings()
+    assert settings.reentry_grace == 120.0
+    assert settings.sweep_interval == 0.5
+    assert Reconciler(db=None, client=None, settings=settings).reentry_grace == 120.0  # type: ignore[arg-type]

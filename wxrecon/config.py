@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     poll_jitter: float = Field(0.1, ge=0, le=1)
     poll_max_attempts: int = Field(60, ge=1)
     reentry_window_days: int = 31
+    reentry_grace: float = 30.0  # after a POST, a not-found answer proves nothing for this long
+    poll_chunk: int = Field(10, ge=1)  # claimed orders per poll message
 
     # Operations
     log_level: str = "INFO"
@@ -84,6 +86,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
+
+    @field_validator(
+        "sweep_interval",
+        "claim_lease",
+        "failover_cooldown",
+        "rate_limit_max_wait",
+        "reentry_grace",
+        mode="before",
+    )
+    @classmethod
+    def _parse_duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("poll_schedule", mode="before")
     @classmethod

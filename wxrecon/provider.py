@@ -11,6 +11,7 @@ import httpx
 from wxrecon.config import Settings
 from wxrecon.wechatpay.client import (
     BeforeRequest,
+    ErrorObserver,
     Observer,
     RetryPolicy,
     Timeouts,
@@ -48,10 +49,12 @@ def build_client(
     *,
     before_request: BeforeRequest | None = None,
     observer: Observer | None = None,
+    on_error: ErrorObserver | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> WeChatPayClient:
     """A client for ``settings``; create it once per process and reuse it (it pools
-    connections). ``before_request`` is the rate-limiter hook, ``observer`` the metrics one."""
+    connections). ``before_request`` is the rate-limiter hook, ``observer`` and ``on_error``
+    the metrics ones."""
     credentials = load_credentials(settings)
     try:
         return WeChatPayClient(
@@ -65,6 +68,7 @@ def build_client(
             failover_cooldown=settings.failover_cooldown,
             before_request=before_request,
             observer=observer,
+            on_error=on_error,
             transport=transport,
             proxy=settings.https_proxy or None,
         )

@@ -55,7 +55,6 @@ from wxrecon.states import (
     reduction_retry_target,
 )
 from wxrecon.wechatpay import errors
-from wxrecon.wechatpay.client import Endpoint
 from wxrecon.wechatpay.resources import (
     CompensationBill as ProviderBill,
 )
@@ -496,13 +495,10 @@ class Reconciler:
         except errors.Throttled as exc:
             self._defer(row, exc)
         except errors.OutcomeUnknown as exc:
-            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
             self._retry_later(row, exc, "outcome of the POST unknown; will query")
         except (errors.NotEnough, errors.AlreadyExists) as exc:
-            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
             self._confirm(row, exc)
         except errors.Rejected as exc:
-            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
             self._write(
                 row,
                 RState.REJECTED,
@@ -518,7 +514,6 @@ class Reconciler:
                 reason=f"refused before sending: {exc}",
             )
         except errors.WeChatPayError as exc:  # UnexpectedAnswer, NotFound on a POST, …
-            self._error(Endpoint.SUBMIT_REDUCTION, exc, row)
             self._review(row, f"unexpected answer to the POST: {_short(exc)}", exc)
         else:
             self._apply(row, result, via="POST")
@@ -530,7 +525,6 @@ class Reconciler:
         except errors.Throttled as exc:
             self._defer(row, exc)
         except errors.WeChatPayError as exc:
-            self._error(Endpoint.QUERY_REDUCTION, exc, row)
             self._retry_later(row, exc, f"{hint.kind} not yet confirmed by a signed query")
         else:
             self._apply(row, result, via=f"signed query after {hint.kind}")
@@ -543,10 +537,8 @@ class Reconciler:
         except errors.NotFound as exc:
             self._not_found(row, exc)
         except errors.TransientError as exc:
-            self._error(Endpoint.QUERY_REDUCTION, exc, row)
             self._retry_later(row, exc, "query failed")
         except errors.WeChatPayError as exc:
-            self._error(Endpoint.QUERY_REDUCTION, exc, row)
             self._review(row, f"unexpected answer to the query: {_short(exc)}", exc)
         else:
             self._apply(row, result, via="query")
@@ -635,10 +627,8 @@ class Reconciler:
             self._defer(row, exc)
         except (errors.TransientError, errors.NotFound) as exc:
             # A bill the provider does not know yet may simply not be created yet.
-            self._error(Endpoint.QUERY_BILL, exc, row)
             self._retry_later(row, exc, "bill query gave no answer")
         except errors.WeChatPayError as exc:
-            self._error(Endpoint.QUERY_BILL, exc, row)
             self._review(row, f"unexpected answer to the bill query: {_short(exc)}", exc)
         else:
             self._apply_bill(row, result)
@@ -744,9 +734,6 @@ class Reconciler:
             reason=why,
             request_id=request_id,
         )
-
-    def _error(self, endpoint: Endpoint, exc: errors.WeChatPayError, row: Any) -> None:
-        metrics.count_provider_error(endpoint, exc.kind)
 
     def _write(
         self,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wxrecon import metrics
-from wxrecon.config import Settings, get_settings, parse_duration
+from wxrecon.config import Settings, get_settings
 from wxrecon.db import Database
 from wxrecon.reconcile import Provider, Reconciler
 
@@ -39,7 +39,7 @@ class Runtime:
             return self._client
 
     def reconciler(self) -> Reconciler:
-        return Reconciler(self.db, self.client, self.settings, grace=reentry_grace(self.settings))
+        return Reconciler(self.db, self.client, self.settings)
 
     def close(self) -> None:
         with self._lock:
@@ -53,16 +53,6 @@ class Runtime:
             self._db = None
 
 
-def reentry_grace(settings: Settings) -> float | None:
-    """``reentry_grace`` from the settings, or (until config.Settings has it) from
-    ``WXRECON_REENTRY_GRACE`` (a duration such as ``30s``)."""
-    value = getattr(settings, "reentry_grace", None)
-    if value is not None:
-        return float(value)
-    text = os.environ.get("WXRECON_REENTRY_GRACE")
-    return parse_duration(text) if text else None
-
-
 def build_client(settings: Settings) -> Provider:
     """The provider client with the shared rate limiter and the metrics observer."""
     from wxrecon.provider import build_client as build
@@ -70,7 +60,12 @@ def build_client(settings: Settings) -> Provider:
 
     limiter = make_limiter(settings.effective_ratelimit_url, settings.rate_limit_per_second)
     hook = rate_limit_hook(limiter, max_wait=settings.rate_limit_max_wait)
-    return build(settings, before_request=hook, observer=metrics.observe_provider_request)
+    return build(
+        settings,
+        before_request=hook,
+        observer=metrics.observe_provider_request,
+        on_error=metrics.count_provider_error,
+    )
 
 
 _runtime: Runtime | None = None

@@ -165,7 +165,6 @@ def poll_bill(id: Any = None, token: Any = None) -> str | None:
     return runtime.get().reconciler().process_bill(*args)
 
 
-DEFAULT_POLL_CHUNK = 10  # claims per poll message: fewer messages, still spread over processes
 MAX_POLL_CHUNK = 1000
 
 
@@ -241,7 +240,7 @@ class _Dispatcher:
 def _sweep(kind: str) -> int:
     rt = runtime.get()
     rec = rt.reconciler()
-    chunk = int(getattr(rt.settings, "poll_chunk", DEFAULT_POLL_CHUNK))
+    chunk = rt.settings.poll_chunk
     with app.producer_or_acquire() as producer:
         if kind == "reduction":
             dispatch = _Dispatcher(poll_reductions, chunk, producer)

@@ -14,6 +14,7 @@ token is stale and the redelivered task does nothing.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
+            # The transport polls its folder; kombu's 1 s default would add a second of
+            # latency to every hop of every order.
+            "polling_interval": 0.1,
         }
     else:
         transport_options = {"visibility_timeout": visibility_timeout(settings)}
@@ -150,3 +155,12 @@ def _fresh_runtime(**_: Any) -> None:
     from wxrecon import runtime
 
     runtime.reset()
+
+
+@signals.worker_process_shutdown.connect
+def _mark_process_dead(pid: int | None = None, **_: Any) -> None:
+    # Live gauges of a dead pool process must leave the multiprocess aggregate.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())

@@ -72,6 +72,8 @@ class Endpoint(StrEnum):
 BeforeRequest = Callable[[Endpoint, str], None]
 # Called after every attempt with (endpoint, outcome label, seconds).
 Observer = Callable[[Endpoint, str, float], None]
+# Called for every failed attempt, retried or not, with (endpoint, error kind).
+ErrorObserver = Callable[[Endpoint, str], None]
 
 # Failures before a connection to the host exists: nothing was sent, and (for the primary)
 # a reason to fail over. httpx raises ConnectError for DNS, refused connections and TLS.
@@ -129,6 +131,7 @@ class WeChatPayClient:
         failover_cooldown: float = 60.0,
         before_request: BeforeRequest | None = None,
         observer: Observer | None = None,
+        on_error: ErrorObserver | None = None,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 20,
         proxy: str | None = None,
@@ -144,6 +147,7 @@ class WeChatPayClient:
         self.failover_cooldown = failover_cooldown
         self.before_request = before_request
         self.observer = observer
+        self.on_error = on_error
         self.timeouts = timeouts or Timeouts()
         self._given_transport = transport
         self._proxy = proxy
@@ -399,11 +403,20 @@ class WeChatPayClient:
                 ) from None
             self._observe(endpoint, str(response.status_code), started)
             return self._answer(response)
-        except TransientError as exc:
-            state.maybe_sent = state.maybe_sent or exc.maybe_sent
-            exc.maybe_sent = state.maybe_sent  # once any attempt may have landed, it stays so
-            state.last_error = exc
+        except WeChatPayError as exc:
+            self._observe_error(endpoint, exc)
+            if isinstance(exc, TransientError):
+                state.maybe_sent = state.maybe_sent or exc.maybe_sent
+                exc.maybe_sent = state.maybe_sent  # once any attempt may have landed, it stays so
+                state.last_error = exc
             raise
+
+    def _observe_error(self, endpoint: Endpoint, exc: WeChatPayError) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(endpoint, exc.kind)
+            except Exception:  # metrics must never break a payment call
+                log.exception("error observer failed")
 
     def _observe(self, endpoint: Endpoint, outcome: str, started: float) -> None:
         if self.observer is not None:
