@@ -4,6 +4,8 @@ safe and respect the provider's rate limit. Speed is never asserted here."""
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ def test_benchmark_smoke(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(run, "POSTGRES_URL", postgres_url)
-    monkeypatch.setattr(run, "DB_NAME", "wxrecon_bench_smoke")
-    monkeypatch.setattr(run, "CLAIM_DB", "wxrecon_bench_smoke_claim")
+    unique = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"  # concurrent runs never share a database
+    monkeypatch.setattr(run, "DB_NAME", f"wxrecon_bench_smoke_{unique}")
+    monkeypatch.setattr(run, "CLAIM_DB", f"wxrecon_bench_smoke_claim_{unique}")
     report = run.main(
         [
             "--orders",
