@@ -116,6 +116,8 @@ class _Handler(BaseHTTPRequestHandler):
         reply = sim.provider.handle(self.command, self.path, self.headers, body)
         if reply.delay > 0:
             sim.stopping.wait(reply.delay)
+        # Counted before the answer leaves: a client that saw it can read it in the stats.
+        sim.traffic.answered(reply.endpoint, reply.outcome)
         try:
             if reply.action == "reset":
                 self._reset()
@@ -125,7 +127,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write(reply.status, reply.body, reply.headers)
         except OSError:  # the client went away first; the request still counts
             self.close_connection = True
-        sim.traffic.answered(reply.endpoint, reply.outcome)
         if reply.action or reply.status >= 500 or reply.status == 429:
             log.info("%s %s -> %s", self.command, self.path.split("?")[0], reply.outcome)
 
