@@ -59,14 +59,14 @@ WORKERS = 2
 CONCURRENCY = 2
 
 # Intake is spread over most of the chaos period, so every blow lands on work in flight.
-INTAKE_BATCH = 10  # orders per transaction, one batch every INTAKE_EVERY seconds (~100 s)
+INTAKE_BATCH = 8  # orders per transaction, one batch every INTAKE_EVERY seconds (~125 s)
 INTAKE_EVERY = 0.5
 KILL_EVERY = 4.0
 FIRST_KILL = 2.0
 PG_TERMINATE_AT = 30.0
 REDIS_RESTART_AT = 60.0
 BEAT_RESTART_AT = 80.0
-CHAOS_FOR = 150.0
+CHAOS_FOR = 140.0
 CONVERGE_WITHIN = 300.0
 
 FAULTS = [
