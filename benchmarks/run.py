@@ -145,120 +145,124 @@ def run_processes(
     db_url = harness.fresh_database(POSTGRES_URL, DB_NAME)
     logs = work / "logs"
     logs.mkdir(parents=True)
-    with Supervisor() as sup:
-        redis_server = harness.RedisServer(sup, work / "redis").start()
-        sim = start_subprocess(
-            sim_dir, args=["--settle-delay", "50ms:150ms"], log_path=logs / "simulator.log"
-        )
-        db = Database(db_url)
-        app, enqueue = harness.producer(redis_server.url)
-        try:
-            env = harness.engine_env(
-                sim.client_env(), db_url, redis_server.url, work / "data", **ENGINE_SETTINGS
+    try:
+        with Supervisor() as sup:
+            redis_server = harness.RedisServer(sup, work / "redis").start()
+            sim = start_subprocess(
+                sim_dir, args=["--settle-delay", "50ms:150ms"], log_path=logs / "simulator.log"
             )
-            workers = [
-                harness.start_worker(
-                    sup, f"bench{w}", env, logs / f"worker{w}.log", concurrency=args.concurrency
+            db = Database(db_url)
+            app, enqueue = harness.producer(redis_server.url)
+            try:
+                env = harness.engine_env(
+                    sim.client_env(), db_url, redis_server.url, work / "data", **ENGINE_SETTINGS
                 )
-                for w in range(args.workers)
-            ]
-            beat = harness.start_beat(sup, env, logs / "beat.log", work / "data")
-            harness.wait_for(
-                lambda: all(harness.worker_ready(c) for c in workers), 120, "workers", every=0.2
-            )
-
-            def check() -> None:
-                for child in [*workers, beat]:
-                    if not child.alive():
-                        raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
-
-            admin = sim.admin()
-            orders = e2e.plan(args.orders, mchids, f"{tag}T", rng)
-            if "e2e" not in args.skip:
-                sampler = harness.ProcSampler(lambda: [w.pid for w in workers]).start()
-                # CPU of the rest of the rig over the same phase (single processes).
-                redis_pid = redis_server.child.pid if redis_server.child else None
-                rig = {"simulator": sim.pid, "beat": beat.pid, "redis": redis_pid}
-                others = {
-                    k: (pid, harness.cpu_seconds(pid) or 0.0)
-                    for k, pid in rig.items()
-                    if pid is not None
-                }
-                console.print(
-                    f"[bold]throughput[/]: {args.orders:,} reductions over {args.merchants} "
-                    f"merchants, {args.workers}×{args.concurrency} worker processes"
-                )
-                phase = e2e.run_phase(
-                    db,
-                    admin,
-                    orders,
-                    f"{tag}T",
-                    enqueue,
-                    timeout=args.timeout,
-                    check=check,
-                    sampler=sampler,
-                    progress=ticker(console),
-                )
-                sampler.stop()
-                others_cpu = {
-                    k: (harness.cpu_seconds(pid) or 0.0) - v for k, (pid, v) in others.items()
-                }
-                report["throughput"] = phase.to_json()
-                main_pids = {w.pid for w in workers}
-                main_cpu = sum(c for p, c in sampler.cpu_by_pid.items() if p in main_pids)
-                report["throughput"]["cpu_seconds"] = {
-                    "worker_main_processes": round(main_cpu, 2),
-                    "worker_pool_processes": round(sampler.cpu - main_cpu, 2),
-                    **{k: round(v, 2) for k, v in others_cpu.items()},
-                }
-                report["throughput"]["worker_peak_hwm_mb"] = round(
-                    sum(sampler.hwm_by_pid.values()) / 2**20, 1
-                )
-                report["throughput"]["problems"] = e2e.ground_truth_problems(
-                    admin, orders
-                ) + state_problems(db, admin, f"{tag}T")
-                hot = e2e.plan(args.hot_orders, [HOT_MCHID], f"{tag}H", rng)
-                console.print(f"[bold]one hot merchant[/]: {args.hot_orders:,} reductions")
-                hot_phase = e2e.run_phase(
-                    db,
-                    admin,
-                    hot,
-                    f"{tag}H",
-                    enqueue,
-                    timeout=args.timeout,
-                    check=check,
-                    progress=ticker(console),
-                )
-                report["hot_merchant"] = hot_phase.to_json()
-                report["hot_merchant"]["problems"] = e2e.ground_truth_problems(admin, hot)
-            else:
-                e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
-                wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)
-            if "baselines" not in args.skip:
-                threads = args.baseline_threads or args.workers * args.concurrency
-                queries = [
-                    baselines.Query(o.mchid, e2e.account(o.mchid), o.out_request_no) for o in orders
+                workers = [
+                    harness.start_worker(
+                        sup, f"bench{w}", env, logs / f"worker{w}.log", concurrency=args.concurrency
+                    )
+                    for w in range(args.workers)
                 ]
-                queries = (queries * (1 + args.baseline_requests // max(1, len(queries))))[
-                    : args.baseline_requests
-                ]
-                console.print(
-                    f"[bold]client baselines[/]: {len(queries):,} queries each, {threads} threads"
+                beat = harness.start_beat(sup, env, logs / "beat.log", work / "data")
+                harness.wait_for(
+                    lambda: all(harness.worker_ready(c) for c in workers), 120, "workers", every=0.2
                 )
-                limit = admin.config()["rate_limit"]
-                admin.set_config(rate_limit=0)  # the baselines have no shared limiter
-                try:
-                    found = baselines.compare(sim_dir, str(sim.url), queries, threads)
-                finally:
-                    admin.set_config(rate_limit=limit)
-                report["baselines"] = {k: v.to_json() for k, v in found.items()}
-                report["baselines"]["threads"] = threads
-            admin.close()
-        finally:
-            db.dispose()
-            app.close()
-            sim.stop()
-    harness.drop_database(POSTGRES_URL, DB_NAME)
+
+                def check() -> None:
+                    for child in [*workers, beat]:
+                        if not child.alive():
+                            raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
+
+                admin = sim.admin()
+                orders = e2e.plan(args.orders, mchids, f"{tag}T", rng)
+                if "e2e" not in args.skip:
+                    sampler = harness.ProcSampler(lambda: [w.pid for w in workers]).start()
+                    # CPU of the rest of the rig over the same phase (single processes).
+                    redis_pid = redis_server.child.pid if redis_server.child else None
+                    rig = {"simulator": sim.pid, "beat": beat.pid, "redis": redis_pid}
+                    others = {
+                        k: (pid, harness.cpu_seconds(pid) or 0.0)
+                        for k, pid in rig.items()
+                        if pid is not None
+                    }
+                    console.print(
+                        f"[bold]throughput[/]: {args.orders:,} reductions over {args.merchants} "
+                        f"merchants, {args.workers}×{args.concurrency} worker processes"
+                    )
+                    phase = e2e.run_phase(
+                        db,
+                        admin,
+                        orders,
+                        f"{tag}T",
+                        enqueue,
+                        timeout=args.timeout,
+                        check=check,
+                        sampler=sampler,
+                        progress=ticker(console),
+                    )
+                    sampler.stop()
+                    others_cpu = {
+                        k: (harness.cpu_seconds(pid) or 0.0) - v for k, (pid, v) in others.items()
+                    }
+                    report["throughput"] = phase.to_json()
+                    main_pids = {w.pid for w in workers}
+                    main_cpu = sum(c for p, c in sampler.cpu_by_pid.items() if p in main_pids)
+                    report["throughput"]["cpu_seconds"] = {
+                        "worker_main_processes": round(main_cpu, 2),
+                        "worker_pool_processes": round(sampler.cpu - main_cpu, 2),
+                        **{k: round(v, 2) for k, v in others_cpu.items()},
+                    }
+                    report["throughput"]["worker_peak_hwm_mb"] = round(
+                        sum(sampler.hwm_by_pid.values()) / 2**20, 1
+                    )
+                    report["throughput"]["problems"] = e2e.ground_truth_problems(
+                        admin, orders
+                    ) + state_problems(db, admin, f"{tag}T")
+                    hot = e2e.plan(args.hot_orders, [HOT_MCHID], f"{tag}H", rng)
+                    console.print(f"[bold]one hot merchant[/]: {args.hot_orders:,} reductions")
+                    hot_phase = e2e.run_phase(
+                        db,
+                        admin,
+                        hot,
+                        f"{tag}H",
+                        enqueue,
+                        timeout=args.timeout,
+                        check=check,
+                        progress=ticker(console),
+                    )
+                    report["hot_merchant"] = hot_phase.to_json()
+                    report["hot_merchant"]["problems"] = e2e.ground_truth_problems(admin, hot)
+                else:
+                    e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
+                    wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)
+                if "baselines" not in args.skip:
+                    threads = args.baseline_threads or args.workers * args.concurrency
+                    queries = [
+                        baselines.Query(o.mchid, e2e.account(o.mchid), o.out_request_no)
+                        for o in orders
+                    ]
+                    queries = (queries * (1 + args.baseline_requests // max(1, len(queries))))[
+                        : args.baseline_requests
+                    ]
+                    console.print(
+                        f"[bold]client baselines[/]: {len(queries):,} queries each, "
+                        f"{threads} threads"
+                    )
+                    limit = admin.config()["rate_limit"]
+                    admin.set_config(rate_limit=0)  # the baselines have no shared limiter
+                    try:
+                        found = baselines.compare(sim_dir, str(sim.url), queries, threads)
+                    finally:
+                        admin.set_config(rate_limit=limit)
+                    report["baselines"] = {k: v.to_json() for k, v in found.items()}
+                    report["baselines"]["threads"] = threads
+                admin.close()
+            finally:
+                db.dispose()
+                app.close()
+                sim.stop()
+    finally:
+        harness.drop_database(POSTGRES_URL, DB_NAME)
 
 
 def wait_final(db: Database, prefix: str, n: int, check: Any, timeout: float = 600) -> None:
