@@ -116,6 +116,26 @@ def test_query_reduction_decrypts_and_checks(keys: KeySet, credentials: Credenti
     assert request.url.params["mchid"] == MCHID
 
 
+def test_ledger_number_is_decrypted_only_when_read(keys: KeySet, credentials: Credentials) -> None:
+    """A ciphertext that does not decrypt fails on reading the field, with the Request-ID;
+    the rest of the answer is usable without the private-key operation."""
+    answer = reduction_answer(keys, "R1", "SUCCESS")
+    answer["bal_account_no"] = keys.encrypt_for_merchant("x")[:-8] + "AAAAAAA="
+    script = Script(
+        signed_response(keys, answer, request_id="RID-Q"),
+        signed_response(keys, answer, request_id="RID-P"),
+    )
+    with mock_client(credentials, script) as client:
+        r = client.query_special_reduction("R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
+        posted = client.submit_special_reduction(_request())
+    assert r.state is ReductionState.SUCCESS and r.request_id == "RID-Q"
+    assert posted.state is ReductionState.SUCCESS and posted.request_id == "RID-P"
+    for result, rid in ((r, "RID-Q"), (posted, "RID-P")):
+        with pytest.raises(GarbledResponse, match="bal_account_no does not decrypt") as info:
+            _ = result.bal_account_no
+        assert info.value.request_id == rid
+
+
 def test_bill_query_has_no_encrypted_fields(keys: KeySet, credentials: Credentials) -> None:
     bill = {"out_bill_no": "B1", "state": "ACCEPTED", "amount": 5}
     script = Script(signed_response(keys, bill))

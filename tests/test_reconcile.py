@@ -16,6 +16,7 @@ from wxrecon.queries import bill_events, reduction_events
 from wxrecon.reconcile import Conflict, IllegalTransition, Reconciler
 from wxrecon.states import BState, RState
 from wxrecon.wechatpay import errors
+from wxrecon.wechatpay.resources import SpecialReduction as ProviderReduction
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 
 MCHID = "1900000109"
@@ -336,6 +337,65 @@ def test_provider_copy_differing_from_ours_needs_review(
     provider.submit_answers.append(reduction("R1", "SUCCESS", amount=9999))
     assert rec.process_reduction(order.order_id, order.token or "") == RState.NEEDS_REVIEW
     assert "amount" in (row_of(db, order.order_id).last_error or "")
+
+
+def _sealed_answer(state: str, ledger: str, opened: list[str]) -> ProviderReduction:
+    """A provider answer whose bal_account_no decrypts (to ``ledger``) only when read."""
+
+    def decrypt(ciphertext: str) -> str:
+        opened.append(ciphertext)
+        if ledger == "garbled":
+            raise ValueError("does not decrypt")
+        return ledger
+
+    return ProviderReduction.parse(
+        {"out_request_no": "R1", "state": state, "bal_account_no": "CIPHERTEXT"},
+        expect_out_request_no="R1",
+        decrypt=decrypt,
+        request_id="rid-sealed",
+    )
+
+
+def test_ledger_number_is_compared_on_the_post_answer(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = intake(db, clock)
+    opened: list[str] = []
+    provider.submit_answers.append(_sealed_answer("SUCCESS", "6222000011113333", opened))
+    assert rec.process_reduction(order.order_id, order.token or "") == RState.NEEDS_REVIEW
+    row = row_of(db, order.order_id)
+    assert "bal_account_no" in (row.last_error or "") and opened == ["CIPHERTEXT"]
+    assert "6222000011113333" not in (row.last_error or "")
+
+
+def test_ledger_number_of_a_query_answer_is_not_decrypted(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    """The query filters by our own ledger number: its answer is not compared on it, so no
+    private-key operation is spent on it."""
+    order = intake(db, clock)
+    opened: list[str] = []
+    provider.submit_answers.append(_sealed_answer("PROCESSING", "6222000011112222", opened))
+    assert rec.process_reduction(order.order_id, order.token or "") == RState.PROCESSING
+    assert opened == ["CIPHERTEXT"]
+    provider.query_answers.append(_sealed_answer("SUCCESS", "garbled", opened))
+    assert poll(rec, db, clock, order.order_id) == RState.SUCCESS
+    assert opened == ["CIPHERTEXT"]  # the query's answer stayed sealed
+
+
+def test_post_answer_whose_ledger_number_does_not_decrypt_is_an_unknown_outcome(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = intake(db, clock)
+    provider.submit_answers.append(_sealed_answer("SUCCESS", "garbled", []))
+    assert rec.process_reduction(order.order_id, order.token or "") == RState.SUBMITTED
+    row = row_of(db, order.order_id)
+    assert row.attempts == 1 and row.next_poll_at is not None
+    assert "outcome of the POST unknown" in (row.last_error or "")
+    assert "bal_account_no does not decrypt" in (row.last_error or "")
+    assert row.last_request_id == "rid-sealed"
+    provider.query_answers.append(reduction("R1", "SUCCESS"))
+    assert poll(rec, db, clock, order.order_id) == RState.SUCCESS
 
 
 def test_unknown_provider_state_needs_review(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -192,8 +194,55 @@ def test_parse_decrypts_the_ledger_number() -> None:
     def refuse(_: str) -> str:
         raise ValueError("does not decrypt")
 
+    # Decrypted lazily: the failure comes on reading the field, not on parsing.
+    r = SpecialReduction.parse(
+        data, expect_out_request_no=data["out_request_no"], decrypt=refuse, request_id="RID-9"
+    )
+    with pytest.raises(GarbledResponse, match="bal_account_no does not decrypt") as info:
+        _ = r.bal_account_no
+    assert info.value.request_id == "RID-9" and "CIPHER" not in str(info.value)
     with pytest.raises(GarbledResponse, match="bal_account_no does not decrypt"):
-        SpecialReduction.parse(data, expect_out_request_no=data["out_request_no"], decrypt=refuse)
+        _ = r.bal_account_no  # still sealed: every read fails alike
+
+
+def test_ledger_number_is_decrypted_once_on_first_read_and_never_shown() -> None:
+    calls: list[str] = []
+
+    def decrypt(ciphertext: str) -> str:
+        calls.append(ciphertext)
+        return "6222000011112222"
+
+    data = {**DOC_REDUCTION, "bal_account_no": "CIPHER"}
+    r = SpecialReduction.parse(data, expect_out_request_no=data["out_request_no"], decrypt=decrypt)
+    assert calls == []  # parsing alone costs no private-key operation
+    assert "CIPHER" not in repr(r) and "bal_account_no" not in repr(r)
+    assert r.bal_account_no == "6222000011112222" and r.bal_account_no == "6222000011112222"
+    assert calls == ["CIPHER"]
+    assert "6222000011112222" not in repr(r)
+    # Still a dataclass field (generic display code lists it), and still frozen.
+    assert "bal_account_no" in [f.name for f in dataclasses.fields(r)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.bal_account_no = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(
+            SpecialReduction.parse(
+                data, expect_out_request_no=data["out_request_no"], decrypt=decrypt
+            )
+        )
+
+
+def test_results_built_directly_keep_plaintext_and_compare_by_it() -> None:
+    a = SpecialReduction(out_request_no="A1", state=ReductionState.SUCCESS, bal_account_no="L1")
+    assert a.bal_account_no == "L1"
+    assert (
+        SpecialReduction(out_request_no="A1", state=ReductionState.SUCCESS).bal_account_no is None
+    )
+    sealed = SpecialReduction.parse(
+        {"out_request_no": "A1", "state": "SUCCESS", "bal_account_no": "l1"},
+        expect_out_request_no="A1",
+        decrypt=str.upper,
+    )
+    assert sealed == a and dataclasses.replace(sealed, amount=1).bal_account_no == "L1"
 
 
 @pytest.mark.parametrize(
@@ -369,6 +418,7 @@ def _no_decrypt(_: str) -> str:
 def test_reduction_parse_property(data: Any) -> None:
     try:
         r = SpecialReduction.parse(data, expect_out_request_no="A1", decrypt=_no_decrypt)
+        r.bal_account_no  # noqa: B018  (decrypted on read)
     except GarbledResponse as exc:
         assert "\n" not in str(exc)
         return

@@ -516,7 +516,7 @@ class Reconciler:
         except errors.WeChatPayError as exc:  # UnexpectedAnswer, NotFound on a POST, …
             self._review(row, f"unexpected answer to the POST: {_short(exc)}", exc)
         else:
-            self._apply(row, result, via="POST")
+            self._apply(row, result, via="POST", check_ledger=True)
 
     def _confirm(self, row: SpecialReduction, hint: errors.WeChatPayError) -> None:
         """An unsigned NOT_ENOUGH / ALREADY_EXISTS: ask a signed query before anything final."""
@@ -561,12 +561,25 @@ class Reconciler:
         log.info("reduction not found after the grace period; re-entering", extra=_rx(row, exc))
         self._submit(row)
 
-    def _apply(self, row: SpecialReduction, result: ProviderReduction, *, via: str) -> None:
+    def _apply(
+        self,
+        row: SpecialReduction,
+        result: ProviderReduction,
+        *,
+        via: str,
+        check_ledger: bool = False,
+    ) -> None:
         local = reduction_from_provider(result.state)
         if local is None:
             self._review(row, f"the provider answered an unknown state {result.state!s}", result)
             return
-        differs = _provider_differences(row, result)
+        try:
+            differs = _provider_differences(row, result, ledger=check_ledger)
+        except errors.GarbledResponse as exc:  # the POST's ledger number does not decrypt
+            self._retry_later(
+                row, errors.OutcomeUnknown(exc), "outcome of the POST unknown; will query"
+            )
+            return
         if differs:
             self._review(
                 row,
@@ -823,8 +836,15 @@ def cas(
     return True
 
 
-def _provider_differences(row: SpecialReduction, result: ProviderReduction) -> list[str]:
-    """Fields where the provider's copy of the order disagrees with ours (names only)."""
+def _provider_differences(
+    row: SpecialReduction, result: ProviderReduction, *, ledger: bool
+) -> list[str]:
+    """Fields where the provider's copy of the order disagrees with ours (names only).
+
+    The ledger number is compared only with ``ledger`` (the POST's answer): a query is made
+    with our own ledger number as its filter, so its answer cannot be about another ledger,
+    and reading ``result.bal_account_no`` costs an RSA private-key decryption (about a quarter
+    of a query's client CPU). Raises GarbledResponse when that number does not decrypt."""
     out = []
     if result.mchid is not None and result.mchid != row.mchid:
         out.append("mchid")
@@ -832,7 +852,7 @@ def _provider_differences(row: SpecialReduction, result: ProviderReduction) -> l
         out.append("amount")
     if result.reduction_type is not None and str(result.reduction_type) != row.reduction_type:
         out.append("reduction_type")
-    if result.bal_account_no is not None and result.bal_account_no != row.bal_account_no:
+    if ledger and result.bal_account_no is not None and result.bal_account_no != row.bal_account_no:
         out.append("bal_account_no")
     return out
 

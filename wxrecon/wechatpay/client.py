@@ -280,8 +280,13 @@ class WeChatPayClient:
     # -- plumbing -------------------------------------------------------------------------
 
     def _parse_reduction(self, answer: Answer, out_request_no: str) -> SpecialReduction:
+        # bal_account_no stays sealed until read (see resources._Decrypted); the request id
+        # goes in here, since dataclasses.replace would read, and so decrypt, every field.
         return SpecialReduction.parse(
-            answer.data, expect_out_request_no=out_request_no, decrypt=self.credentials.decrypt
+            answer.data,
+            expect_out_request_no=out_request_no,
+            decrypt=self.credentials.decrypt,
+            request_id=answer.request_id,
         )
 
     def _parsed(self, parse: Callable[[], R], answer: Answer) -> R:
@@ -293,6 +298,8 @@ class WeChatPayClient:
 
     @staticmethod
     def _with_id(result: R, answer: Answer) -> R:
+        if getattr(result, "request_id", None) == answer.request_id:
+            return result
         return dataclasses.replace(result, request_id=answer.request_id)  # type: ignore[type-var]
 
     def _call(
