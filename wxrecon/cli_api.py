@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperGroup
 
+from wxrecon.cli_common import OneLineErrors
 from wxrecon.config import Settings, get_settings
 from wxrecon.provider import build_client
 from wxrecon.wechatpay.client import WeChatPayClient
@@ -42,38 +42,8 @@ EXIT_BAD_INPUT = 2
 T = TypeVar("T")
 
 
-class _OneLineGroup(TyperGroup):
-    """Usage errors (a missing option, an unknown command) as one line, not a usage page."""
-
-    def main(  # type: ignore[override]
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
-        try:
-            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-        except typer.Abort:
-            if not standalone_mode:
-                raise
-            _print_error(argv, "aborted", None)
-            sys.exit(EXIT_FAILED)
-        except typer.TyperException as exc:  # typer's (vendored) ClickException and friends
-            if not standalone_mode:
-                raise
-            format_message = getattr(exc, "format_message", None)
-            _print_error(argv, format_message() if format_message else str(exc), None)
-            sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
-        if standalone_mode:
-            sys.exit(rv if isinstance(rv, int) else 0)
-        return rv
-
-
 app = typer.Typer(
-    cls=_OneLineGroup,
+    cls=OneLineErrors,
     help="Call the provider directly and print the verified answer.",
     no_args_is_help=True,
     add_completion=False,

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from wxrecon.config import Settings, parse_duration
 from wxrecon.logs import redact
@@ -217,3 +218,43 @@ def settings() -> Settings:
         first = exc.errors()[0]
         name = "WXRECON_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
         raise CliError(f"configuration: {name}: {first['msg']}") from None
+
+
+class OneLineErrors(TyperGroup):
+    """Runs the command tree and turns every failure into one line and an exit code."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(
+                argv, prog_name or "wxrecon", complete_var, standalone_mode=False, **extra
+            )
+        except ABORTS:
+            _fail("aborted", 1, argv)
+        except CLICK_ERRORS as exc:
+            _fail(one_line(exc), getattr(exc, "exit_code", 1), argv)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130, argv)
+        except Exception as exc:  # a bug or an unexpected failure: still one line
+            _fail(one_line(exc), 1, argv)
+        code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _fail(message: str, code: int, argv: Sequence[str]) -> None:
+    if "--json" in argv:
+        line = json.dumps({"error": message}, ensure_ascii=False)
+    else:
+        line = f"error: {message}"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    sys.exit(code)
