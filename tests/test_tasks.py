@@ -50,6 +50,11 @@ def test_money_safe_celery_configuration(tmp_path: Path) -> None:
     assert conf["task_soft_time_limit"] == soft < hard == conf["task_time_limit"]
     assert hard < settings.claim_lease < visibility
     assert {q.name for q in conf["task_queues"]} == {INTAKE_QUEUE, POLL_QUEUE}
+    # Each queue has its own exchange and key, so no publish can land in both.
+    assert {(q.name, q.exchange.name, q.routing_key) for q in conf["task_queues"]} == {
+        (INTAKE_QUEUE, INTAKE_QUEUE, INTAKE_QUEUE),
+        (POLL_QUEUE, POLL_QUEUE, POLL_QUEUE),
+    }
     beat = conf["beat_schedule"]
     assert {e["task"] for e in beat.values()} == {"wxrecon.sweep_reductions", "wxrecon.sweep_bills"}
     assert all(e["schedule"] == settings.sweep_interval for e in beat.values())

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from wxrecon.config import Settings, get_settings
 
@@ -38,6 +38,10 @@ ROUTES = {
     "wxrecon.sweep_reductions": {"queue": POLL_QUEUE},
     "wxrecon.sweep_bills": {"queue": POLL_QUEUE},
 }
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def time_limits(settings: Settings) -> tuple[float, float]:
@@ -93,7 +97,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": soft,
         "task_time_limit": hard,
-        "task_queues": [Queue(INTAKE_QUEUE), Queue(POLL_QUEUE)],
+        # Each queue on its own direct exchange and key: left implicit, Celery binds both to
+        # the default exchange and key, so a publisher naming that exchange reaches both.
+        "task_queues": [_queue(INTAKE_QUEUE), _queue(POLL_QUEUE)],
         "task_default_queue": INTAKE_QUEUE,
         "task_routes": ROUTES,
         "task_create_missing_queues": True,
