@@ -51,7 +51,11 @@ def time_limits(settings: Settings) -> tuple[float, float]:
 
 
 def visibility_timeout(settings: Settings) -> int:
-    return int(max(3600.0, settings.claim_lease * 10))
+    # How long Redis waits before handing a dead worker's unacknowledged message to another.
+    # Every task ends within its hard time limit (< claim_lease) and nothing is scheduled
+    # with a long countdown, so a few leases is safe; it bounds how long a by-name intake
+    # message held by a SIGKILLed worker node waits.
+    return int(max(300.0, settings.claim_lease * 3))
 
 
 def filesystem_folder(settings: Settings) -> Path:
