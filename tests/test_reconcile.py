@@ -576,6 +576,48 @@ def test_two_writers_same_version_only_one_wins(db: Database, clock: FakeClock) 
     assert path(db, order.order_id) == [(None, "RECEIVED"), ("RECEIVED", "SUBMITTED")]
 
 
+def test_cas_event_row_carries_every_field_and_the_loser_adds_none(
+    db: Database, clock: FakeClock
+) -> None:
+    with db.transaction() as session:
+        tracked = reconcile.intake_bill(session, "B1", now=clock())
+    a, b = bill_of(db, tracked.order_id), bill_of(db, tracked.order_id)
+    clock.advance(1)
+    assert reconcile.cas(
+        db,
+        a,
+        None,
+        {"attempts": 3},
+        reason="a note",
+        request_id="rid-n",
+        actor="ops:x",
+        note=True,
+        now=clock(),
+    )
+    assert a.version == 2 and a.attempts == 3 and a.updated_at == clock()
+    # b still holds version 1: it loses, whether it moves the state or only notes.
+    assert not reconcile.cas(db, b, BState.NEEDS_REVIEW, {"attempts": 9}, reason="b", now=clock())
+    assert not reconcile.cas(db, b, None, {"attempts": 9}, reason="b", note=True, now=clock())
+    stored = bill_of(db, tracked.order_id)
+    assert (stored.version, stored.attempts, stored.state) == (2, 3, BState.TRACKING)
+    with db.read() as session:
+        events = bill_events(session, tracked.order_id)
+    assert [(e.kind, e.order_id, e.from_state, e.to_state) for e in events] == [
+        ("bill", tracked.order_id, None, "TRACKING"),
+        ("bill", tracked.order_id, "TRACKING", "TRACKING"),
+    ]
+    last = events[-1]
+    assert (last.reason, last.request_id, last.actor, last.at) == (
+        "a note",
+        "rid-n",
+        "ops:x",
+        clock(),
+    )
+    # A write without an event (a reschedule) moves only the row.
+    assert reconcile.cas(db, a, None, {"attempts": 4}, reason="", now=clock())
+    assert bill_of(db, tracked.order_id).version == 3 and count(db, Event) == 2
+
+
 def test_stale_claim_does_nothing(
     db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
 ) -> None:

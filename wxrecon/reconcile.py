@@ -19,6 +19,7 @@ Rules (DESIGN.md §2):
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -26,9 +27,9 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, select, text, update
+from sqlalchemy import Select, Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import Session
@@ -161,6 +162,26 @@ def _insert(session: Session, model: type[Any]) -> Any:
     raise RuntimeError(f"unsupported database: {dialect}")
 
 
+EVENTS = cast(Table, Event.__table__)
+EVENT_COLUMNS = (
+    "kind",
+    "order_id",
+    "from_state",
+    "to_state",
+    "reason",
+    "request_id",
+    "actor",
+    "at",
+)
+# The event row of a transition, its values bound as ``e_<column>`` (order_id: ``cas_id``).
+_EVENT_INSERT = insert(EVENTS).values(
+    {
+        name: bindparam("cas_id" if name == "order_id" else f"e_{name}", type_=EVENTS.c[name].type)
+        for name in EVENT_COLUMNS
+    }
+)
+
+
 # -- intake -----------------------------------------------------------------------------------
 
 
@@ -210,18 +231,19 @@ def intake_reduction(
     )
     new_id = session.execute(stmt).scalar()
     if new_id is not None:
-        session.add(
-            Event(
-                kind=Kind.REDUCTION,
-                order_id=new_id,
-                from_state=None,
-                to_state=RState.RECEIVED,
-                reason="received",
-                actor=actor,
-                at=now,
-            )
+        session.execute(
+            _EVENT_INSERT,
+            {
+                "cas_id": new_id,
+                "e_kind": str(Kind.REDUCTION),
+                "e_from_state": None,
+                "e_to_state": str(RState.RECEIVED),
+                "e_reason": "received",
+                "e_request_id": None,
+                "e_actor": actor,
+                "e_at": now,
+            },
         )
-        session.flush()
         log.info(
             "reduction received",
             extra={"out_request_no": request.out_request_no, "mchid": request.mchid},
@@ -302,18 +324,19 @@ def intake_bill(
     )
     new_id = session.execute(stmt).scalar()
     if new_id is not None:
-        session.add(
-            Event(
-                kind=Kind.BILL,
-                order_id=new_id,
-                from_state=None,
-                to_state=BState.TRACKING,
-                reason="tracking requested",
-                actor=actor,
-                at=now,
-            )
+        session.execute(
+            _EVENT_INSERT,
+            {
+                "cas_id": new_id,
+                "e_kind": str(Kind.BILL),
+                "e_from_state": None,
+                "e_to_state": str(BState.TRACKING),
+                "e_reason": "tracking requested",
+                "e_request_id": None,
+                "e_actor": actor,
+                "e_at": now,
+            },
         )
-        session.flush()
         log.info("bill tracked", extra={"out_bill_no": out_bill_no})
         metrics.count_transition(Kind.BILL, "", BState.TRACKING)
         return IntakeResult(new_id, True, BState.TRACKING.value, token)
@@ -354,8 +377,8 @@ def _claim(
         # SQLite has one writer at a time (BEGIN IMMEDIATE): a plain subquery is enough.
         stmt = update(model).where(model.id.in_(due.scalar_subquery()))
     stmt = stmt.values(**values).returning(model.id).execution_options(synchronize_session=False)
-    with db.transaction() as session:
-        ids = list(session.execute(stmt).scalars())
+    with db.begin() as conn:
+        ids = list(conn.execute(stmt).scalars())
     return [Claim(i, token) for i in sorted(ids)]
 
 
@@ -440,8 +463,7 @@ class Reconciler:
         Returns None when the row is gone or the claim is no longer ours (a newer claim or
         an operator action took over): nothing is done then.
         """
-        with self.db.read() as session:
-            row = session.get(SpecialReduction, order_id)
+        row = load_row(self.db, SpecialReduction, order_id)
         if row is None:
             log.warning("reduction %s does not exist", order_id)
             return None
@@ -624,8 +646,7 @@ class Reconciler:
 
     def process_bill(self, order_id: int, token: str) -> str | None:
         """Query one claimed compensation bill and record what the provider says."""
-        with self.db.read() as session:
-            row = session.get(CompensationBill, order_id)
+        row = load_row(self.db, CompensationBill, order_id)
         if row is None:
             log.warning("bill %s does not exist", order_id)
             return None
@@ -795,7 +816,12 @@ def cas(
     now: datetime | None = None,
 ) -> bool:
     """The one write path of the engine: ``UPDATE … WHERE id=? AND version=? AND state=?``
-    and, when the state changes (or ``note``), an event row, in one transaction."""
+    and, when the state changes (or ``note``), an event row, in one transaction.
+
+    Core statements on one connection, no ORM unit of work: this runs for every step of
+    every order. On PostgreSQL the UPDATE and the event INSERT are one statement (the INSERT
+    selects from the UPDATE's RETURNING, so it adds a row only if the compare-and-set won);
+    on SQLite they are two, under the write lock BEGIN IMMEDIATE takes."""
     now = now or utcnow()
     model = type(row)
     kind = Kind.REDUCTION if model is SpecialReduction else Kind.BILL
@@ -806,34 +832,82 @@ def cas(
     new_values = {**values, "version": row.version + 1, "updated_at": now}
     if changed:
         new_values["state"] = to
-    stmt = (
-        update(model)
-        .where(model.id == row.id, model.version == row.version, model.state == src)
-        .values(**new_values)
-        .execution_options(synchronize_session=False)
-    )
-    with db.transaction() as session:
-        if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        if changed or note:
-            session.add(
-                Event(
-                    kind=kind,
-                    order_id=row.id,
-                    from_state=src,
-                    to_state=to if changed else src,
-                    reason=reason or "(no reason given)",
-                    request_id=request_id,
-                    actor=actor,
-                    at=now,
-                )
-            )
+    params = {f"v_{k}": v for k, v in new_values.items()}
+    params.update(cas_id=row.id, cas_version=row.version, cas_state=src)
+    event = changed or note
+    if event:
+        params.update(
+            e_kind=str(kind),
+            e_from_state=src,
+            e_to_state=to if changed else src,
+            e_reason=reason or "(no reason given)",
+            e_request_id=request_id,
+            e_actor=actor,
+            e_at=now,
+        )
+    one_statement = event and db.is_postgresql
+    stmt = _cas_statement(kind, tuple(sorted(new_values)), one_statement)
+    with db.begin() as conn:
+        if one_statement:
+            won = conn.execute(stmt, params).first() is not None
+        else:
+            won = conn.execute(stmt, params).rowcount == 1
+            if won and event:
+                conn.execute(_EVENT_INSERT, params)
+    if not won:
+        return False
     for key, value in new_values.items():
         setattr(row, key, value)
     if changed:
         metrics.count_transition(kind, src, str(to))
         log.info("%s %s -> %s: %s", kind, src, to, reason, extra=_x(row, request_id=request_id))
     return True
+
+
+@functools.cache
+def _cas_statement(kind: Kind, keys: tuple[str, ...], with_event: bool) -> Any:
+    """The compare-and-set UPDATE setting ``keys`` (bound as ``v_<key>``), built once per
+    shape: building SQLAlchemy statements per call costs more CPU than running them.
+
+    ``with_event`` (PostgreSQL): ``WITH moved AS (UPDATE … RETURNING id) INSERT INTO events …
+    SELECT … FROM moved RETURNING id``, one round trip, and the event row exists exactly
+    when the UPDATE matched (told by RETURNING: the driver gives no row count for it)."""
+    table = cast(
+        Table, (SpecialReduction if kind is Kind.REDUCTION else CompensationBill).__table__
+    )
+    moved = (
+        update(table)
+        .where(
+            table.c.id == bindparam("cas_id"),
+            table.c.version == bindparam("cas_version"),
+            table.c.state == bindparam("cas_state"),
+        )
+        .values({k: bindparam(f"v_{k}", type_=table.c[k].type) for k in keys})
+    )
+    if not with_event:
+        return moved
+    cte = moved.returning(table.c.id).cte("moved")
+    columns = [
+        cte.c.id
+        if name == "order_id"
+        else bindparam(f"e_{name}", type_=EVENTS.c[name].type).label(name)
+        for name in EVENT_COLUMNS
+    ]
+    return (
+        insert(EVENTS)
+        .from_select(list(EVENT_COLUMNS), select(*columns))
+        .add_cte(cte)
+        .returning(EVENTS.c.id)
+    )
+
+
+def load_row(db: Database, model: type[Any], order_id: int) -> Any:
+    """The order's row as a detached (transient) ``model`` instance, read with one Core
+    select outside any ORM session; None when there is no such row."""
+    table = model.__table__
+    with db.connect() as conn:
+        found = conn.execute(select(table).where(table.c.id == order_id)).mappings().first()
+    return None if found is None else model(**found)
 
 
 def _provider_differences(
