@@ -182,6 +182,30 @@ _EVENT_INSERT = insert(EVENTS).values(
 )
 
 
+def _event(
+    kind: Kind,
+    order_id: int,
+    src: str | None,
+    dst: str,
+    reason: str,
+    actor: str,
+    at: datetime,
+    *,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The bound values of ``_EVENT_INSERT`` (and of the event half of a CAS statement)."""
+    return {
+        "cas_id": order_id,
+        "e_kind": str(kind),
+        "e_from_state": src,
+        "e_to_state": str(dst),
+        "e_reason": reason or "(no reason given)",
+        "e_request_id": request_id,
+        "e_actor": actor,
+        "e_at": at,
+    }
+
+
 # -- intake -----------------------------------------------------------------------------------
 
 
@@ -233,16 +257,7 @@ def intake_reduction(
     if new_id is not None:
         session.execute(
             _EVENT_INSERT,
-            {
-                "cas_id": new_id,
-                "e_kind": str(Kind.REDUCTION),
-                "e_from_state": None,
-                "e_to_state": str(RState.RECEIVED),
-                "e_reason": "received",
-                "e_request_id": None,
-                "e_actor": actor,
-                "e_at": now,
-            },
+            _event(Kind.REDUCTION, new_id, None, RState.RECEIVED, "received", actor, now),
         )
         log.info(
             "reduction received",
@@ -326,16 +341,7 @@ def intake_bill(
     if new_id is not None:
         session.execute(
             _EVENT_INSERT,
-            {
-                "cas_id": new_id,
-                "e_kind": str(Kind.BILL),
-                "e_from_state": None,
-                "e_to_state": str(BState.TRACKING),
-                "e_reason": "tracking requested",
-                "e_request_id": None,
-                "e_actor": actor,
-                "e_at": now,
-            },
+            _event(Kind.BILL, new_id, None, BState.TRACKING, "tracking requested", actor, now),
         )
         log.info("bill tracked", extra={"out_bill_no": out_bill_no})
         metrics.count_transition(Kind.BILL, "", BState.TRACKING)
@@ -836,15 +842,8 @@ def cas(
     params.update(cas_id=row.id, cas_version=row.version, cas_state=src)
     event = changed or note
     if event:
-        params.update(
-            e_kind=str(kind),
-            e_from_state=src,
-            e_to_state=to if changed else src,
-            e_reason=reason or "(no reason given)",
-            e_request_id=request_id,
-            e_actor=actor,
-            e_at=now,
-        )
+        dst: str = src if to is None else to
+        params.update(_event(kind, row.id, src, dst, reason, actor, now, request_id=request_id))
     one_statement = event and db.is_postgresql
     stmt = _cas_statement(kind, tuple(sorted(new_values)), one_statement)
     with db.begin() as conn:
