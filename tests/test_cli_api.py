@@ -263,6 +263,18 @@ def test_unverified_answer_is_a_failure_not_data(keys: KeySet, fake: Provider) -
     assert "signature does not verify" in _one_error_line(result)
 
 
+def test_answer_whose_ledger_does_not_decrypt_is_one_line(keys: KeySet, fake: Provider) -> None:
+    # Decryption happens when the answer is read for display: still a one-line failure.
+    answer = reduction_answer(keys, NO, extra={"bal_account_no": "bm90IG91ciBjaXBoZXJ0ZXh0"})
+    fake.answers = [signed_response(keys, answer, request_id="R-G")]
+    args = ("query-reduction", NO, "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO, "--json")
+    result = _run(*args)
+    assert result.exit_code == 1, result.output
+    error = json.loads(_one_error_line(result))
+    assert error["kind"] == "GarbledResponse" and error["request_id"] == "R-G"
+    assert "does not decrypt" in error["error"]
+
+
 def test_network_failure(fake: Provider) -> None:
     fake.answers = [httpx.ConnectError("refused")]
     result = _run("query-bill", "B1")

@@ -172,11 +172,13 @@ def _client(json_mode: bool) -> WeChatPayClient:
         _fail(json_mode, f"configuration: {name}: {first['msg']}", EXIT_FAILED)
 
 
-def _run(json_mode: bool, call: Callable[[WeChatPayClient], T]) -> T:
+def _run(json_mode: bool, call: Callable[[WeChatPayClient], Any]) -> dict[str, Any]:
+    """Make the call and turn its result into display fields inside the error handling:
+    reading a result may decrypt, and a failure there is a provider error too."""
     client = _client(json_mode)
     try:
         with client:
-            return call(client)
+            return _fields(call(client))
     except InvalidRequest as exc:
         _fail(json_mode, str(exc), EXIT_BAD_INPUT)
     except OutcomeUnknown as exc:
@@ -205,7 +207,7 @@ def balance(mchid: MchidOpt, bal_account_no: BalOpt, json_: JsonOpt = False) -> 
     """Channel balance of a quota ledger."""
     _validated(json_, lambda: (check_mchid(mchid), check_bal_account_no(bal_account_no)))
     result = _run(json_, lambda c: c.query_balance(mchid=mchid, bal_account_no=bal_account_no))
-    data = {"mchid": mchid, "bal_account_no": mask(bal_account_no), **_fields(result)}
+    data = {"mchid": mchid, "bal_account_no": mask(bal_account_no), **result}
     _show("channel balance", data, json_)
 
 
@@ -235,8 +237,7 @@ def submit_reduction(
             reason=reason,
         ),
     )
-    result = _run(json_, lambda c: c.submit_special_reduction(request))
-    _show("special reduction", _fields(result), json_)
+    _show("special reduction", _run(json_, lambda c: c.submit_special_reduction(request)), json_)
 
 
 @app.command("query-reduction")
@@ -261,7 +262,7 @@ def query_reduction(
             out_request_no, mchid=mchid, bal_account_no=bal_account_no
         ),
     )
-    _show("special reduction", _fields(result), json_)
+    _show("special reduction", result, json_)
 
 
 @app.command("query-bill")
@@ -271,5 +272,4 @@ def query_bill(
 ) -> None:
     """A compensation bill by its out_bill_no."""
     _validated(json_, lambda: check_order_no(out_bill_no, "out_bill_no"))
-    result = _run(json_, lambda c: c.query_compensation_bill(out_bill_no))
-    _show("compensation bill", _fields(result), json_)
+    _show("compensation bill", _run(json_, lambda c: c.query_compensation_bill(out_bill_no)), json_)
