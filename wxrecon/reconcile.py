@@ -624,29 +624,8 @@ class Reconciler:
             "last_request_id": result.request_id,
             "last_error": None,
         }
-        if local in REDUCTION_FINAL:
-            detail = f" ({result.fail_reason})" if result.fail_reason is not None else ""
-            self._write(
-                row,
-                local,
-                {**values, **_settled()},
-                reason=f"{via}: {result.state}{detail}",
-                request_id=result.request_id,
-            )
-            return
-        changed = local != row.state
-        attempts = 1 if changed else row.attempts + 1
-        delay = next_delay(attempts, self.settings, self.rng)
-        if delay is None:
-            self._review(row, f"still {result.state} after {row.attempts} attempts", result)
-            return
-        self._write(
-            row,
-            local if changed else None,
-            {**values, **self._later(attempts, delay)},
-            reason=f"{via}: {result.state}",
-            request_id=result.request_id,
-        )
+        detail = f" ({result.fail_reason})" if result.fail_reason is not None else ""
+        self._record(row, local, local in REDUCTION_FINAL, values, result, f"{via}: ", detail)
 
     # -- bills -----------------------------------------------------------------------------
 
@@ -694,13 +673,30 @@ class Reconciler:
             "last_request_id": result.request_id,
             "last_error": None,
         }
-        if local in BILL_FINAL:
-            detail = f" ({close.close_reason})" if close and close.close_reason else ""
+        detail = f" ({close.close_reason})" if close and close.close_reason else ""
+        self._record(row, local, local in BILL_FINAL, values, result, "query: ", detail)
+
+    # -- shared write paths ------------------------------------------------------------------
+
+    def _record(
+        self,
+        row: Any,
+        local: str,
+        final: bool,
+        values: dict[str, Any],
+        result: ProviderReduction | ProviderBill,
+        via: str,
+        detail: str,
+    ) -> None:
+        """Write what the provider said: a final state settles the row; an in-flight one
+        schedules the next query (attempts restart on a change of state), or gives up into
+        NEEDS_REVIEW once the schedule is spent."""
+        if final:
             self._write(
                 row,
                 local,
                 {**values, **_settled()},
-                reason=f"query: {result.state}{detail}",
+                reason=f"{via}{result.state}{detail}",
                 request_id=result.request_id,
             )
             return
@@ -714,11 +710,9 @@ class Reconciler:
             row,
             local if changed else None,
             {**values, **self._later(attempts, delay)},
-            reason=f"query: {result.state}",
+            reason=f"{via}{result.state}",
             request_id=result.request_id,
         )
-
-    # -- shared write paths ------------------------------------------------------------------
 
     def _later(self, attempts: int, delay: float) -> dict[str, Any]:
         return {
