@@ -34,6 +34,13 @@ from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app
 log = logging.getLogger(__name__)
 
 DB_DOWN = (OperationalError, InterfaceError)
+# Only a database that does not answer is retried (with backoff); nothing else is.
+RETRY_WHILE_DB_DOWN: dict[str, Any] = {
+    "autoretry_for": DB_DOWN,
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 30,
+}
 
 
 def _unknown_fields(unknown: dict[str, Any]) -> str:
@@ -57,10 +64,7 @@ def _token(task: Task) -> str | None:
     name="wxrecon.submit_special_reduction",
     bind=True,
     queue=INTAKE_QUEUE,
-    autoretry_for=DB_DOWN,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=30,
+    **RETRY_WHILE_DB_DOWN,
 )
 def submit_special_reduction(
     self: Task,
@@ -104,10 +108,7 @@ def submit_special_reduction(
     name="wxrecon.track_compensation_bill",
     bind=True,
     queue=INTAKE_QUEUE,
-    autoretry_for=DB_DOWN,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=30,
+    **RETRY_WHILE_DB_DOWN,
 )
 def track_compensation_bill(self: Task, out_bill_no: Any = None, **unknown: Any) -> dict[str, Any]:
     context = {"out_bill_no": str(out_bill_no)[:40]}
@@ -138,10 +139,7 @@ def _claim_args(id: Any, token: Any) -> tuple[int, str] | None:
 @app.task(
     name="wxrecon.poll_reduction",
     queue=POLL_QUEUE,
-    autoretry_for=DB_DOWN,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=30,
+    **RETRY_WHILE_DB_DOWN,
 )
 def poll_reduction(id: Any = None, token: Any = None) -> str | None:
     args = _claim_args(id, token)
@@ -153,10 +151,7 @@ def poll_reduction(id: Any = None, token: Any = None) -> str | None:
 @app.task(
     name="wxrecon.poll_bill",
     queue=POLL_QUEUE,
-    autoretry_for=DB_DOWN,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=30,
+    **RETRY_WHILE_DB_DOWN,
 )
 def poll_bill(id: Any = None, token: Any = None) -> str | None:
     args = _claim_args(id, token)
