@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from benchmarks import harness
 from tests.fixtures_chaos import report_figures
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
+from tests.workload import FAULTS, Order, make_orders
 from wxrecon import intake
 from wxrecon.db import Database
 from wxrecon.demo.procs import Child, Supervisor
@@ -69,19 +70,6 @@ BEAT_RESTART_AT = 80.0
 CHAOS_FOR = 140.0
 CONVERGE_WITHIN = 300.0
 
-FAULTS = [
-    "system_error=0.04",
-    "rate_limited=0.04",
-    "reset=0.02",
-    "hang=0.02",
-    "bad_signature=0.03",
-    "signtest=0.02",
-    "stale_timestamp=0.02",
-    "malformed_json=0.02",
-    "apply_then_500=0.04",
-    "apply_then_reset=0.02",
-    "apply_then_hang=0.02",
-]
 
 ENGINE_SETTINGS = {
     "POLL_SCHEDULE": "200ms,400ms,800ms,1500ms",
@@ -100,50 +88,6 @@ ENGINE_SETTINGS = {
 
 def account(mchid: str) -> str:
     return f"6217{mchid}55"  # 16 digits, unique per merchant; must never reach a log
-
-
-@dataclass(frozen=True)
-class Order:
-    mchid: str
-    out_request_no: str
-    amount: int
-    reduction_type: str
-    reason: str | None
-
-    def kwargs(self) -> dict[str, Any]:
-        return {
-            "mchid": self.mchid,
-            "bal_account_no": account(self.mchid),
-            "out_request_no": self.out_request_no,
-            "reduction_type": self.reduction_type,
-            "amount": self.amount,
-            "reason": self.reason,
-        }
-
-
-def make_orders(rng: random.Random) -> tuple[list[Order], dict[str, int]]:
-    orders: list[Order] = []
-    balances: dict[str, int] = {}
-    for m, mchid in enumerate(MERCHANTS):
-        normal = [
-            Order(
-                mchid,
-                f"CHAOS{m}N{i:04d}",
-                rng.randint(100, 20_000),
-                rng.choice(["FINANCIAL_PENALTY", "JUDICIAL_DEDUCTION"]),
-                rng.choice([None, f"case {m}-{i}"]),
-            )
-            for i in range(PER_MERCHANT - TOO_BIG_PER_MERCHANT)
-        ]
-        balance = sum(o.amount for o in normal) * 7 // 10  # about a third will not fit
-        too_big = [
-            Order(mchid, f"CHAOS{m}B{i:04d}", balance + 1 + i, "FINANCIAL_PENALTY", None)
-            for i in range(TOO_BIG_PER_MERCHANT)
-        ]
-        balances[mchid] = balance
-        orders.extend(normal + too_big)
-    rng.shuffle(orders)
-    return orders, balances
 
 
 @dataclass
@@ -192,7 +136,16 @@ def chaos_db(postgres_url: str) -> Iterator[str]:
 
 
 def test_chaos(tmp_path: Path, postgres_url: str, chaos_db: str) -> None:
-    orders, balances = make_orders(random.Random(20261125))
+    orders, balances = make_orders(
+        random.Random(20261125),
+        prefix="CHAOS",
+        merchants=MERCHANTS,
+        account=account,
+        per_merchant=PER_MERCHANT,
+        too_big=TOO_BIG_PER_MERCHANT,
+        max_amount=20000,
+        fits_tenths=7,
+    )
     work = tmp_path / "chaos"
     logs = work / "logs"
     logs.mkdir(parents=True)

@@ -18,7 +18,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
+from tests.workload import FAULTS, Order, make_orders
 from wxrecon import intake
 from wxrecon.db import Database
 from wxrecon.models import CompensationBill, SpecialReduction
@@ -46,67 +46,9 @@ TOO_BIG_PER_MERCHANT = 4  # beyond the whole balance: 403 NOT_ENOUGH at submit
 BILLS = 20
 SETTLE_TIMEOUT = 180.0
 
-FAULTS = [
-    "system_error=0.04",
-    "rate_limited=0.04",
-    "reset=0.02",
-    "hang=0.02",
-    "bad_signature=0.03",
-    "signtest=0.02",
-    "stale_timestamp=0.02",
-    "malformed_json=0.02",
-    "apply_then_500=0.04",
-    "apply_then_reset=0.02",
-    "apply_then_hang=0.02",
-]
-
 
 def account(mchid: str) -> str:
     return f"6222{mchid[-4:]}00001111"
-
-
-@dataclass
-class Order:
-    mchid: str
-    out_request_no: str
-    amount: int
-    reduction_type: str
-    reason: str | None
-
-    def kwargs(self) -> dict[str, Any]:
-        return {
-            "mchid": self.mchid,
-            "bal_account_no": account(self.mchid),
-            "out_request_no": self.out_request_no,
-            "reduction_type": self.reduction_type,
-            "amount": self.amount,
-            "reason": self.reason,
-        }
-
-
-def make_orders(rng: random.Random) -> tuple[list[Order], dict[str, int]]:
-    orders: list[Order] = []
-    balances: dict[str, int] = {}
-    for m, mchid in enumerate(MERCHANTS):
-        normal = [
-            Order(
-                mchid,
-                f"E2E{m}N{i:04d}",
-                rng.randint(100, 10_000),
-                rng.choice(["FINANCIAL_PENALTY", "JUDICIAL_DEDUCTION"]),
-                rng.choice([None, f"penalty for case {i}"]),
-            )
-            for i in range(PER_MERCHANT - TOO_BIG_PER_MERCHANT)
-        ]
-        balance = sum(o.amount for o in normal) * 6 // 10  # about 40 % will not fit
-        too_big = [
-            Order(mchid, f"E2E{m}B{i:04d}", balance + 1 + i, "FINANCIAL_PENALTY", "too big")
-            for i in range(TOO_BIG_PER_MERCHANT)
-        ]
-        balances[mchid] = balance
-        orders.extend(normal + too_big)
-    rng.shuffle(orders)
-    return orders, balances
 
 
 class Processes:
@@ -186,7 +128,16 @@ def broker_url(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[tuple[SimulatorProcess, list[Order], dict[str, int]]]:
-    orders, balances = make_orders(random.Random(20260105))
+    orders, balances = make_orders(
+        random.Random(20260105),
+        prefix="E2E",
+        merchants=MERCHANTS,
+        account=account,
+        per_merchant=PER_MERCHANT,
+        too_big=TOO_BIG_PER_MERCHANT,
+        max_amount=10000,
+        fits_tenths=6,
+    )
     seeds = [LedgerSeed(m, account(m), balances[m]) for m in MERCHANTS]
     sim_material()  # keys made once per session
     directory = make_sim_dir(tmp_path / "sim", ledgers=seeds)

@@ -1,0 +1,85 @@
+"""The order mix the end-to-end and chaos tests send through real processes."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Every fault kind the simulator has, at rates that leave most requests clean.
+FAULTS = [
+    "system_error=0.04",
+    "rate_limited=0.04",
+    "reset=0.02",
+    "hang=0.02",
+    "bad_signature=0.03",
+    "signtest=0.02",
+    "stale_timestamp=0.02",
+    "malformed_json=0.02",
+    "apply_then_500=0.04",
+    "apply_then_reset=0.02",
+    "apply_then_hang=0.02",
+]
+
+
+@dataclass(frozen=True)
+class Order:
+    mchid: str
+    bal_account_no: str
+    out_request_no: str
+    amount: int
+    reduction_type: str
+    reason: str | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "mchid": self.mchid,
+            "bal_account_no": self.bal_account_no,
+            "out_request_no": self.out_request_no,
+            "reduction_type": self.reduction_type,
+            "amount": self.amount,
+            "reason": self.reason,
+        }
+
+
+def make_orders(
+    rng: random.Random,
+    *,
+    prefix: str,
+    merchants: Sequence[str],
+    account: Callable[[str], str],
+    per_merchant: int,
+    too_big: int,
+    max_amount: int,
+    fits_tenths: int,
+) -> tuple[list[Order], dict[str, int]]:
+    """``per_merchant`` orders per merchant, shuffled, and each merchant's ledger balance.
+
+    The balance holds ``fits_tenths``/10 of what the normal orders ask (so some settle as
+    BALANCE_NOT_ENOUGH); ``too_big`` orders per merchant exceed the whole balance (403
+    NOT_ENOUGH at submit)."""
+    orders: list[Order] = []
+    balances: dict[str, int] = {}
+    for m, mchid in enumerate(merchants):
+        acct = account(mchid)
+        normal = [
+            Order(
+                mchid,
+                acct,
+                f"{prefix}{m}N{i:04d}",
+                rng.randint(100, max_amount),
+                rng.choice(["FINANCIAL_PENALTY", "JUDICIAL_DEDUCTION"]),
+                rng.choice([None, f"case {m}-{i}"]),
+            )
+            for i in range(per_merchant - too_big)
+        ]
+        balance = sum(o.amount for o in normal) * fits_tenths // 10
+        big = [
+            Order(mchid, acct, f"{prefix}{m}B{i:04d}", balance + 1 + i, "FINANCIAL_PENALTY", None)
+            for i in range(too_big)
+        ]
+        balances[mchid] = balance
+        orders.extend(normal + big)
+    rng.shuffle(orders)
+    return orders, balances
