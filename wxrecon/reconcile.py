@@ -1069,46 +1069,46 @@ def retry_bill(
     )
 
 
-def _requery_target(active: frozenset[Any]) -> Callable[[Any], str]:
+def _requery(
+    db: Database,
+    model: type[Any],
+    active: frozenset[Any],
+    order_id: int,
+    *,
+    actor: str,
+    why: str,
+    now: datetime | None,
+) -> str:
     def target(row: Any) -> str:
         if row.state not in active:
             raise IllegalTransition(f"order is {row.state}, not in flight: use retry instead")
         return str(row.state)
 
-    return target
+    now = now or utcnow()
+    return _operator_write(
+        db,
+        model,
+        order_id,
+        target,
+        lambda row: {"next_poll_at": now, "claimed_until": None, "claim_token": None},
+        actor=actor,
+        reason=f"operator re-query: {why}" if why else "operator re-query",
+        now=now,
+    )
 
 
 def requery_reduction(
     db: Database, order_id: int, *, actor: str, why: str = "", now: datetime | None = None
 ) -> str:
     """Make an in-flight reduction due now (dropping any claim); recorded as an event."""
-    now = now or utcnow()
-    return _operator_write(
-        db,
-        SpecialReduction,
-        order_id,
-        _requery_target(REDUCTION_ACTIVE),
-        lambda row: {"next_poll_at": now, "claimed_until": None, "claim_token": None},
-        actor=actor,
-        reason=f"operator re-query: {why}" if why else "operator re-query",
-        now=now,
-    )
+    return _requery(db, SpecialReduction, REDUCTION_ACTIVE, order_id, actor=actor, why=why, now=now)
 
 
 def requery_bill(
     db: Database, order_id: int, *, actor: str, why: str = "", now: datetime | None = None
 ) -> str:
-    now = now or utcnow()
-    return _operator_write(
-        db,
-        CompensationBill,
-        order_id,
-        _requery_target(BILL_ACTIVE),
-        lambda row: {"next_poll_at": now, "claimed_until": None, "claim_token": None},
-        actor=actor,
-        reason=f"operator re-query: {why}" if why else "operator re-query",
-        now=now,
-    )
+    """Make an in-flight bill due now (dropping any claim); recorded as an event."""
+    return _requery(db, CompensationBill, BILL_ACTIVE, order_id, actor=actor, why=why, now=now)
 
 
 @dataclass
