@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from tests.fixtures_db import FakeClock
 from wxrecon import db as dbmod
@@ -155,3 +156,15 @@ def test_old_schema_is_refused_with_the_command_to_run(db_url: str) -> None:
     assert "0001" in message and "run `wxrecon db upgrade`" in message and "\n" not in message
     dbmod.upgrade(db_url)
     check_schema(db_url)
+
+
+def test_database_errors_never_carry_statement_parameters(db_url: str) -> None:
+    secret = "6222000099998888"
+    engine = dbmod.make_engine(db_url)
+    try:
+        with engine.connect() as conn, pytest.raises(DBAPIError) as info:
+            conn.execute(text("SELECT * FROM no_such_table WHERE x = :x"), {"x": secret})
+    finally:
+        engine.dispose()
+    assert secret not in str(info.value)
+    assert "hidden due to hide_parameters" in str(info.value)

@@ -65,6 +65,9 @@ def _sqlite_setup(engine: Engine) -> None:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_url(url)
+    # Statement parameters hold plaintext bal_account_no: keep them out of every exception
+    # message (and so out of Celery's retry and failure logs).
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
