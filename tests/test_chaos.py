@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from benchmarks import harness
 from tests.fixtures_chaos import report_figures
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
-from tests.workload import FAULTS, Order, make_orders
+from tests.workload import FAULTS, Order, all_in, make_orders, order_states
 from wxrecon import intake
 from wxrecon.db import Database
 from wxrecon.demo.procs import Child, Supervisor
@@ -279,24 +279,8 @@ def run_chaos(
 def wait_converged(rig: Rig, db: Database, expected: int, since: float) -> None:
     while True:
         rig.check_alive()
-        with db.read() as session:
-            reductions = dict(
-                session.execute(
-                    select(SpecialReduction.state, func.count()).group_by(SpecialReduction.state)
-                ).all()
-            )
-            bills = dict(
-                session.execute(
-                    select(CompensationBill.state, func.count()).group_by(CompensationBill.state)
-                ).all()
-            )
-        settled = (
-            sum(reductions.values()) == expected
-            and set(reductions) <= set(REDUCTION_FINAL)
-            and sum(bills.values()) == BILLS
-            and set(bills) <= set(BILL_FINAL)
-        )
-        if settled:
+        reductions, bills = order_states(db)
+        if all_in((reductions, bills), expected, BILLS):
             return
         if time.monotonic() - since > CONVERGE_WITHIN:
             raise AssertionError(

@@ -24,16 +24,16 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
-from tests.workload import FAULTS, Order, make_orders
+from tests.workload import FAULTS, Order, all_in, make_orders, order_states
 from wxrecon import intake
 from wxrecon.db import Database
 from wxrecon.models import CompensationBill, SpecialReduction
 from wxrecon.simulator import LedgerSeed, SimulatorProcess
-from wxrecon.states import BILL_ACTIVE, REDUCTION_ACTIVE
+from wxrecon.states import BILL_TERMINAL, REDUCTION_TERMINAL
 from wxrecon.worker import INTAKE_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(420)]
@@ -268,24 +268,10 @@ def test_engine_end_to_end(
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while True:
         processes.check_alive()
-        with db.read() as session:
-            reductions = dict(
-                session.execute(
-                    select(SpecialReduction.state, func.count()).group_by(SpecialReduction.state)
-                ).all()
-            )
-            bills = dict(
-                session.execute(
-                    select(CompensationBill.state, func.count()).group_by(CompensationBill.state)
-                ).all()
-            )
-        done = (
-            sum(reductions.values()) == len(orders)
-            and not set(reductions) & REDUCTION_ACTIVE
-            and sum(bills.values()) == BILLS
-            and not set(bills) & BILL_ACTIVE
-        )
-        if done:
+        reductions, bills = order_states(db)
+        # Out of flight (final, or waiting for a person): the ground-truth checks follow.
+        terminal = (REDUCTION_TERMINAL, BILL_TERMINAL)
+        if all_in((reductions, bills), len(orders), BILLS, terminal):
             break
         if time.monotonic() > deadline:
             raise AssertionError(

@@ -7,6 +7,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select
+
+from wxrecon.db import Database
+from wxrecon.models import CompensationBill, SpecialReduction
+from wxrecon.states import BILL_FINAL, REDUCTION_FINAL
+
 # Every fault kind the simulator has, at rates that leave most requests clean.
 FAULTS = [
     "system_error=0.04",
@@ -83,3 +89,29 @@ def make_orders(
         orders.extend(normal + big)
     rng.shuffle(orders)
     return orders, balances
+
+
+def order_states(db: Database) -> tuple[dict[str, int], dict[str, int]]:
+    """How many reductions and bills are in each state."""
+    with db.read() as session:
+        reductions, bills = (
+            dict(session.execute(select(model.state, func.count()).group_by(model.state)).all())
+            for model in (SpecialReduction, CompensationBill)
+        )
+    return reductions, bills
+
+
+def all_in(
+    counts: tuple[dict[str, int], dict[str, int]],
+    n_reductions: int,
+    n_bills: int,
+    states: tuple[frozenset[Any], frozenset[Any]] = (REDUCTION_FINAL, BILL_FINAL),
+) -> bool:
+    """Exactly that many reductions and bills, every one in ``states`` (default: final)."""
+    (reductions, bills), (reduction_states, bill_states) = counts, states
+    return (
+        sum(reductions.values()) == n_reductions
+        and set(reductions) <= reduction_states
+        and sum(bills.values()) == n_bills
+        and set(bills) <= bill_states
+    )
