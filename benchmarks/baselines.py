@@ -118,7 +118,8 @@ class BareFloor:
     def close(self) -> None:
         self.http.close()
 
-    def __call__(self, q: Query) -> bool:
+    def signed(self, q: Query) -> tuple[str, dict[str, str]]:
+        """The URL and headers of one query: encrypt, percent-encode once, sign."""
         encrypted = base64.b64encode(self.public.encrypt(q.bal_account_no.encode(), _OAEP))
         path = (
             f"{REDUCTION_PATH}/{q.out_request_no}?mchid={q.mchid}"
@@ -127,27 +128,29 @@ class BareFloor:
         ts, nonce = str(int(time.time())), secrets.token_hex(16)
         message = f"GET\n{path}\n{ts}\n{nonce}\n\n".encode()
         signature = base64.b64encode(self.key.sign(message, padding.PKCS1v15(), hashes.SHA256()))
-        r = self.http.get(
-            self.base + path,
-            headers={
-                "Authorization": f'WECHATPAY2-SHA256-RSA2048 mchid="{self.mchid}",'
-                f'nonce_str="{nonce}",signature="{signature.decode()}",timestamp="{ts}",'
-                f'serial_no="{self.serial}"',
-                "Accept": "application/json",
-                "User-Agent": "wxrecon-bench-floor",
-                "Wechatpay-Serial": self.key_id,
-            },
-        )
-        if r.status_code != 200:
+        return self.base + path, {
+            "Authorization": f'WECHATPAY2-SHA256-RSA2048 mchid="{self.mchid}",'
+            f'nonce_str="{nonce}",signature="{signature.decode()}",timestamp="{ts}",'
+            f'serial_no="{self.serial}"',
+            "Accept": "application/json",
+            "User-Agent": "wxrecon-bench-floor",
+            "Wechatpay-Serial": self.key_id,
+        }
+
+    def verified(self, status: int, h: Any, body: bytes) -> bool:
+        """Only a 200 whose signature verifies counts (raises on a bad signature)."""
+        if status != 200:
             return False
-        h = r.headers
-        signed = (
-            f"{h['Wechatpay-Timestamp']}\n{h['Wechatpay-Nonce']}\n".encode() + r.content + b"\n"
-        )
+        signed = f"{h['Wechatpay-Timestamp']}\n{h['Wechatpay-Nonce']}\n".encode() + body + b"\n"
         self.verify_keys[h["Wechatpay-Serial"]].verify(
             base64.b64decode(h["Wechatpay-Signature"]), signed, padding.PKCS1v15(), hashes.SHA256()
         )
         return True
+
+    def __call__(self, q: Query) -> bool:
+        url, headers = self.signed(q)
+        r = self.http.get(url, headers=headers)
+        return self.verified(r.status_code, r.headers, r.content)
 
 
 class BareFloorUrllib3(BareFloor):
@@ -164,34 +167,9 @@ class BareFloorUrllib3(BareFloor):
         self.pool.clear()
 
     def __call__(self, q: Query) -> bool:
-        encrypted = base64.b64encode(self.public.encrypt(q.bal_account_no.encode(), _OAEP))
-        path = (
-            f"{REDUCTION_PATH}/{q.out_request_no}?mchid={q.mchid}"
-            f"&bal_account_no={quote(encrypted.decode(), safe='')}"
-        )
-        ts, nonce = str(int(time.time())), secrets.token_hex(16)
-        message = f"GET\n{path}\n{ts}\n{nonce}\n\n".encode()
-        signature = base64.b64encode(self.key.sign(message, padding.PKCS1v15(), hashes.SHA256()))
-        r = self.pool.request(
-            "GET",
-            self.base + path,
-            headers={
-                "Authorization": f'WECHATPAY2-SHA256-RSA2048 mchid="{self.mchid}",'
-                f'nonce_str="{nonce}",signature="{signature.decode()}",timestamp="{ts}",'
-                f'serial_no="{self.serial}"',
-                "Accept": "application/json",
-                "User-Agent": "wxrecon-bench-floor",
-                "Wechatpay-Serial": self.key_id,
-            },
-        )
-        if r.status != 200:
-            return False
-        h = r.headers
-        signed = f"{h['Wechatpay-Timestamp']}\n{h['Wechatpay-Nonce']}\n".encode() + r.data + b"\n"
-        self.verify_keys[h["Wechatpay-Serial"]].verify(
-            base64.b64decode(h["Wechatpay-Signature"]), signed, padding.PKCS1v15(), hashes.SHA256()
-        )
-        return True
+        url, headers = self.signed(q)
+        r = self.pool.request("GET", url, headers=headers)
+        return self.verified(r.status, r.headers, r.data)
 
 
 # -- (b) wechatpayv3 Core.request ---------------------------------------------------------------
