@@ -241,14 +241,19 @@ CLIENTS: dict[str, Callable[[SimDir, str], Any]] = {
 
 
 def compare(
-    sim_dir: SimDir, base_url: str, queries: Sequence[Query], threads: int
+    sim_dir: SimDir, base_url: str, queries: Sequence[Query], threads: int, rounds: int = 3
 ) -> dict[str, LoopResult]:
-    """Each client over the same queries, one after the other."""
-    out = {}
-    for name, make in CLIENTS.items():
-        client = make(sim_dir, base_url)
-        try:
-            out[name] = run_loop(name, client, queries, threads)
-        finally:
-            client.close()
-    return out
+    """Each client over the same queries, interleaved for ``rounds`` rounds (so a burst of the
+    machine's other load hits them alike); each keeps its median round by CPU per request."""
+    runs: dict[str, list[LoopResult]] = {name: [] for name in CLIENTS}
+    for _ in range(rounds):
+        for name, make in CLIENTS.items():
+            client = make(sim_dir, base_url)
+            try:
+                runs[name].append(run_loop(name, client, queries, threads))
+            finally:
+                client.close()
+    return {
+        name: sorted(found, key=lambda r: r.cpu_ms_per_request)[len(found) // 2]
+        for name, found in runs.items()
+    }

@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-requests", type=int, default=3_000, help="queries per baseline")
     p.add_argument("--baseline-threads", type=int, default=0, help="0: workers × concurrency")
     p.add_argument(
+        "--baseline-rounds", type=int, default=3, help="interleaved rounds; the median is kept"
+    )
+    p.add_argument(
         "--claim-rows", default="10000,1000000", help="table sizes for the claim cost, SMALL,LARGE"
     )
     p.add_argument("--claim-batch", type=int, default=500)
@@ -251,11 +254,14 @@ def run_processes(
                     limit = admin.config()["rate_limit"]
                     admin.set_config(rate_limit=0)  # the baselines have no shared limiter
                     try:
-                        found = baselines.compare(sim_dir, str(sim.url), queries, threads)
+                        found = baselines.compare(
+                            sim_dir, str(sim.url), queries, threads, args.baseline_rounds
+                        )
                     finally:
                         admin.set_config(rate_limit=limit)
                     report["baselines"] = {k: v.to_json() for k, v in found.items()}
                     report["baselines"]["threads"] = threads
+                    report["baselines"]["rounds"] = args.baseline_rounds
                 admin.close()
             finally:
                 db.dispose()

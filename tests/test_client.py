@@ -45,6 +45,7 @@ from wxrecon.wechatpay.errors import (
 )
 from wxrecon.wechatpay.keys import CredentialError, Credentials
 from wxrecon.wechatpay.resources import ReductionState, ReductionType, SpecialReductionRequest
+from wxrecon.wechatpay.wire import HttpxWire, PoolWire
 
 PRIMARY = "https://primary.test"
 BACKUP = "https://backup.test"
@@ -748,18 +749,22 @@ def test_no_secret_reaches_an_exception_or_a_log(
 def test_pool_settings_and_fork_safety(credentials: Credentials) -> None:
     client = WeChatPayClient(credentials, timeouts=Timeouts(connect=1.5, read=4.0))
     assert client.timeouts.keepalive_expiry < 8  # the provider drops idle connections at 8 s
-    first, transport = client._http_client()
-    assert isinstance(transport, httpx.HTTPTransport)
-    pool = transport._pool
-    assert pool._keepalive_expiry == client.timeouts.keepalive_expiry
-    request = first.build_request("GET", "https://x.test/")
-    assert request.extensions["timeout"] == {"connect": 1.5, "read": 4.0, "write": 4.0, "pool": 4.0}
+    first = client._current_wire()
+    assert isinstance(first, PoolWire)  # no transport, no proxy: pooled http.client
+    assert first.keepalive_expiry == client.timeouts.keepalive_expiry
+    assert (first.connect_timeout, first.read_timeout) == (1.5, 4.0)
     client._pid = -1  # as if we were a forked child: the parent's sockets must not be shared
-    second, transport2 = client._http_client()
-    assert second is not first and transport2 is not transport
-    assert client._http_client()[0] is second
+    second = client._current_wire()
+    assert second is not first
+    assert client._current_wire() is second
     client.close()
     first.close()
+
+
+def test_a_proxy_goes_through_httpx(credentials: Credentials) -> None:
+    with WeChatPayClient(credentials, proxy="http://127.0.0.1:3128") as client:
+        wire = client._current_wire()
+        assert isinstance(wire, HttpxWire) and isinstance(wire.transport, httpx.HTTPTransport)
 
 
 @pytest.mark.parametrize("url", ["", "ftp://x", "not a url", "https://"])

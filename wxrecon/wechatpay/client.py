@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import re
 import threading
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import httpx
 import tenacity
@@ -47,12 +48,13 @@ from wxrecon.wechatpay.resources import (
     check_mchid,
     check_order_no,
 )
+from wxrecon.wechatpay.wire import HttpxWire, Origin, PoolWire, Reply, Wire, WireError
 
 log = logging.getLogger(__name__)
 
 PRIMARY_URL = "https://api.mch.weixin.qq.com"
 BACKUP_URL = "https://api2.mch.weixin.qq.com"
-USER_AGENT = f"wxrecon/{wxrecon.__version__} (+httpx/{httpx.__version__})"
+USER_AGENT = f"wxrecon/{wxrecon.__version__} (Python {platform.python_version()})"
 
 REDUCTION_PATH = "/v3/aggracct-bc/wb-channel/special-reduction"
 BALANCE_PATH = "/v3/aggracct-bc/wb-channel/account/balance"
@@ -75,10 +77,11 @@ Observer = Callable[[Endpoint, str, float], None]
 # Called for every failed attempt, retried or not, with (endpoint, error kind).
 ErrorObserver = Callable[[Endpoint, str], None]
 
-# Failures before a connection to the host exists: nothing was sent, and (for the primary)
-# a reason to fail over. httpx raises ConnectError for DNS, refused connections and TLS.
-_CONNECT_LEVEL = (httpx.ConnectError, httpx.ConnectTimeout)
-_NOT_SENT = (*_CONNECT_LEVEL, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_DEFAULT_HEADERS = [
+    (b"User-Agent", USER_AGENT.encode()),
+    (b"Accept", b"application/json"),
+]
+_JSON = (b"Content-Type", b"application/json")
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -155,8 +158,9 @@ class WeChatPayClient:
         self._clock = clock
         self._lock = threading.Lock()
         self._primary_down_until = 0.0
+        self._origins = {url: Origin.parse(url) for url in (self.base_url, self.backup_url) if url}
         self._pid = os.getpid()
-        self._http, self._transport = self._new_http()
+        self._wire = self._new_wire()
         # Built once: tenacity keeps per-call state in thread-locals, so one object serves all.
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(max(1, self.retry.attempts)),
@@ -169,12 +173,17 @@ class WeChatPayClient:
             reraise=True,
         )
 
-    def _new_http(self) -> tuple[httpx.Client, httpx.BaseTransport]:
-        """The pooled client that builds our requests, and the transport (the connection
-        pool) they are sent through. Sending through the transport itself skips the client's
-        cookie jar, auth and redirect layers, which this API never uses (a third of httpx's
-        per-request cost)."""
+    def _new_wire(self) -> Wire:
+        """Pooled http.client connections, unless a transport or a proxy is given: those go
+        through httpx (see :mod:`wxrecon.wechatpay.wire`)."""
         t = self.timeouts
+        if self._given_transport is None and self._proxy is None:
+            return PoolWire(
+                connect=t.connect,
+                read=t.read,
+                max_connections=self._max_connections,
+                keepalive_expiry=t.keepalive_expiry,
+            )
         transport = self._given_transport or httpx.HTTPTransport(
             limits=httpx.Limits(
                 max_connections=self._max_connections,
@@ -183,17 +192,10 @@ class WeChatPayClient:
             ),
             proxy=self._proxy,
         )
-        client = httpx.Client(
-            timeout=httpx.Timeout(t.read, connect=t.connect),
-            transport=transport,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            follow_redirects=False,
-            trust_env=False,  # proxies come from ``proxy``: requests go to ``transport`` only
-        )
-        return client, transport
+        return HttpxWire(transport, connect=t.connect, read=t.read)
 
     def close(self) -> None:
-        self._http.close()
+        self._wire.close()
 
     def __enter__(self) -> WeChatPayClient:
         return self
@@ -332,20 +334,20 @@ class WeChatPayClient:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    def _http_client(self) -> tuple[httpx.Client, httpx.BaseTransport]:
+    def _current_wire(self) -> Wire:
         if self._pid != os.getpid():  # forked (Celery prefork): never share sockets
             with self._lock:
                 if self._pid != os.getpid():
-                    self._http, self._transport = self._new_http()
+                    self._wire = self._new_wire()
                     self._pid = os.getpid()
-        return self._http, self._transport
+        return self._wire
 
     def _pick_base(self) -> str:
         if self.backup_url is not None and self._clock() < self._primary_down_until:
             return self.backup_url
         return self.base_url
 
-    def _connect_failed(self, base: str, exc: Exception) -> None:
+    def _connect_failed(self, base: str, exc: WireError) -> None:
         if self.backup_url is None:
             return
         with self._lock:
@@ -361,7 +363,7 @@ class WeChatPayClient:
             elif self._primary_down_until:
                 # The backup is failing too: give the primary its chance again at once.
                 self._primary_down_until = 0.0
-                log.warning("backup %s unreachable (%s); back to primary", base, type(exc).__name__)
+                log.warning("backup %s unreachable (%s); back to primary", base, exc.name)
 
     def _attempt(
         self,
@@ -376,40 +378,32 @@ class WeChatPayClient:
     ) -> Answer:
         if self.before_request is not None:
             self.before_request(endpoint, target_mchid)
-        http, transport = self._http_client()
+        wire = self._current_wire()
         base = self._pick_base()
-        headers = {}
+        origin = self._origins[base]
+        headers = list(_DEFAULT_HEADERS)
         if content:
-            headers["Content-Type"] = "application/json"
+            headers.append(_JSON)
         if encrypted:
-            headers["Wechatpay-Serial"] = self.credentials.encrypt_serial
-        url = base + path
-        if params:  # percent-encoded once here (base64's + / = included), parsed once by httpx
-            url += "?" + urlencode(params, quote_via=quote, safe="")
-        request = http.build_request(method, url, content=content or None, headers=headers)
-        # Sign exactly what goes on the wire: the request's own raw path and body bytes. Each
-        # attempt gets a fresh timestamp, nonce and signature over the same bytes.
-        request.headers["Authorization"] = self.credentials.authorization(
-            method, request.url.raw_path.decode("ascii"), request.content
-        )
+            headers.append((b"Wechatpay-Serial", self.credentials.encrypt_serial.encode()))
+        # Sign exactly what goes on the wire: the target is encoded here once and sent as is.
+        # Each attempt gets a fresh timestamp, nonce and signature over the same bytes.
+        target = origin.prefix + path + (_query(params) if params else "")
+        authorization = self.credentials.authorization(method, target, content)
+        headers.append((b"Authorization", authorization.encode()))
         started = time.perf_counter()
         try:
             try:
-                response = transport.handle_request(request)
-                try:
-                    response.read()
-                finally:
-                    response.close()
-            except httpx.HTTPError as exc:
-                self._observe(endpoint, type(exc).__name__, started)
-                if isinstance(exc, _CONNECT_LEVEL):
+                reply = wire.send(method, origin, target, headers, content)
+            except WireError as exc:
+                self._observe(endpoint, exc.name, started)
+                if exc.connect_level:
                     self._connect_failed(base, exc)
                 raise NetworkError(
-                    f"{method} {path} failed: {type(exc).__name__}",
-                    maybe_sent=not isinstance(exc, _NOT_SENT),
+                    f"{method} {path} failed: {exc.name}", maybe_sent=exc.sent
                 ) from None
-            self._observe(endpoint, str(response.status_code), started)
-            return self._answer(response)
+            self._observe(endpoint, str(reply.status), started)
+            return self._answer(reply)
         except WeChatPayError as exc:
             self._observe_error(endpoint, exc)
             if isinstance(exc, TransientError):
@@ -432,15 +426,12 @@ class WeChatPayClient:
             except Exception:  # metrics must never break a payment call
                 log.exception("request observer failed")
 
-    def _answer(self, response: httpx.Response) -> Answer:
-        request_id = response.headers.get("Request-ID")
-        status = response.status_code
-        body = response.content
+    def _answer(self, reply: Reply) -> Answer:
+        request_id = reply.headers.get("Request-ID")
+        status, body = reply.status, reply.body
         if 200 <= status < 300 and status != 202:
             try:
-                signing.check_response_signature(
-                    response.headers, body, self.credentials.verify_keys
-                )
+                signing.check_response_signature(reply.headers, body, self.credentials.verify_keys)
             except signing.VerificationError as exc:
                 raise UnverifiedResponse(str(exc), status=status, request_id=request_id) from None
             try:
@@ -466,6 +457,20 @@ def _check_url(url: str, name: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"{name} must be an http(s) URL with a host")
     return url
+
+
+# What quote(value, safe="") gives for base64 text (the ciphertext), without its per-character
+# Python loop: only + / = need escaping there.
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=_.~-]*")
+_BASE64_ESCAPES = str.maketrans({"+": "%2B", "/": "%2F", "=": "%3D"})
+
+
+def _query(params: dict[str, str]) -> str:
+    """``?k=v&…`` with every value percent-encoded (RFC 3986 unreserved characters kept)."""
+    return "?" + "&".join(
+        f"{k}={v.translate(_BASE64_ESCAPES) if _BASE64_TEXT.fullmatch(v) else quote(v, safe='')}"
+        for k, v in params.items()
+    )
 
 
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:

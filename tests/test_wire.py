@@ -1,0 +1,346 @@
+"""The two wires against real sockets: what goes out byte for byte, and how failures are named."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import string
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.fixtures_keys import (
+    BAL_ACCOUNT_NO,
+    MCHID,
+    PUB_KEY_ID,
+    KeySet,
+    cert_pem,
+    new_rsa_key,
+    pkcs8_pem,
+    reduction_answer,
+    signed_response,
+)
+from wxrecon.wechatpay import signing
+from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient, _query
+from wxrecon.wechatpay.errors import OutcomeUnknown
+from wxrecon.wechatpay.keys import Credentials
+from wxrecon.wechatpay.resources import ReductionType, SpecialReductionRequest
+from wxrecon.wechatpay.wire import HttpxWire, Origin, PoolWire, ReplyHeaders, WireError
+
+# A server's behaviour: given the raw request bytes it read, the bytes to answer (None: stay
+# silent until the client gives up).
+Behaviour = Callable[[bytes], bytes | None]
+
+
+class RawServer:
+    """One-connection-at-a-time HTTP/1.1 server on loopback that records raw requests."""
+
+    def __init__(self, behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> None:
+        self.behaviour = behaviour
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._drop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):  # a client that does not trust us hangs up
+                    conn.close()
+                    continue
+            with conn:
+                conn.settimeout(0.05)
+                while not self._drop.is_set():
+                    raw = _read_request(conn)
+                    if raw == b"idle":
+                        continue
+                    conn.settimeout(5)
+                    if not raw:
+                        break
+                    self.requests.append(raw)
+                    answer = self.behaviour(raw)
+                    if answer is None:
+                        self._stop.wait(3)
+                        break
+                    conn.sendall(answer)
+                    conn.settimeout(0.05)
+                    if not answer or b"Connection: close" in answer:
+                        break
+            self._drop.clear()
+
+    def drop_connections(self) -> None:
+        """Close the connection being kept alive (as a server retiring it would)."""
+        self._drop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """One request's bytes; b"" when the client closed; b"idle" when nothing came yet."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                if data:
+                    raise
+                return b"idle"
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            body += conn.recv(65536)
+    except (TimeoutError, ConnectionError):
+        return data
+    return data
+
+
+def _http(response: httpx.Response) -> bytes:
+    head = f"HTTP/1.1 {response.status_code} OK\r\n".encode()
+    for name, value in response.headers.raw:
+        head += name + b": " + value + b"\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(response.content) + response.content
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., RawServer]]:
+    servers: list[RawServer] = []
+
+    def start(behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> RawServer:
+        servers.append(RawServer(behaviour, tls))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def _client(credentials: Credentials, base: str, **kw: object) -> WeChatPayClient:
+    kw.setdefault("retry", RetryPolicy(attempts=1))
+    kw.setdefault("timeouts", Timeouts(connect=1, read=0.5))
+    return WeChatPayClient(credentials, base_url=base, backup_url=None, **kw)  # type: ignore[arg-type]
+
+
+def _request() -> SpecialReductionRequest:
+    return SpecialReductionRequest.create(
+        mchid=MCHID,
+        bal_account_no=BAL_ACCOUNT_NO,
+        out_request_no="W0001",
+        reduction_type=ReductionType.FINANCIAL_PENALTY,
+        amount=100,
+        reason="penalty",
+    )
+
+
+def _signed_by(
+    credentials: Credentials, authorization: str, method: str, target: str, body: bytes
+) -> bool:
+    auth = signing.parse_authorization(authorization)
+    message = signing.request_message(method, target, auth.timestamp, auth.nonce_str, body)
+    return signing.verify(credentials.private_key.public_key(), message, auth.signature)
+
+
+def test_pool_wire_sends_the_signed_target_and_body_verbatim(
+    credentials: Credentials, keys: KeySet, serve: Callable[..., RawServer]
+) -> None:
+    answer = reduction_answer(keys, "W0001")
+    server = serve(lambda raw: _http(signed_response(keys, answer)))
+    with _client(credentials, server.url) as client:
+        assert isinstance(client._current_wire(), PoolWire)
+        client.submit_special_reduction(_request())
+        client.query_special_reduction("W0001", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
+    post, get = server.requests
+    head, _, body = post.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /v3/aggracct-bc/wb-channel/special-reduction HTTP/1.1"
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    assert headers["host"] == f"127.0.0.1:{server.port}"
+    assert headers["content-length"] == str(len(body))
+    assert headers["content-type"] == "application/json"
+    assert headers["wechatpay-serial"] == PUB_KEY_ID
+    assert headers["user-agent"].startswith("wxrecon/") and headers["accept"] == "application/json"
+    # The signature covers exactly the request line's target and the body bytes sent.
+    signed_target = lines[0].split(" ")[1]
+    assert _signed_by(credentials, headers["authorization"], "POST", signed_target, body)
+    get_line = get.split(b"\r\n", 1)[0].decode()
+    target = get_line.split(" ")[1]
+    assert target.startswith("/v3/aggracct-bc/wb-channel/special-reduction/W0001?mchid=" + MCHID)
+    ciphertext = target.split("&bal_account_no=", 1)[1]
+    assert ciphertext.endswith("%3D") and not any(c in ciphertext for c in "+/=")
+    get_headers = dict(
+        line.split(": ", 1) for line in get.partition(b"\r\n\r\n")[0].decode().split("\r\n")[1:]
+    )
+    assert "Content-Length" not in get_headers and "Content-Type" not in get_headers
+    assert _signed_by(credentials, get_headers["Authorization"], "GET", target, b"")
+
+
+def test_refused_connection_is_connect_level_and_not_sent(credentials: Credentials) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wire = PoolWire(connect=1, read=1, max_connections=2, keepalive_expiry=5)
+    with pytest.raises(WireError) as caught:
+        wire.send("GET", Origin.parse(f"http://127.0.0.1:{port}"), "/x", [], b"")
+    assert caught.value.name == "ConnectError"
+    assert caught.value.connect_level and not caught.value.sent
+    with _client(credentials, f"http://127.0.0.1:{port}") as client, pytest.raises(OutcomeUnknown):
+        client.submit_special_reduction(_request())  # a POST's failure is always reported so
+    wire.close()
+
+
+def test_a_connection_closed_without_an_answer_may_have_landed(
+    serve: Callable[..., RawServer],
+) -> None:
+    server = serve(lambda raw: b"")
+    wire = PoolWire(connect=1, read=1, max_connections=2, keepalive_expiry=5)
+    with pytest.raises(WireError) as caught:
+        wire.send("POST", Origin.parse(server.url), "/x", [], b"{}")
+    assert caught.value.name == "RemoteProtocolError"
+    assert caught.value.sent and not caught.value.connect_level
+    wire.close()
+
+
+def test_reply_headers_are_case_insensitive_and_join_repeats() -> None:
+    h = ReplyHeaders.of([("Request-ID", "abc"), ("X-A", "1"), ("x-a", "2")])
+    assert h.get("request-id") == h["REQUEST-ID"] == "abc"
+    assert h.get("X-A") == "1, 2" and h.get("missing") is None
+
+
+def test_httpx_wire_refuses_a_target_httpx_would_re_encode() -> None:
+    wire = HttpxWire(httpx.MockTransport(lambda r: httpx.Response(200)), connect=1, read=1)
+    origin = Origin.parse("https://api.example.test")
+    assert wire.send("GET", origin, "/ok?a=%2B", [], b"").status == 200
+    with pytest.raises(ValueError, match="re-encoded"):
+        wire.send("GET", origin, "/a b", [], b"")
+
+
+def test_origin_keeps_a_base_path_and_port() -> None:
+    o = Origin.parse("https://api.example.test:8443/prefix/")
+    assert (o.scheme, o.host, o.port, o.prefix) == ("https", "api.example.test", 8443, "/prefix")
+    assert o.host_header == b"api.example.test:8443"
+    assert Origin.parse("https://api.example.test").port is None
+
+
+@given(st.text(max_size=60) | st.text(alphabet=string.ascii_letters + string.digits + "+/="))
+def test_query_encoding_equals_quote(value: str) -> None:
+    assert _query({"k": value, "mchid": "1900"}) == f"?k={quote(value, safe='')}&mchid=1900"
+
+
+def _ok(raw: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _get(wire: PoolWire, server: RawServer) -> int:
+    return wire.send("GET", Origin.parse(server.url), "/x", [], b"").status
+
+
+def test_pool_wire_keeps_connections_alive_and_retires_them(
+    serve: Callable[..., RawServer],
+) -> None:
+    server = serve(_ok)
+    wire = PoolWire(connect=1, read=1, max_connections=2, keepalive_expiry=0.3)
+    assert [_get(wire, server) for _ in range(3)] == [200, 200, 200]
+    assert server.connections == 1  # one TCP connection carried all three
+    time.sleep(0.4)  # idle past keepalive_expiry: retired, a new one is opened
+    assert _get(wire, server) == 200 and server.connections == 2
+    wire.close()
+
+
+def test_pool_wire_replaces_an_idle_connection_the_server_closed(
+    serve: Callable[..., RawServer],
+) -> None:
+    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    server = serve(lambda raw: closing if len(server.requests) == 1 else _ok(raw))
+    wire = PoolWire(connect=1, read=1, max_connections=2, keepalive_expiry=5)
+    assert _get(wire, server) == 200  # "Connection: close": not put back in the pool
+    assert _get(wire, server) == 200 and server.connections == 2
+    time.sleep(0.1)
+    server.drop_connections()  # the server closes the idle keep-alive connection
+    time.sleep(0.1)
+    assert _get(wire, server) == 200  # noticed before sending: no error, a fresh connection
+    assert server.connections == 3
+    wire.close()
+
+
+def test_pool_wire_waits_for_a_free_slot_then_times_out() -> None:
+    wire = PoolWire(connect=1, read=0.2, max_connections=1, keepalive_expiry=5)
+    assert wire._slots.acquire(timeout=0)  # the only slot is busy
+    with pytest.raises(WireError) as caught:
+        wire.send("GET", Origin.parse("http://127.0.0.1:9"), "/x", [], b"")
+    assert caught.value.name == "PoolTimeout" and not caught.value.sent
+
+
+@pytest.fixture
+def localhost_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (its own CA) and its key, as PEM files."""
+    key = new_rsa_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert_pem(cert))
+    (tmp_path / "key.pem").write_bytes(pkcs8_pem(key))
+    return tmp_path / "cert.pem", tmp_path / "key.pem"
+
+
+def test_pool_wire_speaks_tls(
+    localhost_cert: tuple[Path, Path], serve: Callable[..., RawServer]
+) -> None:
+    cert, key = localhost_cert
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    server = serve(_ok, server_side)
+    context = ssl.create_default_context(cafile=str(cert))
+    wire = PoolWire(connect=1, read=1, max_connections=2, keepalive_expiry=5, ssl_context=context)
+    https = Origin.parse(server.url.replace("http://127.0.0.1", "https://localhost"))
+    assert wire.send("GET", https, "/x", [], b"").status == 200
+    wire.close()  # the server serves one connection at a time
+    untrusted = PoolWire(connect=1, read=1, max_connections=2, keepalive_expiry=5)
+    with pytest.raises(WireError) as caught:  # certifi's roots do not know our test CA
+        untrusted.send("GET", https, "/x", [], b"")
+    assert caught.value.name == "ConnectError" and caught.value.connect_level
