@@ -79,7 +79,6 @@ class RawServer:
                     raw = _read_request(conn)
                     if raw == b"idle":
                         continue
-                    conn.settimeout(5)
                     if not raw:
                         break
                     self.requests.append(raw)
@@ -117,6 +116,7 @@ def _read_request(conn: socket.socket) -> bytes:
             if not chunk:
                 return data
             data += chunk
+            conn.settimeout(5)  # a request has begun: wait for the rest of it
         head, _, body = data.partition(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n")[1:]:
@@ -127,7 +127,7 @@ def _read_request(conn: socket.socket) -> bytes:
             body += conn.recv(65536)
     except (TimeoutError, ConnectionError):
         return data
-    return data
+    return head + b"\r\n\r\n" + body
 
 
 def _http(response: httpx.Response) -> bytes:

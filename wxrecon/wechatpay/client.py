@@ -459,18 +459,20 @@ def _check_url(url: str, name: str) -> str:
     return url
 
 
-# What quote(value, safe="") gives for base64 text (the ciphertext), without its per-character
+# What quote(value, safe="") gives for base64 text (the ciphertext) without its per-character
 # Python loop: only + / = need escaping there.
 _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=_.~-]*")
-_BASE64_ESCAPES = str.maketrans({"+": "%2B", "/": "%2F", "=": "%3D"})
+
+
+def _quote(value: str) -> str:
+    if _BASE64_TEXT.fullmatch(value):
+        return value.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    return quote(value, safe="")
 
 
 def _query(params: dict[str, str]) -> str:
     """``?k=v&…`` with every value percent-encoded (RFC 3986 unreserved characters kept)."""
-    return "?" + "&".join(
-        f"{k}={v.translate(_BASE64_ESCAPES) if _BASE64_TEXT.fullmatch(v) else quote(v, safe='')}"
-        for k, v in params.items()
-    )
+    return "?" + "&".join(f"{k}={_quote(v)}" for k, v in params.items())
 
 
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:
