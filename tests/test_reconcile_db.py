@@ -168,3 +168,39 @@ def test_database_errors_never_carry_statement_parameters(db_url: str) -> None:
         engine.dispose()
     assert secret not in str(info.value)
     assert "hidden due to hide_parameters" in str(info.value)
+
+
+def test_pinned_transactions_share_one_connection_and_commit_each(pg_db: Database) -> None:
+    """One checkout for an order's step; every transaction in it still commits on its own."""
+    pool = pg_db.engine.pool
+    with pg_db.begin() as conn:
+        conn.execute(text("CREATE TABLE pin_probe (n int)"))
+    with pg_db.pinned():
+        checked_out = pool.checkedout()  # type: ignore[attr-defined]
+        with pg_db.connect() as first:
+            assert first.execute(text("SELECT count(*) FROM pin_probe")).scalar() == 0
+        assert not first.in_transaction()  # the read ended its transaction
+        with pg_db.begin() as conn:
+            assert conn is first
+            conn.execute(text("INSERT INTO pin_probe VALUES (1)"))
+        # Committed, as seen from another connection while the pin is still held.
+        with pg_db.engine.connect() as other:
+            assert other.execute(text("SELECT count(*) FROM pin_probe")).scalar() == 1
+        with pytest.raises(DBAPIError), pg_db.begin() as conn:
+            conn.execute(text("INSERT INTO pin_probe VALUES (2)"))
+            conn.execute(text("SELECT 1/0"))
+        with pg_db.begin() as conn:  # the failed transaction rolled back; the pin goes on
+            conn.execute(text("INSERT INTO pin_probe VALUES (3)"))
+        with pg_db.pinned(), pg_db.connect() as nested:  # nesting keeps the same connection
+            assert nested is first
+        assert pool.checkedout() == checked_out  # type: ignore[attr-defined]
+    with pg_db.connect() as conn:
+        assert sorted(conn.execute(text("SELECT n FROM pin_probe")).scalars()) == [1, 3]
+        assert conn is not first
+
+
+def test_pinning_is_a_no_op_on_sqlite(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    with db.pinned(), db.connect() as a, db.connect() as b:
+        assert a is not b  # SQLite reads keep their own (lock-free) connections
+    db.dispose()

@@ -469,6 +469,10 @@ class Reconciler:
         Returns None when the row is gone or the claim is no longer ours (a newer claim or
         an operator action took over): nothing is done then.
         """
+        with self.db.pinned():
+            return self._process_reduction(order_id, token)
+
+    def _process_reduction(self, order_id: int, token: str) -> str | None:
         row = load_row(self.db, SpecialReduction, order_id)
         if row is None:
             log.warning("reduction %s does not exist", order_id)
@@ -631,6 +635,10 @@ class Reconciler:
 
     def process_bill(self, order_id: int, token: str) -> str | None:
         """Query one claimed compensation bill and record what the provider says."""
+        with self.db.pinned():
+            return self._process_bill(order_id, token)
+
+    def _process_bill(self, order_id: int, token: str) -> str | None:
         row = load_row(self.db, CompensationBill, order_id)
         if row is None:
             log.warning("bill %s does not exist", order_id)
