@@ -3,8 +3,8 @@
 - :class:`PoolWire` (the default) keeps the standard library's ``http.client`` connections
   alive in a small pool. The client has already percent-encoded and signed the request
   target, so nothing here parses a URL (httpx scans every character of the long ciphertext in
-  a query string) or builds request and response models: measured on the benchmark's query,
-  this costs about half of httpx's, and 60 % of httpcore's, per-request Python work.
+  a query string) or builds request and response models: measured alone here, a query's
+  exchange costs 0.24 ms of CPU this way, 0.43 ms through httpcore and more through httpx.
 - :class:`HttpxWire` sends through any httpx transport: an HTTP proxy, or ``MockTransport``
   in tests.
 
