@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -27,16 +26,11 @@ from sqlalchemy.engine import make_url
 
 from wxrecon.db import normalize_url, upgrade
 from wxrecon.demo.procs import Child, Supervisor
+from wxrecon.demo.run import free_port
 from wxrecon.worker import INTAKE_QUEUE
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env() -> dict[str, str]:

@@ -25,6 +25,7 @@ from tests.fixtures_keys import (
     signed_response,
 )
 from wxrecon.config import Settings
+from wxrecon.demo.run import free_port
 from wxrecon.provider import build_client
 from wxrecon.wechatpay import signing
 from wxrecon.wechatpay.client import Endpoint, RetryPolicy, Timeouts, WeChatPayClient
@@ -872,20 +873,12 @@ class _Server:
         self.httpd.server_close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_real_sockets_refused_primary_fails_over_and_keeps_alive(
     keys: KeySet, credentials: Credentials
 ) -> None:
     body = json.dumps(BALANCE).encode()
     backup = _Server(lambda: (200, signed_headers(keys, body), body))
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     try:
         client = WeChatPayClient(
             credentials,

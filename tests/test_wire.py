@@ -31,6 +31,7 @@ from tests.fixtures_keys import (
     reduction_answer,
     signed_response,
 )
+from wxrecon.demo.run import free_port
 from wxrecon.wechatpay import signing
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient, _query
 from wxrecon.wechatpay.errors import OutcomeUnknown
@@ -210,9 +211,7 @@ def test_pool_wire_sends_the_signed_target_and_body_verbatim(
 
 
 def test_refused_connection_is_connect_level_and_not_sent(credentials: Credentials) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     wire = PoolWire(connect=1, read=1, max_connections=2, keepalive_expiry=5)
     with pytest.raises(WireError) as caught:
         wire.send("GET", Origin.parse(f"http://127.0.0.1:{port}"), "/x", [], b"")
