@@ -147,7 +147,7 @@ class Database:
     def begin(self) -> Iterator[Connection]:
         """One write transaction on a Core connection, without the ORM's unit of work (the
         engine's hot path): commits on success, rolls back on error. No on_commit hooks."""
-        pinned: Connection | None = getattr(self._pin, "conn", None)
+        pinned = self._pinned
         if pinned is not None:
             with pinned.begin():
                 yield pinned
@@ -158,7 +158,7 @@ class Database:
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A read-only Core connection (no write lock on SQLite); never commits."""
-        pinned: Connection | None = getattr(self._pin, "conn", None)
+        pinned = self._pinned
         if pinned is not None:
             try:
                 yield pinned
@@ -168,13 +168,18 @@ class Database:
         with self._read_engine.connect() as conn:
             yield conn
 
+    @property
+    def _pinned(self) -> Connection | None:
+        conn: Connection | None = getattr(self._pin, "conn", None)
+        return conn
+
     @contextmanager
     def pinned(self) -> Iterator[None]:
         """Within this block, this thread's ``begin()`` and ``connect()`` share one pooled
         PostgreSQL connection: one checkout (and one pre-ping) for the several short
         transactions of one order's step, instead of one each. Each transaction still
         commits on its own. A no-op on SQLite, whose reads must not take the write lock."""
-        if not self.is_postgresql or getattr(self._pin, "conn", None) is not None:
+        if not self.is_postgresql or self._pinned is not None:
             yield
             return
         with self.engine.connect() as conn:

@@ -404,6 +404,19 @@ def claim_due_bills(
 # -- processing -------------------------------------------------------------------------------
 
 
+def _on_one_connection(
+    step: Callable[[Reconciler, int, str], str | None],
+) -> Callable[[Reconciler, int, str], str | None]:
+    """One order's step (its read, compare-and-sets and commits) on one pinned connection."""
+
+    @functools.wraps(step)
+    def run(self: Reconciler, order_id: int, token: str) -> str | None:
+        with self.db.pinned():
+            return step(self, order_id, token)
+
+    return run
+
+
 @dataclass
 class Reconciler:
     """Works on one claimed order at a time: I/O with the provider, CAS writes to the DB."""
@@ -463,16 +476,13 @@ class Reconciler:
 
     # -- reductions ------------------------------------------------------------------------
 
+    @_on_one_connection
     def process_reduction(self, order_id: int, token: str) -> str | None:
         """Advance one claimed reduction as far as one step allows; returns its state.
 
         Returns None when the row is gone or the claim is no longer ours (a newer claim or
         an operator action took over): nothing is done then.
         """
-        with self.db.pinned():
-            return self._process_reduction(order_id, token)
-
-    def _process_reduction(self, order_id: int, token: str) -> str | None:
         row = load_row(self.db, SpecialReduction, order_id)
         if row is None:
             log.warning("reduction %s does not exist", order_id)
@@ -633,12 +643,9 @@ class Reconciler:
 
     # -- bills -----------------------------------------------------------------------------
 
+    @_on_one_connection
     def process_bill(self, order_id: int, token: str) -> str | None:
         """Query one claimed compensation bill and record what the provider says."""
-        with self.db.pinned():
-            return self._process_bill(order_id, token)
-
-    def _process_bill(self, order_id: int, token: str) -> str | None:
         row = load_row(self.db, CompensationBill, order_id)
         if row is None:
             log.warning("bill %s does not exist", order_id)
