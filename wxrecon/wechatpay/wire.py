@@ -14,6 +14,7 @@ Both send the target exactly as signed, report a transport failure as :class:`Wi
 
 from __future__ import annotations
 
+import functools
 import http.client
 import select
 import socket
@@ -98,10 +99,6 @@ class Wire(Protocol):
     ) -> Reply: ...
 
     def close(self) -> None: ...
-
-
-def timeout_extension(connect: float, read: float) -> dict[str, float]:
-    return {"connect": connect, "read": read, "write": read, "pool": read}
 
 
 _HTTPX_CONNECT = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -251,15 +248,10 @@ def _readable(sock: socket.socket | None) -> bool:
         return True
 
 
-_SSL_CONTEXT: ssl.SSLContext | None = None
-
-
+@functools.cache
 def _default_ssl_context() -> ssl.SSLContext:
     """httpx's default context (certifi's roots, SSL_CERT_FILE honoured), made once."""
-    global _SSL_CONTEXT
-    if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = httpx.create_ssl_context()
-    return _SSL_CONTEXT
+    return httpx.create_ssl_context()
 
 
 class HttpxWire:
@@ -267,7 +259,9 @@ class HttpxWire:
 
     def __init__(self, transport: httpx.BaseTransport, *, connect: float, read: float) -> None:
         self.transport = transport
-        self.extensions = {"timeout": timeout_extension(connect, read)}
+        self.extensions = {
+            "timeout": {"connect": connect, "read": read, "write": read, "pool": read}
+        }
 
     def send(
         self,
