@@ -113,8 +113,8 @@ def submit_all(db: Database, orders: list[Planned], enqueue: Callable[..., None]
     started = time.perf_counter()
     for i in range(0, len(orders), INTAKE_BATCH):
         with db.transaction() as session:
-            for o in orders[i : i + INTAKE_BATCH]:
-                intake.submit_reduction(session, **o.kwargs(), enqueue=enqueue, lease=LEASE)
+            batch = [o.kwargs() for o in orders[i : i + INTAKE_BATCH]]
+            intake.submit_reductions(session, batch, enqueue=enqueue, lease=LEASE)
     return time.perf_counter() - started
 
 

@@ -12,14 +12,15 @@ Apps that do not import wxrecon send the public Celery tasks by name instead
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from wxrecon.config import get_settings
 from wxrecon.db import on_commit
-from wxrecon.reconcile import IntakeResult, intake_bill, intake_reduction
+from wxrecon.reconcile import MAX_CHUNK, IntakeResult, intake_bill, intake_reduction, new_token
+from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 
 # (task name, kwargs) -> None; the default sends through wxrecon's Celery app.
@@ -66,6 +67,58 @@ def submit_reduction(
         kwargs = {"id": result.order_id, "token": result.token}
         on_commit(session, lambda: send("wxrecon.poll_reduction", kwargs))
     return result
+
+
+ORDER_FIELDS = frozenset(
+    ("mchid", "bal_account_no", "out_request_no", "reduction_type", "amount", "reason")
+)
+
+
+def _request(position: int, order: Mapping[str, object]) -> SpecialReductionRequest:
+    unknown = sorted(str(k)[:40] for k in order if k not in ORDER_FIELDS)
+    try:
+        if unknown:
+            raise InvalidRequest(f"unknown field(s): {', '.join(unknown[:5])}")
+        return SpecialReductionRequest.create(**{name: order.get(name) for name in ORDER_FIELDS})
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"order #{position}: {exc}") from None
+
+
+def submit_reductions(
+    session: Session,
+    orders: Iterable[Mapping[str, object]],
+    *,
+    enqueue: Enqueue | None = None,
+    lease: float | None = None,
+    chunk: int | None = None,
+) -> list[IntakeResult]:
+    """Many orders in ``session``'s transaction, published as few messages.
+
+    Every order is validated before anything is written (InvalidRequest naming the first bad
+    one's position). The new rows share one claim token and, after commit, are enqueued as
+    ``wxrecon.poll_reductions`` messages of ``chunk`` orders (default ``poll_chunk``), the
+    same messages a sweep sends, instead of one message per order. A Conflict (an order that
+    exists with other parameters) propagates: roll the transaction back, as for one order.
+    Orders that already exist, or repeat within ``orders``, are returned and not enqueued.
+    """
+    requests = [_request(i, order) for i, order in enumerate(orders)]
+    settings = get_settings()
+    token = new_token()
+    lease = settings.claim_lease if lease is None else lease
+    results: list[IntakeResult] = []
+    claimed: dict[int, None] = {}  # ordered set: an order repeated in the batch is sent once
+    for request in requests:
+        result = intake_reduction(session, request, token=token, lease=lease)
+        results.append(result)
+        if result.token is not None:
+            claimed[result.order_id] = None
+    if claimed:
+        send = default_enqueue if enqueue is None else enqueue
+        size = min(max(1, chunk or settings.poll_chunk), MAX_CHUNK)
+        ids = list(claimed)
+        messages = [{"ids": ids[i : i + size], "token": token} for i in range(0, len(ids), size)]
+        on_commit(session, lambda: [send("wxrecon.poll_reductions", m) for m in messages])
+    return results
 
 
 def track_bill(

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
@@ -72,8 +72,10 @@ log = logging.getLogger(__name__)
 ENGINE_ACTOR = "engine"
 DEFAULT_REENTRY_GRACE = 30.0  # seconds after a POST during which NotFound proves nothing
 MAX_ERROR_TEXT = 1000
+MAX_CHUNK = 1000  # orders per poll message, at most
 
 Clock = Callable[[], datetime]
+Step = Callable[[], "str | None"]  # one order's step of a chunk: returns its state
 
 __all__ = [
     "Claim",
@@ -483,7 +485,33 @@ class Reconciler:
         Returns None when the row is gone or the claim is no longer ours (a newer claim or
         an operator action took over): nothing is done then.
         """
-        row = load_row(self.db, SpecialReduction, order_id)
+        return self._reduction_step(order_id, token, load_row(self.db, SpecialReduction, order_id))
+
+    def reduction_steps(self, ids: Sequence[int], token: str) -> Generator[Step, None, None]:
+        """The steps of a chunk of reductions claimed together under ``token``, to be called
+        in turn (each one isolated by the caller): one pinned connection and one select for
+        the chunk's rows instead of one each. A row read at the start may have moved on by
+        its turn; every write is a compare-and-set, so a stale row only loses the race."""
+        return self._steps(SpecialReduction, self._reduction_step, ids, token)
+
+    def bill_steps(self, ids: Sequence[int], token: str) -> Generator[Step, None, None]:
+        return self._steps(CompensationBill, self._bill_step, ids, token)
+
+    def _steps(
+        self,
+        model: type[Any],
+        step: Callable[[int, str, Any], str | None],
+        ids: Sequence[int],
+        token: str,
+    ) -> Generator[Step, None, None]:
+        with self.db.pinned():
+            rows = load_rows(self.db, model, ids)
+            for order_id in ids:
+                yield functools.partial(step, order_id, token, rows.get(order_id))
+
+    def _reduction_step(
+        self, order_id: int, token: str, row: SpecialReduction | None
+    ) -> str | None:
         if row is None:
             log.warning("reduction %s does not exist", order_id)
             return None
@@ -646,7 +674,9 @@ class Reconciler:
     @_on_one_connection
     def process_bill(self, order_id: int, token: str) -> str | None:
         """Query one claimed compensation bill and record what the provider says."""
-        row = load_row(self.db, CompensationBill, order_id)
+        return self._bill_step(order_id, token, load_row(self.db, CompensationBill, order_id))
+
+    def _bill_step(self, order_id: int, token: str, row: CompensationBill | None) -> str | None:
         if row is None:
             log.warning("bill %s does not exist", order_id)
             return None
@@ -909,13 +939,26 @@ def _cas_statement(kind: Kind, keys: tuple[str, ...], with_event: bool) -> Any:
     )
 
 
-def load_row(db: Database, model: type[Any], order_id: int) -> Any:
-    """The order's row as a detached (transient) ``model`` instance, read with one Core
-    select outside any ORM session; None when there is no such row."""
+def _rows_select(model: type[Any]) -> Any:
     table = model.__table__
+    return select(table).where(table.c.id.in_(bindparam("ids", expanding=True)))
+
+
+# Built once: building a statement per call costs more CPU than its cached compilation.
+_ROWS_SELECT = {model: _rows_select(model) for model in (SpecialReduction, CompensationBill)}
+
+
+def load_rows(db: Database, model: type[Any], ids: Sequence[int]) -> dict[int, Any]:
+    """The orders' rows by id as detached (transient) ``model`` instances, read with one
+    Core select outside any ORM session; ids with no row are absent."""
     with db.connect() as conn:
-        found = conn.execute(select(table).where(table.c.id == order_id)).mappings().first()
-    return None if found is None else model(**found)
+        found = conn.execute(_ROWS_SELECT[model], {"ids": list(ids)}).mappings().all()
+    return {m["id"]: model(**m) for m in found}
+
+
+def load_row(db: Database, model: type[Any], order_id: int) -> Any:
+    """The order's row (see :func:`load_rows`); None when there is no such row."""
+    return load_rows(db, model, (order_id,)).get(order_id)
 
 
 def _provider_differences(

@@ -19,6 +19,8 @@ nowhere else.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
+from contextlib import closing
 from typing import Any
 
 from celery import Task
@@ -26,7 +28,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from wxrecon import runtime
-from wxrecon.reconcile import Claim, Conflict, intake_bill, intake_reduction
+from wxrecon.reconcile import MAX_CHUNK, Claim, Conflict, Step, intake_bill, intake_reduction
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app
@@ -160,13 +162,10 @@ def poll_bill(id: Any = None, token: Any = None) -> str | None:
     return runtime.get().reconciler().process_bill(*args)
 
 
-MAX_POLL_CHUNK = 1000
-
-
 def _chunk_args(ids: Any, token: Any) -> tuple[list[int], str] | None:
     ok = (
         isinstance(ids, list)
-        and 0 < len(ids) <= MAX_POLL_CHUNK
+        and 0 < len(ids) <= MAX_CHUNK
         and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
         and isinstance(token, str)
         and token
@@ -177,28 +176,31 @@ def _chunk_args(ids: Any, token: Any) -> tuple[list[int], str] | None:
     return ids, token
 
 
-def _process_chunk(process: Any, ids: list[int], token: str) -> int:
+def _process_chunk(steps: Generator[Step, None, None], ids: list[int]) -> int:
     done = 0
-    for order_id in ids:
-        try:
-            process(order_id, token)
-        except SoftTimeLimitExceeded:
-            # Out of time: the rest keep their lease and come back with the next sweep.
-            log.warning("poll chunk out of time after %d of %d orders", done, len(ids))
-            raise
-        except Exception:
-            log.exception("polling order %s failed; its lease will expire and return it", order_id)
-        done += 1
+    with closing(steps):  # ends the chunk's pinned connection even when out of time
+        for order_id, step in zip(ids, steps, strict=True):
+            try:
+                step()
+            except SoftTimeLimitExceeded:
+                # Out of time: the rest keep their lease and come back with the next sweep.
+                log.warning("poll chunk out of time after %d of %d orders", done, len(ids))
+                raise
+            except Exception:
+                log.exception(
+                    "polling order %s failed; its lease will expire and return it", order_id
+                )
+            done += 1
     return done
 
 
 @app.task(name="wxrecon.poll_reductions", queue=POLL_QUEUE)
 def poll_reductions(ids: Any = None, token: Any = None) -> int:
-    """Process a chunk of reductions claimed together by one sweep (one token)."""
+    """Process a chunk of reductions claimed together (one sweep's, or one bulk intake's)."""
     args = _chunk_args(ids, token)
     if args is None:
         return 0
-    return _process_chunk(runtime.get().reconciler().process_reduction, *args)
+    return _process_chunk(runtime.get().reconciler().reduction_steps(*args), args[0])
 
 
 @app.task(name="wxrecon.poll_bills", queue=POLL_QUEUE)
@@ -206,7 +208,7 @@ def poll_bills(ids: Any = None, token: Any = None) -> int:
     args = _chunk_args(ids, token)
     if args is None:
         return 0
-    return _process_chunk(runtime.get().reconciler().process_bill, *args)
+    return _process_chunk(runtime.get().reconciler().bill_steps(*args), args[0])
 
 
 class _Dispatcher:
