@@ -23,6 +23,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from wxrecon import runtime
+from wxrecon.config import Settings
 from wxrecon.db import Database, normalize_url, upgrade
 from wxrecon.wechatpay.resources import (
     BillState,
@@ -268,3 +270,17 @@ class FakeProvider:
 @pytest.fixture
 def provider() -> FakeProvider:
     return FakeProvider()
+
+
+@pytest.fixture
+def installed(db: Database, tmp_path: Path) -> Iterator[tuple[Database, FakeProvider]]:
+    """The process runtime on ``db`` and a FakeProvider, as the tasks see it."""
+    provider = FakeProvider()
+    settings = Settings.model_validate(
+        {"database_url": db.url, "data_dir": tmp_path, "poll_schedule": [1.0], "poll_jitter": 0}
+    )
+    runtime.install(runtime.Runtime(settings, _db=db, _client=provider))
+    try:
+        yield db, provider
+    finally:
+        runtime.install(None)

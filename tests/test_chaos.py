@@ -229,10 +229,17 @@ def run_chaos(
             if (pending or bills) and now >= next_intake:
                 batch, pending = pending[:INTAKE_BATCH], pending[INTAKE_BATCH:]
                 with db.transaction() as session:
-                    for order in batch:
-                        intake.submit_reduction(
-                            session, **order.kwargs(), enqueue=enqueue, lease=15
+                    # Alternate the two helpers: one message per order, one per chunk.
+                    if len(pending) // INTAKE_BATCH % 2:
+                        kwargs = [order.kwargs() for order in batch]
+                        intake.submit_reductions(
+                            session, kwargs, enqueue=enqueue, lease=15, chunk=4
                         )
+                    else:
+                        for order in batch:
+                            intake.submit_reduction(
+                                session, **order.kwargs(), enqueue=enqueue, lease=15
+                            )
                     if not pending:
                         for number in bills:
                             intake.track_bill(session, number, enqueue=enqueue, lease=15)

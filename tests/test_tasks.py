@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,19 +89,6 @@ def test_public_task_names_and_routes() -> None:
 
 
 # -- tasks over the domain -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def installed(db: Database, tmp_path: Path) -> Iterator[tuple[Database, FakeProvider]]:
-    provider = FakeProvider()
-    settings = Settings.model_validate(
-        {"database_url": db.url, "data_dir": tmp_path, "poll_schedule": [1.0], "poll_jitter": 0}
-    )
-    runtime.install(runtime.Runtime(settings, _db=db, _client=provider))
-    try:
-        yield db, provider
-    finally:
-        runtime.install(None)
 
 
 def count(db: Database, model: Any = SpecialReduction) -> int:

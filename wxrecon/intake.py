@@ -12,6 +12,7 @@ Apps that do not import wxrecon send the public Celery tasks by name instead
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -117,7 +118,8 @@ def submit_reductions(
         size = min(max(1, chunk or settings.poll_chunk), MAX_CHUNK)
         ids = list(claimed)
         messages = [{"ids": ids[i : i + size], "token": token} for i in range(0, len(ids), size)]
-        on_commit(session, lambda: [send("wxrecon.poll_reductions", m) for m in messages])
+        for message in messages:  # one callback each: a failed send does not stop the rest
+            on_commit(session, functools.partial(send, "wxrecon.poll_reductions", message))
     return results
 
 

@@ -76,6 +76,7 @@ MAX_CHUNK = 1000  # orders per poll message, at most
 
 Clock = Callable[[], datetime]
 Step = Callable[[], "str | None"]  # one order's step of a chunk: returns its state
+Steps = Generator[tuple[int, Step], None, None]  # (order id, its step), each id once
 
 __all__ = [
     "Claim",
@@ -432,6 +433,9 @@ class Reconciler:
     # Seconds after a POST during which a not-found answer proves nothing (None: from
     # ``settings.reentry_grace``, else DEFAULT_REENTRY_GRACE).
     grace: float | None = None
+    # While a chunk runs: its outcome writes not yet committed (see ``_steps``). A
+    # Reconciler serves one task (one chunk) at a time: ``runtime`` makes one per call.
+    _pending: list[Cas] | None = field(default=None, init=False, repr=False)
 
     # -- settings with defaults (some are not in config.Settings yet) ----------------------
 
@@ -487,14 +491,14 @@ class Reconciler:
         """
         return self._reduction_step(order_id, token, load_row(self.db, SpecialReduction, order_id))
 
-    def reduction_steps(self, ids: Sequence[int], token: str) -> Generator[Step, None, None]:
+    def reduction_steps(self, ids: Sequence[int], token: str) -> Steps:
         """The steps of a chunk of reductions claimed together under ``token``, to be called
         in turn (each one isolated by the caller): one pinned connection and one select for
         the chunk's rows instead of one each. A row read at the start may have moved on by
         its turn; every write is a compare-and-set, so a stale row only loses the race."""
         return self._steps(SpecialReduction, self._reduction_step, ids, token)
 
-    def bill_steps(self, ids: Sequence[int], token: str) -> Generator[Step, None, None]:
+    def bill_steps(self, ids: Sequence[int], token: str) -> Steps:
         return self._steps(CompensationBill, self._bill_step, ids, token)
 
     def _steps(
@@ -503,11 +507,16 @@ class Reconciler:
         step: Callable[[int, str, Any], str | None],
         ids: Sequence[int],
         token: str,
-    ) -> Generator[Step, None, None]:
+    ) -> Steps:
+        ids = list(dict.fromkeys(ids))
         with self.db.pinned():
             rows = load_rows(self.db, model, ids)
-            for order_id in ids:
-                yield functools.partial(step, order_id, token, rows.get(order_id))
+            self._pending = []
+            try:
+                for order_id in ids:
+                    yield order_id, functools.partial(step, order_id, token, rows.get(order_id))
+            finally:
+                self._flush()
 
     def _reduction_step(
         self, order_id: int, token: str, row: SpecialReduction | None
@@ -524,7 +533,7 @@ class Reconciler:
             self._submit(row)
         else:
             self._refresh(row)
-        return row.state
+        return self._state_of(row)
 
     def _submit(self, row: SpecialReduction) -> None:
         now = self.clock()
@@ -549,6 +558,7 @@ class Reconciler:
                 RState.SUBMITTED,
                 {"submitted_at": row.submitted_at or now, "last_submit_at": now},
                 reason="sending",
+                ahead=True,
             )
         else:
             ok = self._write(
@@ -557,6 +567,7 @@ class Reconciler:
                 {"last_submit_at": now},
                 reason="re-entering the same POST: the provider has no trace of the order",
                 note=True,
+                ahead=True,
             )
         if not ok:
             return
@@ -696,7 +707,14 @@ class Reconciler:
             self._review(row, f"unexpected answer to the bill query: {_short(exc)}", exc)
         else:
             self._apply_bill(row, result)
-        return row.state
+        return self._state_of(row)
+
+    def _state_of(self, row: Any) -> str:
+        """The row's state once its held outcome (if any) is committed."""
+        for write in reversed(self._pending or ()):
+            if write.row is row:
+                return write.to or write.src
+        return str(row.state)
 
     def _apply_bill(self, row: CompensationBill, result: ProviderBill) -> None:
         local = bill_from_provider(result.state)
@@ -823,11 +841,18 @@ class Reconciler:
         reason: str,
         request_id: str | None = None,
         note: bool = False,
+        ahead: bool = False,
     ) -> bool:
         """Compare-and-set ``row`` (id, version, state) to ``to`` (None: same state) with
         ``values``, plus an event when the state changes (or ``note``). Updates ``row`` in
-        place on success; returns False, changing nothing, when another writer won."""
-        ok = cas(
+        place on success; returns False, changing nothing, when another writer won.
+
+        Within a chunk an outcome write is held and committed with the chunk's next write
+        (in one transaction), and returns True at once; a write-``ahead`` (the mark made
+        before a POST is sent) always commits before returning. A held outcome that is lost
+        (the worker dies first) only leaves the order as it was, claimed, so its lease runs
+        out and the sweep asks the provider again."""
+        write = prepare_cas(
             self.db,
             row,
             to,
@@ -838,9 +863,26 @@ class Reconciler:
             note=note,
             now=self.clock(),
         )
-        if not ok:
-            log.info("lost a race on %s; leaving it to the winner", _label(row), extra=_x(row))
-        return ok
+        if self._pending is not None and not ahead:
+            self._pending.append(write)
+            return True
+        writes = [*(self._pending or ()), write]
+        if self._pending:
+            self._pending = []
+        return commit_cas(self.db, writes)[-1]
+
+    def _flush(self) -> None:
+        """Commit the chunk's held outcome writes (end of the chunk)."""
+        writes, self._pending = self._pending, None
+        if not writes:
+            return
+        try:
+            commit_cas(self.db, writes)
+        except Exception:
+            log.exception(
+                "writing the outcomes of %d orders failed; they return when their leases end",
+                len(writes),
+            )
 
 
 def _settled() -> dict[str, Any]:
@@ -848,7 +890,56 @@ def _settled() -> dict[str, Any]:
     return {"next_poll_at": None, "claimed_until": None, "claim_token": None}
 
 
-def cas(
+@dataclass(frozen=True)
+class Cas:
+    """One prepared compare-and-set (see :func:`cas`), ready to run in a transaction."""
+
+    row: Any
+    kind: Kind
+    src: str
+    to: str | None  # None or ``src``: the state stays
+    new_values: dict[str, Any]
+    params: dict[str, Any]
+    statement: Any
+    one_statement: bool  # PostgreSQL: the UPDATE and its event in one statement
+    event: bool
+    reason: str
+    request_id: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.to is not None and self.to != self.src
+
+    def run(self, conn: Any) -> bool:
+        """Execute on ``conn`` (inside its transaction); True when the compare-and-set won."""
+        if self.one_statement:
+            return conn.execute(self.statement, self.params).first() is not None
+        won: bool = conn.execute(self.statement, self.params).rowcount == 1
+        if won and self.event:
+            conn.execute(_EVENT_INSERT, self.params)
+        return won
+
+    def settle(self, won: bool) -> None:
+        """After commit: update the row object, count and log the transition."""
+        row = self.row
+        if not won:
+            log.info("lost a race on %s; leaving it to the winner", _label(row), extra=_x(row))
+            return
+        for key, value in self.new_values.items():
+            setattr(row, key, value)
+        if self.changed:
+            metrics.count_transition(self.kind, self.src, str(self.to))
+            log.info(
+                "%s %s -> %s: %s",
+                self.kind,
+                self.src,
+                self.to,
+                self.reason,
+                extra=_x(row, request_id=self.request_id),
+            )
+
+
+def prepare_cas(
     db: Database,
     row: Any,
     to: str | None,
@@ -859,17 +950,10 @@ def cas(
     actor: str = ENGINE_ACTOR,
     note: bool = False,
     now: datetime | None = None,
-) -> bool:
-    """The one write path of the engine: ``UPDATE … WHERE id=? AND version=? AND state=?``
-    and, when the state changes (or ``note``), an event row, in one transaction.
-
-    Core statements on one connection, no ORM unit of work: this runs for every step of
-    every order. On PostgreSQL the UPDATE and the event INSERT are one statement (the INSERT
-    selects from the UPDATE's RETURNING, so it adds a row only if the compare-and-set won);
-    on SQLite they are two, under the write lock BEGIN IMMEDIATE takes."""
+) -> Cas:
+    """Check the transition (IllegalTransition) and build its statement and parameters."""
     now = now or utcnow()
-    model = type(row)
-    kind = Kind.REDUCTION if model is SpecialReduction else Kind.BILL
+    kind = Kind.REDUCTION if type(row) is SpecialReduction else Kind.BILL
     src = row.state
     changed = to is not None and to != src
     if changed:
@@ -884,22 +968,41 @@ def cas(
         dst: str = src if to is None else to
         params.update(_event(kind, row.id, src, dst, reason, actor, now, request_id=request_id))
     one_statement = event and db.is_postgresql
-    stmt = _cas_statement(kind, tuple(sorted(new_values)), one_statement)
+    return Cas(
+        row=row,
+        kind=kind,
+        src=src,
+        to=to,
+        new_values=new_values,
+        params=params,
+        statement=_cas_statement(kind, tuple(sorted(new_values)), one_statement),
+        one_statement=one_statement,
+        event=event,
+        reason=reason,
+        request_id=request_id,
+    )
+
+
+def commit_cas(db: Database, writes: Sequence[Cas]) -> list[bool]:
+    """Run ``writes`` in one transaction (one commit); each is settled after the commit.
+    Returns, per write, whether it won."""
     with db.begin() as conn:
-        if one_statement:
-            won = conn.execute(stmt, params).first() is not None
-        else:
-            won = conn.execute(stmt, params).rowcount == 1
-            if won and event:
-                conn.execute(_EVENT_INSERT, params)
-    if not won:
-        return False
-    for key, value in new_values.items():
-        setattr(row, key, value)
-    if changed:
-        metrics.count_transition(kind, src, str(to))
-        log.info("%s %s -> %s: %s", kind, src, to, reason, extra=_x(row, request_id=request_id))
-    return True
+        won = [w.run(conn) for w in writes]
+    for w, ok in zip(writes, won, strict=True):
+        w.settle(ok)
+    return won
+
+
+def cas(db: Database, row: Any, to: str | None, values: dict[str, Any], **how: Any) -> bool:
+    """The one write path of the engine: ``UPDATE … WHERE id=? AND version=? AND state=?``
+    and, when the state changes (or ``note``), an event row, in one transaction (``how``:
+    the keywords of :func:`prepare_cas`).
+
+    Core statements on one connection, no ORM unit of work: this runs for every step of
+    every order. On PostgreSQL the UPDATE and the event INSERT are one statement (the INSERT
+    selects from the UPDATE's RETURNING, so it adds a row only if the compare-and-set won);
+    on SQLite they are two, under the write lock BEGIN IMMEDIATE takes."""
+    return commit_cas(db, [prepare_cas(db, row, to, values, **how)])[0]
 
 
 @functools.cache

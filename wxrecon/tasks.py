@@ -19,7 +19,6 @@ nowhere else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
 from contextlib import closing
 from typing import Any
 
@@ -28,7 +27,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from wxrecon import runtime
-from wxrecon.reconcile import MAX_CHUNK, Claim, Conflict, Step, intake_bill, intake_reduction
+from wxrecon.reconcile import MAX_CHUNK, Claim, Conflict, Steps, intake_bill, intake_reduction
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app
@@ -176,10 +175,10 @@ def _chunk_args(ids: Any, token: Any) -> tuple[list[int], str] | None:
     return ids, token
 
 
-def _process_chunk(steps: Generator[Step, None, None], ids: list[int]) -> int:
+def _process_chunk(steps: Steps, ids: list[int]) -> int:
     done = 0
     with closing(steps):  # ends the chunk's pinned connection even when out of time
-        for order_id, step in zip(ids, steps, strict=True):
+        for order_id, step in steps:
             try:
                 step()
             except SoftTimeLimitExceeded:
