@@ -142,6 +142,32 @@ def test_bulk_rows_share_one_token_and_each_has_a_received_event(db: Database) -
         ]
 
 
+def test_multi_row_inserts_map_each_result_to_its_own_row(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows go in several multi-row INSERTs; RETURNING's order is not the input's, so each
+    result must still name the row of its own order (a repeat across two statements too)."""
+    monkeypatch.setattr(reconcile, "INTAKE_ROWS_PER_STATEMENT", 3)
+    with db.transaction() as session:
+        intake.submit_reductions(session, [order("MOLD")], enqueue=Sent())
+    nos = ["M5", "M1", "MOLD", "M4", "M2", "M1", "M3", "M0"]
+    amounts = {no: 100 + i for i, no in enumerate(dict.fromkeys(nos))}
+    sent = Sent()
+    with db.transaction() as session:
+        batch = [order(no, amount=100 if no == "MOLD" else amounts[no]) for no in nos]
+        results = intake.submit_reductions(session, batch, enqueue=sent, chunk=100)
+    assert [r.created for r in results] == [True, True, False, True, True, False, True, True]
+    for no, result in zip(nos, results, strict=True):
+        row = snapshot(db, SpecialReduction, result.order_id)
+        assert row["out_request_no"] == no
+        assert row["amount"] == (100 if no == "MOLD" else amounts[no])
+    assert results[1].order_id == results[5].order_id and results[5].token == results[1].token
+    assert results[2].token is None  # written by an earlier batch: not enqueued again
+    assert count(db) == 7 and count(db, Event) == 7
+    [(_, message)] = sent
+    assert message["ids"] == list(dict.fromkeys(r.order_id for r in results if r.created))
+
+
 def test_orders_may_be_any_iterable_of_mappings(db: Database) -> None:
     sent = Sent()
     with db.transaction() as session:

@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 
 from wxrecon.config import get_settings
 from wxrecon.db import on_commit
-from wxrecon.reconcile import MAX_CHUNK, IntakeResult, intake_bill, intake_reduction, new_token
+from wxrecon.reconcile import (
+    MAX_CHUNK,
+    IntakeResult,
+    intake_bill,
+    intake_reduction,
+    intake_reductions,
+    new_token,
+)
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 
@@ -106,13 +113,9 @@ def submit_reductions(
     settings = get_settings()
     token = new_token()
     lease = settings.claim_lease if lease is None else lease
-    results: list[IntakeResult] = []
-    claimed: dict[int, None] = {}  # ordered set: an order repeated in the batch is sent once
-    for request in requests:
-        result = intake_reduction(session, request, token=token, lease=lease)
-        results.append(result)
-        if result.token is not None:
-            claimed[result.order_id] = None
+    results = intake_reductions(session, requests, token=token, lease=lease)
+    # An order repeated in the batch is sent once: an ordered set of the claimed ids.
+    claimed = dict.fromkeys(r.order_id for r in results if r.token is not None)
     if claimed:
         send = default_enqueue if enqueue is None else enqueue
         size = min(max(1, chunk or settings.poll_chunk), MAX_CHUNK)

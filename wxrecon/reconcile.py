@@ -90,6 +90,7 @@ __all__ = [
     "claim_due_reductions",
     "intake_bill",
     "intake_reduction",
+    "intake_reductions",
     "new_token",
     "requery_bill",
     "requery_reduction",
@@ -233,8 +234,65 @@ def intake_reduction(
     """
     now = now or utcnow()
     token = token or new_token()
+    stmt = (
+        _insert(session, SpecialReduction)
+        .values(**_received(request, token, lease, now))
+        .on_conflict_do_nothing(index_elements=["mchid", "out_request_no"])
+        .returning(SpecialReduction.id)
+    )
+    new_id = session.execute(stmt).scalar()
+    if new_id is not None:
+        _record_received(session, [(new_id, request)], actor, now)
+        return IntakeResult(new_id, True, RState.RECEIVED.value, token)
+    return _existing_reduction(session, request, token)
+
+
+INTAKE_ROWS_PER_STATEMENT = 500
+
+
+def intake_reductions(
+    session: Session,
+    requests: Sequence[SpecialReductionRequest],
+    *,
+    token: str,
+    lease: float = 120.0,
+    now: datetime | None = None,
+    actor: str = "intake",
+) -> list[IntakeResult]:
+    """:func:`intake_reduction` for many orders under one ``token``, in ``session``'s
+    transaction: new rows with one multi-row INSERT (per 500), their events with one
+    executemany; an order that exists already, or repeats one earlier in ``requests``, is
+    then looked up as one order is (Conflict when its parameters differ)."""
+    now = now or utcnow()
+    created: dict[tuple[str, str], int] = {}
+    for i in range(0, len(requests), INTAKE_ROWS_PER_STATEMENT):
+        part = requests[i : i + INTAKE_ROWS_PER_STATEMENT]
+        stmt = (
+            _insert(session, SpecialReduction)
+            .values([_received(r, token, lease, now) for r in part])
+            .on_conflict_do_nothing(index_elements=["mchid", "out_request_no"])
+            .returning(SpecialReduction.id, SpecialReduction.mchid, SpecialReduction.out_request_no)
+        )
+        created.update({(mchid, no): row_id for row_id, mchid, no in session.execute(stmt)})
+    results: list[IntakeResult] = []
+    new: list[tuple[int, SpecialReductionRequest]] = []
+    for request in requests:
+        new_id = created.pop((request.mchid, request.out_request_no), None)
+        if new_id is not None:
+            new.append((new_id, request))
+            results.append(IntakeResult(new_id, True, RState.RECEIVED.value, token))
+        else:
+            results.append(_existing_reduction(session, request, token))
+    _record_received(session, new, actor, now)
+    return results
+
+
+def _received(
+    request: SpecialReductionRequest, token: str, lease: float, now: datetime
+) -> dict[str, Any]:
+    """The values of a new RECEIVED row, claimed for ``lease`` seconds under ``token``."""
     until = now + timedelta(seconds=lease)
-    values = {
+    return {
         "mchid": request.mchid,
         "bal_account_no": request.bal_account_no,
         "out_request_no": request.out_request_no,
@@ -250,24 +308,36 @@ def intake_reduction(
         "updated_at": now,
         "version": 1,
     }
-    stmt = (
-        _insert(session, SpecialReduction)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["mchid", "out_request_no"])
-        .returning(SpecialReduction.id)
+
+
+def _record_received(
+    session: Session,
+    new: Sequence[tuple[int, SpecialReductionRequest]],
+    actor: str,
+    now: datetime,
+) -> None:
+    """The RECEIVED events of new rows (one executemany), their log lines and counts."""
+    if not new:
+        return
+    session.execute(
+        _EVENT_INSERT,
+        [
+            _event(Kind.REDUCTION, new_id, None, RState.RECEIVED, "received", actor, now)
+            for new_id, _ in new
+        ],
     )
-    new_id = session.execute(stmt).scalar()
-    if new_id is not None:
-        session.execute(
-            _EVENT_INSERT,
-            _event(Kind.REDUCTION, new_id, None, RState.RECEIVED, "received", actor, now),
-        )
+    for _, request in new:
         log.info(
             "reduction received",
             extra={"out_request_no": request.out_request_no, "mchid": request.mchid},
         )
         metrics.count_transition(Kind.REDUCTION, "", RState.RECEIVED)
-        return IntakeResult(new_id, True, RState.RECEIVED.value, token)
+
+
+def _existing_reduction(
+    session: Session, request: SpecialReductionRequest, token: str
+) -> IntakeResult:
+    """The stored order with ``request``'s number: Conflict when its parameters differ."""
     existing = session.execute(
         select(SpecialReduction).where(
             SpecialReduction.mchid == request.mchid,
