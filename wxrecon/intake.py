@@ -6,6 +6,8 @@ enqueue its task only after that transaction commits.
         wxrecon.intake.submit_reduction(session, mchid=..., bal_account_no=..., ...)
     # committed: the task is now on the broker; rolled back: nothing was enqueued.
 
+``submit_reductions`` does the same for many orders, with one message per ``poll_chunk`` of them.
+
 Apps that do not import wxrecon send the public Celery tasks by name instead
 (``wxrecon.submit_special_reduction``, ``wxrecon.track_compensation_bill``).
 """

@@ -9,7 +9,8 @@ Public, stable names (business apps send them by name, JSON kwargs only):
 Internal (beat and the engine send them): ``wxrecon.sweep_reductions``, ``wxrecon.sweep_bills``,
 ``wxrecon.poll_reduction(id, token)``, ``wxrecon.poll_bill(id, token)`` (one order, e.g. just
 written by the intake helper) and ``wxrecon.poll_reductions(ids, token)``,
-``wxrecon.poll_bills(ids, token)`` (a chunk of one sweep's claims).
+``wxrecon.poll_bills(ids, token)`` (a chunk of one sweep's claims, or of one bulk intake's
+new orders).
 
 Invalid input is logged as one line and the task ends (never retried). Only a database that
 does not answer is retried, with backoff, because until the row is written the order exists
