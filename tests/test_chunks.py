@@ -554,14 +554,25 @@ def bump(db: Database, model: Any, order_id: int) -> None:
 
 
 def test_a_row_changed_after_the_chunk_read_is_not_sent_or_overwritten(
-    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+    db: Database,
+    rec: Reconciler,
+    provider: FakeProvider,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ids, token = intake_all(db, clock, ["W1", "W2", "W3"])
     provider.submit_answers.extend([reduction("W1", "PROCESSING"), reduction("W3", "PROCESSING")])
+    read = reconcile.load_rows
+
+    def read_then_someone_writes(*args: Any) -> dict[int, Any]:
+        rows = read(*args)
+        bump(db, SpecialReduction, ids[1])  # between the chunk's read and its mark
+        return rows
+
+    monkeypatch.setattr(reconcile, "load_rows", read_then_someone_writes)
     steps = rec.reduction_steps(ids, token)
     first_id, first = next(steps)
-    assert first_id == ids[0]  # the chunk's rows are read now
-    bump(db, SpecialReduction, ids[1])
+    assert first_id == ids[0]  # the chunk's rows are read, and its new orders marked, now
     moved = snapshot(db, SpecialReduction, ids[1])
     first()
     next(steps)[1]()
@@ -619,6 +630,73 @@ def test_a_bill_changed_after_the_chunk_read_is_not_overwritten(
     assert state(db, CompensationBill, ids[0]) == BState.ACCEPTED
     assert snapshot(db, CompensationBill, ids[1]) == moved
     assert [e[2] for e in history(db, CompensationBill, ids[1])] == ["TRACKING"]
+
+
+# -- the steps of a chunk: new orders marked SUBMITTED together, before the first POST ---------
+
+
+def test_a_chunk_marks_its_new_orders_in_one_commit_before_its_first_post(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    ids, token = intake_all(db, clock, ["N1", "N2", "N3"])
+    provider.submit_answers.extend(reduction(no, "PROCESSING") for no in ("N1", "N2", "N3"))
+    seen_at_each_post: list[list[str]] = []
+    provider.hook = lambda: seen_at_each_post.append([state(db, SpecialReduction, i) for i in ids])
+    commits: list[int] = []
+    listener = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(db.engine, "commit", listener)
+    try:
+        assert run_chunk(rec.reduction_steps(ids, token)) == [RState.PROCESSING] * 3
+    finally:
+        event.remove(db.engine, "commit", listener)
+    assert seen_at_each_post[0] == [RState.SUBMITTED] * 3  # all marked before the first POST
+    # One commit marks the chunk, one writes its outcomes (one per order was one each).
+    assert len(commits) == 2
+    for i in ids:
+        assert [to for _, to in path(db, i)] == ["RECEIVED", "SUBMITTED", "PROCESSING"]
+        assert history(db, SpecialReduction, i)[1][3] == "sending"
+
+
+def test_a_marked_order_never_sent_is_found_missing_and_sent_again_alike(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    ids, token = intake_all(db, clock, ["U1", "U2"])
+    provider.submit_answers.append(reduction("U1", "PROCESSING"))
+    steps = rec.reduction_steps(ids, token)
+    next(steps)[1]()
+    steps.close()  # the worker stops before U2's turn: U2 is marked, never sent
+    assert [r.out_request_no for r in provider.submits] == ["U1"]
+    assert state(db, SpecialReduction, ids[1]) == RState.SUBMITTED
+    clock.advance(1000)  # its lease is over, and the re-entry grace since its mark
+    claims = reconcile.claim_due_reductions(db, limit=10, lease=120, now=clock())
+    assert {c.id for c in claims} >= {ids[1]}
+    provider.query_answers.extend([reduction("U1", "SUCCESS"), errors.NotFound("no such order")])
+    provider.submit_answers.append(reduction("U2", "PROCESSING"))
+    run_chunk(rec.reduction_steps(ids, claims[0].token))
+    assert [q[0] for q in provider.queries] == ["U1", "U2"]
+    assert [r.out_request_no for r in provider.submits] == ["U1", "U2"]
+    assert provider.submits[1] == make_request("U2")  # the very order, as stored
+    assert path(db, ids[1]) == [
+        (None, "RECEIVED"),
+        ("RECEIVED", "SUBMITTED"),
+        ("SUBMITTED", "SUBMITTED"),  # the re-entry, with its reason
+        ("SUBMITTED", "PROCESSING"),
+    ]
+
+
+def test_an_invalid_stored_order_is_not_marked_but_rejected_by_its_step(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    ids, token = intake_all(db, clock, ["V1", "V2"])
+    with db.begin() as conn:  # a row no validation would have let in
+        conn.execute(
+            update(SpecialReduction).where(SpecialReduction.id == ids[0]).values(amount=-5)
+        )
+    provider.submit_answers.append(reduction("V2", "PROCESSING"))
+    assert run_chunk(rec.reduction_steps(ids, token)) == [RState.REJECTED, RState.PROCESSING]
+    assert path(db, ids[0]) == [(None, "RECEIVED"), ("RECEIVED", "REJECTED")]
+    assert "stored order is invalid" in history(db, SpecialReduction, ids[0])[1][3]
+    assert [r.out_request_no for r in provider.submits] == ["V2"]
 
 
 # -- the steps of a chunk: one select, one pinned connection -----------------------------------
@@ -716,11 +794,12 @@ def test_closing_a_chunk_early_returns_its_connection(
     assert pool.checkedout() == idle  # type: ignore[attr-defined]
     assert [state(pg_db, SpecialReduction, i) for i in ids] == [
         RState.PROCESSING,
-        RState.RECEIVED,
-        RState.RECEIVED,
+        RState.SUBMITTED,  # marked with the chunk, never sent: queried once due
+        RState.SUBMITTED,
     ]
-    # The connection is free again: the next order is processed on its own.
-    provider.submit_answers.append(reduction("Q2", "PROCESSING"))
+    # The connection is free again: the next order is processed on its own (queried, since
+    # it may have been sent).
+    provider.query_answers.append(reduction("Q2", "PROCESSING"))
     assert rec.process_reduction(ids[1], token) == RState.PROCESSING
 
 
@@ -808,12 +887,12 @@ def test_out_of_time_propagates_and_closes_the_chunk(
     assert inspect.getgeneratorstate(steps) == inspect.GEN_CLOSED
     if db.is_postgresql:
         assert pool.checkedout() == idle  # type: ignore[attr-defined]
-    # K1 is done and recorded; K2 was marked before its POST; K3 was never touched.
+    # K1 is done and recorded; K2 and K3 were marked with the chunk; K3 was never sent.
     assert [r.out_request_no for r in provider.submits] == ["K1", "K2"]
     assert states_by_no(db) == {
         "K1": RState.PROCESSING,
         "K2": RState.SUBMITTED,
-        "K3": RState.RECEIVED,
+        "K3": RState.SUBMITTED,
     }
 
 
@@ -824,6 +903,6 @@ def test_out_of_time_fails_the_poll_task(installed: tuple[Database, FakeProvider
     with pytest.raises(SoftTimeLimitExceeded):
         tasks.poll_reductions.apply(kwargs=kwargs, throw=True)
     assert len(provider.submits) == 1
-    assert states_by_no(db) == {"K1": RState.SUBMITTED, "K2": RState.RECEIVED}
-    # K2 keeps its claim: its lease runs out and the sweep brings it back.
+    assert states_by_no(db) == {"K1": RState.SUBMITTED, "K2": RState.SUBMITTED}
+    # K2 (marked, never sent) keeps its claim: its lease runs out and the sweep brings it back.
     assert snapshot(db, SpecialReduction, kwargs["ids"][1])["claim_token"] == kwargs["token"]

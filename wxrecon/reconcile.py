@@ -379,6 +379,14 @@ def request_of(row: SpecialReduction) -> SpecialReductionRequest:
     )
 
 
+def _sendable(row: SpecialReduction) -> bool:
+    try:
+        request_of(row)
+    except errors.InvalidRequest:
+        return False
+    return True
+
+
 def intake_bill(
     session: Session,
     out_bill_no: object,
@@ -567,7 +575,9 @@ class Reconciler:
         in turn (each one isolated by the caller): one pinned connection and one select for
         the chunk's rows instead of one each. A row read at the start may have moved on by
         its turn; every write is a compare-and-set, so a stale row only loses the race."""
-        return self._steps(SpecialReduction, self._reduction_step, ids, token)
+        return self._steps(
+            SpecialReduction, self._reduction_step, ids, token, start=self._mark_sending
+        )
 
     def bill_steps(self, ids: Sequence[int], token: str) -> Steps:
         return self._steps(CompensationBill, self._bill_step, ids, token)
@@ -578,20 +588,59 @@ class Reconciler:
         step: Callable[[int, str, Any], str | None],
         ids: Sequence[int],
         token: str,
+        *,
+        start: Callable[[Iterable[Any], str], dict[int, bool]] | None = None,
     ) -> Steps:
+        """``start`` runs before the first step; what it returns for an id (the chunk's mark
+        on that order) is handed to that order's step."""
         ids = list(dict.fromkeys(ids))
         with self.db.pinned():
             rows = load_rows(self.db, model, ids)
-            self._pending = []
             try:
-                for order_id in ids:
-                    yield order_id, functools.partial(step, order_id, token, rows.get(order_id))
+                marks = {} if start is None else start(rows.values(), token)
+                self._pending = []
+                for i in ids:
+                    mark = (marks[i],) if i in marks else ()
+                    yield i, functools.partial(step, i, token, rows.get(i), *mark)
             finally:
                 self._flush()
 
+    def _mark_sending(self, rows: Iterable[SpecialReduction], token: str) -> dict[int, bool]:
+        """Mark a chunk's new orders SUBMITTED in one transaction before any of their POSTs
+        leaves: one commit for the chunk instead of one per order, and still before sending.
+
+        An order marked but never sent (the worker dies first, the chunk runs out of time) is
+        what an order whose POST was lost is: a query finds nothing and, past the grace
+        period, the same POST is entered again. An order whose stored parameters are invalid
+        is left to its step, which rejects it. Returns, by id, whether each mark won."""
+        now = self.clock()
+        writes = [
+            self._sending(row, now)
+            for row in rows
+            if row.claim_token == token and row.state == RState.RECEIVED and _sendable(row)
+        ]
+        if not writes:
+            return {}
+        won = commit_cas(self.db, writes)
+        return {w.row.id: ok for w, ok in zip(writes, won, strict=True)}
+
+    def _sending(self, row: SpecialReduction, now: datetime) -> Cas:
+        """RECEIVED → SUBMITTED, the mark written (and committed) before a first POST."""
+        return prepare_cas(
+            self.db,
+            row,
+            RState.SUBMITTED,
+            {"submitted_at": row.submitted_at or now, "last_submit_at": now},
+            reason="sending",
+            actor=self.actor,
+            now=now,
+        )
+
     def _reduction_step(
-        self, order_id: int, token: str, row: SpecialReduction | None
+        self, order_id: int, token: str, row: SpecialReduction | None, marked: bool | None = None
     ) -> str | None:
+        """``marked``: None, or whether its chunk's mark before sending (RECEIVED → SUBMITTED)
+        won; an order so marked is sent at once, or left alone when its mark lost."""
         if row is None:
             log.warning("reduction %s does not exist", order_id)
             return None
@@ -600,13 +649,13 @@ class Reconciler:
             return None
         if row.state not in REDUCTION_ACTIVE:
             return row.state
-        if row.state == RState.RECEIVED:
-            self._submit(row)
+        if row.state == RState.RECEIVED or marked is not None:
+            self._submit(row, marked)
         else:
             self._refresh(row)
         return self._state_of(row)
 
-    def _submit(self, row: SpecialReduction) -> None:
+    def _submit(self, row: SpecialReduction, marked: bool | None = None) -> None:
         now = self.clock()
         if row.state == RState.SUBMITTED and past_reentry_window(
             row.submitted_at, now, self.window_days
@@ -623,14 +672,10 @@ class Reconciler:
                 reason=f"stored order is invalid: {exc}",
             )
             return
-        if row.state == RState.RECEIVED:
-            ok = self._write(
-                row,
-                RState.SUBMITTED,
-                {"submitted_at": row.submitted_at or now, "last_submit_at": now},
-                reason="sending",
-                ahead=True,
-            )
+        if marked is not None:  # marked with its chunk, before any POST of it
+            ok = marked
+        elif row.state == RState.RECEIVED:
+            ok = self._put(self._sending(row, now), ahead=True)
         else:
             ok = self._write(
                 row,
@@ -934,6 +979,10 @@ class Reconciler:
             note=note,
             now=self.clock(),
         )
+        return self._put(write, ahead=ahead)
+
+    def _put(self, write: Cas, *, ahead: bool = False) -> bool:
+        """Hold ``write`` (within a chunk, unless ``ahead``) or commit it with what is held."""
         if self._pending is not None and not ahead:
             self._pending.append(write)
             return True
