@@ -1045,8 +1045,7 @@ class Cas:
         if not won:
             log.info("lost a race on %s; leaving it to the winner", _label(row), extra=_x(row))
             return
-        for key, value in self.new_values.items():
-            setattr(row, key, value)
+        row.__dict__.update(self.new_values)  # a detached row (see load_rows): no ORM events
         if self.changed:
             metrics.count_transition(self.kind, self.src, str(self.to))
             log.info(
@@ -1176,7 +1175,14 @@ def load_rows(db: Database, model: type[Any], ids: Sequence[int]) -> dict[int, A
     Core select outside any ORM session; ids with no row are absent."""
     with db.connect() as conn:
         found = conn.execute(_ROWS_SELECT[model], {"ids": list(ids)}).mappings().all()
-    return {m["id"]: model(**m) for m in found}
+    new = model.__mapper__.class_manager.new_instance
+    rows = {}
+    for m in found:
+        # Filled in directly, not through __init__: the ORM's per-attribute events cost more
+        # than the select, and these rows never join a session (their writes are Core).
+        row = rows[m["id"]] = new()
+        row.__dict__.update(m)
+    return rows
 
 
 def load_row(db: Database, model: type[Any], order_id: int) -> Any:
