@@ -10,6 +10,8 @@ with ``process_reduction`` / ``process_bill`` ends; the task isolates each order
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -906,3 +908,32 @@ def test_out_of_time_fails_the_poll_task(installed: tuple[Database, FakeProvider
     assert states_by_no(db) == {"K1": RState.SUBMITTED, "K2": RState.SUBMITTED}
     # K2 (marked, never sent) keeps its claim: its lease runs out and the sweep brings it back.
     assert snapshot(db, SpecialReduction, kwargs["ids"][1])["claim_token"] == kwargs["token"]
+
+
+def test_a_fresh_process_reads_rows_before_any_other_orm_use(tmp_path: Any) -> None:
+    # A new worker process may read a chunk before anything has configured the ORM's mappers:
+    # the rows must still read and write their attributes.
+    script = f"""
+from datetime import UTC, datetime
+from sqlalchemy import create_engine, insert
+from wxrecon.db import Database
+from wxrecon.models import SpecialReduction
+from wxrecon.reconcile import load_rows
+url = "sqlite:///{tmp_path / "fresh.db"}"
+engine = create_engine(url)
+SpecialReduction.metadata.create_all(engine)
+with engine.begin() as conn:
+    conn.execute(insert(SpecialReduction.__table__).values(
+        id=7, mchid="1900000109", bal_account_no="6222", out_request_no="F1",
+        reduction_type="FINANCIAL_PENALTY", amount=100, state="RECEIVED", attempts=0,
+        version=1, created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC)))
+row = load_rows(Database(url), SpecialReduction, [7])[7]
+row.__dict__.update(state="SUBMITTED")
+print(row.out_request_no, row.amount, row.state)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["F1", "100", "SUBMITTED"]

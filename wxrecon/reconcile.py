@@ -33,7 +33,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Select, Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 
 from wxrecon import metrics
 from wxrecon.db import Database
@@ -1175,6 +1175,7 @@ def load_rows(db: Database, model: type[Any], ids: Sequence[int]) -> dict[int, A
     Core select outside any ORM session; ids with no row are absent."""
     with db.connect() as conn:
         found = conn.execute(_ROWS_SELECT[model], {"ids": list(ids)}).mappings().all()
+    configure_mappers()  # what a first ``model(...)`` would do; a no-op once done
     new = model.__mapper__.class_manager.new_instance
     rows = {}
     for m in found:
