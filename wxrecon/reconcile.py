@@ -3,9 +3,10 @@
 Rules (DESIGN.md §2):
 
 - A row is written before anything is sent; a reduction moves RECEIVED → SUBMITTED in a
-  transaction committed *before* its POST, so a crash after sending is never mistaken for
-  "nothing sent". Outcomes learnt afterwards may be held and committed with a chunk's next
-  write (see ``Reconciler._write``): losing one only means asking the provider again.
+  transaction committed *before* its POST (a chunk's new orders in one, see
+  ``_mark_sending``), so a crash after sending is never mistaken for "nothing sent". Outcomes
+  learnt afterwards may be held and committed with a chunk's next write (see
+  ``Reconciler._write``): losing one only means asking the provider again.
 - Every write is a compare-and-set on ``(id, version, state)`` plus, for every transition, an
   event row in the same transaction. A writer that loses the race changes nothing.
 - An unknown outcome is never a failure: the order stays SUBMITTED and is queried. A
