@@ -751,12 +751,18 @@ def test_a_chunk_reads_its_rows_in_one_select(
     assert seen.row_reads("compensation_bills") == 1
 
 
+@pytest.fixture
+def pg_rec(
+    pg_db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+) -> Reconciler:
+    return Reconciler(pg_db, provider, engine_settings, clock=clock)
+
+
 @pytest.mark.postgres
 def test_a_chunk_runs_on_one_pinned_connection(
-    pg_db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+    pg_db: Database, pg_rec: Reconciler, provider: FakeProvider, clock: FakeClock
 ) -> None:
-    rec = Reconciler(pg_db, provider, engine_settings, clock=clock)
-    pool = pg_db.engine.pool
+    rec, pool = pg_rec, pg_db.engine.pool
     idle = pool.checkedout()  # type: ignore[attr-defined]
     ids, token = intake_all(pg_db, clock, ["G1", "G2", "G3"])
     provider.submit_answers.extend(reduction(f"G{i}", "PROCESSING") for i in range(1, 4))
@@ -782,10 +788,9 @@ def test_a_chunk_runs_on_one_pinned_connection(
 
 @pytest.mark.postgres
 def test_closing_a_chunk_early_returns_its_connection(
-    pg_db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+    pg_db: Database, pg_rec: Reconciler, provider: FakeProvider, clock: FakeClock
 ) -> None:
-    rec = Reconciler(pg_db, provider, engine_settings, clock=clock)
-    pool = pg_db.engine.pool
+    rec, pool = pg_rec, pg_db.engine.pool
     idle = pool.checkedout()  # type: ignore[attr-defined]
     ids, token = intake_all(pg_db, clock, ["Q1", "Q2", "Q3"])
     provider.submit_answers.append(reduction("Q1", "PROCESSING"))
