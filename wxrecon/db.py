@@ -23,14 +23,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from wxrecon.domain.errors import SchemaError
+
 log = logging.getLogger(__name__)
 
 AFTER_COMMIT_KEY = "wxrecon_after_commit"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-class SchemaError(RuntimeError):
-    """The database schema is missing or older than this code."""
 
 
 def normalize_url(url: str) -> str:

@@ -14,14 +14,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from wxrecon.domain.errors import Ambiguous, OrderNotFound
 from wxrecon.models import CompensationBill, Event, SpecialReduction, utcnow
-from wxrecon.reconcile import OrderNotFound
 from wxrecon.states import BILL_ACTIVE, REDUCTION_ACTIVE, Kind
 from wxrecon.wechatpay.keys import mask
-
-
-class Ambiguous(LookupError):
-    """An out_request_no exists for several target merchants: give the mchid."""
 
 
 def get_reduction(

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, configure_mappers
 
 from wxrecon import metrics
 from wxrecon.db import Database
+from wxrecon.domain.errors import Conflict, OrderNotFound
 from wxrecon.models import CompensationBill, Event, SpecialReduction, utcnow
 from wxrecon.schedule import next_delay, past_reentry_window
 from wxrecon.states import (
@@ -101,14 +102,6 @@ __all__ = [
     "retry_reduction",
     "retry_reductions",
 ]
-
-
-class Conflict(ValueError):
-    """The same out_request_no (for the same mchid) arrived with different parameters."""
-
-
-class OrderNotFound(LookupError):
-    """No order with that id / number."""
 
 
 class Provider(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from wxrecon.domain.errors import IllegalTransition
 from wxrecon.wechatpay.resources import BillState, ReductionState
 
 
@@ -88,10 +89,6 @@ REDUCTION_RETRYABLE = frozenset({RState.NEEDS_REVIEW, RState.REJECTED})
 REDUCTION_FORCE_RETRYABLE = REDUCTION_RETRYABLE | REDUCTION_FINAL
 BILL_RETRYABLE = frozenset({BState.NEEDS_REVIEW})
 BILL_FORCE_RETRYABLE = BILL_RETRYABLE | BILL_FINAL
-
-
-class IllegalTransition(ValueError):
-    """The engine tried a transition the table forbids (a bug, or a stale read)."""
 
 
 def reduction_allowed(src: RState | str, dst: RState | str) -> bool:
