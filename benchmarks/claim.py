@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks import harness
-from wxrecon.db import Database
 from wxrecon.reconcile import claim_due_reductions
+from wxrecon.store.db import Database
 
 # Every column the table requires; row g is due, waiting or final by its position.
 _LOAD = """

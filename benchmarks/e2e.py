@@ -24,10 +24,10 @@ from sqlalchemy import func, select, text
 
 from benchmarks import harness
 from wxrecon import intake
-from wxrecon.db import Database
-from wxrecon.models import SpecialReduction
+from wxrecon.domain.states import REDUCTION_FINAL
 from wxrecon.simulator import AdminClient
-from wxrecon.states import REDUCTION_FINAL
+from wxrecon.store.db import Database
+from wxrecon.store.models import SpecialReduction
 
 INTAKE_BATCH = 500
 LEASE = 900.0  # long: a backlog of tens of thousands must not outlive its intake claims

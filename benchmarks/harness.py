@@ -24,9 +24,9 @@ import redis
 from celery import Celery
 from sqlalchemy.engine import make_url
 
-from wxrecon.db import normalize_url, upgrade
 from wxrecon.demo.procs import Child, Supervisor
 from wxrecon.demo.run import free_port
+from wxrecon.store.db import normalize_url, upgrade
 from wxrecon.worker import INTAKE_QUEUE
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

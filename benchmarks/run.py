@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import baselines, claim, e2e, harness
-from wxrecon.db import Database
 from wxrecon.demo.procs import Supervisor
 from wxrecon.simulator import LedgerSeed, init_dir, start_subprocess
+from wxrecon.store.db import Database
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POSTGRES_URL = os.environ.get(
@@ -284,7 +284,7 @@ def state_problems(db: Database, admin: Any, prefix: str) -> list[str]:
     truth = {t["out_request_no"]: t["state"] for t in admin.reductions()}
     from sqlalchemy import select
 
-    from wxrecon.models import SpecialReduction
+    from wxrecon.store.models import SpecialReduction
 
     with db.read() as session:
         rows = session.execute(

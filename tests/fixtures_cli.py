@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from wxrecon import cli_orders, config
 from wxrecon.cli import app
-from wxrecon.db import Database
+from wxrecon.store.db import Database
 
 
 @dataclass

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from wxrecon import runtime
 from wxrecon.config import Settings
-from wxrecon.db import Database, normalize_url, upgrade
+from wxrecon.store.db import Database, normalize_url, upgrade
 from wxrecon.wechatpay.resources import (
     BillState,
     CloseInfo,
@@ -108,7 +108,7 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
-    path = tmp_path / "wxrecon.db"
+    path = tmp_path / "wxrecon.store.db"
     shutil.copyfile(sqlite_template, path)
     return f"sqlite:///{path}"
 

@@ -36,11 +36,11 @@ from tests.fixtures_chaos import report_figures
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
 from tests.workload import FAULTS, Order, all_in, make_orders, order_states
 from wxrecon import intake
-from wxrecon.db import Database
 from wxrecon.demo.procs import Child, Supervisor
-from wxrecon.models import CompensationBill, Event, SpecialReduction
+from wxrecon.domain.states import BILL_FINAL, REDUCTION_FINAL, BState, RState
 from wxrecon.simulator import LedgerSeed, SimulatorProcess
-from wxrecon.states import BILL_FINAL, REDUCTION_FINAL, BState, RState
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 
 pytestmark = [
     pytest.mark.chaos,

@@ -22,11 +22,11 @@ from sqlalchemy import event, func, select, update
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, bill, reduction
 from wxrecon import intake, reconcile, runtime, tasks
 from wxrecon.config import Settings
-from wxrecon.db import Database
-from wxrecon.models import CompensationBill, Event, SpecialReduction
-from wxrecon.queries import bill_events, reduction_events
+from wxrecon.domain.states import BState, RState
 from wxrecon.reconcile import Conflict, Reconciler
-from wxrecon.states import BState, RState
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, Event, SpecialReduction
+from wxrecon.store.reads import bill_events, reduction_events
 from wxrecon.wechatpay import errors
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest
@@ -921,8 +921,8 @@ def test_a_fresh_process_reads_rows_before_any_other_orm_use(tmp_path: Any) -> N
     script = f"""
 from datetime import UTC, datetime
 from sqlalchemy import create_engine, insert
-from wxrecon.db import Database
-from wxrecon.models import SpecialReduction
+from wxrecon.store.db import Database
+from wxrecon.store.models import SpecialReduction
 from wxrecon.reconcile import load_rows
 url = "sqlite:///{tmp_path / "fresh.db"}"
 engine = create_engine(url)

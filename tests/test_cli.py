@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.fixtures_cli import Cli
-from wxrecon.models import CompensationBill, Event, SpecialReduction
+from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 
 BAL = "6222020000123456789"
 GOOD = {

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tests.fixtures_cli import Cli
-from wxrecon.models import Event, SpecialReduction
+from wxrecon.store.models import Event, SpecialReduction
 
 ORDER_NO = re.compile(r"[0-9A-Za-z]{1,32}")
 MCHID = re.compile(r"[0-9]{1,32}")

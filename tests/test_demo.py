@@ -202,7 +202,7 @@ def test_the_same_demo_runs_on_redis_and_postgresql(
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from wxrecon.db import normalize_url
+    from wxrecon.store.db import normalize_url
 
     base = make_url(normalize_url(postgres_url))
     name = f"wxrecon_cli_demo_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"

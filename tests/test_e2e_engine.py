@@ -30,10 +30,10 @@ from sqlalchemy.engine import make_url
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
 from tests.workload import FAULTS, Order, all_in, make_orders, order_states
 from wxrecon import intake
-from wxrecon.db import Database
-from wxrecon.models import CompensationBill, SpecialReduction
+from wxrecon.domain.states import BILL_TERMINAL, REDUCTION_TERMINAL
 from wxrecon.simulator import LedgerSeed, SimulatorProcess
-from wxrecon.states import BILL_TERMINAL, REDUCTION_TERMINAL
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, SpecialReduction
 from wxrecon.worker import INTAKE_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(420)]

@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from tests.fixtures_db import EngineSettings, FakeProvider, reduction
 from wxrecon import intake
-from wxrecon.db import Database, on_commit
-from wxrecon.models import CompensationBill, Event, SpecialReduction
+from wxrecon.domain.states import RState
 from wxrecon.reconcile import Conflict, Reconciler
-from wxrecon.states import RState
+from wxrecon.store.db import Database, on_commit
+from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 from wxrecon.wechatpay.errors import InvalidRequest
 
 PARAMS: dict[str, Any] = {

@@ -10,11 +10,11 @@ from sqlalchemy import func, select
 
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, bill, reduction
 from wxrecon import reconcile
-from wxrecon.db import Database
-from wxrecon.models import CompensationBill, Event, SpecialReduction
-from wxrecon.queries import bill_events, reduction_events
+from wxrecon.domain.states import BState, RState
 from wxrecon.reconcile import Conflict, IllegalTransition, Reconciler
-from wxrecon.states import BState, RState
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, Event, SpecialReduction
+from wxrecon.store.reads import bill_events, reduction_events
 from wxrecon.wechatpay import errors
 from wxrecon.wechatpay.resources import SpecialReduction as ProviderReduction
 from wxrecon.wechatpay.resources import SpecialReductionRequest

@@ -14,10 +14,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tests.fixtures_db import FakeClock
-from wxrecon import db as dbmod
-from wxrecon import queries, reconcile
-from wxrecon.db import Database, SchemaError, check_schema, head_revisions
-from wxrecon.models import Base, SpecialReduction
+from wxrecon import reconcile
+from wxrecon.store import db as dbmod
+from wxrecon.store import reads as queries
+from wxrecon.store.db import Database, SchemaError, check_schema, head_revisions
+from wxrecon.store.models import Base, SpecialReduction
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 
 

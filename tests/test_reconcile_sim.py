@@ -13,12 +13,12 @@ from sqlalchemy import select
 from tests.fixtures_db import EngineSettings
 from tests.fixtures_sim import SIM_BAL_ACCOUNT_NO, SIM_BALANCE, SIM_MCHID
 from wxrecon import reconcile
-from wxrecon.db import Database
-from wxrecon.models import CompensationBill, SpecialReduction, utcnow
-from wxrecon.queries import reduction_events
+from wxrecon.domain.states import BILL_ACTIVE, REDUCTION_ACTIVE
 from wxrecon.reconcile import Reconciler
 from wxrecon.simulator import AdminClient
-from wxrecon.states import BILL_ACTIVE, REDUCTION_ACTIVE
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, SpecialReduction, utcnow
+from wxrecon.store.reads import reduction_events
 from wxrecon.wechatpay import WeChatPayClient, errors
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 

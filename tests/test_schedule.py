@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from wxrecon.config import Settings
-from wxrecon.schedule import base_delay, next_delay, past_reentry_window, reentry_deadline
+from wxrecon.domain.schedule import base_delay, next_delay, past_reentry_window, reentry_deadline
 
 
 @dataclass

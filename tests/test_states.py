@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from wxrecon import states
-from wxrecon.states import BState, IllegalTransition, RState
+from wxrecon.domain import states
+from wxrecon.domain.states import BState, IllegalTransition, RState
 
 R = RState
 B = BState

@@ -11,10 +11,10 @@ from sqlalchemy import insert, select, update
 
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, reduction
 from wxrecon import reconcile
-from wxrecon.db import Database
-from wxrecon.models import CompensationBill, SpecialReduction
+from wxrecon.domain.states import BState, RState
 from wxrecon.reconcile import Claim, Reconciler
-from wxrecon.states import BState, RState
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, SpecialReduction
 
 
 def seed(

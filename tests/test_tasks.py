@@ -16,10 +16,10 @@ from sqlalchemy.exc import OperationalError
 from tests.fixtures_db import FakeProvider, reduction
 from wxrecon import runtime, tasks
 from wxrecon.config import Settings
-from wxrecon.db import Database
-from wxrecon.models import CompensationBill, SpecialReduction
+from wxrecon.domain.states import RState
 from wxrecon.reconcile import Reconciler
-from wxrecon.states import RState
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, SpecialReduction
 from wxrecon.wechatpay import errors
 from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app, celery_config, time_limits
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from wxrecon.db import Database
-from wxrecon.models import CompensationBill, SpecialReduction
-from wxrecon.states import BILL_FINAL, REDUCTION_FINAL
+from wxrecon.domain.states import BILL_FINAL, REDUCTION_FINAL
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, SpecialReduction
 
 # Every fault kind the simulator has, at rates that leave most requests clean.
 FAULTS = [

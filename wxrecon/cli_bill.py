@@ -7,7 +7,7 @@ import typer
 from wxrecon import cli_orders
 from wxrecon.cli_common import JsonOpt, bad_input
 from wxrecon.cli_orders import Kind, add_common_commands, database, report_intake
-from wxrecon.states import BILL_ACTIVE, BState
+from wxrecon.domain.states import BILL_ACTIVE, BState
 
 KIND = Kind(
     name="bill",

@@ -12,7 +12,7 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("upgrade")
 def upgrade(json_out: JsonOpt = False) -> None:
     """Apply every pending migration (safe to run again; run it before starting workers)."""
-    from wxrecon import db
+    from wxrecon.store import db
 
     s = settings()
     url = safe_url(db.normalize_url(s.database_url))

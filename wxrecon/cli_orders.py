@@ -50,14 +50,14 @@ class Kind:
 
     @property
     def model(self) -> Any:
-        from wxrecon.models import CompensationBill, SpecialReduction
+        from wxrecon.store.models import CompensationBill, SpecialReduction
 
         return SpecialReduction if self.name == "reduction" else CompensationBill
 
     def get(self, session: Any, ref: str, mchid: str | None = None) -> Any:
         """By id (all digits) or by number; raises the engine's OrderNotFound / Ambiguous."""
-        from wxrecon import queries
         from wxrecon.reconcile import OrderNotFound
+        from wxrecon.store import reads as queries
 
         if self.name == "reduction":
             if ref.isascii() and ref.isdigit():
@@ -88,7 +88,7 @@ class Kind:
 
 def database() -> Any:
     """The engine's Database for the configured URL, with its schema checked."""
-    from wxrecon import db
+    from wxrecon.store import db
 
     s = settings()
     try:
@@ -109,7 +109,7 @@ def check_state(kind: Kind, state: str | None) -> str | None:
 
 def order_row(kind: Kind, order: Any, now: datetime) -> dict[str, Any]:
     """The engine's JSON view of an order (``bal_account_no`` masked) plus how overdue it is."""
-    from wxrecon import queries
+    from wxrecon.store import reads as queries
 
     row = queries.reduction_dict(order) if kind.name == "reduction" else queries.bill_dict(order)
     row["kind"] = kind.name
@@ -203,7 +203,7 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """All fields (account numbers masked) and the full event history with Request-IDs."""
-        from wxrecon import queries
+        from wxrecon.store import reads as queries
 
         db = database()
         with db.read() as session:
@@ -391,7 +391,7 @@ def report_intake(
 
 def follow(kind: Kind, db: Any, order_id: int, timeout: float, quiet: bool) -> str:
     """Watch an order until it leaves the in-flight states, with a live status line."""
-    from wxrecon import queries
+    from wxrecon.store import reads as queries
 
     out = Output(quiet)
     deadline = time.monotonic() + timeout

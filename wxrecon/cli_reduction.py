@@ -7,7 +7,7 @@ import typer
 from wxrecon import cli_orders
 from wxrecon.cli_common import JsonOpt, bad_input, fen
 from wxrecon.cli_orders import Kind, add_common_commands, database, report_intake
-from wxrecon.states import REDUCTION_ACTIVE, RState
+from wxrecon.domain.states import REDUCTION_ACTIVE, RState
 
 KIND = Kind(
     name="reduction",

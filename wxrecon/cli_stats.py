@@ -39,9 +39,9 @@ def provider_errors(metrics_dir: str | None) -> dict[str, float] | None:
 def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from wxrecon import queries
-    from wxrecon.models import CompensationBill, Event, SpecialReduction
-    from wxrecon.states import BILL_ACTIVE, BILL_FINAL, REDUCTION_ACTIVE, REDUCTION_FINAL
+    from wxrecon.domain.states import BILL_ACTIVE, BILL_FINAL, REDUCTION_ACTIVE, REDUCTION_FINAL
+    from wxrecon.store import reads as queries
+    from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 
     now = now or datetime.now(UTC)
     with db.read() as session:

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     )
 
     # Storage and messaging
-    database_url: str = "sqlite:///wxrecon.db"
+    database_url: str = "sqlite:///wxrecon.store.db"
     broker_url: str = "filesystem://"
     data_dir: Path = Path(".wxrecon")
     ratelimit_url: str | None = None  # default: the broker when it is Redis, else per process

@@ -21,7 +21,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from wxrecon.config import get_settings
-from wxrecon.db import on_commit
 from wxrecon.reconcile import (
     MAX_CHUNK,
     IntakeResult,
@@ -30,6 +29,7 @@ from wxrecon.reconcile import (
     intake_reductions,
     new_token,
 )
+from wxrecon.store.db import on_commit
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 

@@ -22,7 +22,7 @@ from wxrecon.config import Settings
 from wxrecon.metrics import OrdersCollector, OrdersSnapshot
 
 if TYPE_CHECKING:
-    from wxrecon.db import Database
+    from wxrecon.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def read_snapshot(db: Database, now: datetime | None = None) -> OrdersSnapshot:
     waited past its ``next_poll_at`` (two grouped counts and two indexed MIN queries)."""
     from sqlalchemy import func, select
 
-    from wxrecon.models import CompensationBill, SpecialReduction
-    from wxrecon.states import BILL_ACTIVE, REDUCTION_ACTIVE
+    from wxrecon.domain.states import BILL_ACTIVE, REDUCTION_ACTIVE
+    from wxrecon.store.models import CompensationBill, SpecialReduction
 
     now = now or datetime.now(UTC)
     counts: dict[tuple[str, str], int] = {}
@@ -91,7 +91,7 @@ def _aware(value: Any) -> datetime:
 
 def database_snapshot(settings: Settings) -> Callable[[], OrdersSnapshot]:
     """A snapshot function over one pooled connection set, for the life of the process."""
-    from wxrecon.db import Database
+    from wxrecon.store.db import Database
 
     db = Database(settings.database_url)
     return lambda: read_snapshot(db)

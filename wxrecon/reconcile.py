@@ -37,11 +37,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import Session, configure_mappers
 
 from wxrecon import metrics
-from wxrecon.db import Database
 from wxrecon.domain.errors import Conflict, OrderNotFound
-from wxrecon.models import CompensationBill, Event, SpecialReduction, utcnow
-from wxrecon.schedule import next_delay, past_reentry_window
-from wxrecon.states import (
+from wxrecon.domain.schedule import next_delay, past_reentry_window
+from wxrecon.domain.states import (
     BILL_ACTIVE,
     BILL_FINAL,
     REDUCTION_ACTIVE,
@@ -58,6 +56,8 @@ from wxrecon.states import (
     reduction_from_provider,
     reduction_retry_target,
 )
+from wxrecon.store.db import Database
+from wxrecon.store.models import CompensationBill, Event, SpecialReduction, utcnow
 from wxrecon.wechatpay import errors
 from wxrecon.wechatpay.resources import (
     CompensationBill as ProviderBill,

@@ -13,8 +13,8 @@ from typing import Any
 
 from wxrecon import metrics
 from wxrecon.config import Settings, get_settings
-from wxrecon.db import Database
 from wxrecon.reconcile import Provider, Reconciler
+from wxrecon.store.db import Database
 
 
 @dataclass

@@ -147,8 +147,8 @@ def _setup_logging(**_: Any) -> None:
 @signals.worker_init.connect
 def _refuse_old_schema(**_: Any) -> None:
     """The worker does not start on a missing or old schema, nor without credentials."""
-    from wxrecon.db import SchemaError, check_schema
     from wxrecon.provider import load_credentials
+    from wxrecon.store.db import SchemaError, check_schema
     from wxrecon.wechatpay.keys import CredentialError
 
     settings = get_settings()

@@ -293,7 +293,7 @@ class Demo:
     def refresh(self, db: Any) -> None:
         from sqlalchemy import select
 
-        from wxrecon.models import CompensationBill, SpecialReduction
+        from wxrecon.store.models import CompensationBill, SpecialReduction
 
         prefix = f"DEMO{self.run_id}%"
         with db.read() as session:
@@ -492,7 +492,7 @@ def render_summary(console: Console, s: dict[str, Any]) -> None:
 
 
 def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
-    from wxrecon import db as dbmod
+    from wxrecon.store import db as dbmod
 
     console = demo.out.console
     admin = demo.start_simulator(sup)

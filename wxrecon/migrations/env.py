@@ -8,8 +8,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.pool import NullPool
 
-from wxrecon.db import make_engine, normalize_url
-from wxrecon.models import Base
+from wxrecon.store.db import make_engine, normalize_url
+from wxrecon.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from wxrecon.states import (
+from wxrecon.domain.states import (
     BILL_ACTIVE,
     REDUCTION_ACTIVE,
     BState,

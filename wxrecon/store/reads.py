@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from wxrecon.domain.errors import Ambiguous, OrderNotFound
-from wxrecon.models import CompensationBill, Event, SpecialReduction, utcnow
-from wxrecon.states import BILL_ACTIVE, REDUCTION_ACTIVE, Kind
+from wxrecon.domain.states import BILL_ACTIVE, REDUCTION_ACTIVE, Kind
+from wxrecon.store.models import CompensationBill, Event, SpecialReduction, utcnow
 from wxrecon.wechatpay.keys import mask
 
 

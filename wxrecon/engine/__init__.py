@@ -1,0 +1,1 @@
+"""The engine: intake, an order's steps (load, call, decide, write), sweeps, operators."""
