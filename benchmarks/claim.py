@@ -1,4 +1,4 @@
-"""Sweep claim cost: how long ``claim_due_reductions`` takes to lease a batch of due rows from a
+"""Sweep claim cost: how long ``claim_due`` takes to lease a batch of due rows from a
 small and from a large table with the same number of due rows.
 
 Rows are bulk-loaded with ``generate_series`` in one INSERT … SELECT (no ORM). The mix of a
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks import harness
-from wxrecon.reconcile import claim_due_reductions
+from wxrecon.domain.kinds import REDUCTION
+from wxrecon.engine.sweep import claim_due
 from wxrecon.store.db import Database
 
 # Every column the table requires; row g is due, waiting or final by its position.
@@ -88,11 +89,11 @@ def measure(
         load = time.perf_counter() - started
         db = Database(url)
         try:
-            claim_due_reductions(db, limit=1, lease=60)  # connect and warm the plan cache
+            claim_due(db, REDUCTION, limit=1, lease=60)  # connect and warm the plan cache
             timings = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                claims = claim_due_reductions(db, limit=batch, lease=60)
+                claims = claim_due(db, REDUCTION, limit=batch, lease=60)
                 timings.append(1000 * (time.perf_counter() - t0))
                 if len(claims) < batch - 1:
                     raise RuntimeError(f"claimed only {len(claims)} of {batch} due rows")

@@ -9,6 +9,7 @@ xdist worker id, so parallel runs never collide.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import uuid
@@ -166,8 +167,10 @@ class EngineSettings:
     poll_jitter: float = 0.0
     poll_max_attempts: int = 6
     reentry_window_days: int = 31
+    reentry_margin: float = 3600.0
     reentry_grace: float = 30.0
     sweep_batch: int = 200
+    sweep_interval: float = 2.0
     claim_lease: float = 120.0
 
 
@@ -238,6 +241,8 @@ class FakeProvider:
         self.query_answers: deque[Answer] = deque()
         self.bill_answers: deque[Answer] = deque()
         self.submits: list[SpecialReductionRequest] = []
+        self.sent: dict[str, SpecialReductionRequest] = {}  # by number, never cleared
+        self.echo_numbers = True
         self.queries: list[tuple[str, str, str]] = []
         self.bill_queries: list[str] = []
         self.hook: Callable[[], None] | None = None
@@ -252,19 +257,48 @@ class FakeProvider:
             raise answer
         return answer
 
+    def _named(self, answer: Any, number: str, mchid: str = "") -> Any:
+        """Like the provider, name the order asked about in a scripted answer: its number
+        (the real client refuses an answer about another one; ``echo_numbers = False``
+        leaves the scripted number), and when left out its mchid and, from the order as
+        last submitted here, its amount (script ``mchid=""`` to leave it out)."""
+        field_name = "out_bill_no" if isinstance(answer, CompensationBill) else "out_request_no"
+        changes: dict[str, Any] = {}
+        if self.echo_numbers and getattr(answer, field_name, number) != number:
+            changes[field_name] = number
+        if isinstance(answer, SpecialReduction):
+            changes.update(self._identity(answer, mchid))
+        if not changes:
+            return answer
+        named = copy.copy(answer)  # not dataclasses.replace: that would read (decrypt) every field
+        for name, value in changes.items():
+            object.__setattr__(named, name, value)
+        return named
+
+    def _identity(self, answer: SpecialReduction, mchid: str) -> dict[str, Any]:
+        sent = self.sent.get(answer.out_request_no)
+        changes: dict[str, Any] = {}
+        if answer.mchid is None:
+            changes["mchid"] = mchid
+        if answer.amount is None and sent is not None:
+            changes["amount"] = sent.amount
+        return changes
+
     def submit_special_reduction(self, request: SpecialReductionRequest) -> SpecialReduction:
         self.submits.append(request)
-        return self._answer(self.submit_answers, "submit")
+        self.sent[request.out_request_no] = request
+        answer = self._answer(self.submit_answers, "submit")
+        return self._named(answer, request.out_request_no, request.mchid)
 
     def query_special_reduction(
         self, out_request_no: str, *, mchid: str, bal_account_no: str
     ) -> SpecialReduction:
         self.queries.append((out_request_no, mchid, bal_account_no))
-        return self._answer(self.query_answers, "query")
+        return self._named(self._answer(self.query_answers, "query"), out_request_no, mchid)
 
     def query_compensation_bill(self, out_bill_no: str) -> CompensationBill:
         self.bill_queries.append(out_bill_no)
-        return self._answer(self.bill_answers, "bill query")
+        return self._named(self._answer(self.bill_answers, "bill query"), out_bill_no)
 
 
 @pytest.fixture

@@ -20,10 +20,17 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import event, func, select, update
 
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, bill, reduction
-from wxrecon import intake, reconcile, runtime, tasks
+from wxrecon import intake, runtime, tasks
 from wxrecon.config import Settings
+from wxrecon.domain.errors import Conflict
+from wxrecon.domain.kinds import BILL, REDUCTION
 from wxrecon.domain.states import BState, RState
-from wxrecon.reconcile import Conflict, Reconciler
+from wxrecon.engine import intake as engine_intake
+from wxrecon.engine import operator
+from wxrecon.engine import steps as steps_module
+from wxrecon.engine.intake import intake_bill, intake_reduction, new_token
+from wxrecon.engine.steps import Reconciler
+from wxrecon.engine.sweep import claim_due
 from wxrecon.store.db import Database
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 from wxrecon.store.reads import bill_events, reduction_events
@@ -90,12 +97,10 @@ def intake_all(
     db: Database, clock: FakeClock, nos: list[str], *, mchid: str = MCHID, token: str = ""
 ) -> tuple[list[int], str]:
     """New reductions claimed together under one token (as a bulk intake leaves them)."""
-    token = token or reconcile.new_token()
+    token = token or new_token()
     with db.transaction() as session:
         ids = [
-            reconcile.intake_reduction(
-                session, make_request(no, mchid), token=token, now=clock()
-            ).order_id
+            intake_reduction(session, make_request(no, mchid), token=token, now=clock()).order_id
             for no in nos
         ]
     return ids, token
@@ -104,9 +109,9 @@ def intake_all(
 def track_all(
     db: Database, clock: FakeClock, nos: list[str], *, token: str = ""
 ) -> tuple[list[int], str]:
-    token = token or reconcile.new_token()
+    token = token or new_token()
     with db.transaction() as session:
-        ids = [reconcile.intake_bill(session, no, token=token, now=clock()).order_id for no in nos]
+        ids = [intake_bill(session, no, token=token, now=clock()).order_id for no in nos]
     return ids, token
 
 
@@ -149,7 +154,7 @@ def test_multi_row_inserts_map_each_result_to_its_own_row(
 ) -> None:
     """Rows go in several multi-row INSERTs; RETURNING's order is not the input's, so each
     result must still name the row of its own order (a repeat across two statements too)."""
-    monkeypatch.setattr(reconcile, "INTAKE_ROWS_PER_STATEMENT", 3)
+    monkeypatch.setattr(engine_intake, "ROWS_PER_STATEMENT", 3)
     with db.transaction() as session:
         intake.submit_reductions(session, [order("MOLD")], enqueue=Sent())
     nos = ["M5", "M1", "MOLD", "M4", "M2", "M1", "M3", "M0"]
@@ -354,7 +359,11 @@ REDUCTION_SCRIPTS: dict[str, tuple[Script, Script]] = {
         # Not found long after the POST: the same POST is re-entered.
         ([reduction("UNKNOWN", "PROCESSING")], [errors.NotFound("no such order")]),
     ),
-    "REJECTED": (([errors.Rejected("PARAM_ERROR", code="PARAM_ERROR")], []), ([], [])),
+    # A refusal is confirmed by a query, and is final once one after the grace finds nothing.
+    "REJECTED": (
+        ([errors.Rejected("PARAM_ERROR", code="PARAM_ERROR")], [errors.NotFound("none")]),
+        ([], [errors.NotFound("none")]),
+    ),
     "FINAL": (([reduction("FINAL", "SUCCESS")], []), ([], [])),
     "NOTENOUGH": (
         ([errors.NotEnough("balance", code="NOT_ENOUGH")], [reduction("NOTENOUGH", "FAILED")]),
@@ -400,21 +409,21 @@ def test_a_chunk_ends_where_one_order_at_a_time_ends(
     for phase in (0, 1):
         if phase == 1:
             clock.advance(120)  # everything in flight is due, and past the re-entry grace
-            claims = reconcile.claim_due_reductions(db, limit=100, lease=120, now=clock())
+            claims = claim_due(db, REDUCTION, limit=100, lease=120, now=clock())
             assert len({c.token for c in claims}) == 1
             token = claims[0].token
             due = {c.id for c in claims}
             a_ids, b_ids = [i for i in a_ids if i in due], [i for i in b_ids if i in due]
-            assert len(a_ids) == 4  # OK, UNKNOWN, THROTTLED, BUSY
+            assert len(a_ids) == 5  # OK, UNKNOWN, REJECTED, THROTTLED, BUSY
         script(provider, phase)
         provider.submits.clear()
         provider.queries.clear()
-        run_chunk(rec.reduction_steps(a_ids, token))
+        run_chunk(rec.steps(REDUCTION, a_ids, token))
         by_chunk = calls(provider)
         provider.submits.clear()
         provider.queries.clear()
         for order_id in b_ids:
-            rec.process_reduction(order_id, token)
+            rec.process(REDUCTION, order_id, token)
         assert calls(provider) == by_chunk
         assert not provider.submit_answers and not provider.query_answers  # all used
 
@@ -451,8 +460,8 @@ def test_each_step_returns_the_state_process_reduction_returns(
     a_ids, token = intake_all(db, clock, NOS)
     b_ids, _ = intake_all(db, clock, NOS, mchid=OTHER_MCHID, token=token)
     script(provider, 0)
-    from_steps = run_chunk(rec.reduction_steps(a_ids, token))
-    one_by_one = [rec.process_reduction(order_id, token) for order_id in b_ids]
+    from_steps = run_chunk(rec.steps(REDUCTION, a_ids, token))
+    one_by_one = [rec.process(REDUCTION, order_id, token) for order_id in b_ids]
     assert one_by_one == [state(db, SpecialReduction, i) for i in b_ids]  # the end state
     assert from_steps == one_by_one
 
@@ -475,7 +484,7 @@ def test_bill_chunk_ends_where_one_bill_at_a_time_ends(
     for phase in (0, 1):
         if phase == 1:
             clock.advance(120)
-            claims = reconcile.claim_due_bills(db, limit=100, lease=120, now=clock())
+            claims = claim_due(db, BILL, limit=100, lease=120, now=clock())
             token = claims[0].token
             due = {c.id for c in claims}
             a_ids, b_ids = [i for i in a_ids if i in due], [i for i in b_ids if i in due]
@@ -484,11 +493,11 @@ def test_bill_chunk_ends_where_one_bill_at_a_time_ends(
             for answers in BILL_SCRIPTS.values():
                 provider.bill_answers.extend(answers[phase])
         provider.bill_queries.clear()
-        run_chunk(rec.bill_steps(a_ids, token))
+        run_chunk(rec.steps(BILL, a_ids, token))
         by_chunk = [no[1:] for no in provider.bill_queries]
         provider.bill_queries.clear()
         for order_id in b_ids:
-            rec.process_bill(order_id, token)
+            rec.process(BILL, order_id, token)
         assert [no[1:] for no in provider.bill_queries] == by_chunk
         assert not provider.bill_answers
     with db.read() as session:
@@ -522,7 +531,7 @@ def test_a_missing_id_yields_a_step_that_does_nothing(
 ) -> None:
     [real], token = intake_all(db, clock, ["M1"])
     provider.submit_answers.append(reduction("M1", "PROCESSING"))
-    pairs = list(rec.reduction_steps([424242, real, 424243], token))
+    pairs = list(rec.steps(REDUCTION, [424242, real, 424243], token))
     assert [i for i, _ in pairs] == [424242, real, 424243]
     steps = [step for _, step in pairs]
     assert steps[0]() is None and provider.submits == []
@@ -530,7 +539,7 @@ def test_a_missing_id_yields_a_step_that_does_nothing(
     assert steps[2]() is None
     assert [r.out_request_no for r in provider.submits] == ["M1"]
     assert state(db, SpecialReduction, real) == RState.PROCESSING
-    assert run_chunk(rec.bill_steps([424242], token)) == [None] and provider.bill_queries == []
+    assert run_chunk(rec.steps(BILL, [424242], token)) == [None] and provider.bill_queries == []
 
 
 def test_stale_token_steps_do_nothing(
@@ -541,8 +550,8 @@ def test_stale_token_steps_do_nothing(
     before = [snapshot(db, SpecialReduction, i) for i in ids]
     bill_before = snapshot(db, CompensationBill, bill_ids[0])
     events = count(db, Event)
-    assert run_chunk(rec.reduction_steps(ids, "someone-elses-token")) == [None, None]
-    assert run_chunk(rec.bill_steps(bill_ids, "someone-elses-token")) == [None]
+    assert run_chunk(rec.steps(REDUCTION, ids, "someone-elses-token")) == [None, None]
+    assert run_chunk(rec.steps(BILL, bill_ids, "someone-elses-token")) == [None]
     assert [snapshot(db, SpecialReduction, i) for i in ids] == before
     assert snapshot(db, CompensationBill, bill_ids[0]) == bill_before
     assert provider.submits == [] and provider.queries == [] and provider.bill_queries == []
@@ -564,15 +573,15 @@ def test_a_row_changed_after_the_chunk_read_is_not_sent_or_overwritten(
 ) -> None:
     ids, token = intake_all(db, clock, ["W1", "W2", "W3"])
     provider.submit_answers.extend([reduction("W1", "PROCESSING"), reduction("W3", "PROCESSING")])
-    read = reconcile.load_rows
+    read = steps_module.load_rows
 
     def read_then_someone_writes(*args: Any) -> dict[int, Any]:
         rows = read(*args)
         bump(db, SpecialReduction, ids[1])  # between the chunk's read and its mark
         return rows
 
-    monkeypatch.setattr(reconcile, "load_rows", read_then_someone_writes)
-    steps = rec.reduction_steps(ids, token)
+    monkeypatch.setattr(steps_module, "load_rows", read_then_someone_writes)
+    steps = rec.steps(REDUCTION, ids, token)
     first_id, first = next(steps)
     assert first_id == ids[0]  # the chunk's rows are read, and its new orders marked, now
     moved = snapshot(db, SpecialReduction, ids[1])
@@ -594,16 +603,16 @@ def test_an_outcome_for_a_row_changed_after_the_chunk_read_is_not_written(
 ) -> None:
     ids, token = intake_all(db, clock, ["P1", "P2", "P3"])
     provider.submit_answers.extend(reduction(no, "PROCESSING") for no in ("P1", "P2", "P3"))
-    run_chunk(rec.reduction_steps(ids, token))
+    run_chunk(rec.steps(REDUCTION, ids, token))
     clock.advance(60)
-    claims = reconcile.claim_due_reductions(db, limit=10, lease=120, now=clock())
+    claims = claim_due(db, REDUCTION, limit=10, lease=120, now=clock())
     token = claims[0].token
     provider.query_answers.extend(reduction(no, "SUCCESS") for no in ("P1", "P2", "P3"))
-    steps = rec.reduction_steps(ids, token)
+    steps = rec.steps(REDUCTION, ids, token)
     first_id, first = next(steps)
     assert first_id == ids[0]
     # An operator re-queries P2 while the chunk runs: a new version, its claim dropped.
-    reconcile.requery_reduction(db, ids[1], actor="ops:amy", why="check", now=clock())
+    operator.requery(db, REDUCTION, ids[1], actor="ops:amy", why="check", now=clock())
     after_operator = snapshot(db, SpecialReduction, ids[1])
     first()
     next(steps)[1]()
@@ -621,7 +630,7 @@ def test_a_bill_changed_after_the_chunk_read_is_not_overwritten(
 ) -> None:
     ids, token = track_all(db, clock, ["BW1", "BW2"])
     provider.bill_answers.extend([bill("BW1", "ACCEPTED"), bill("BW2", "ACCEPTED")])
-    steps = rec.bill_steps(ids, token)
+    steps = rec.steps(BILL, ids, token)
     first_id, first = next(steps)
     assert first_id == ids[0]
     bump(db, CompensationBill, ids[1])
@@ -648,7 +657,7 @@ def test_a_chunk_marks_its_new_orders_in_one_commit_before_its_first_post(
     listener = lambda _conn: commits.append(1)  # noqa: E731
     event.listen(db.engine, "commit", listener)
     try:
-        assert run_chunk(rec.reduction_steps(ids, token)) == [RState.PROCESSING] * 3
+        assert run_chunk(rec.steps(REDUCTION, ids, token)) == [RState.PROCESSING] * 3
     finally:
         event.remove(db.engine, "commit", listener)
     assert seen_at_each_post[0] == [RState.SUBMITTED] * 3  # all marked before the first POST
@@ -664,17 +673,17 @@ def test_a_marked_order_never_sent_is_found_missing_and_sent_again_alike(
 ) -> None:
     ids, token = intake_all(db, clock, ["U1", "U2"])
     provider.submit_answers.append(reduction("U1", "PROCESSING"))
-    steps = rec.reduction_steps(ids, token)
+    steps = rec.steps(REDUCTION, ids, token)
     next(steps)[1]()
     steps.close()  # the worker stops before U2's turn: U2 is marked, never sent
     assert [r.out_request_no for r in provider.submits] == ["U1"]
     assert state(db, SpecialReduction, ids[1]) == RState.SUBMITTED
     clock.advance(1000)  # its lease is over, and the re-entry grace since its mark
-    claims = reconcile.claim_due_reductions(db, limit=10, lease=120, now=clock())
+    claims = claim_due(db, REDUCTION, limit=10, lease=120, now=clock())
     assert {c.id for c in claims} >= {ids[1]}
     provider.query_answers.extend([reduction("U1", "SUCCESS"), errors.NotFound("no such order")])
     provider.submit_answers.append(reduction("U2", "PROCESSING"))
-    run_chunk(rec.reduction_steps(ids, claims[0].token))
+    run_chunk(rec.steps(REDUCTION, ids, claims[0].token))
     assert [q[0] for q in provider.queries] == ["U1", "U2"]
     assert [r.out_request_no for r in provider.submits] == ["U1", "U2"]
     assert provider.submits[1] == make_request("U2")  # the very order, as stored
@@ -695,7 +704,7 @@ def test_an_invalid_stored_order_is_not_marked_but_rejected_by_its_step(
             update(SpecialReduction).where(SpecialReduction.id == ids[0]).values(amount=-5)
         )
     provider.submit_answers.append(reduction("V2", "PROCESSING"))
-    assert run_chunk(rec.reduction_steps(ids, token)) == [RState.REJECTED, RState.PROCESSING]
+    assert run_chunk(rec.steps(REDUCTION, ids, token)) == [RState.REJECTED, RState.PROCESSING]
     assert path(db, ids[0]) == [(None, "RECEIVED"), ("RECEIVED", "REJECTED")]
     assert "stored order is invalid" in history(db, SpecialReduction, ids[0])[1][3]
     assert [r.out_request_no for r in provider.submits] == ["V2"]
@@ -741,13 +750,13 @@ def test_a_chunk_reads_its_rows_in_one_select(
     ids, token = intake_all(db, clock, ["O1", "O2", "O3", "O4"])
     provider.submit_answers.extend(reduction(f"O{i}", "PROCESSING") for i in range(1, 5))
     with Statements(db) as seen:
-        run_chunk(rec.reduction_steps(ids, token))
+        run_chunk(rec.steps(REDUCTION, ids, token))
     assert seen.row_reads("special_reductions") == 1
     assert all(state(db, SpecialReduction, i) == RState.PROCESSING for i in ids)
     bill_ids, bill_token = track_all(db, clock, ["OB1", "OB2", "OB3"])
     provider.bill_answers.extend(bill(f"OB{i}", "ACCEPTED") for i in range(1, 4))
     with Statements(db) as seen:
-        run_chunk(rec.bill_steps(bill_ids, bill_token))
+        run_chunk(rec.steps(BILL, bill_ids, bill_token))
     assert seen.row_reads("compensation_bills") == 1
 
 
@@ -767,7 +776,7 @@ def test_a_chunk_runs_on_one_pinned_connection(
     ids, token = intake_all(pg_db, clock, ["G1", "G2", "G3"])
     provider.submit_answers.extend(reduction(f"G{i}", "PROCESSING") for i in range(1, 4))
     with Statements(pg_db) as chunk:
-        steps = rec.reduction_steps(ids, token)
+        steps = rec.steps(REDUCTION, ids, token)
         for _, step in steps:
             assert pool.checkedout() == idle + 1  # type: ignore[attr-defined]
             step()
@@ -782,7 +791,7 @@ def test_a_chunk_runs_on_one_pinned_connection(
     provider.submit_answers.extend(reduction(f"H{i}", "PROCESSING") for i in range(1, 4))
     with Statements(pg_db) as single:
         for order_id in more:
-            rec.process_reduction(order_id, token)
+            rec.process(REDUCTION, order_id, token)
     assert single.checkouts == 3
 
 
@@ -794,7 +803,7 @@ def test_closing_a_chunk_early_returns_its_connection(
     idle = pool.checkedout()  # type: ignore[attr-defined]
     ids, token = intake_all(pg_db, clock, ["Q1", "Q2", "Q3"])
     provider.submit_answers.append(reduction("Q1", "PROCESSING"))
-    steps = rec.reduction_steps(ids, token)
+    steps = rec.steps(REDUCTION, ids, token)
     next(steps)[1]()
     assert pool.checkedout() == idle + 1  # type: ignore[attr-defined]
     steps.close()
@@ -807,7 +816,7 @@ def test_closing_a_chunk_early_returns_its_connection(
     # The connection is free again: the next order is processed on its own (queried, since
     # it may have been sent).
     provider.query_answers.append(reduction("Q2", "PROCESSING"))
-    assert rec.process_reduction(ids[1], token) == RState.PROCESSING
+    assert rec.process(REDUCTION, ids[1], token) == RState.PROCESSING
 
 
 # -- the poll_reductions task: each order isolated --------------------------------------------
@@ -888,7 +897,7 @@ def test_out_of_time_propagates_and_closes_the_chunk(
     pool = db.engine.pool
     idle = pool.checkedout() if db.is_postgresql else 0  # type: ignore[attr-defined]
     provider.submit_answers.extend([reduction("K1", "PROCESSING"), SoftTimeLimitExceeded()])
-    steps = runtime.get().reconciler().reduction_steps(ids, token)
+    steps = runtime.get().reconciler().steps(REDUCTION, ids, token)
     with pytest.raises(SoftTimeLimitExceeded):
         tasks._process_chunk(steps, ids)
     assert inspect.getgeneratorstate(steps) == inspect.GEN_CLOSED
@@ -921,9 +930,11 @@ def test_a_fresh_process_reads_rows_before_any_other_orm_use(tmp_path: Any) -> N
     script = f"""
 from datetime import UTC, datetime
 from sqlalchemy import create_engine, insert
+from wxrecon.domain.kinds import REDUCTION
+from wxrecon.engine.steps import load_rows
 from wxrecon.store.db import Database
 from wxrecon.store.models import SpecialReduction
-from wxrecon.reconcile import load_rows
+from wxrecon.store.rows import update_row
 url = "sqlite:///{tmp_path / "fresh.db"}"
 engine = create_engine(url)
 SpecialReduction.metadata.create_all(engine)
@@ -933,8 +944,8 @@ with engine.begin() as conn:
         reduction_type="FINANCIAL_PENALTY", amount=100, state="RECEIVED", attempts=0,
         version=1, created_at=datetime(2026, 1, 1, tzinfo=UTC),
         updated_at=datetime(2026, 1, 1, tzinfo=UTC)))
-row = load_rows(Database(url), SpecialReduction, [7])[7]
-row.__dict__.update(state="SUBMITTED")
+row = load_rows(Database(url), REDUCTION, [7])[7]
+update_row(row, {{"state": "SUBMITTED"}})
 print(row.out_request_no, row.amount, row.state)
 """
     done = subprocess.run(

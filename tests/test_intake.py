@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 
 from tests.fixtures_db import EngineSettings, FakeProvider, reduction
 from wxrecon import intake
+from wxrecon.domain.errors import Conflict
+from wxrecon.domain.kinds import REDUCTION
 from wxrecon.domain.states import RState
-from wxrecon.reconcile import Conflict, Reconciler
+from wxrecon.engine.steps import Reconciler
 from wxrecon.store.db import Database, on_commit
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 from wxrecon.wechatpay.errors import InvalidRequest
@@ -86,7 +88,7 @@ def test_enqueued_task_can_process_the_order(
     [(_, kwargs)] = sent
     provider.submit_answers.append(reduction("APP1", "PROCESSING"))
     rec = Reconciler(db, provider, engine_settings)
-    assert rec.process_reduction(kwargs["id"], kwargs["token"]) == RState.PROCESSING
+    assert rec.process(REDUCTION, kwargs["id"], kwargs["token"]) == RState.PROCESSING
 
 
 def test_same_order_again_enqueues_nothing_new(db: Database) -> None:

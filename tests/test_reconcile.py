@@ -9,12 +9,17 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, bill, reduction
-from wxrecon import reconcile
+from wxrecon.domain.errors import Conflict, IllegalTransition, OrderNotFound
+from wxrecon.domain.kinds import BILL, REDUCTION
 from wxrecon.domain.states import BState, RState
-from wxrecon.reconcile import Conflict, IllegalTransition, Reconciler
+from wxrecon.engine import operator
+from wxrecon.engine.intake import IntakeResult, intake_bill, intake_reduction
+from wxrecon.engine.steps import Reconciler, cas, load_row
+from wxrecon.engine.sweep import Claim, claim_due
 from wxrecon.store.db import Database
-from wxrecon.store.models import CompensationBill, Event, SpecialReduction
+from wxrecon.store.models import Event, SpecialReduction
 from wxrecon.store.reads import bill_events, reduction_events
+from wxrecon.store.rows import BillRow, ReductionRow
 from wxrecon.wechatpay import errors
 from wxrecon.wechatpay.resources import SpecialReduction as ProviderReduction
 from wxrecon.wechatpay.resources import SpecialReductionRequest
@@ -35,23 +40,19 @@ def make_request(no: str = "R1", **overrides: Any) -> SpecialReductionRequest:
     return SpecialReductionRequest.create(**params)
 
 
-def intake(
-    db: Database, clock: FakeClock, no: str = "R1", **overrides: Any
-) -> reconcile.IntakeResult:
+def intake(db: Database, clock: FakeClock, no: str = "R1", **overrides: Any) -> IntakeResult:
     with db.transaction() as session:
-        return reconcile.intake_reduction(session, make_request(no, **overrides), now=clock())
+        return intake_reduction(session, make_request(no, **overrides), now=clock())
 
 
-def row_of(db: Database, order_id: int) -> SpecialReduction:
-    with db.read() as session:
-        row = session.get(SpecialReduction, order_id)
+def row_of(db: Database, order_id: int) -> ReductionRow:
+    row = load_row(db, REDUCTION, order_id)
     assert row is not None
     return row
 
 
-def bill_of(db: Database, order_id: int) -> CompensationBill:
-    with db.read() as session:
-        row = session.get(CompensationBill, order_id)
+def bill_of(db: Database, order_id: int) -> BillRow:
+    row = load_row(db, BILL, order_id)
     assert row is not None
     return row
 
@@ -73,8 +74,8 @@ def rec(
     return Reconciler(db, provider, engine_settings, clock=clock)
 
 
-def claim_now(db: Database, clock: FakeClock) -> list[reconcile.Claim]:
-    return reconcile.claim_due_reductions(db, limit=100, lease=120, now=clock())
+def claim_now(db: Database, clock: FakeClock) -> list[Claim]:
+    return claim_due(db, REDUCTION, limit=100, lease=120, now=clock())
 
 
 def poll(rec: Reconciler, db: Database, clock: FakeClock, order_id: int) -> str | None:
@@ -85,7 +86,7 @@ def poll(rec: Reconciler, db: Database, clock: FakeClock, order_id: int) -> str 
         clock.now = row.next_poll_at
     claims = [c for c in claim_now(db, clock) if c.id == order_id]
     assert claims, "the order was not claimable when due"
-    return rec.process_reduction(order_id, claims[0].token)
+    return rec.process(REDUCTION, order_id, claims[0].token)
 
 
 # -- intake --------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_submit_processing_then_success(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "PROCESSING", request_id="rid-post"))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.PROCESSING
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.PROCESSING
     row = row_of(db, order.order_id)
     assert row.submitted_at == clock() and row.attempts == 1
     assert row.next_poll_at == clock.now + timedelta(seconds=5)
@@ -207,7 +208,7 @@ def test_signed_final_answer_to_post_is_stored_verbatim(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", state, fail_reason=fail_reason))
-    assert rec.process_reduction(order.order_id, order.token or "") == expected
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == expected
     row = row_of(db, order.order_id)
     assert row.fail_reason == fail_reason
     assert row.next_poll_at is None and row.claim_token is None
@@ -233,7 +234,7 @@ def test_unknown_outcome_is_never_failed(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(errors.OutcomeUnknown(cause))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.SUBMITTED
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.SUBMITTED
     row = row_of(db, order.order_id)
     assert row.attempts == 1 and row.next_poll_at is not None
     assert row.last_error and "outcome" in row.last_error
@@ -252,7 +253,7 @@ def test_unknown_outcome_exhausts_into_review_not_failure(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(errors.OutcomeUnknown(errors.NetworkError("reset")))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     for _ in range(engine_settings.poll_max_attempts - 1):
         provider.query_answers.append(errors.ProviderBusy("busy", status=503))
         poll(rec, db, clock, order.order_id)
@@ -282,7 +283,7 @@ def test_unsigned_not_enough_is_confirmed_by_a_signed_query(
     provider.query_answers.append(
         reduction("R1", "FAILED", fail_reason="BALANCE_NOT_ENOUGH", request_id="rid-signed")
     )
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.FAILED
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.FAILED
     row = row_of(db, order.order_id)
     assert row.fail_reason == "BALANCE_NOT_ENOUGH" and row.last_request_id == "rid-signed"
     assert len(provider.queries) == 1
@@ -297,7 +298,7 @@ def test_not_enough_without_confirmation_stays_unknown(
     order = intake(db, clock)
     provider.submit_answers.append(errors.NotEnough("nope", status=403, code="NOT_ENOUGH"))
     provider.query_answers.append(errors.UnverifiedResponse("bad signature"))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.SUBMITTED
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.SUBMITTED
     assert "not yet confirmed" in (row_of(db, order.order_id).last_error or "")
     # The signed query, later, may even say it went through.
     provider.query_answers.append(reduction("R1", "PROCESSING"))
@@ -305,20 +306,67 @@ def test_not_enough_without_confirmation_stays_unknown(
 
 
 @pytest.mark.parametrize("code", ["PARAM_ERROR", "INVALID_REQUEST", "SIGN_ERROR", "NO_AUTH"])
-def test_rejection_is_rejected_with_the_providers_message(
+def test_rejection_is_rejected_only_once_a_query_after_the_grace_finds_nothing(
     db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock, code: str
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(
         errors.Rejected("账户号码不正确", status=400, code=code, request_id="rid-rej")
     )
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.REJECTED
+    # A refusal is not proof: a signed query is asked at once; it finds nothing, too soon.
+    provider.query_answers.append(errors.NotFound("no such order", status=404, code="NOT_FOUND"))
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.SUBMITTED
+    row = row_of(db, order.order_id)
+    assert code in (row.refusal or "") and len(provider.queries) == 1
+    # Its next look waits out the grace (30 s), when a NotFound finally proves something.
+    assert row.next_poll_at == row.last_submit_at + timedelta(seconds=30)  # type: ignore[operator]
+    provider.query_answers.append(
+        errors.NotFound("no such order", status=404, code="NOT_FOUND", request_id="rid-nf")
+    )
+    assert poll(rec, db, clock, order.order_id) == RState.REJECTED
     row = row_of(db, order.order_id)
     assert code in (row.last_error or "") and "账户号码不正确" in (row.last_error or "")
-    assert row.next_poll_at is None and row.last_request_id == "rid-rej"
+    assert row.next_poll_at is None and row.last_request_id == "rid-nf"
+    assert len(provider.submits) == 1  # a refused order is never re-entered
+    assert path(db, order.order_id)[-1] == ("SUBMITTED", "REJECTED")
     # Terminal: the sweep never picks it up again.
     clock.advance(days=1)
     assert claim_now(db, clock) == []
+
+
+def test_a_refused_retry_of_a_post_that_landed_is_not_rejected(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    """The first attempt landed, its answer was lost, the client's retry got 400: the
+    provider applied the order, so only its signed word may be written."""
+    order = intake(db, clock)
+    provider.submit_answers.append(errors.Rejected("bad", status=400, code="PARAM_ERROR"))
+    provider.query_answers.append(reduction("R1", "SUCCESS", request_id="rid-ok"))
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.SUCCESS
+    row = row_of(db, order.order_id)
+    assert row.refusal is None and row.last_request_id == "rid-ok"
+    assert path(db, order.order_id)[-1][1] == "SUCCESS"
+
+
+def test_a_refused_order_that_exists_with_other_parameters_goes_to_review(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = intake(db, clock)
+    provider.submit_answers.append(errors.Rejected("exists", status=400, code="INVALID_REQUEST"))
+    provider.query_answers.append(reduction("R1", "SUCCESS", amount=777))
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.NEEDS_REVIEW
+    assert "differs from ours in amount" in (row_of(db, order.order_id).last_error or "")
+
+
+def test_a_refusal_whose_query_fails_is_asked_again_never_rejected(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = intake(db, clock)
+    provider.submit_answers.append(errors.Rejected("sig", status=401, code="SIGN_ERROR"))
+    provider.query_answers.append(errors.ProviderBusy("busy", status=500))
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.SUBMITTED
+    provider.query_answers.append(errors.Rejected("sig", status=401, code="SIGN_ERROR"))
+    assert poll(rec, db, clock, order.order_id) == RState.NEEDS_REVIEW
 
 
 def test_unexpected_answer_needs_review(
@@ -326,7 +374,7 @@ def test_unexpected_answer_needs_review(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(errors.UnexpectedAnswer("teapot", status=418, code="TEAPOT"))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.NEEDS_REVIEW
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.NEEDS_REVIEW
     assert path(db, order.order_id)[-1] == ("SUBMITTED", "NEEDS_REVIEW")
 
 
@@ -335,7 +383,7 @@ def test_provider_copy_differing_from_ours_needs_review(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "SUCCESS", amount=9999))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.NEEDS_REVIEW
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.NEEDS_REVIEW
     assert "amount" in (row_of(db, order.order_id).last_error or "")
 
 
@@ -362,25 +410,28 @@ def test_ledger_number_is_compared_on_the_post_answer(
     order = intake(db, clock)
     opened: list[str] = []
     provider.submit_answers.append(_sealed_answer("SUCCESS", "6222000011113333", opened))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.NEEDS_REVIEW
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.NEEDS_REVIEW
     row = row_of(db, order.order_id)
     assert "bal_account_no" in (row.last_error or "") and opened == ["CIPHERTEXT"]
     assert "6222000011113333" not in (row.last_error or "")
 
 
-def test_ledger_number_of_a_query_answer_is_not_decrypted(
+def test_ledger_number_of_a_query_answer_is_read_only_on_success(
     db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
 ) -> None:
-    """The query filters by our own ledger number: its answer is not compared on it, so no
-    private-key operation is spent on it."""
+    """The query filters by our own ledger number, so an in-flight answer is not compared on
+    it (no private-key operation spent); a SUCCESS moved money, so its ledger must match."""
     order = intake(db, clock)
     opened: list[str] = []
     provider.submit_answers.append(_sealed_answer("PROCESSING", "6222000011112222", opened))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.PROCESSING
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.PROCESSING
     assert opened == ["CIPHERTEXT"]
-    provider.query_answers.append(_sealed_answer("SUCCESS", "garbled", opened))
-    assert poll(rec, db, clock, order.order_id) == RState.SUCCESS
-    assert opened == ["CIPHERTEXT"]  # the query's answer stayed sealed
+    provider.query_answers.append(_sealed_answer("PROCESSING", "garbled", opened))
+    assert poll(rec, db, clock, order.order_id) == RState.PROCESSING
+    assert opened == ["CIPHERTEXT"]  # the in-flight answer stayed sealed
+    provider.query_answers.append(_sealed_answer("SUCCESS", "6222000011119999", opened))
+    assert poll(rec, db, clock, order.order_id) == RState.NEEDS_REVIEW
+    assert "bal_account_no" in (row_of(db, order.order_id).last_error or "")
 
 
 def test_post_answer_whose_ledger_number_does_not_decrypt_is_an_unknown_outcome(
@@ -388,7 +439,7 @@ def test_post_answer_whose_ledger_number_does_not_decrypt_is_an_unknown_outcome(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(_sealed_answer("SUCCESS", "garbled", []))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.SUBMITTED
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.SUBMITTED
     row = row_of(db, order.order_id)
     assert row.attempts == 1 and row.next_poll_at is not None
     assert "outcome of the POST unknown" in (row.last_error or "")
@@ -403,7 +454,7 @@ def test_unknown_provider_state_needs_review(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "REVERSED"))
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.NEEDS_REVIEW
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.NEEDS_REVIEW
 
 
 @pytest.mark.parametrize(
@@ -427,7 +478,7 @@ def test_processing_order_answers(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "PROCESSING"))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     provider.query_answers.append(answer)
     assert poll(rec, db, clock, order.order_id) == expected
     row = row_of(db, order.order_id)
@@ -446,7 +497,7 @@ def test_processing_order_past_its_budget_needs_review(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "PROCESSING"))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     for _ in range(engine_settings.poll_max_attempts - 1):
         provider.query_answers.append(reduction("R1", "PROCESSING"))
         poll(rec, db, clock, order.order_id)
@@ -462,7 +513,7 @@ def test_invalid_stored_order_is_rejected_before_sending(
         row = session.get(SpecialReduction, order.order_id)
         assert row is not None
         row.amount = 0
-    assert rec.process_reduction(order.order_id, order.token or "") == RState.REJECTED
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.REJECTED
     assert provider.submits == []
     assert path(db, order.order_id)[-1] == ("RECEIVED", "REJECTED")
 
@@ -475,7 +526,7 @@ def test_not_found_soon_after_post_proves_nothing_then_same_post_is_reentered(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(errors.OutcomeUnknown(errors.NetworkError("timeout")))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     first_sent = row_of(db, order.order_id).submitted_at
 
     provider.query_answers.append(errors.NotFound("no such order", status=404, code="NOT_FOUND"))
@@ -499,7 +550,7 @@ def test_past_the_reentry_window_an_unknown_order_needs_review(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(errors.OutcomeUnknown(errors.NetworkError("timeout")))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     clock.advance(days=32)
     provider.query_answers.append(errors.NotFound("no such order", status=404, code="NOT_FOUND"))
     assert poll(rec, db, clock, order.order_id) == RState.NEEDS_REVIEW
@@ -512,13 +563,13 @@ def test_throttled_call_is_deferred_without_spending_an_attempt(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "PROCESSING"))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     before = row_of(db, order.order_id)
     events_before = path(db, order.order_id)
     provider.query_answers.append(errors.Throttled(0.75, "query_reduction:" + MCHID))
     clock.now = before.next_poll_at or clock.now
     claims = claim_now(db, clock)
-    assert rec.process_reduction(order.order_id, claims[0].token) == RState.PROCESSING
+    assert rec.process(REDUCTION, order.order_id, claims[0].token) == RState.PROCESSING
     after = row_of(db, order.order_id)
     assert after.attempts == before.attempts
     assert after.next_poll_at is not None
@@ -532,7 +583,7 @@ def test_throttled_submit_is_deferred_and_not_an_attempt(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(errors.Throttled(1.5, "submit_reduction:" + MCHID))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     row = row_of(db, order.order_id)
     assert row.attempts == 0 and row.state == RState.SUBMITTED
     assert row.next_poll_at is not None and (row.next_poll_at - clock()).total_seconds() == 1.5
@@ -546,7 +597,7 @@ def test_cas_loser_changes_nothing(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "PROCESSING"))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     row = row_of(db, order.order_id)
     clock.now = row.next_poll_at or clock.now
     claim = claim_now(db, clock)[0]
@@ -554,11 +605,11 @@ def test_cas_loser_changes_nothing(
     # While our query is "on the wire", another writer (here an operator) changes the row.
     def operator_acts() -> None:
         provider.hook = None
-        reconcile.requery_reduction(db, order.order_id, actor="ops:amy", why="check", now=clock())
+        operator.requery(db, REDUCTION, order.order_id, actor="ops:amy", why="check", now=clock())
 
     provider.hook = operator_acts
     provider.query_answers.append(reduction("R1", "SUCCESS"))
-    rec.process_reduction(order.order_id, claim.token)
+    rec.process(REDUCTION, order.order_id, claim.token)
     row = row_of(db, order.order_id)
     assert row.state == RState.PROCESSING  # our SUCCESS write lost the race
     assert path(db, order.order_id)[-1] == ("PROCESSING", "PROCESSING")  # only the operator's
@@ -571,8 +622,8 @@ def test_two_writers_same_version_only_one_wins(db: Database, clock: FakeClock) 
     order = intake(db, clock)
     a = row_of(db, order.order_id)
     b = row_of(db, order.order_id)
-    assert reconcile.cas(db, a, RState.SUBMITTED, {}, reason="writer a", now=clock())
-    assert not reconcile.cas(db, b, RState.SUBMITTED, {}, reason="writer b", now=clock())
+    assert cas(db, a, RState.SUBMITTED, {}, reason="writer a", now=clock())
+    assert not cas(db, b, RState.SUBMITTED, {}, reason="writer b", now=clock())
     assert path(db, order.order_id) == [(None, "RECEIVED"), ("RECEIVED", "SUBMITTED")]
 
 
@@ -580,10 +631,10 @@ def test_cas_event_row_carries_every_field_and_the_loser_adds_none(
     db: Database, clock: FakeClock
 ) -> None:
     with db.transaction() as session:
-        tracked = reconcile.intake_bill(session, "B1", now=clock())
+        tracked = intake_bill(session, "B1", now=clock())
     a, b = bill_of(db, tracked.order_id), bill_of(db, tracked.order_id)
     clock.advance(1)
-    assert reconcile.cas(
+    assert cas(
         db,
         a,
         None,
@@ -596,8 +647,8 @@ def test_cas_event_row_carries_every_field_and_the_loser_adds_none(
     )
     assert a.version == 2 and a.attempts == 3 and a.updated_at == clock()
     # b still holds version 1: it loses, whether it moves the state or only notes.
-    assert not reconcile.cas(db, b, BState.NEEDS_REVIEW, {"attempts": 9}, reason="b", now=clock())
-    assert not reconcile.cas(db, b, None, {"attempts": 9}, reason="b", note=True, now=clock())
+    assert not cas(db, b, BState.NEEDS_REVIEW, {"attempts": 9}, reason="b", now=clock())
+    assert not cas(db, b, None, {"attempts": 9}, reason="b", note=True, now=clock())
     stored = bill_of(db, tracked.order_id)
     assert (stored.version, stored.attempts, stored.state) == (2, 3, BState.TRACKING)
     with db.read() as session:
@@ -614,7 +665,7 @@ def test_cas_event_row_carries_every_field_and_the_loser_adds_none(
         clock(),
     )
     # A write without an event (a reschedule) moves only the row.
-    assert reconcile.cas(db, a, None, {"attempts": 4}, reason="", now=clock())
+    assert cas(db, a, None, {"attempts": 4}, reason="", now=clock())
     assert bill_of(db, tracked.order_id).version == 3 and count(db, Event) == 2
 
 
@@ -622,23 +673,23 @@ def test_stale_claim_does_nothing(
     db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
 ) -> None:
     order = intake(db, clock)
-    assert rec.process_reduction(order.order_id, "someone-elses-token") is None
+    assert rec.process(REDUCTION, order.order_id, "someone-elses-token") is None
     assert provider.submits == [] and row_of(db, order.order_id).state == RState.RECEIVED
 
 
 def test_missing_row_does_nothing(rec: Reconciler, provider: FakeProvider) -> None:
-    assert rec.process_reduction(424242, "t") is None
+    assert rec.process(REDUCTION, 424242, "t") is None
     assert provider.submits == []
 
 
 def test_final_states_never_change_by_the_engine(db: Database, clock: FakeClock) -> None:
     order = intake(db, clock)
     row = row_of(db, order.order_id)
-    assert reconcile.cas(db, row, RState.SUBMITTED, {}, reason="sending", now=clock())
-    assert reconcile.cas(db, row, RState.SUCCESS, {}, reason="query: SUCCESS", now=clock())
+    assert cas(db, row, RState.SUBMITTED, {}, reason="sending", now=clock())
+    assert cas(db, row, RState.SUCCESS, {}, reason="query: SUCCESS", now=clock())
     for target in (RState.FAILED, RState.PROCESSING, RState.NEEDS_REVIEW, RState.RECEIVED):
         with pytest.raises(IllegalTransition):
-            reconcile.cas(db, row, target, {}, reason="no", now=clock())
+            cas(db, row, target, {}, reason="no", now=clock())
     assert row_of(db, order.order_id).state == RState.SUCCESS
 
 
@@ -650,7 +701,7 @@ def _to_review(
 ) -> int:
     order = intake(db, clock, no)
     provider.submit_answers.append(errors.UnexpectedAnswer("?", status=418))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     assert row_of(db, order.order_id).state == RState.NEEDS_REVIEW
     return order.order_id
 
@@ -660,8 +711,8 @@ def test_operator_retry_is_recorded_and_requeries_first(
 ) -> None:
     order_id = _to_review(db, rec, provider, clock, "R1")
     clock.advance(3600)
-    state = reconcile.retry_reduction(
-        db, order_id, actor="ops:li", why="provider fixed incident 42", now=clock()
+    state = operator.retry(
+        db, REDUCTION, order_id, actor="ops:li", why="provider fixed incident 42", now=clock()
     )
     assert state == RState.SUBMITTED  # it was sent: query before any re-entry
     row = row_of(db, order_id)
@@ -679,8 +730,8 @@ def test_operator_retry_of_never_sent_order_resubmits(
 ) -> None:
     order = intake(db, clock, amount=5)
     row = row_of(db, order.order_id)
-    assert reconcile.cas(db, row, RState.REJECTED, {"next_poll_at": None}, reason="x", now=clock())
-    assert reconcile.retry_reduction(db, order.order_id, actor="ops", why="w") == RState.RECEIVED
+    assert cas(db, row, RState.REJECTED, {"next_poll_at": None}, reason="x", now=clock())
+    assert operator.retry(db, REDUCTION, order.order_id, actor="ops", why="w") == RState.RECEIVED
 
 
 def test_final_order_needs_force_to_be_rechecked(
@@ -688,12 +739,12 @@ def test_final_order_needs_force_to_be_rechecked(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "FAILED", fail_reason="TIME_OUT_CLOSED"))
-    rec.process_reduction(order.order_id, order.token or "")
+    rec.process(REDUCTION, order.order_id, order.token or "")
     with pytest.raises(IllegalTransition, match="force"):
-        reconcile.retry_reduction(db, order.order_id, actor="ops", why="sure?")
+        operator.retry(db, REDUCTION, order.order_id, actor="ops", why="sure?")
     assert row_of(db, order.order_id).state == RState.FAILED
     assert (
-        reconcile.retry_reduction(db, order.order_id, actor="ops", why="sure?", force=True)
+        operator.retry(db, REDUCTION, order.order_id, actor="ops", why="sure?", force=True)
         == RState.SUBMITTED
     )
 
@@ -704,8 +755,10 @@ def test_retry_all_matching_a_filter(
     ids = [_to_review(db, rec, provider, clock, f"R{i}") for i in range(3)]
     other = intake(db, clock, "X1", mchid="1900000999")
     provider.submit_answers.append(errors.UnexpectedAnswer("?", status=418))
-    rec.process_reduction(other.order_id, other.token or "")
-    result = reconcile.retry_reductions(db, actor="ops:bulk", why="after outage", mchid=MCHID)
+    rec.process(REDUCTION, other.order_id, other.token or "")
+    result = operator.retry_many(
+        db, REDUCTION, actor="ops:bulk", why="after outage", where={"mchid": MCHID}
+    )
     assert sorted(result.retried) == sorted(ids) and result.skipped == {}
     assert row_of(db, other.order_id).state == RState.NEEDS_REVIEW
     assert {row_of(db, i).state for i in ids} == {RState.SUBMITTED}
@@ -719,38 +772,38 @@ def test_requery_makes_in_flight_order_due_now_and_refuses_terminal(
 ) -> None:
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "PROCESSING"))
-    rec.process_reduction(order.order_id, order.token or "")
-    assert reconcile.requery_reduction(db, order.order_id, actor="ops", now=clock()) == "PROCESSING"
+    rec.process(REDUCTION, order.order_id, order.token or "")
+    assert operator.requery(db, REDUCTION, order.order_id, actor="ops", now=clock()) == "PROCESSING"
     assert [c.id for c in claim_now(db, clock)] == [order.order_id]
     done = _to_review(db, rec, provider, clock, "R2")
     with pytest.raises(IllegalTransition, match="retry"):
-        reconcile.requery_reduction(db, done, actor="ops")
-    with pytest.raises(reconcile.OrderNotFound):
-        reconcile.requery_reduction(db, 99999, actor="ops")
+        operator.requery(db, REDUCTION, done, actor="ops")
+    with pytest.raises(OrderNotFound):
+        operator.requery(db, REDUCTION, 99999, actor="ops")
 
 
 def test_operator_action_needs_an_actor(db: Database, clock: FakeClock) -> None:
     order = intake(db, clock)
     with pytest.raises(ValueError, match="actor"):
-        reconcile.requery_reduction(db, order.order_id, actor="")
+        operator.requery(db, REDUCTION, order.order_id, actor="")
 
 
 # -- compensation bills --------------------------------------------------------------------------
 
 
-def track(db: Database, clock: FakeClock, no: str = "B1") -> reconcile.IntakeResult:
+def track(db: Database, clock: FakeClock, no: str = "B1") -> IntakeResult:
     with db.transaction() as session:
-        return reconcile.intake_bill(session, no, now=clock())
+        return intake_bill(session, no, now=clock())
 
 
 def poll_bill(rec: Reconciler, db: Database, clock: FakeClock, order_id: int) -> str | None:
     row = bill_of(db, order_id)
     if row.next_poll_at is not None and row.next_poll_at > clock():
         clock.now = row.next_poll_at
-    claims = reconcile.claim_due_bills(db, limit=10, lease=120, now=clock())
+    claims = claim_due(db, BILL, limit=10, lease=120, now=clock())
     mine = [c for c in claims if c.id == order_id]
     assert mine
-    return rec.process_bill(order_id, mine[0].token)
+    return rec.process(BILL, order_id, mine[0].token)
 
 
 def test_bill_tracked_through_its_states_to_closed(
@@ -767,7 +820,7 @@ def test_bill_tracked_through_its_states_to_closed(
             bill("B1", "CLOSED", close_reason="USER_REJECTED", request_id="rid-closed"),
         ]
     )
-    assert rec.process_bill(order.order_id, order.token or "") == BState.TRACKING
+    assert rec.process(BILL, order.order_id, order.token or "") == BState.TRACKING
     assert poll_bill(rec, db, clock, order.order_id) == BState.ACCEPTED
     assert poll_bill(rec, db, clock, order.order_id) == BState.ACCEPTED
     assert bill_of(db, order.order_id).attempts == 2
@@ -793,7 +846,7 @@ def test_bill_cancelled_through_canceling(
     provider.bill_answers.extend(
         [bill("B1", "WAIT_USER_CONFIRM"), bill("B1", "CANCELING"), bill("B1", "CANCELLED")]
     )
-    assert rec.process_bill(order.order_id, order.token or "") == BState.WAIT_USER_CONFIRM
+    assert rec.process(BILL, order.order_id, order.token or "") == BState.WAIT_USER_CONFIRM
     assert poll_bill(rec, db, clock, order.order_id) == BState.CANCELING
     assert poll_bill(rec, db, clock, order.order_id) == BState.CANCELLED
     with db.read() as session:
@@ -806,7 +859,7 @@ def test_bill_unknown_state_needs_review(
 ) -> None:
     order = track(db, clock)
     provider.bill_answers.append(bill("B1", "REFUNDED"))
-    assert rec.process_bill(order.order_id, order.token or "") == BState.NEEDS_REVIEW
+    assert rec.process(BILL, order.order_id, order.token or "") == BState.NEEDS_REVIEW
     assert "REFUNDED" in (bill_of(db, order.order_id).last_error or "")
 
 
@@ -816,8 +869,8 @@ def test_bill_final_states(
 ) -> None:
     order = track(db, clock)
     provider.bill_answers.append(bill("B1", final))
-    assert rec.process_bill(order.order_id, order.token or "") == final
-    assert reconcile.claim_due_bills(db, limit=10, lease=60, now=clock.advance(days=1)) == []
+    assert rec.process(BILL, order.order_id, order.token or "") == final
+    assert claim_due(db, BILL, limit=10, lease=60, now=clock.advance(days=1)) == []
 
 
 def test_bill_unexpected_answer_needs_review_and_operator_retry(
@@ -825,9 +878,9 @@ def test_bill_unexpected_answer_needs_review_and_operator_retry(
 ) -> None:
     order = track(db, clock)
     provider.bill_answers.append(errors.Rejected("no auth", status=403, code="NO_AUTH"))
-    assert rec.process_bill(order.order_id, order.token or "") == BState.NEEDS_REVIEW
-    assert reconcile.retry_bill(db, order.order_id, actor="ops", why="granted") == BState.TRACKING
-    result = reconcile.retry_bills(db, actor="ops", why="none left")
+    assert rec.process(BILL, order.order_id, order.token or "") == BState.NEEDS_REVIEW
+    assert operator.retry(db, BILL, order.order_id, actor="ops", why="granted") == BState.TRACKING
+    result = operator.retry_many(db, BILL, actor="ops", why="none left")
     assert result.retried == []
     with pytest.raises(IllegalTransition):
-        reconcile.retry_bill(db, order.order_id, actor="ops", why="again")  # in flight
+        operator.retry(db, BILL, order.order_id, actor="ops", why="again")  # in flight

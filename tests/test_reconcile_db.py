@@ -14,7 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tests.fixtures_db import FakeClock
-from wxrecon import reconcile
+from wxrecon.domain.errors import OrderNotFound
+from wxrecon.engine.intake import intake_bill, intake_reduction
 from wxrecon.store import db as dbmod
 from wxrecon.store import reads as queries
 from wxrecon.store.db import Database, SchemaError, check_schema, head_revisions
@@ -102,27 +103,27 @@ def test_partial_index_on_active_rows(db: Database) -> None:
 def test_times_are_aware_utc_both_ways(db: Database, clock: FakeClock) -> None:
     shanghai = datetime(2026, 1, 5, 16, 0, tzinfo=UTC).astimezone(ZoneInfo("Asia/Shanghai"))
     with db.transaction() as session:
-        order = reconcile.intake_reduction(session, request("T1"), now=shanghai)
+        order = intake_reduction(session, request("T1"), now=shanghai)
     with db.read() as session:
         row = session.get(SpecialReduction, order.order_id)
     assert row is not None
     assert row.created_at == shanghai and row.created_at.tzinfo == UTC
     with pytest.raises(Exception, match="naive"), db.transaction() as session:
-        reconcile.intake_reduction(session, request("T2"), now=datetime(2026, 1, 1))
+        intake_reduction(session, request("T2"), now=datetime(2026, 1, 1))
 
 
 def test_queries_for_the_cli(db: Database, clock: FakeClock) -> None:
     with db.transaction() as session:
-        a = reconcile.intake_reduction(session, request("Q1"), now=clock())
-        reconcile.intake_reduction(session, request("Q1", mchid="1900000110"), now=clock())
-        reconcile.intake_reduction(session, request("Q2", amount=250), now=clock())
-        reconcile.intake_bill(session, "BQ1", now=clock())
+        a = intake_reduction(session, request("Q1"), now=clock())
+        intake_reduction(session, request("Q1", mchid="1900000110"), now=clock())
+        intake_reduction(session, request("Q2", amount=250), now=clock())
+        intake_bill(session, "BQ1", now=clock())
     with db.read() as session:
         with pytest.raises(queries.Ambiguous, match="mchid"):
             queries.get_reduction(session, out_request_no="Q1")
         one = queries.get_reduction(session, out_request_no="Q1", mchid="1900000109")
         assert one.id == a.order_id
-        with pytest.raises(reconcile.OrderNotFound):
+        with pytest.raises(OrderNotFound):
             queries.get_reduction(session, out_request_no="NOPE")
         assert len(queries.list_reductions(session, mchid="1900000109")) == 2
         assert len(queries.list_reductions(session, states=["RECEIVED"], limit=1)) == 1
@@ -140,7 +141,7 @@ def test_queries_for_the_cli(db: Database, clock: FakeClock) -> None:
 
 def test_events_cannot_be_rewritten(db: Database, clock: FakeClock) -> None:
     with db.transaction() as session:
-        reconcile.intake_reduction(session, request("EV1"), now=clock())
+        intake_reduction(session, request("EV1"), now=clock())
     with pytest.raises(Exception, match="append-only"), db.transaction() as session:
         session.execute(text("UPDATE events SET reason = 'rewritten'"))
     with db.read() as session:

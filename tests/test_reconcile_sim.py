@@ -12,9 +12,11 @@ from sqlalchemy import select
 
 from tests.fixtures_db import EngineSettings
 from tests.fixtures_sim import SIM_BAL_ACCOUNT_NO, SIM_BALANCE, SIM_MCHID
-from wxrecon import reconcile
-from wxrecon.domain.states import BILL_ACTIVE, REDUCTION_ACTIVE
-from wxrecon.reconcile import Reconciler
+from wxrecon.domain.kinds import BILL, REDUCTION
+from wxrecon.engine import operator
+from wxrecon.engine.intake import intake_bill, intake_reduction
+from wxrecon.engine.steps import Reconciler
+from wxrecon.engine.sweep import claim_due
 from wxrecon.simulator import AdminClient
 from wxrecon.store.db import Database
 from wxrecon.store.models import CompensationBill, SpecialReduction, utcnow
@@ -41,9 +43,9 @@ def rec(db: Database, sim_client: WeChatPayClient) -> Reconciler:
 
 def submit(db: Database, rec: Reconciler, no: str, amount: int = 1000) -> int:
     with db.transaction() as session:
-        order = reconcile.intake_reduction(session, request(no, amount))
+        order = intake_reduction(session, request(no, amount))
     assert order.token is not None
-    rec.process_reduction(order.order_id, order.token)
+    rec.process(REDUCTION, order.order_id, order.token)
     return order.order_id
 
 
@@ -51,11 +53,8 @@ def settle(
     db: Database, rec: Reconciler, model: Any = SpecialReduction, timeout: float = 15
 ) -> list[Any]:
     """Run sweeps (with every row due) until no order is in flight."""
-    active = REDUCTION_ACTIVE if model is SpecialReduction else BILL_ACTIVE
-    claim = (
-        reconcile.claim_due_reductions if model is SpecialReduction else reconcile.claim_due_bills
-    )
-    process = rec.process_reduction if model is SpecialReduction else rec.process_bill
+    kind = REDUCTION if model is SpecialReduction else BILL
+    active = kind.active
     deadline = time.monotonic() + timeout
     while True:
         with db.read() as session:
@@ -63,8 +62,8 @@ def settle(
         if all(r.state not in active for r in rows):
             return rows
         assert time.monotonic() < deadline, [(r.id, r.state, r.last_error) for r in rows]
-        for c in claim(db, limit=50, lease=30, now=utcnow() + timedelta(hours=1)):
-            process(c.id, c.token)
+        for c in claim_due(db, kind, limit=50, lease=30, now=utcnow() + timedelta(hours=1)):
+            rec.process(kind, c.id, c.token)
         time.sleep(0.05)
 
 
@@ -140,7 +139,7 @@ def test_already_exists_is_confirmed_by_a_signed_query(
         last = reduction_events(session, order_id)[-1]
     assert "ALREADY_EXISTS" in last.reason
     # An operator's forced re-check queries again and lands on the same answer.
-    reconcile.retry_reduction(db, order_id, actor="ops", why="double-check", force=True)
+    operator.retry(db, REDUCTION, order_id, actor="ops", why="double-check", force=True)
     [row] = settle(db, rec)
     assert row.state == "FAILED"
     assert sim_admin.reduction("SIMCLOSED")["mismatched_param_submits"] == 0  # type: ignore[index]
@@ -173,7 +172,7 @@ def test_bills_reach_their_final_states(
     sim_admin.seed_bill("SIMB3", 500, "CANCELLED")
     with db.transaction() as session:
         for no in ("SIMB1", "SIMB2", "SIMB3"):
-            reconcile.intake_bill(session, no)
+            intake_bill(session, no)
     rows = settle(db, rec, CompensationBill)
     got = {r.out_bill_no: (r.state, r.close_reason, r.amount) for r in rows}
     assert got == {

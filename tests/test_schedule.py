@@ -72,9 +72,9 @@ def test_bad_inputs() -> None:
 )
 def test_reentry_window(age: timedelta, past: bool) -> None:
     sent = datetime(2026, 1, 1, tzinfo=UTC)
-    assert past_reentry_window(sent, sent + age, 31) is past
-    assert reentry_deadline(sent, 31) == sent + timedelta(days=31)
+    assert past_reentry_window(sent, sent + age, timedelta(days=31)) is past
+    assert reentry_deadline(sent, timedelta(days=31)) == sent + timedelta(days=31)
 
 
 def test_never_sent_is_never_past_the_window() -> None:
-    assert not past_reentry_window(None, datetime(2030, 1, 1, tzinfo=UTC), 31)
+    assert not past_reentry_window(None, datetime(2030, 1, 1, tzinfo=UTC), timedelta(days=31))

@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, reduction
-from wxrecon import reconcile
+from wxrecon.domain.kinds import BILL, REDUCTION
 from wxrecon.domain.states import BState, RState
-from wxrecon.reconcile import Claim, Reconciler
+from wxrecon.engine.intake import intake_bill, intake_reduction
+from wxrecon.engine.steps import Reconciler
+from wxrecon.engine.sweep import Claim, claim_due, sweep
 from wxrecon.store.db import Database
 from wxrecon.store.models import CompensationBill, SpecialReduction
 
@@ -47,7 +49,7 @@ def seed(
 
 
 def claim(db: Database, clock: FakeClock, limit: int = 1000, lease: float = 60) -> list[Claim]:
-    return reconcile.claim_due_reductions(db, limit=limit, lease=lease, now=clock())
+    return claim_due(db, REDUCTION, limit=limit, lease=lease, now=clock())
 
 
 def test_only_due_active_rows_are_claimed_oldest_first(db: Database, clock: FakeClock) -> None:
@@ -86,11 +88,11 @@ def test_dead_workers_claim_returns_and_the_old_token_is_stale(
     dead = claim(db, clock, lease=60)[0]
     clock.advance(61)
     live = claim(db, clock, lease=60)[0]
-    provider.query_answers.append(reduction("ANY", "SUCCESS"))
+    provider.query_answers.append(reduction("ANY", "SUCCESS", amount=100))
     # The "dead" worker wakes up late: its claim is gone, it does nothing.
-    assert rec.process_reduction(order_id, dead.token) is None
+    assert rec.process(REDUCTION, order_id, dead.token) is None
     assert provider.queries == []
-    assert rec.process_reduction(order_id, live.token) == RState.SUCCESS
+    assert rec.process(REDUCTION, order_id, live.token) == RState.SUCCESS
 
 
 def test_never_submitted_order_is_found_and_submitted_by_the_sweep(
@@ -99,14 +101,14 @@ def test_never_submitted_order_is_found_and_submitted_by_the_sweep(
     from tests.test_reconcile import make_request
 
     with db.transaction() as session:
-        order = reconcile.intake_reduction(session, make_request("LOST1"), lease=120, now=clock())
+        order = intake_reduction(session, make_request("LOST1"), lease=120, now=clock())
     # The intake's task never ran (worker died between commit and send).
     clock.advance(121)
     rec = Reconciler(db, provider, engine_settings, clock=clock)
     dispatched: list[Claim] = []
-    assert rec.sweep_reductions(dispatched.append) == 1
+    assert sweep(db, REDUCTION, rec.settings, dispatched.append, now=clock) == 1
     provider.submit_answers.append(reduction("LOST1", "PROCESSING"))
-    assert rec.process_reduction(order.order_id, dispatched[0].token) == RState.PROCESSING
+    assert rec.process(REDUCTION, order.order_id, dispatched[0].token) == RState.PROCESSING
     assert provider.submits == [make_request("LOST1")]
 
 
@@ -117,24 +119,24 @@ def test_sweep_claims_batch_after_batch(
     settings = EngineSettings(sweep_batch=200)
     rec = Reconciler(db, provider, settings, clock=clock)
     got: list[Claim] = []
-    assert rec.sweep_reductions(got.append) == 450
+    assert sweep(db, REDUCTION, rec.settings, got.append, now=clock) == 450
     assert sorted(c.id for c in got) == ids
     assert len({c.token for c in got}) == 3  # one statement (and token) per batch
-    assert rec.sweep_reductions(got.append) == 0
+    assert sweep(db, REDUCTION, rec.settings, got.append, now=clock) == 0
 
 
 def test_bills_are_claimed_the_same_way(db: Database, clock: FakeClock) -> None:
     with db.transaction() as session:
-        a = reconcile.intake_bill(session, "BILL1", lease=30, now=clock())
-        b = reconcile.intake_bill(session, "BILL2", lease=30, now=clock())
+        a = intake_bill(session, "BILL1", lease=30, now=clock())
+        b = intake_bill(session, "BILL2", lease=30, now=clock())
         session.execute(
             update(CompensationBill)
             .where(CompensationBill.id == b.order_id)
             .values(state=BState.SUCCESS, next_poll_at=None)
         )
-    assert reconcile.claim_due_bills(db, limit=10, lease=30, now=clock()) == []
+    assert claim_due(db, BILL, limit=10, lease=30, now=clock()) == []
     clock.advance(31)
-    claims = reconcile.claim_due_bills(db, limit=10, lease=30, now=clock())
+    claims = claim_due(db, BILL, limit=10, lease=30, now=clock())
     assert [c.id for c in claims] == [a.order_id]
 
 
@@ -155,7 +157,7 @@ def test_concurrent_claimers_never_share_a_row(
         try:
             start.wait()
             while True:
-                got = reconcile.claim_due_reductions(databases[i], limit=25, lease=60, now=clock())
+                got = claim_due(databases[i], REDUCTION, limit=25, lease=60, now=clock())
                 if not got:
                     return
                 results[i].extend(got)
@@ -187,7 +189,7 @@ def test_concurrent_claimers_on_sqlite_processes_serialise(
 
     def run(i: int) -> None:
         while True:
-            got = reconcile.claim_due_reductions(databases[i], limit=10, lease=60, now=clock())
+            got = claim_due(databases[i], REDUCTION, limit=10, lease=60, now=clock())
             if not got:
                 return
             results[i].extend(c.id for c in got)

@@ -16,8 +16,8 @@ from sqlalchemy.exc import OperationalError
 from tests.fixtures_db import FakeProvider, reduction
 from wxrecon import runtime, tasks
 from wxrecon.config import Settings
+from wxrecon.domain.decisions import Policy
 from wxrecon.domain.states import RState
-from wxrecon.reconcile import Reconciler
 from wxrecon.store.db import Database
 from wxrecon.store.models import CompensationBill, SpecialReduction
 from wxrecon.wechatpay import errors
@@ -208,7 +208,7 @@ def test_poll_chunk_with_bad_arguments_is_dropped(
 
 
 def test_dispatcher_chunks_by_size_and_token() -> None:
-    from wxrecon.reconcile import Claim
+    from wxrecon.engine.sweep import Claim
 
     sent: list[dict[str, Any]] = []
 
@@ -322,4 +322,4 @@ def test_durations_and_reentry_grace_from_the_environment(monkeypatch: pytest.Mo
     settings = Settings()
     assert settings.reentry_grace == 120.0
     assert settings.sweep_interval == 0.5
-    assert Reconciler(db=None, client=None, settings=settings).reentry_grace == 120.0  # type: ignore[arg-type]
+    assert Policy.of(settings).grace == 120.0

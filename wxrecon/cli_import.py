@@ -70,7 +70,7 @@ def import_csv(
 ) -> None:
     """Bulk intake of special reductions from a CSV file (header row names the fields)."""
     from wxrecon import intake
-    from wxrecon.reconcile import Conflict
+    from wxrecon.domain.errors import Conflict
     from wxrecon.wechatpay.errors import InvalidRequest
 
     rows, refused = read_rows(file)

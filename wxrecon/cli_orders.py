@@ -56,7 +56,7 @@ class Kind:
 
     def get(self, session: Any, ref: str, mchid: str | None = None) -> Any:
         """By id (all digits) or by number; raises the engine's OrderNotFound / Ambiguous."""
-        from wxrecon.reconcile import OrderNotFound
+        from wxrecon.domain.errors import OrderNotFound
         from wxrecon.store import reads as queries
 
         if self.name == "reduction":
@@ -74,16 +74,17 @@ class Kind:
         return queries.get_bill(session, out_bill_no=ref)
 
     def retry(self, db: Any, order_id: int, *, actor: str, why: str, force: bool) -> str:
-        from wxrecon import reconcile
+        from wxrecon.domain.kinds import KINDS
+        from wxrecon.engine import operator
 
-        fn = reconcile.retry_reduction if self.name == "reduction" else reconcile.retry_bill
-        return str(fn(db, order_id, actor=actor, why=why, force=force))
+        kind = KINDS[self.name]
+        return operator.retry(db, kind, order_id, actor=actor, why=why, force=force)
 
     def requery(self, db: Any, order_id: int, *, actor: str, why: str) -> str:
-        from wxrecon import reconcile
+        from wxrecon.domain.kinds import KINDS
+        from wxrecon.engine import operator
 
-        fn = reconcile.requery_reduction if self.name == "reduction" else reconcile.requery_bill
-        return str(fn(db, order_id, actor=actor, why=why))
+        return operator.requery(db, KINDS[self.name], order_id, actor=actor, why=why)
 
 
 def database() -> Any:

@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     )
     poll_jitter: float = Field(0.1, ge=0, le=1)
     poll_max_attempts: int = Field(60, ge=1)
-    reentry_window_days: int = 31
+    # The provider re-enters a POST idempotently for 31 days; never trust a longer window.
+    reentry_window_days: int = Field(31, ge=1, le=31)
+    # Re-entry stops this long before the window ends (clock skew, a slow last attempt).
+    reentry_margin: float = Field(3600.0, ge=0)
     reentry_grace: float = 30.0  # after a POST, a not-found answer proves nothing for this long
     poll_chunk: int = Field(10, ge=1)  # claimed orders per poll message
 
@@ -93,6 +96,7 @@ class Settings(BaseSettings):
         "failover_cooldown",
         "rate_limit_max_wait",
         "reentry_grace",
+        "reentry_margin",
         mode="before",
     )
     @classmethod

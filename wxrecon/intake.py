@@ -21,14 +21,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from wxrecon.config import get_settings
-from wxrecon.reconcile import (
-    MAX_CHUNK,
+from wxrecon.engine.intake import (
     IntakeResult,
     intake_bill,
     intake_reduction,
     intake_reductions,
     new_token,
 )
+from wxrecon.engine.steps import MAX_CHUNK
 from wxrecon.store.db import on_commit
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest

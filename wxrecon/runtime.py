@@ -13,7 +13,7 @@ from typing import Any
 
 from wxrecon import metrics
 from wxrecon.config import Settings, get_settings
-from wxrecon.reconcile import Provider, Reconciler
+from wxrecon.engine.steps import Provider, Reconciler
 from wxrecon.store.db import Database
 
 

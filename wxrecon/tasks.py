@@ -1,4 +1,4 @@
-"""Thin Celery tasks: parse JSON kwargs, call :mod:`wxrecon.reconcile`, nothing else.
+"""Thin Celery tasks: parse JSON kwargs, call :mod:`wxrecon.engine`, nothing else.
 
 Public, stable names (business apps send them by name, JSON kwargs only):
 
@@ -28,7 +28,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from wxrecon import runtime
-from wxrecon.reconcile import MAX_CHUNK, Claim, Conflict, Steps, intake_bill, intake_reduction
+from wxrecon.domain.errors import Conflict
+from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
+from wxrecon.engine.intake import intake_bill, intake_reduction
+from wxrecon.engine.steps import MAX_CHUNK, Steps
+from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app
@@ -102,7 +106,7 @@ def submit_special_reduction(
         return _refuse("special reduction", str(exc), context)
     state: str | None = result.state
     if result.token is not None:
-        state = rt.reconciler().process_reduction(result.order_id, result.token) or state
+        state = rt.reconciler().process(REDUCTION, result.order_id, result.token) or state
     return {"id": result.order_id, "created": result.created, "state": state}
 
 
@@ -127,7 +131,7 @@ def track_compensation_bill(self: Task, out_bill_no: Any = None, **unknown: Any)
         )
     state: str | None = result.state
     if result.token is not None:
-        state = rt.reconciler().process_bill(result.order_id, result.token) or state
+        state = rt.reconciler().process(BILL, result.order_id, result.token) or state
     return {"id": result.order_id, "created": result.created, "state": state}
 
 
@@ -136,30 +140,6 @@ def _claim_args(id: Any, token: Any) -> tuple[int, str] | None:
         log.error("poll task with bad arguments (id=%r); dropped", str(id)[:40])
         return None
     return id, token
-
-
-@app.task(
-    name="wxrecon.poll_reduction",
-    queue=POLL_QUEUE,
-    **RETRY_WHILE_DB_DOWN,
-)
-def poll_reduction(id: Any = None, token: Any = None) -> str | None:
-    args = _claim_args(id, token)
-    if args is None:
-        return None
-    return runtime.get().reconciler().process_reduction(*args)
-
-
-@app.task(
-    name="wxrecon.poll_bill",
-    queue=POLL_QUEUE,
-    **RETRY_WHILE_DB_DOWN,
-)
-def poll_bill(id: Any = None, token: Any = None) -> str | None:
-    args = _claim_args(id, token)
-    if args is None:
-        return None
-    return runtime.get().reconciler().process_bill(*args)
 
 
 def _chunk_args(ids: Any, token: Any) -> tuple[list[int], str] | None:
@@ -194,23 +174,6 @@ def _process_chunk(steps: Steps, ids: list[int]) -> int:
     return done
 
 
-@app.task(name="wxrecon.poll_reductions", queue=POLL_QUEUE)
-def poll_reductions(ids: Any = None, token: Any = None) -> int:
-    """Process a chunk of reductions claimed together (one sweep's, or one bulk intake's)."""
-    args = _chunk_args(ids, token)
-    if args is None:
-        return 0
-    return _process_chunk(runtime.get().reconciler().reduction_steps(*args), args[0])
-
-
-@app.task(name="wxrecon.poll_bills", queue=POLL_QUEUE)
-def poll_bills(ids: Any = None, token: Any = None) -> int:
-    args = _chunk_args(ids, token)
-    if args is None:
-        return 0
-    return _process_chunk(runtime.get().reconciler().bill_steps(*args), args[0])
-
-
 class _Dispatcher:
     """Buffers claims and publishes them in chunks of one token each, on one producer."""
 
@@ -234,28 +197,40 @@ class _Dispatcher:
             self.pending = []
 
 
-def _sweep(kind: str) -> int:
-    rt = runtime.get()
-    rec = rt.reconciler()
-    chunk = rt.settings.poll_chunk
-    with app.producer_or_acquire() as producer:
-        if kind == "reduction":
-            dispatch = _Dispatcher(poll_reductions, chunk, producer)
-            count = rec.sweep_reductions(dispatch)
-        else:
-            dispatch = _Dispatcher(poll_bills, chunk, producer)
-            count = rec.sweep_bills(dispatch)
-        dispatch.flush()
-    return count
+def _poll_tasks(kind: OrderKind, one: str, chunk: str, sweeper: str) -> tuple[Task, Task, Task]:
+    """The three internal tasks of a kind: poll one claimed order, poll a chunk of them
+    (one sweep's claims, or one bulk intake's new orders), and the beat's sweep."""
+
+    @app.task(name=one, queue=POLL_QUEUE, **RETRY_WHILE_DB_DOWN)
+    def poll_one(id: Any = None, token: Any = None) -> str | None:
+        args = _claim_args(id, token)
+        if args is None:
+            return None
+        return runtime.get().reconciler().process(kind, *args)
+
+    @app.task(name=chunk, queue=POLL_QUEUE)
+    def poll_chunk(ids: Any = None, token: Any = None) -> int:
+        args = _chunk_args(ids, token)
+        if args is None:
+            return 0
+        return _process_chunk(runtime.get().reconciler().steps(kind, *args), args[0])
+
+    @app.task(name=sweeper, queue=POLL_QUEUE)
+    def sweep_due() -> int:
+        """Claim due orders (each batch committed first) and enqueue their polls in chunks."""
+        rt = runtime.get()
+        with app.producer_or_acquire() as producer:
+            dispatch = _Dispatcher(poll_chunk, rt.settings.poll_chunk, producer)
+            count = sweep(rt.db, kind, rt.settings, dispatch)
+            dispatch.flush()
+        return count
+
+    return poll_one, poll_chunk, sweep_due
 
 
-@app.task(name="wxrecon.sweep_reductions", queue=POLL_QUEUE)
-def sweep_reductions() -> int:
-    """Claim due reductions (each batch committed first) and enqueue their polls in chunks."""
-    return _sweep("reduction")
-
-
-@app.task(name="wxrecon.sweep_bills", queue=POLL_QUEUE)
-def sweep_bills() -> int:
-    """Claim due bills (each batch committed first) and enqueue their polls in chunks."""
-    return _sweep("bill")
+poll_reduction, poll_reductions, sweep_reductions = _poll_tasks(
+    REDUCTION, "wxrecon.poll_reduction", "wxrecon.poll_reductions", "wxrecon.sweep_reductions"
+)
+poll_bill, poll_bills, sweep_bills = _poll_tasks(
+    BILL, "wxrecon.poll_bill", "wxrecon.poll_bills", "wxrecon.sweep_bills"
+)

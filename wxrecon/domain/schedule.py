@@ -48,11 +48,12 @@ def next_delay(
     return max(0.0, delay)
 
 
-def reentry_deadline(first_sent: datetime, window_days: int) -> datetime:
-    """The last moment a special reduction may be re-entered idempotently."""
-    return first_sent + timedelta(days=window_days)
+def reentry_deadline(first_sent: datetime, window: timedelta) -> datetime:
+    """The last moment a special reduction may be re-entered idempotently (``window``: the
+    provider's 31 days less wxrecon's safety margin)."""
+    return first_sent + window
 
 
-def past_reentry_window(first_sent: datetime | None, now: datetime, window_days: int) -> bool:
+def past_reentry_window(first_sent: datetime | None, now: datetime, window: timedelta) -> bool:
     """True once an order first sent at ``first_sent`` can no longer be safely re-entered."""
-    return first_sent is not None and now >= reentry_deadline(first_sent, window_days)
+    return first_sent is not None and now >= reentry_deadline(first_sent, window)

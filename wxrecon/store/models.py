@@ -71,7 +71,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
-def _active_predicate(states: frozenset[Any]) -> Any:
+def active_predicate(states: frozenset[Any]) -> Any:
+    """``state IN ('A', 'B')`` with literal values: the claim's filter and the partial index's
+    predicate are this one text, so the planner can prove the index applies (bound
+    parameters would hide that)."""
     listed = ", ".join(f"'{s}'" for s in sorted(states))
     return text(f"state IN ({listed})")
 
@@ -117,6 +120,9 @@ class SpecialReduction(PollingColumns, Base):
     fail_time: Mapped[datetime | None]
     submitted_at: Mapped[datetime | None]  # first POST: starts the 31-day re-entry window
     last_submit_at: Mapped[datetime | None]  # latest POST (the grace before re-entry)
+    # The provider refused a POST (4xx): not proof that nothing moved, since an earlier
+    # attempt may have landed; kept until a signed query settles the order.
+    refusal: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("mchid", "out_request_no"),
@@ -124,8 +130,8 @@ class SpecialReduction(PollingColumns, Base):
         Index(
             "ix_special_reductions_due",
             "next_poll_at",
-            postgresql_where=_active_predicate(REDUCTION_ACTIVE),
-            sqlite_where=_active_predicate(REDUCTION_ACTIVE),
+            postgresql_where=active_predicate(REDUCTION_ACTIVE),
+            sqlite_where=active_predicate(REDUCTION_ACTIVE),
         ),
     )
 
@@ -158,8 +164,8 @@ class CompensationBill(PollingColumns, Base):
         Index(
             "ix_compensation_bills_due",
             "next_poll_at",
-            postgresql_where=_active_predicate(BILL_ACTIVE),
-            sqlite_where=_active_predicate(BILL_ACTIVE),
+            postgresql_where=active_predicate(BILL_ACTIVE),
+            sqlite_where=active_predicate(BILL_ACTIVE),
         ),
     )
 

@@ -1,0 +1,117 @@
+"""What a provider's answer says about one stored order: the row values it sets, how it
+differs from the order, and whether it carries what a final answer must. Pure functions,
+one set per kind (``kinds.py`` binds them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wxrecon.store.rows import BillRow, ReductionRow
+from wxrecon.wechatpay.resources import CompensationBill as ProviderBill
+from wxrecon.wechatpay.resources import SpecialReduction as ProviderReduction
+from wxrecon.wechatpay.resources import SpecialReductionRequest
+
+
+def reduction_request(row: ReductionRow) -> SpecialReductionRequest:
+    """The (re-validated) request a stored order sends; every re-entry sends exactly this.
+    Raises InvalidRequest when the stored parameters are not sendable."""
+    return SpecialReductionRequest.create(
+        mchid=row.mchid,
+        bal_account_no=row.bal_account_no,
+        out_request_no=row.out_request_no,
+        reduction_type=row.reduction_type,
+        amount=row.amount,
+        reason=row.reason,
+    )
+
+
+REDUCTION_PARAMS = ("bal_account_no", "reduction_type", "amount", "reason")
+
+
+def request_differences(row: ReductionRow, request: SpecialReductionRequest) -> list[str]:
+    """Names (never values) of the parameters in which ``request`` differs from ``row``."""
+    theirs = {
+        "bal_account_no": request.bal_account_no,
+        "reduction_type": str(request.reduction_type),
+        "amount": request.amount,
+        "reason": request.reason,
+    }
+    return [name for name in REDUCTION_PARAMS if getattr(row, name) != theirs[name]]
+
+
+def reduction_values(result: ProviderReduction) -> dict[str, Any]:
+    return {
+        "provider_state": str(result.state),
+        "fail_reason": str(result.fail_reason) if result.fail_reason is not None else None,
+        "quota_change_no": result.quota_change_no,
+        "success_time": result.success_time,
+        "fail_time": result.fail_time,
+        "last_request_id": result.request_id,
+        "last_error": None,
+        "refusal": None,  # the provider knows the order: a refused POST proved nothing
+    }
+
+
+def reduction_detail(result: ProviderReduction) -> str:
+    return f" ({result.fail_reason})" if result.fail_reason is not None else ""
+
+
+def reduction_differences(row: ReductionRow, result: ProviderReduction, ledger: bool) -> list[str]:
+    """Fields where the provider's copy of the order disagrees with ours (names only).
+
+    The ledger number is compared only with ``ledger`` (a POST's answer, or a SUCCESS): a
+    query is filtered by our own ledger number, and reading ``result.bal_account_no`` costs
+    an RSA decryption. Raises GarbledResponse when that number does not decrypt."""
+    out = []
+    if result.out_request_no != row.out_request_no:
+        out.append("out_request_no")
+    if result.mchid is not None and result.mchid != row.mchid:
+        out.append("mchid")
+    if result.amount is not None and result.amount != row.amount:
+        out.append("amount")
+    if result.reduction_type is not None and str(result.reduction_type) != row.reduction_type:
+        out.append("reduction_type")
+    if ledger and result.bal_account_no is not None and result.bal_account_no != row.bal_account_no:
+        out.append("bal_account_no")
+    return out
+
+
+def reduction_missing(result: ProviderReduction, success: bool) -> list[str]:
+    """What a final answer must carry but does not: its mchid, and for SUCCESS the amount
+    (a signed ``{"state": "SUCCESS"}`` alone says nothing about which order moved money)."""
+    missing = [] if result.mchid else ["mchid"]
+    if success and result.amount is None:
+        missing.append("amount")
+    return missing
+
+
+def bill_values(result: ProviderBill) -> dict[str, Any]:
+    close = result.close_info
+    return {
+        "provider_state": str(result.state),
+        "amount": result.amount,
+        "bill_id": result.bill_id,
+        "sp_mchid": result.sp_mchid,
+        "sponsor_mchid": result.sponsor_mchid,
+        "transfer_remark": result.transfer_remark,
+        "accept_time": result.accept_time,
+        "success_time": result.success_time,
+        "close_reason": close.close_reason if close else None,
+        "close_time": close.close_time if close else None,
+        "last_request_id": result.request_id,
+        "last_error": None,
+    }
+
+
+def bill_detail(result: ProviderBill) -> str:
+    close = result.close_info
+    return f" ({close.close_reason})" if close and close.close_reason else ""
+
+
+def bill_differences(row: BillRow, result: ProviderBill, ledger: bool) -> list[str]:
+    return [] if result.out_bill_no == row.out_bill_no else ["out_bill_no"]
+
+
+def bill_missing(result: ProviderBill, success: bool) -> list[str]:
+    return []

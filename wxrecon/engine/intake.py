@@ -1,0 +1,214 @@
+"""Intake: write new orders (RECEIVED / TRACKING, with their events) in the caller's
+transaction, each claimed for a lease so the caller can process or enqueue it without the
+sweep racing it; if the caller dies, the lease expires and the sweep takes it.
+
+An order that exists already is found, not written again: the same parameters return it
+(and its claim, when this is a redelivery of the call that created it: same token); other
+parameters raise Conflict and write nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from wxrecon import metrics
+from wxrecon.domain.answers import request_differences
+from wxrecon.domain.errors import Conflict
+from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
+from wxrecon.store import sql
+from wxrecon.store.models import utcnow
+from wxrecon.store.rows import row_from
+from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_STATEMENT = 500
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    order_id: int
+    created: bool
+    state: str
+    # The claim token when the caller holds the order's lease (it was just created, or this
+    # is a redelivery of the call that created it), so it should process or enqueue it.
+    token: str | None
+
+    @property
+    def claimed(self) -> bool:
+        return self.token is not None
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def _new_row(kind: OrderKind, token: str, lease: float, now: datetime) -> dict[str, Any]:
+    """The values every new order starts with, claimed for ``lease`` seconds."""
+    until = now + timedelta(seconds=lease)
+    return {
+        "state": str(kind.initial),
+        "attempts": 0,
+        "next_poll_at": until,
+        "claimed_until": until,
+        "claim_token": token,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
+
+
+def reduction_values(request: SpecialReductionRequest) -> dict[str, Any]:
+    return {
+        "mchid": request.mchid,
+        "bal_account_no": request.bal_account_no,
+        "out_request_no": request.out_request_no,
+        "reduction_type": str(request.reduction_type),
+        "amount": request.amount,
+        "reason": request.reason,
+    }
+
+
+def intake(
+    session: Session,
+    kind: OrderKind,
+    orders: Sequence[Mapping[str, Any]],
+    *,
+    token: str,
+    lease: float,
+    now: datetime | None = None,
+    actor: str = "intake",
+    same: Any = None,
+) -> list[IntakeResult]:
+    """Write ``orders`` (each a mapping of the kind's own columns) in ``session``'s
+    transaction under one ``token``: new rows with multi-row INSERTs (per 500), their events
+    with one executemany. ``same(stored_row, order) -> [differing field names]`` decides
+    whether an existing order is the same one (None: always)."""
+    now = now or utcnow()
+    conn = session.connection()
+    base = _new_row(kind, token, lease, now)
+    keys = kind.number_fields
+    created: dict[tuple[Any, ...], int] = {}
+    for i in range(0, len(orders), ROWS_PER_STATEMENT):
+        part = [{**o, **base} for o in orders[i : i + ROWS_PER_STATEMENT]]
+        for row_id, *key in sql.insert_new(conn, kind.model, keys, part):
+            created[tuple(key)] = row_id
+
+    results: list[IntakeResult] = []
+    new: list[tuple[int, Mapping[str, Any]]] = []
+    for order in orders:
+        new_id = created.pop(tuple(order[k] for k in keys), None)
+        if new_id is not None:
+            new.append((new_id, order))
+            results.append(IntakeResult(new_id, True, str(kind.initial), token))
+        else:
+            results.append(_existing(conn, kind, order, token, same))
+    _record_new(conn, kind, new, actor, now)
+    return results
+
+
+def _existing(
+    conn: Connection, kind: OrderKind, order: Mapping[str, Any], token: str, same: Any
+) -> IntakeResult:
+    stored = row_from(kind.row, sql.find_by_number(conn, kind.model, _key(kind, order)))
+    differs = same(stored, order) if same is not None else []
+    if differs:
+        raise Conflict(
+            f"{kind} {kind.number(stored)} already exists with a different "
+            f"{', '.join(differs)}; nothing changed"
+        )
+    # A redelivered intake message (same deterministic token) still owns its claim.
+    mine = stored.claim_token == token and stored.state in kind.active
+    return IntakeResult(stored.id, False, stored.state, token if mine else None)
+
+
+def _key(kind: OrderKind, order: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: order[k] for k in kind.number_fields}
+
+
+def _record_new(
+    conn: Connection,
+    kind: OrderKind,
+    new: Sequence[tuple[int, Mapping[str, Any]]],
+    actor: str,
+    now: datetime,
+) -> None:
+    """The first events of new rows (one executemany), their log lines and counts."""
+    if not new:
+        return
+    initial = str(kind.initial)
+    conn.execute(
+        sql.EVENT_INSERT,
+        [
+            sql.event_params(str(kind), i, None, initial, kind.intake_reason, actor, now)
+            for i, _ in new
+        ],
+    )
+    for _, order in new:
+        log.info("%s %s", kind, kind.intake_reason, extra=_key(kind, order))
+        metrics.count_transition(str(kind), "", initial)
+
+
+def intake_reductions(
+    session: Session,
+    requests: Sequence[SpecialReductionRequest],
+    *,
+    token: str,
+    lease: float = 120.0,
+    now: datetime | None = None,
+    actor: str = "intake",
+) -> list[IntakeResult]:
+    """Validated requests as new RECEIVED orders (Conflict when one exists with other
+    parameters: roll back, nothing is kept)."""
+    orders = [reduction_values(r) for r in requests]
+    by_key = {(r.mchid, r.out_request_no): r for r in requests}
+    return intake(
+        session,
+        REDUCTION,
+        orders,
+        token=token,
+        lease=lease,
+        now=now,
+        actor=actor,
+        same=lambda stored, order: request_differences(
+            stored, by_key[(order["mchid"], order["out_request_no"])]
+        ),
+    )
+
+
+def intake_reduction(
+    session: Session,
+    request: SpecialReductionRequest,
+    *,
+    token: str | None = None,
+    lease: float = 120.0,
+    now: datetime | None = None,
+    actor: str = "intake",
+) -> IntakeResult:
+    """One new RECEIVED order (see :func:`intake_reductions`)."""
+    token = token or new_token()
+    return intake_reductions(session, [request], token=token, lease=lease, now=now, actor=actor)[0]
+
+
+def intake_bill(
+    session: Session,
+    out_bill_no: object,
+    *,
+    token: str | None = None,
+    lease: float = 120.0,
+    now: datetime | None = None,
+    actor: str = "intake",
+) -> IntakeResult:
+    """Start tracking a compensation bill (idempotent: an existing one is returned).
+    Raises InvalidRequest, writing nothing, when ``out_bill_no`` is not a valid number."""
+    order = {"out_bill_no": check_order_no(out_bill_no, "out_bill_no")}
+    token = token or new_token()
+    return intake(session, BILL, [order], token=token, lease=lease, now=now, actor=actor)[0]

@@ -1,0 +1,246 @@
+"""One claimed order's step: load -> call -> decide -> write, for any kind.
+
+A row is written before anything is sent; a reduction moves RECEIVED -> SUBMITTED in a
+transaction committed *before* its POST (a chunk's new orders in one, see ``_mark``), so a
+crash after sending is never mistaken for "nothing sent". Outcomes learnt afterwards may be
+held and committed with the chunk's next write (``store.unit.Unit``): losing one only means
+asking the provider again. What to do with each answer is ``domain.decisions``' call.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from wxrecon import metrics
+from wxrecon.domain import decisions
+from wxrecon.domain.decisions import Action, Call, Decision, Endpoint, Policy, Write
+from wxrecon.domain.kinds import OrderKind, kind_of
+from wxrecon.store import sql, unit
+from wxrecon.store.db import Database
+from wxrecon.store.models import utcnow
+from wxrecon.store.rows import Row
+from wxrecon.store.unit import ENGINE_ACTOR, Cas, Unit
+from wxrecon.wechatpay import errors
+from wxrecon.wechatpay.resources import CompensationBill as ProviderBill
+from wxrecon.wechatpay.resources import SpecialReduction as ProviderReduction
+from wxrecon.wechatpay.resources import SpecialReductionRequest
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK = 1000  # orders per poll message, at most
+
+Clock = Callable[[], datetime]
+Step = Callable[[], "str | None"]  # one order's step of a chunk: returns its state
+Steps = Generator[tuple[int, Step], None, None]  # (order id, its step), each id once
+
+_LOG_LEVEL = {Action.REVIEW: logging.WARNING}
+
+
+class Provider(Protocol):
+    """What the engine needs from :class:`wxrecon.wechatpay.WeChatPayClient`."""
+
+    def submit_special_reduction(self, request: SpecialReductionRequest) -> ProviderReduction: ...
+
+    def query_special_reduction(
+        self, out_request_no: str, *, mchid: str, bal_account_no: str
+    ) -> ProviderReduction: ...
+
+    def query_compensation_bill(self, out_bill_no: str) -> ProviderBill: ...
+
+
+def moved(write: Cas) -> None:
+    """After a won transition: count it and log it."""
+    if write.changed:
+        metrics.count_transition(write.kind, write.src, str(write.to))
+        log.info(
+            "%s %s -> %s: %s",
+            write.kind,
+            write.src,
+            write.to,
+            write.reason,
+            extra=kind_of(write.row).log_fields(write.row, write.request_id),
+        )
+
+
+def load_rows(db: Database, kind: OrderKind, ids: Sequence[int]) -> dict[int, Any]:
+    return sql.load_rows(db, kind.model, kind.row, ids)
+
+
+def load_row(db: Database, kind: OrderKind, order_id: int) -> Any:
+    """The order's row; None when there is no such row."""
+    return load_rows(db, kind, (order_id,)).get(order_id)
+
+
+def cas(
+    db: Database,
+    row: Row,
+    to: str | None,
+    values: dict[str, Any],
+    *,
+    reason: str,
+    now: datetime | None = None,
+    request_id: str | None = None,
+    actor: str = ENGINE_ACTOR,
+    note: bool = False,
+) -> bool:
+    """One checked compare-and-set, committed now (IllegalTransition when the table forbids
+    it); updates ``row`` when it wins."""
+    kind = kind_of(row)
+    if to is not None and to != row.state:
+        kind.check(row.state, to)
+    write = unit.prepare(
+        db,
+        kind.model,
+        row,
+        to,
+        values,
+        reason=reason,
+        now=now or utcnow(),
+        request_id=request_id,
+        actor=actor,
+        note=note,
+    )
+    return unit.commit(db, [write], moved)[0]
+
+
+@dataclass
+class Reconciler:
+    """Works on claimed orders: I/O with the provider, compare-and-set writes to the DB."""
+
+    db: Database
+    client: Provider
+    settings: Any  # wxrecon.config.Settings, or anything with its attributes (tests)
+    clock: Clock = utcnow
+    rng: random.Random = field(default_factory=random.Random)
+    actor: str = ENGINE_ACTOR
+
+    @functools.cached_property
+    def policy(self) -> Policy:
+        return Policy.of(self.settings, self.rng)
+
+    def process(self, kind: OrderKind, order_id: int, token: str) -> str | None:
+        """Advance one claimed order as far as one step allows; returns its state.
+
+        Returns None when the row is gone or the claim is no longer ours (a newer claim or
+        an operator action took over): nothing is done then."""
+        with self.db.pinned():
+            row = load_row(self.db, kind, order_id)
+            return self._step(kind, Unit(self.db, moved, hold=False), order_id, token, row)
+
+    def steps(self, kind: OrderKind, ids: Sequence[int], token: str) -> Steps:
+        """The steps of a chunk of orders claimed together under ``token``, to be called in
+        turn (each one isolated by the caller): one pinned connection and one select for the
+        chunk's rows. A row read at the start may have moved on by its turn; every write is a
+        compare-and-set, so a stale row only loses the race."""
+        ids = list(dict.fromkeys(ids))
+        with self.db.pinned():
+            rows = load_rows(self.db, kind, ids)
+            work = Unit(self.db, moved)
+            try:
+                marks = self._mark(kind, rows.values(), token)
+                for i in ids:
+                    step = functools.partial(
+                        self._step, kind, work, i, token, rows.get(i), marks.get(i)
+                    )
+                    yield i, step
+            finally:
+                work.flush()
+
+    def _mark(self, kind: OrderKind, rows: Iterable[Row], token: str) -> dict[int, bool]:
+        """Mark a chunk's new orders sent in one transaction before any of their POSTs
+        leaves: one commit for the chunk instead of one per order, and still before sending.
+
+        An order marked but never sent (the worker dies first, the chunk runs out of time) is
+        what an order whose POST was lost is: a query finds nothing and, past the grace
+        period, the same POST is entered again. An order whose stored parameters are invalid
+        is left to its step, which rejects it. Returns, by id, whether each mark won."""
+        if kind.request is None:
+            return {}
+        now = self.clock()
+        writes = [
+            self._prepare(kind, row, decisions.sending(kind, row, now), now)
+            for row in rows
+            if row.claim_token == token and row.state == kind.initial and _sendable(kind, row)
+        ]
+        if not writes:
+            return {}
+        won = unit.commit(self.db, writes, moved)
+        return {w.row.id: ok for w, ok in zip(writes, won, strict=True)}
+
+    def _step(
+        self,
+        kind: OrderKind,
+        work: Unit,
+        order_id: int,
+        token: str,
+        row: Row | None,
+        marked: bool | None = None,
+    ) -> str | None:
+        """``marked``: None, or whether its chunk's mark before sending won; an order so
+        marked is sent at once, or left alone when its mark lost."""
+        if row is None:
+            log.warning("%s %s does not exist", kind, order_id)
+            return None
+        if row.claim_token != token:
+            log.info("stale claim on %s %s; skipped", kind, order_id, extra=kind.log_fields(row))
+            return None
+        if row.state not in kind.active:
+            return row.state
+        if marked is False:
+            return row.state
+        decision: Decision = decisions.start(kind, row, self.clock(), self.policy, bool(marked))
+        while isinstance(decision, Call):
+            if decision.ahead is not None and not self._write(kind, work, row, decision.ahead):
+                return work.state_of(row)
+            outcome = self._ask(kind, row, decision)
+            decision = decisions.decide(kind, row, decision, outcome, self.clock(), self.policy)
+        self._write(kind, work, row, decision)
+        return work.state_of(row)
+
+    def _ask(self, kind: OrderKind, row: Row, call: Call) -> Any:
+        """The provider's answer to ``call``, or the WeChatPayError it raised."""
+        try:
+            if call.endpoint is Endpoint.SUBMIT:
+                assert kind.request is not None
+                return self.client.submit_special_reduction(kind.request(row))
+            return kind.query(self.client, row)
+        except errors.WeChatPayError as exc:
+            return exc
+
+    def _prepare(self, kind: OrderKind, row: Row, write: Write, now: datetime) -> Cas:
+        if write.to is not None and write.to != row.state:
+            kind.check(row.state, write.to)
+        return unit.prepare(
+            self.db,
+            kind.model,
+            row,
+            write.to,
+            write.values,
+            reason=write.reason,
+            now=now,
+            request_id=write.request_id,
+            actor=self.actor,
+            note=write.note,
+        )
+
+    def _write(self, kind: OrderKind, work: Unit, row: Row, write: Write) -> bool:
+        if write.log:
+            level = _LOG_LEVEL.get(write.action, logging.INFO)
+            log.log(level, "%s", write.log, extra=kind.log_fields(row, write.request_id))
+        ahead = write.action in (Action.MARK, Action.REENTER)
+        return work.put(self._prepare(kind, row, write, self.clock()), ahead=ahead)
+
+
+def _sendable(kind: OrderKind, row: Row) -> bool:
+    assert kind.request is not None
+    try:
+        kind.request(row)
+    except errors.InvalidRequest:
+        return False
+    return True

@@ -1,0 +1,211 @@
+"""Every statement the engine runs: intake inserts, the claim, the compare-and-set with its
+event, row reads and operator writes. Core statements, built once per shape (building a
+SQLAlchemy statement costs more CPU than running its cached compilation).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, RowMapping, Select, Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from wxrecon.store.db import Database
+from wxrecon.store.models import Base, Event, active_predicate
+from wxrecon.store.rows import Row, row_from
+
+EVENTS = cast(Table, Event.__table__)
+EVENT_COLUMNS = (
+    "kind",
+    "order_id",
+    "from_state",
+    "to_state",
+    "reason",
+    "request_id",
+    "actor",
+    "at",
+)
+# The event row of a transition, its values bound as ``e_<column>`` (order_id: ``cas_id``).
+EVENT_INSERT = insert(EVENTS).values(
+    {
+        name: bindparam("cas_id" if name == "order_id" else f"e_{name}", type_=EVENTS.c[name].type)
+        for name in EVENT_COLUMNS
+    }
+)
+
+
+def event_params(
+    kind: str,
+    order_id: int,
+    src: str | None,
+    dst: str,
+    reason: str,
+    actor: str,
+    at: datetime,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The bound values of ``EVENT_INSERT`` (and of the event half of a CAS statement)."""
+    return {
+        "cas_id": order_id,
+        "e_kind": str(kind),
+        "e_from_state": src,
+        "e_to_state": str(dst),
+        "e_reason": reason or "(no reason given)",
+        "e_request_id": request_id,
+        "e_actor": actor,
+        "e_at": at,
+    }
+
+
+def table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def upsert(conn: Connection, model: type[Any]) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return pg_dialect.insert(model)
+    if dialect == "sqlite":
+        return sqlite_dialect.insert(model)
+    raise RuntimeError(f"unsupported database: {dialect}")
+
+
+def insert_new(
+    conn: Connection, model: type[Any], unique: Sequence[str], values: Sequence[Mapping[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Insert the rows that do not exist yet (by the ``unique`` key) in one statement;
+    returns (id, *unique) of each row created."""
+    if not values:
+        return []
+    t = table(model)
+    stmt = (
+        upsert(conn, model)
+        .values(list(values))
+        .on_conflict_do_nothing(index_elements=list(unique))
+        .returning(t.c.id, *(t.c[c] for c in unique))
+    )
+    return [tuple(r) for r in conn.execute(stmt)]
+
+
+def find_by_number(conn: Connection, model: type[Any], key: Mapping[str, Any]) -> RowMapping:
+    """The stored row whose unique key is ``key`` (it exists: its insert was a no-op)."""
+    t = table(model)
+    stmt = select(t).where(*(t.c[c] == v for c, v in key.items()))
+    return conn.execute(stmt).mappings().one()
+
+
+def claim(
+    db: Database,
+    model: type[Any],
+    active: frozenset[str],
+    token: str,
+    *,
+    limit: int,
+    lease: float,
+    now: datetime,
+) -> list[int]:
+    """Lease up to ``limit`` due orders under ``token`` in one committed statement; returns
+    their ids. The lease is also the next due time, so a dead worker's claims come back."""
+    t = table(model)
+    until = now + timedelta(seconds=lease)
+    due: Select[Any] = (
+        select(t.c.id)
+        .where(active_predicate(active), t.c.next_poll_at <= now)
+        .order_by(t.c.next_poll_at)
+        .limit(limit)
+    )
+    values = {
+        "claimed_until": until,
+        "next_poll_at": until,
+        "claim_token": token,
+        "version": t.c.version + 1,
+    }
+    if db.is_postgresql:
+        # SKIP LOCKED: concurrent sweeps never wait for (or double-claim) each other's rows.
+        # A CTE with FOR UPDATE is evaluated exactly once, so LIMIT really bounds the batch
+        # (an IN (subquery) may be re-run by the planner).
+        due_cte = due.with_for_update(skip_locked=True).cte("due")
+        stmt = update(t).where(t.c.id == due_cte.c.id)
+    else:
+        # SQLite has one writer at a time (BEGIN IMMEDIATE): a plain subquery is enough.
+        stmt = update(t).where(t.c.id.in_(due.scalar_subquery()))
+    with db.begin() as conn:
+        return sorted(conn.execute(stmt.values(**values).returning(t.c.id)).scalars())
+
+
+@functools.cache
+def cas_statement(table_name: str, keys: tuple[str, ...], with_event: bool) -> Any:
+    """The compare-and-set ``UPDATE … WHERE id=? AND version=? AND state=?`` setting
+    ``keys`` (bound as ``v_<key>``), built once per shape.
+
+    ``with_event`` (PostgreSQL): ``WITH moved AS (UPDATE … RETURNING id) INSERT INTO events …
+    SELECT … FROM moved RETURNING id``, one round trip, and the event row exists exactly
+    when the UPDATE matched (told by RETURNING: the driver gives no row count for it)."""
+    t = Base.metadata.tables[table_name]
+    moved = (
+        update(t)
+        .where(
+            t.c.id == bindparam("cas_id"),
+            t.c.version == bindparam("cas_version"),
+            t.c.state == bindparam("cas_state"),
+        )
+        .values({k: bindparam(f"v_{k}", type_=t.c[k].type) for k in keys})
+    )
+    if not with_event:
+        return moved
+    cte = moved.returning(t.c.id).cte("moved")
+    columns = [
+        cte.c.id
+        if name == "order_id"
+        else bindparam(f"e_{name}", type_=EVENTS.c[name].type).label(name)
+        for name in EVENT_COLUMNS
+    ]
+    return (
+        insert(EVENTS)
+        .from_select(list(EVENT_COLUMNS), select(*columns))
+        .add_cte(cte)
+        .returning(EVENTS.c.id)
+    )
+
+
+@functools.cache
+def _rows_select(table_name: str) -> Any:
+    t = Base.metadata.tables[table_name]
+    return select(t).where(t.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def load_rows(db: Database, model: type[Any], row: type[Row], ids: Sequence[int]) -> dict[int, Any]:
+    """The orders' rows by id, read with one select; ids with no row are absent."""
+    with db.connect() as conn:
+        found = conn.execute(_rows_select(model.__tablename__), {"ids": list(ids)}).mappings().all()
+    return {m["id"]: row_from(row, m) for m in found}
+
+
+def lock_row(conn: Connection, model: type[Any], order_id: int) -> RowMapping | None:
+    """Read one order for an operator's write, locked on PostgreSQL until the commit."""
+    t = table(model)
+    stmt = select(t).where(t.c.id == order_id)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).mappings().one_or_none()
+
+
+def ids_in_states(
+    db: Database,
+    model: type[Any],
+    states: Sequence[str],
+    where: Mapping[str, Any],
+    limit: int | None,
+) -> list[int]:
+    """Ids of the orders in ``states`` (and matching ``where``), oldest first."""
+    t = table(model)
+    stmt = select(t.c.id).where(t.c.state.in_([str(s) for s in states]))
+    for column, value in where.items():
+        stmt = stmt.where(t.c[column] == value)
+    with db.connect() as conn:
+        return list(conn.execute(stmt.order_by(t.c.id).limit(limit)).scalars())
