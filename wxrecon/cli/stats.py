@@ -14,7 +14,9 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from wxrecon.cli_common import JsonOpt, Output, ago, fen, state_text, table
+from wxrecon.cli.database import database
+from wxrecon.cli.output import JsonOpt, Output, ago, fen, state_text, table
+from wxrecon.cli.params import Duration
 
 
 def provider_errors(metrics_dir: str | None) -> dict[str, float] | None:
@@ -144,7 +146,12 @@ def render(data: dict[str, Any]) -> Group:
 
 def stats(
     watch: bool = typer.Option(False, "--watch", help="Refresh in place until Ctrl-C."),
-    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes."),
+    interval: float = typer.Option(
+        2.0,
+        "--interval",
+        help="Time between refreshes (at least 0.2s).",
+        parser=Duration(minimum=0.2),
+    ),
     metrics_dir: str = typer.Option(
         None,
         "--metrics-dir",
@@ -156,8 +163,6 @@ def stats(
 
     Provider errors by code come from the workers' metric samples (PROMETHEUS_MULTIPROC_DIR).
     """
-    from wxrecon.cli_orders import database
-
     db = database()
     mdir = metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     out = Output(json_out)
