@@ -11,12 +11,10 @@ from typing import Annotated
 
 import typer
 
-from wxrecon.cli.errors import OneLineErrors, bad_input
+from wxrecon.cli.errors import OneLineErrors
 from wxrecon.cli.output import JsonOpt, Output
-from wxrecon.cli.params import FenAmount, OrderNo
+from wxrecon.cli.params import FenAmount, OrderNo, reduction_request
 from wxrecon.cli.provider import LedgerOpt, MchidOpt, balance, call
-from wxrecon.wechatpay.errors import InvalidRequest
-from wxrecon.wechatpay.resources import SpecialReductionRequest
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -49,17 +47,14 @@ def submit_reduction(
     json_out: JsonOpt = False,
 ) -> None:
     """Submit (or re-enter) a special reduction. An unknown outcome must be queried."""
-    try:
-        request = SpecialReductionRequest.create(
-            mchid=mchid,
-            bal_account_no=bal_account_no,
-            out_request_no=out_request_no,
-            reduction_type=reduction_type,
-            amount=amount,
-            reason=reason,
-        )
-    except InvalidRequest as exc:
-        raise bad_input(str(exc)) from None
+    request = reduction_request(
+        mchid=mchid,
+        bal_account_no=bal_account_no,
+        out_request_no=out_request_no,
+        reduction_type=reduction_type,
+        amount=amount,
+        reason=reason,
+    )
     result = call(lambda c: c.submit_special_reduction(request))
     Output(json_out).show("special reduction", result)
 

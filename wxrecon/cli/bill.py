@@ -8,8 +8,8 @@ from wxrecon.cli.database import database
 from wxrecon.cli.kinds import BILL
 from wxrecon.cli.orders import add_common_commands
 from wxrecon.cli.output import JsonOpt
-from wxrecon.cli.params import Duration, OrderNo
-from wxrecon.cli.waiting import Sender, report_intake
+from wxrecon.cli.params import OrderNo
+from wxrecon.cli.waiting import Sender, TimeoutOpt, WaitOpt, report_intake
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -19,13 +19,8 @@ def track(
     out_bill_no: str = typer.Argument(
         ..., help="The platform's out_bill_no of the bill.", parser=OrderNo("out_bill_no")
     ),
-    wait: bool = typer.Option(False, "--wait", help="Follow it until it is final."),
-    timeout: float = typer.Option(
-        600.0,
-        "--timeout",
-        help="With --wait: give up after this long (seconds, or 30s, 10m).",
-        parser=Duration(positive=True),
-    ),
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 600.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Start tracking a compensation bill (idempotent) and enqueue its first query.

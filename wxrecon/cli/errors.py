@@ -114,6 +114,7 @@ def rules() -> tuple[Rule, ...]:
     """(classes, exit code, message) in order; ``None`` as the code means ``exc.exit_code``.
 
     Imported lazily: ``wxrecon --help`` loads neither SQLAlchemy nor the provider client."""
+    from kombu.exceptions import KombuError
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -141,6 +142,7 @@ def rules() -> tuple[Rule, ...]:
         ((Conflict, OrderNotFound, Ambiguous, IllegalTransition, SchemaError), EXIT_FAILED, _text),
         ((WxreconError,), EXIT_FAILED, _text),
         ((SQLAlchemyError,), EXIT_FAILED, _sqlalchemy),
+        ((KombuError,), EXIT_FAILED, lambda exc: f"broker: {_text(exc)}"),
         ((OSError,), EXIT_FAILED, _os_error),
         ((Exception,), EXIT_FAILED, _unexpected),
     )

@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from wxrecon.config import parse_duration
+
+if TYPE_CHECKING:
+    from wxrecon.wechatpay.resources import SpecialReductionRequest
 
 T = TypeVar("T")
 
@@ -150,3 +153,15 @@ class State:
         if upper not in self.states:
             raise typer.BadParameter(f"{text[:MAX_TEXT]!r} is not one of {', '.join(self.states)}")
         return upper
+
+
+def reduction_request(**fields: Any) -> SpecialReductionRequest:
+    """A whole special reduction checked by the task's own rules (exit 2 when refused)."""
+    from wxrecon.cli.errors import bad_input
+    from wxrecon.wechatpay.errors import InvalidRequest
+    from wxrecon.wechatpay.resources import SpecialReductionRequest
+
+    try:
+        return SpecialReductionRequest.create(**fields)
+    except InvalidRequest as exc:
+        raise bad_input(str(exc)) from None

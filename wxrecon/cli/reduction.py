@@ -7,12 +7,11 @@ from typing import Any
 import typer
 
 from wxrecon.cli.database import database
-from wxrecon.cli.errors import bad_input
 from wxrecon.cli.kinds import REDUCTION
 from wxrecon.cli.orders import add_common_commands
 from wxrecon.cli.output import JsonOpt, fen
-from wxrecon.cli.params import Duration, FenAmount
-from wxrecon.cli.waiting import Sender, report_intake
+from wxrecon.cli.params import FenAmount, reduction_request
+from wxrecon.cli.waiting import Sender, TimeoutOpt, WaitOpt, report_intake
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,13 +28,8 @@ def submit(
         ..., "--amount", help="Integer fen (1500 = ¥15.00).", parser=FenAmount()
     ),
     reason: str | None = typer.Option(None, "--reason", help="Up to 512 characters."),
-    wait: bool = typer.Option(False, "--wait", help="Follow it until it is final."),
-    timeout: float = typer.Option(
-        600.0,
-        "--timeout",
-        help="With --wait: give up after this long (seconds, or 30s, 10m).",
-        parser=Duration(positive=True),
-    ),
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 600.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Validate, write the order and enqueue its submission (same rules as the task).
@@ -43,8 +37,6 @@ def submit(
     With --wait the exit code is the outcome: 0 SUCCESS, 3 FAILED or REJECTED, 5
     NEEDS_REVIEW, 4 still in flight at --timeout (kept and reconciled: do not resubmit)."""
     from wxrecon import intake
-    from wxrecon.wechatpay.errors import InvalidRequest
-    from wxrecon.wechatpay.resources import SpecialReductionRequest
 
     fields: dict[str, Any] = dict(
         mchid=mchid,
@@ -54,10 +46,7 @@ def submit(
         amount=amount,
         reason=reason,
     )
-    try:  # the task's own rules, before the database is even opened
-        SpecialReductionRequest.create(**fields)
-    except InvalidRequest as exc:
-        raise bad_input(str(exc)) from None
+    reduction_request(**fields)  # the task's own rules, before the database is opened
     db = database()
     sender = Sender()
     with db.transaction() as session:

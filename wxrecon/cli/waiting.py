@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from wxrecon.cli.errors import (
     EXIT_FINAL_FAILURE,
@@ -23,6 +25,17 @@ from wxrecon.cli.errors import (
 )
 from wxrecon.cli.kinds import Kind
 from wxrecon.cli.output import Output, state_text
+from wxrecon.cli.params import Duration
+
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow it until it is final.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="With --wait: give up after this long (seconds, or 30s, 10m); more than 0.",
+        parser=Duration(positive=True),
+    ),
+]
 
 # Tests replace this to capture what would be sent; None means the engine's Celery app.
 ENQUEUE: Callable[[str, dict[str, Any]], None] | None = None
@@ -60,8 +73,8 @@ class Sender:
 
             broker = safe_url(get_settings().broker_url)
             warn(
-                f"the broker ({broker}) did not take the message ({self.failure}): the order "
-                "is saved and the next sweep enqueues it; do not submit it again",
+                f"could not enqueue ({self.failure}; broker {broker}): the order is saved and "
+                "will be swept (the next sweep enqueues it); do not submit it again",
                 json_mode,
             )
 
