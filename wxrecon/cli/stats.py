@@ -42,8 +42,9 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
     from sqlalchemy import func, select
 
     from wxrecon import queries
-    from wxrecon.models import CompensationBill, Event, SpecialReduction
-    from wxrecon.states import BILL_ACTIVE, BILL_FINAL, REDUCTION_ACTIVE, REDUCTION_FINAL
+    from wxrecon.cli.kinds import BILL, REDUCTION
+    from wxrecon.models import Event, SpecialReduction
+    from wxrecon.states import BILL_FINAL, REDUCTION_FINAL
 
     now = now or datetime.now(UTC)
     with db.read() as session:
@@ -56,13 +57,11 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
         ):
             by_merchant.setdefault(mchid, {})[state] = count
         oldest: dict[str, Any] | None = None
-        for model, kind, active, number in (
-            (SpecialReduction, "reduction", REDUCTION_ACTIVE, "out_request_no"),
-            (CompensationBill, "bill", BILL_ACTIVE, "out_bill_no"),
-        ):
+        for kind in (REDUCTION, BILL):
+            model = kind.model
             row = session.execute(
                 select(model)
-                .where(model.state.in_(sorted(active)), model.next_poll_at <= now)
+                .where(model.state.in_(sorted(kind.active)), model.next_poll_at <= now)
                 .order_by(model.next_poll_at)
                 .limit(1)
             ).scalar_one_or_none()
@@ -70,9 +69,9 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
                 overdue = (now - row.next_poll_at).total_seconds()
                 if oldest is None or overdue > oldest["overdue_seconds"]:
                     oldest = {
-                        "kind": kind,
+                        "kind": kind.name,
                         "id": row.id,
-                        "number": getattr(row, number),
+                        "number": getattr(row, kind.number_field),
                         "state": row.state,
                         "overdue_seconds": overdue,
                     }
