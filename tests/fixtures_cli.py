@@ -12,8 +12,8 @@ from click.testing import Result
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from wxrecon import cli_orders, config
-from wxrecon.cli import app
+from wxrecon import config
+from wxrecon.cli import app, waiting
 from wxrecon.store.db import Database
 
 
@@ -75,7 +75,7 @@ def cli(sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iter
     config.get_settings.cache_clear()
     db = Database(sqlite_url)
     c = Cli(db=db, monkeypatch=monkeypatch)
-    monkeypatch.setattr(cli_orders, "ENQUEUE", lambda name, kwargs: c.sent.append((name, kwargs)))
+    monkeypatch.setattr(waiting, "ENQUEUE", lambda name, kwargs: c.sent.append((name, kwargs)))
     yield c
     db.dispose()
     config.get_settings.cache_clear()

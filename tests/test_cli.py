@@ -158,8 +158,8 @@ def test_submit_wait_follows_the_order_to_a_final_state(cli: Cli):
 
 
 def test_submit_wait_gives_up_with_one_line(cli: Cli):
-    line = cli.fails(*submit_args(), "--wait", "--timeout", "1", code=1)
-    assert "still RECEIVED after 1s" in line
+    line = cli.fails(*submit_args(), "--wait", "--timeout", "1", code=4)
+    assert "still RECEIVED after 1s" in line and "do not submit it again" in line
     assert cli.count(SpecialReduction) == 1  # the order stays, and keeps being reconciled
 
 
@@ -422,7 +422,7 @@ def test_stats_counts_and_oldest_overdue(cli: Cli):
 
 
 def test_stats_watch_refreshes_until_interrupted(cli: Cli, monkeypatch: pytest.MonkeyPatch):
-    from wxrecon import cli_stats
+    from wxrecon.cli import stats as cli_stats
 
     add_reduction(cli, "PEN0")
     sleeps: list[float] = []

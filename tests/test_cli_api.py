@@ -1,4 +1,4 @@
-"""``wxrecon api`` commands, through typer's CliRunner on ``wxrecon.cli_api.app``.
+"""``wxrecon api`` commands, through typer's CliRunner on ``wxrecon.cli.api.app``.
 
 The provider is an ``httpx.MockTransport`` for the error paths; the end of the file runs the
 commands against the simulator.
@@ -15,7 +15,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-import wxrecon.cli_api as cli_api
+import wxrecon.cli.api as cli_api
+import wxrecon.cli.provider as cli_provider
 from tests.fixtures_keys import (
     BAL_ACCOUNT_NO,
     MCHID,
@@ -73,7 +74,7 @@ def fake(keys: KeySet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     def build(settings: Settings, **kw: Any) -> Any:
         return real(settings, transport=httpx.MockTransport(prov), **kw)
 
-    monkeypatch.setattr(cli_api, "build_client", build)
+    monkeypatch.setattr(cli_provider, "build_client", build)
     get_settings.cache_clear()
     yield prov
     get_settings.cache_clear()
@@ -357,7 +358,7 @@ def test_bad_input(
     def never(*_: object, **__: object) -> None:
         raise AssertionError("bad input must not load keys or build a client")
 
-    monkeypatch.setattr(cli_api, "build_client", never)
+    monkeypatch.setattr(cli_provider, "build_client", never)
     result = _run(*args)
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from wxrecon.domain.errors import WxreconError
 from wxrecon.wechatpay.client import BACKUP_URL, PRIMARY_URL
 
 DEFAULT_POLL_SCHEDULE = "5s,15s,1m,5m,30m,2h"
@@ -24,9 +26,27 @@ def parse_duration(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"not a duration: {text!r} (use e.g. 5s, 1m, 2h)") from None
-    if value < 0:
+    if value < 0 or not math.isfinite(value):  # "nan" and "inf" parse as floats
         raise ValueError(f"not a duration: {text!r}")
     return value
+
+
+# The provider keeps an order re-enterable for 31 days: a longer window would re-enter an
+# order the provider has forgotten, i.e. apply it twice.
+PROVIDER_REENTRY_DAYS = 31
+# A task's hard time limit never drops below this many seconds (see task_time_limits).
+MIN_TASK_TIME_LIMIT = 10.0
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class SettingsError(WxreconError, ValueError):
+    """A setting is malformed or contradicts another; the message is one line naming it."""
+
+
+def task_time_limits(claim_lease: float) -> tuple[float, float]:
+    """(soft, hard) task time limits derived from the claim lease (the worker applies them)."""
+    hard = max(MIN_TASK_TIME_LIMIT, claim_lease * 0.75)
+    return hard * 0.8, hard
 
 
 class Settings(BaseSettings):
@@ -52,36 +72,37 @@ class Settings(BaseSettings):
     platform_cert_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # HTTP
-    http_connect_timeout: float = 3.0
-    http_read_timeout: float = 10.0
+    http_connect_timeout: float = Field(3.0, gt=0)
+    http_read_timeout: float = Field(10.0, gt=0)
     http_retries: int = Field(3, ge=1, le=10)
-    failover_cooldown: float = 60.0
+    failover_cooldown: float = Field(60.0, ge=0)
     https_proxy: str | None = None  # egress proxy for provider calls, e.g. http://proxy:3128
 
     # Rate limiting (per endpoint and target merchant, shared by all workers)
     rate_limit_per_second: int = Field(100, ge=1)
-    rate_limit_max_wait: float = 2.0
+    rate_limit_max_wait: float = Field(2.0, ge=0)
 
     # Reconciliation
-    sweep_interval: float = 2.0
+    sweep_interval: float = Field(2.0, gt=0)
     sweep_batch: int = Field(200, ge=1)
-    claim_lease: float = 120.0
+    claim_lease: float = Field(120.0, gt=0)
     poll_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [parse_duration(s) for s in DEFAULT_POLL_SCHEDULE.split(",")]
     )
     poll_jitter: float = Field(0.1, ge=0, le=1)
     poll_max_attempts: int = Field(60, ge=1)
     # The provider re-enters a POST idempotently for 31 days; never trust a longer window.
-    reentry_window_days: int = Field(31, ge=1, le=31)
+    reentry_window_days: int = Field(31, ge=1, le=PROVIDER_REENTRY_DAYS)
     # Re-entry stops this long before the window ends (clock skew, a slow last attempt).
     reentry_margin: float = Field(3600.0, ge=0)
-    reentry_grace: float = 30.0  # after a POST, a not-found answer proves nothing for this long
+    # After a POST, a not-found answer proves nothing for this long.
+    reentry_grace: float = Field(30.0, ge=0)
     poll_chunk: int = Field(10, ge=1)  # claimed orders per poll message
 
     # Operations
     log_level: str = "INFO"
     log_json: bool = False
-    metrics_port: int = 9108
+    metrics_port: int = Field(9108, ge=0, le=65535)
 
     @field_validator("platform_cert_paths", mode="before")
     @classmethod
@@ -113,6 +134,24 @@ class Settings(BaseSettings):
             return steps
         return value
 
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level (one of {', '.join(LOG_LEVELS)})")
+        return level
+
+    @model_validator(mode="after")
+    def _check_consistent(self) -> Settings:
+        _soft, hard = task_time_limits(self.claim_lease)
+        if self.claim_lease <= hard:
+            raise ValueError(
+                f"WXRECON_CLAIM_LEASE ({self.claim_lease:g}s) must be longer than the task time "
+                f"limit ({hard:g}s): a claim would expire while its task still runs"
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -126,6 +165,26 @@ class Settings(BaseSettings):
         return None
 
 
+def settings_error(exc: ValidationError) -> SettingsError:
+    """The first problem of a failed validation as one line naming the setting (the
+    rejected value is left out: it may be a secret)."""
+    first = exc.errors()[0]
+    loc = first.get("loc") or ()
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if loc:
+        return SettingsError(f"WXRECON_{str(loc[0]).upper()}: {' '.join(message.split())}")
+    return SettingsError(" ".join(message.split()))  # a cross-field rule names its settings
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and ``overrides``); SettingsError when invalid."""
+    try:
+        return Settings.model_validate(overrides)
+    except ValidationError as exc:
+        raise settings_error(exc) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings (cached); SettingsError (one line) when a setting is invalid."""
+    return load_settings()

@@ -34,7 +34,8 @@ _PEM_PRIVATE = re.compile(
 )
 # bal_account_no=V, "bal_account_no": "V", 'bal_account_no': 'V', bal_account_no: V
 _BAL_ACCOUNT_PAIR = re.compile(
-    r"""(?P<key>["']?bal_account_no["']?\s*[:=]\s*["']?)(?P<value>[^"'\s,&;)}\]]+)"""
+    r"""(?P<key>(?P<q>["']?)bal_account_no(?P=q)\s*(?P<sep>[:=])\s*(?P<vq>["']?))"""
+    r"""(?P<value>[^"'\s,&;)}\]]+)"""
 )
 REDACTED_KEY = "[REDACTED PRIVATE KEY]"
 
@@ -44,8 +45,19 @@ def redact(text: str) -> str:
     if "PRIVATE KEY" in text:
         text = _PEM_PRIVATE.sub(REDACTED_KEY, text)
     if "bal_account_no" in text:
-        text = _BAL_ACCOUNT_PAIR.sub(lambda m: m.group("key") + mask(m.group("value")), text)
+        text = _BAL_ACCOUNT_PAIR.sub(_mask_pair, text)
     return text
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    """Mask the value of a ``bal_account_no`` pair, but not the next word of a sentence:
+    ``bal_account_no: does not decrypt`` is prose. A quoted or ``=`` value is always data;
+    a bare ``: value`` only when it holds a digit (an account number always does)."""
+    value = match.group("value")
+    data = match.group("sep") == "=" or match.group("q") or match.group("vq")
+    if data or any(c.isdigit() for c in value):
+        value = mask(value)
+    return match.group("key") + value
 
 
 class RedactionFilter(logging.Filter):

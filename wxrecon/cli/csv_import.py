@@ -3,7 +3,8 @@
 The header row names the fields (``mchid,bal_account_no,out_request_no,reduction_type,amount``
 and optionally ``reason``). Each row is its own transaction: a bad row is reported with its
 line number, nothing of it is written, and the import goes on (``--stop-on-error`` stops
-instead). The exit code is non-zero when any row was refused.
+instead). The exit code is non-zero when any row was refused, and the summary lists the
+refused lines (the first :data:`SHOWN_REFUSALS`; ``--json`` lists them all).
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from wxrecon import cli_orders
-from wxrecon.cli_common import CliError, JsonOpt, Output, bad_input, one_line
+from wxrecon.cli.database import database
+from wxrecon.cli.errors import CliError, bad_input, describe
+from wxrecon.cli.output import JsonOpt, Output
+from wxrecon.cli.params import FenAmount
+from wxrecon.cli.waiting import Sender
 
 REQUIRED = ("mchid", "bal_account_no", "out_request_no", "reduction_type", "amount")
 OPTIONAL = ("reason",)
+SHOWN_REFUSALS = 20
 
 
 def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[dict[str, Any]]]:
@@ -58,9 +64,31 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[dict[s
 
 
 def parse_amount(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError("amount must be a positive integer number of fen")
-    return int(text)
+    """The command line's amount rule (:class:`FenAmount`) for a CSV cell."""
+    from wxrecon.wechatpay.errors import InvalidRequest
+
+    try:
+        return FenAmount()(text)
+    except typer.BadParameter as exc:
+        raise InvalidRequest(exc.message, field="amount") from None
+
+
+def summary_lines(
+    created: int, existing: int, refused: list[dict[str, Any]], path: Path
+) -> list[str]:
+    """The human summary: a ✓ only for a clean file; every refused line up to a limit."""
+    counts = f"{created} new, {existing} already known, {len(refused)} refused"
+    if not refused:
+        return [f"[green]✓[/] {counts}"]
+    lines = [f"[yellow]![/] {counts}:"]
+    lines += [f"  line {r['line']}: {escape(r['error'])}" for r in refused[:SHOWN_REFUSALS]]
+    rest = len(refused) - SHOWN_REFUSALS
+    if rest > 0:
+        lines.append(
+            f"  … and {rest} more refused lines: `wxrecon import {escape(str(path))} --json` "
+            "lists them all (rows already written are only reported as known)"
+        )
+    return lines
 
 
 def import_csv(
@@ -76,7 +104,8 @@ def import_csv(
     rows, refused = read_rows(file)
     if refused and stop_on_error:
         raise bad_input(f"{file}: line {refused[0]['line']}: {refused[0]['error']}")
-    db = cli_orders.database()
+    db = database()
+    sender = Sender()
     created = existing = 0
     out = Output(json_out)
     with Progress(
@@ -99,10 +128,10 @@ def import_csv(
                         reduction_type=row["reduction_type"],
                         amount=amount,
                         reason=row.get("reason") or None,
-                        enqueue=cli_orders.ENQUEUE,
+                        enqueue=sender,
                     )
-            except (InvalidRequest, Conflict, ValueError) as exc:
-                refused.append({"line": line, "error": one_line(exc)})
+            except (InvalidRequest, Conflict) as exc:
+                refused.append({"line": line, "error": describe(exc)[1]})
                 if stop_on_error:
                     break
             else:
@@ -111,11 +140,13 @@ def import_csv(
                 else:
                     existing += 1
             bar.advance(task)
+    sender.warn_if_failed(json_out)
     refused.sort(key=lambda r: r["line"])
     if json_out:
         out.json({"created": created, "existing": existing, "refused": refused})
     else:
-        out.print(f"[green]✓[/] {created} new, {existing} already known, {len(refused)} refused")
+        for text in summary_lines(created, existing, refused, file):
+            out.print(text)
     if refused:
         first = refused[0]
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""

@@ -14,7 +14,9 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from wxrecon.cli_common import JsonOpt, Output, ago, fen, state_text, table
+from wxrecon.cli.database import database
+from wxrecon.cli.output import JsonOpt, Output, ago, fen, state_text, table
+from wxrecon.cli.params import Duration
 
 
 def provider_errors(metrics_dir: str | None) -> dict[str, float] | None:
@@ -39,9 +41,10 @@ def provider_errors(metrics_dir: str | None) -> dict[str, float] | None:
 def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from wxrecon.domain.states import BILL_ACTIVE, BILL_FINAL, REDUCTION_ACTIVE, REDUCTION_FINAL
+    from wxrecon.cli.kinds import BILL, REDUCTION
+    from wxrecon.domain.states import BILL_FINAL, REDUCTION_FINAL
     from wxrecon.store import reads as queries
-    from wxrecon.store.models import CompensationBill, Event, SpecialReduction
+    from wxrecon.store.models import Event, SpecialReduction
 
     now = now or datetime.now(UTC)
     with db.read() as session:
@@ -54,13 +57,11 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
         ):
             by_merchant.setdefault(mchid, {})[state] = count
         oldest: dict[str, Any] | None = None
-        for model, kind, active, number in (
-            (SpecialReduction, "reduction", REDUCTION_ACTIVE, "out_request_no"),
-            (CompensationBill, "bill", BILL_ACTIVE, "out_bill_no"),
-        ):
+        for kind in (REDUCTION, BILL):
+            model = kind.model
             row = session.execute(
                 select(model)
-                .where(model.state.in_(sorted(active)), model.next_poll_at <= now)
+                .where(model.state.in_(sorted(kind.active)), model.next_poll_at <= now)
                 .order_by(model.next_poll_at)
                 .limit(1)
             ).scalar_one_or_none()
@@ -68,9 +69,9 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
                 overdue = (now - row.next_poll_at).total_seconds()
                 if oldest is None or overdue > oldest["overdue_seconds"]:
                     oldest = {
-                        "kind": kind,
+                        "kind": kind.name,
                         "id": row.id,
-                        "number": getattr(row, number),
+                        "number": getattr(row, kind.number_field),
                         "state": row.state,
                         "overdue_seconds": overdue,
                     }
@@ -144,7 +145,12 @@ def render(data: dict[str, Any]) -> Group:
 
 def stats(
     watch: bool = typer.Option(False, "--watch", help="Refresh in place until Ctrl-C."),
-    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes."),
+    interval: float = typer.Option(
+        2.0,
+        "--interval",
+        help="Time between refreshes (at least 0.2s).",
+        parser=Duration(minimum=0.2),
+    ),
     metrics_dir: str = typer.Option(
         None,
         "--metrics-dir",
@@ -156,8 +162,6 @@ def stats(
 
     Provider errors by code come from the workers' metric samples (PROMETHEUS_MULTIPROC_DIR).
     """
-    from wxrecon.cli_orders import database
-
     db = database()
     mdir = metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     out = Output(json_out)

@@ -1,7 +1,9 @@
 """``wxrecon``: the operator's command line (Typer + Rich).
 
 Every command takes ``--json``. Errors, whether bad input or a failed operation, are one line
-on stderr (a JSON object with ``--json``) and a non-zero exit code, never a traceback.
+on stderr (a JSON object with ``--json``) and a documented exit code, never a traceback
+(:mod:`wxrecon.cli.errors`). Values are parsed by one rule each (:mod:`wxrecon.cli.params`)
+and printed by one output stack (:mod:`wxrecon.cli.output`).
 """
 
 from __future__ import annotations
@@ -9,12 +11,11 @@ from __future__ import annotations
 import typer
 
 from wxrecon import __version__
-from wxrecon.cli_api import app as api_app
-from wxrecon.cli_bill import app as bill_app
-from wxrecon.cli_common import OneLineErrors
-from wxrecon.cli_db import app as db_app
-from wxrecon.cli_ops import register as register_ops
-from wxrecon.cli_reduction import app as reduction_app
+from wxrecon.cli.api import app as api_app
+from wxrecon.cli.bill import app as bill_app
+from wxrecon.cli.db import app as db_app
+from wxrecon.cli.errors import OneLineErrors
+from wxrecon.cli.reduction import app as reduction_app
 from wxrecon.demo import register as register_demo
 from wxrecon.simulator.cli import app as sim_app
 
@@ -47,20 +48,27 @@ def _root(
     """Reconciliation worker for WeChat Pay APIv3 special reductions and compensation bills."""
 
 
+def _register(root: typer.Typer) -> None:
+    from wxrecon.cli import csv_import, ops, provider, stats
+
+    root.add_typer(db_app, name="db", help="Database schema.")
+    root.add_typer(reduction_app, name="reduction", help="Special reductions.")
+    root.add_typer(bill_app, name="bill", help="Compensation bills.")
+    root.command("balance")(provider.balance)
+    root.command("metrics")(ops.metrics)
+    root.command("stats")(stats.stats)
+    root.command("import")(csv_import.import_csv)
+    register_demo(root)
+    root.add_typer(sim_app, name="sim", help="The provider simulator (development, tests, demo).")
+    root.add_typer(
+        api_app, name="api", help="Call the provider directly; print the verified answer."
+    )
+
+
 # Our own command modules import the engine lazily, inside each command, so that
 # ``wxrecon --help`` is fast and one command's trouble never hides the others.
-app.add_typer(db_app, name="db", help="Database schema.")
-app.add_typer(reduction_app, name="reduction", help="Special reductions.")
-app.add_typer(bill_app, name="bill", help="Compensation bills.")
-register_ops(app)
-register_demo(app)
-app.add_typer(sim_app, name="sim", help="The provider simulator (development, tests, demo).")
-app.add_typer(api_app, name="api", help="Call the provider directly; print the verified answer.")
+_register(app)
 
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""``python -m wxrecon.cli``: the same as the ``wxrecon`` console script."""
+
+from wxrecon.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""Calling the provider from the command line, and the one channel-balance query.
+
+Input is checked by the parameter types before keys are loaded or anything is sent; the
+client is built from the settings (a missing or mismatched key names its setting); every
+provider failure is a one-line error from :mod:`wxrecon.cli.errors` (HTTP status, code,
+message, Request-ID). Results are shown through :func:`wxrecon.cli.output.record`, which masks
+``bal_account_no``; reading a result may decrypt, so it happens inside the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from wxrecon.cli.output import JsonOpt, Output, record
+from wxrecon.cli.params import LedgerNo, Mchid
+from wxrecon.config import get_settings
+from wxrecon.provider import build_client
+from wxrecon.wechatpay.client import WeChatPayClient
+from wxrecon.wechatpay.keys import mask
+
+MchidOpt = Annotated[
+    str, typer.Option("--mchid", help="Target merchant id (digits).", parser=Mchid())
+]
+LedgerOpt = Annotated[
+    str,
+    typer.Option(
+        "--bal-account-no",
+        envvar="WXRECON_API_BAL_ACCOUNT_NO",
+        show_envvar=True,
+        parser=LedgerNo(),
+        help="Quota ledger number (plaintext; encrypted before sending, masked in output).",
+    ),
+]
+
+
+def call(fn: Callable[[WeChatPayClient], Any]) -> dict[str, Any]:
+    """Build the client from the settings, make the call, return its display fields."""
+    client = build_client(get_settings())
+    with client:
+        return record(fn(client))
+
+
+def balance(mchid: MchidOpt, bal_account_no: LedgerOpt, json_out: JsonOpt = False) -> None:
+    """Query a quota ledger's channel balance now, from the provider."""
+    result = call(lambda c: c.query_balance(mchid=mchid, bal_account_no=bal_account_no))
+    data = {"mchid": mchid, "bal_account_no": mask(bal_account_no), **result}
+    Output(json_out).show("channel balance", data)
