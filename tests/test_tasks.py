@@ -86,6 +86,10 @@ def test_public_task_names_and_routes() -> None:
     # Only a database that does not answer is retried.
     assert getattr(tasks.submit_special_reduction, "autoretry_for", None) == tasks.DB_DOWN
     assert OperationalError in tasks.DB_DOWN
+    # Intake never gives up on the database (a dropped intake is an order lost).
+    for task in (tasks.submit_special_reduction, tasks.track_compensation_bill):
+        assert task.max_retries is None and task.name in tasks.INTAKE_TASKS
+    assert tasks.poll_reduction.max_retries == 30
 
 
 # -- tasks over the domain -----------------------------------------------------------------------

@@ -42,6 +42,11 @@ RATELIMIT_DEFERRALS = Counter(
     "Calls deferred by the shared rate limiter (not counted as attempts), by endpoint.",
     ["endpoint"],
 )
+INTAKE_DB_RETRIES = Counter(
+    "wxrecon_intake_db_retries_total",
+    "Intake messages put back to wait for the database (never dropped), by task name.",
+    ["task"],
+)
 
 
 def observe_provider_request(endpoint: str, outcome: str, seconds: float) -> None:

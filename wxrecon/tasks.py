@@ -23,11 +23,11 @@ import logging
 from contextlib import closing
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from wxrecon import runtime
+from wxrecon import metrics, runtime
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.engine.intake import intake_bill, intake_reduction
@@ -47,6 +47,17 @@ RETRY_WHILE_DB_DOWN: dict[str, Any] = {
     "retry_backoff_max": 60,
     "max_retries": 30,
 }
+# Intake never gives up: until its row is written the order exists nowhere else, and an
+# outage of any length must lose nothing (a poll that gives up only waits for its lease).
+INTAKE_RETRY: dict[str, Any] = {**RETRY_WHILE_DB_DOWN, "max_retries": None}
+INTAKE_TASKS = ("wxrecon.submit_special_reduction", "wxrecon.track_compensation_bill")
+
+
+@signals.task_retry.connect
+def _count_intake_retry(request: Any = None, **_: Any) -> None:
+    name = getattr(request, "task", None)
+    if name in INTAKE_TASKS:
+        metrics.INTAKE_DB_RETRIES.labels(name).inc()
 
 
 def _unknown_fields(unknown: dict[str, Any]) -> str:
@@ -70,7 +81,7 @@ def _token(task: Task) -> str | None:
     name="wxrecon.submit_special_reduction",
     bind=True,
     queue=INTAKE_QUEUE,
-    **RETRY_WHILE_DB_DOWN,
+    **INTAKE_RETRY,
 )
 def submit_special_reduction(
     self: Task,
@@ -114,7 +125,7 @@ def submit_special_reduction(
     name="wxrecon.track_compensation_bill",
     bind=True,
     queue=INTAKE_QUEUE,
-    **RETRY_WHILE_DB_DOWN,
+    **INTAKE_RETRY,
 )
 def track_compensation_bill(self: Task, out_bill_no: Any = None, **unknown: Any) -> dict[str, Any]:
     context = {"out_bill_no": str(out_bill_no)[:40]}

@@ -24,7 +24,7 @@ from wxrecon.domain.answers import request_differences
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.store import sql
-from wxrecon.store.models import utcnow
+from wxrecon.store.db import database_now
 from wxrecon.store.rows import row_from
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 
@@ -92,8 +92,8 @@ def intake(
     transaction under one ``token``: new rows with multi-row INSERTs (per 500), their events
     with one executemany. ``same(stored_row, order) -> [differing field names]`` decides
     whether an existing order is the same one (None: always)."""
-    now = now or utcnow()
     conn = session.connection()
+    now = now or database_now(conn)  # the lease is compared by other workers: their clock
     base = _new_row(kind, token, lease, now)
     keys = kind.number_fields
     created: dict[tuple[Any, ...], int] = {}

@@ -16,7 +16,6 @@ from wxrecon.domain.kinds import OrderKind
 from wxrecon.engine.steps import moved
 from wxrecon.store import sql, unit
 from wxrecon.store.db import Database
-from wxrecon.store.models import utcnow
 from wxrecon.store.rows import Row, row_from
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def retry(
     """Put an order in review (or REJECTED; with ``force``, a final one) back to work: a
     reduction to RECEIVED if it was never sent, else SUBMITTED (queried first, re-entered
     only if the provider has no trace); a bill to TRACKING. Returns the new state."""
-    now = now or utcnow()
+    now = now or db.now()
     values = _restart(now)
     if kind.request is not None:
         values["refusal"] = None  # the operator asks for a fresh look, not the old verdict
@@ -106,7 +105,7 @@ def requery(
             raise IllegalTransition(f"order is {row.state}, not in flight: use retry instead")
         return row.state
 
-    now = now or utcnow()
+    now = now or db.now()
     return _operator_write(
         db,
         kind,

@@ -23,7 +23,6 @@ from wxrecon.domain.decisions import Action, Call, Decision, Endpoint, Policy, W
 from wxrecon.domain.kinds import OrderKind, kind_of
 from wxrecon.store import sql, unit
 from wxrecon.store.db import Database
-from wxrecon.store.models import utcnow
 from wxrecon.store.rows import Row
 from wxrecon.store.unit import ENGINE_ACTOR, Cas, Unit
 from wxrecon.wechatpay import errors
@@ -101,7 +100,7 @@ def cas(
         to,
         values,
         reason=reason,
-        now=now or utcnow(),
+        now=now or db.now(),
         request_id=request_id,
         actor=actor,
         note=note,
@@ -116,9 +115,12 @@ class Reconciler:
     db: Database
     client: Provider
     settings: Any  # wxrecon.config.Settings, or anything with its attributes (tests)
-    clock: Clock = utcnow
+    clock: Clock | None = None  # None: the database's clock (tests pass their own)
     rng: random.Random = field(default_factory=random.Random)
     actor: str = ENGINE_ACTOR
+
+    def now(self) -> datetime:
+        return self.db.now() if self.clock is None else self.now()
 
     @functools.cached_property
     def policy(self) -> Policy:
@@ -162,7 +164,7 @@ class Reconciler:
         is left to its step, which rejects it. Returns, by id, whether each mark won."""
         if kind.request is None:
             return {}
-        now = self.clock()
+        now = self.now()
         writes = [
             self._prepare(kind, row, decisions.sending(kind, row, now), now)
             for row in rows
@@ -194,12 +196,12 @@ class Reconciler:
             return row.state
         if marked is False:
             return row.state
-        decision: Decision = decisions.start(kind, row, self.clock(), self.policy, bool(marked))
+        decision: Decision = decisions.start(kind, row, self.now(), self.policy, bool(marked))
         while isinstance(decision, Call):
             if decision.ahead is not None and not self._write(kind, work, row, decision.ahead):
                 return work.state_of(row)
             outcome = self._ask(kind, row, decision)
-            decision = decisions.decide(kind, row, decision, outcome, self.clock(), self.policy)
+            decision = decisions.decide(kind, row, decision, outcome, self.now(), self.policy)
         self._write(kind, work, row, decision)
         return work.state_of(row)
 
@@ -234,7 +236,7 @@ class Reconciler:
             level = _LOG_LEVEL.get(write.action, logging.INFO)
             log.log(level, "%s", write.log, extra=kind.log_fields(row, write.request_id))
         ahead = write.action in (Action.MARK, Action.REENTER)
-        return work.put(self._prepare(kind, row, write, self.clock()), ahead=ahead)
+        return work.put(self._prepare(kind, row, write, self.now()), ahead=ahead)
 
 
 def _sendable(kind: OrderKind, row: Row) -> bool:

@@ -17,7 +17,6 @@ from wxrecon.domain.kinds import OrderKind
 from wxrecon.engine.intake import new_token
 from wxrecon.store import sql
 from wxrecon.store.db import Database
-from wxrecon.store.models import utcnow
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def claim_due(
     """Claim up to ``limit`` due orders of ``kind`` in one statement; returns the leases."""
     token = new_token()
     ids = sql.claim(
-        db, kind.model, kind.active, token, limit=limit, lease=lease, now=now or utcnow()
+        db, kind.model, kind.active, token, limit=limit, lease=lease, now=now or db.now()
     )
     return [Claim(i, token) for i in ids]
 
@@ -45,7 +44,7 @@ def sweep(
     settings: Any,
     dispatch: Callable[[Claim], Any],
     *,
-    now: Callable[[], datetime] = utcnow,
+    now: Callable[[], datetime] | None = None,
     max_batches: int = 50,
 ) -> int:
     """Claim due orders batch by batch and hand each claim to ``dispatch``; returns how
@@ -55,7 +54,8 @@ def sweep(
     started = time.monotonic()
     total = 0
     for _ in range(max_batches):
-        claims = claim_due(db, kind, limit=batch, lease=float(settings.claim_lease), now=now())
+        at = db.now() if now is None else now()
+        claims = claim_due(db, kind, limit=batch, lease=float(settings.claim_lease), now=at)
         for c in claims:
             dispatch(c)
         total += len(claims)

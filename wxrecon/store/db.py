@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -29,6 +31,15 @@ log = logging.getLogger(__name__)
 
 AFTER_COMMIT_KEY = "wxrecon_after_commit"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+CLOCK_REFRESH = 60.0  # seconds between two readings of the database's clock
+
+
+def database_now(conn: Connection) -> datetime:
+    """The database server's clock (UTC); SQLite lives on this host, so this host's."""
+    if conn.dialect.name != "postgresql":
+        return datetime.now(UTC)
+    value: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    return value.astimezone(UTC)
 
 
 def normalize_url(url: str) -> str:
@@ -120,6 +131,24 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine = self.engine.execution_options(wxrecon_readonly=True)
         self._pin = threading.local()
+        self._offset: timedelta | None = None  # the database's clock minus this host's
+        self._offset_read_at = 0.0
+
+    def now(self) -> datetime:
+        """The time by the database's clock. Leases, the re-entry grace and the window are
+        compared between workers, so none may use its own clock: a worker 300 s fast would
+        take over live leases. The offset to this host's clock is read at most once a
+        minute (one round trip), so the hot path pays nothing."""
+        if not self.is_postgresql:
+            return datetime.now(UTC)
+        if self._offset is None or time.monotonic() - self._offset_read_at > CLOCK_REFRESH:
+            with self.connect() as conn:
+                before = datetime.now(UTC)
+                server = database_now(conn)
+                after = datetime.now(UTC)
+            self._offset = server - (before + (after - before) / 2)
+            self._offset_read_at = time.monotonic()
+        return datetime.now(UTC) + self._offset
 
     @property
     def is_sqlite(self) -> bool:
