@@ -28,29 +28,35 @@ OPTIONAL = ("reason",)
 SHOWN_REFUSALS = 20
 
 
-def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[dict[str, Any]]]:
-    """Rows with their line numbers, and the rows refused before touching the database."""
+def _text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise bad_input(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise bad_input(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise bad_input(f"{path}: {exc.strerror}") from None
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in reader.fieldnames or []]
+
+
+def header_problems(header: list[str]) -> str:
+    """What is wrong with a header row ("" when nothing is)."""
     if not header:
-        raise bad_input(f"{path}: empty file (the first line must name the fields)")
+        return "empty file (the first line must name the fields)"
     missing = [f for f in REQUIRED if f not in header]
     unknown = [f for f in header if f not in (*REQUIRED, *OPTIONAL)]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if unknown:
-            parts.append(f"unknown {', '.join(unknown)}")
-        raise bad_input(f"{path}: line 1: header {'; '.join(parts)}")
+    parts = [f"missing {', '.join(missing)}"] if missing else []
+    parts += [f"unknown {', '.join(unknown)}"] if unknown else []
+    return f"line 1: header {'; '.join(parts)}" if parts else ""
+
+
+def read_rows(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[dict[str, Any]]]:
+    """Rows with their line numbers, and the rows refused before touching the database."""
+    reader = csv.DictReader(_text(path).splitlines())
+    header = [h.strip() for h in reader.fieldnames or []]
+    problem = header_problems(header)
+    if problem:
+        raise bad_input(f"{path}: {problem}")
     reader.fieldnames = header
     rows: list[tuple[int, dict[str, str]]] = []
     refused: list[dict[str, Any]] = []
