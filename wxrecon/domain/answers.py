@@ -66,7 +66,7 @@ def reduction_differences(row: ReductionRow, result: ProviderReduction, ledger: 
     out = []
     if result.out_request_no != row.out_request_no:
         out.append("out_request_no")
-    if result.mchid is not None and result.mchid != row.mchid:
+    if result.mchid and result.mchid != row.mchid:  # empty is missing, not a difference
         out.append("mchid")
     if result.amount is not None and result.amount != row.amount:
         out.append("amount")
