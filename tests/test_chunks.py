@@ -953,3 +953,23 @@ print(row.out_request_no, row.amount, row.state)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["F1", "100", "SUBMITTED"]
+
+
+@pytest.mark.postgres
+def test_an_answer_the_database_refuses_costs_its_order_an_attempt_not_the_chunk(
+    pg_db: Database, pg_rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    """A field too long for its column (were it to pass the client's bounds) fails the chunk's
+    shared commit: the other orders' outcomes are still recorded, and the bad order spends
+    an attempt and leaves its claim, so it can never stall."""
+    ids, token = intake_all(pg_db, clock, ["L1", "L2", "L3"])
+    too_long = reduction("L2", "PROCESSING")
+    object.__setattr__(too_long, "request_id", "R" * 300)  # last_request_id is String(128)
+    provider.submit_answers.extend([reduction("L1", "PROCESSING"), too_long])
+    provider.submit_answers.append(reduction("L3", "PROCESSING"))
+    run_chunk(pg_rec.steps(REDUCTION, ids, token))
+    assert state(pg_db, SpecialReduction, ids[0]) == RState.PROCESSING
+    assert state(pg_db, SpecialReduction, ids[2]) == RState.PROCESSING
+    bad = snapshot(pg_db, SpecialReduction, ids[1])
+    assert bad["state"] == RState.SUBMITTED and bad["attempts"] == 1
+    assert bad["claim_token"] is None and "could not be recorded" in bad["last_error"]

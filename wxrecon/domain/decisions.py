@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from wxrecon.domain.kinds import OrderKind
 from wxrecon.domain.schedule import ScheduleSettings, next_delay, past_reentry_window
@@ -75,6 +75,17 @@ class Call:
 Decision = Call | Write
 
 
+class PolicySettings(ScheduleSettings, Protocol):
+    """The settings decisions read (``wxrecon.config.Settings`` has them all)."""
+
+    @property
+    def reentry_window_days(self) -> int: ...
+    @property
+    def reentry_margin(self) -> float: ...
+    @property
+    def reentry_grace(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class Policy:
     """The settings decisions read, typed (``Policy.of(settings)``)."""
@@ -86,7 +97,7 @@ class Policy:
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     @classmethod
-    def of(cls, settings: Any, rng: random.Random | None = None) -> Policy:
+    def of(cls, settings: PolicySettings, rng: random.Random | None = None) -> Policy:
         window = timedelta(days=settings.reentry_window_days) - timedelta(
             seconds=settings.reentry_margin
         )

@@ -19,7 +19,15 @@ from typing import Any, Protocol
 
 from wxrecon import metrics
 from wxrecon.domain import decisions
-from wxrecon.domain.decisions import Action, Call, Decision, Endpoint, Policy, Write
+from wxrecon.domain.decisions import (
+    Action,
+    Call,
+    Decision,
+    Endpoint,
+    Policy,
+    PolicySettings,
+    Write,
+)
 from wxrecon.domain.kinds import OrderKind, kind_of
 from wxrecon.store import sql, unit
 from wxrecon.store.db import Database
@@ -114,13 +122,13 @@ class Reconciler:
 
     db: Database
     client: Provider
-    settings: Any  # wxrecon.config.Settings, or anything with its attributes (tests)
+    settings: PolicySettings  # wxrecon.config.Settings, or anything with its attributes
     clock: Clock | None = None  # None: the database's clock (tests pass their own)
     rng: random.Random = field(default_factory=random.Random)
     actor: str = ENGINE_ACTOR
 
     def now(self) -> datetime:
-        return self.db.now() if self.clock is None else self.now()
+        return self.db.now() if self.clock is None else self.clock()
 
     @functools.cached_property
     def policy(self) -> Policy:
@@ -133,7 +141,8 @@ class Reconciler:
         an operator action took over): nothing is done then."""
         with self.db.pinned():
             row = load_row(self.db, kind, order_id)
-            return self._step(kind, Unit(self.db, moved, hold=False), order_id, token, row)
+            work = Unit(self.db, moved, hold=False, fallback=self._unrecorded)
+            return self._step(kind, work, order_id, token, row)
 
     def steps(self, kind: OrderKind, ids: Sequence[int], token: str) -> Steps:
         """The steps of a chunk of orders claimed together under ``token``, to be called in
@@ -143,7 +152,7 @@ class Reconciler:
         ids = list(dict.fromkeys(ids))
         with self.db.pinned():
             rows = load_rows(self.db, kind, ids)
-            work = Unit(self.db, moved)
+            work = Unit(self.db, moved, fallback=self._unrecorded)
             try:
                 marks = self._mark(kind, rows.values(), token)
                 for i in ids:
@@ -204,6 +213,14 @@ class Reconciler:
             decision = decisions.decide(kind, row, decision, outcome, self.now(), self.policy)
         self._write(kind, work, row, decision)
         return work.state_of(row)
+
+    def _unrecorded(self, refused: Cas) -> Cas:
+        """Instead of a write the database refused: an attempt spent (review once the budget
+        is), the claim released, so one bad answer never stalls its order."""
+        kind, row, now = kind_of(refused.row), refused.row, self.now()
+        exc = errors.GarbledResponse(f"the database refused to record: {refused.reason[:200]}")
+        why = "the outcome could not be recorded"
+        return self._prepare(kind, row, decisions.later(kind, row, exc, why, now, self.policy), now)
 
     def _ask(self, kind: OrderKind, row: Row, call: Call) -> Any:
         """The provider's answer to ``call``, or the WeChatPayError it raised."""

@@ -11,12 +11,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from wxrecon.domain.kinds import OrderKind
 from wxrecon.engine.intake import new_token
 from wxrecon.store import sql
 from wxrecon.store.db import Database
+
+
+class SweepSettings(Protocol):
+    @property
+    def sweep_batch(self) -> int: ...
+    @property
+    def sweep_interval(self) -> float: ...
+    @property
+    def claim_lease(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ def claim_due(
 def sweep(
     db: Database,
     kind: OrderKind,
-    settings: Any,
+    settings: SweepSettings,
     dispatch: Callable[[Claim], Any],
     *,
     now: Callable[[], datetime] | None = None,
@@ -50,15 +59,15 @@ def sweep(
     """Claim due orders batch by batch and hand each claim to ``dispatch``; returns how
     many were claimed. Stops at the first short batch, after ``max_batches``, or once a
     sweep interval has passed (the next sweep carries on)."""
-    batch = int(settings.sweep_batch)
+    batch = settings.sweep_batch
     started = time.monotonic()
     total = 0
     for _ in range(max_batches):
         at = db.now() if now is None else now()
-        claims = claim_due(db, kind, limit=batch, lease=float(settings.claim_lease), now=at)
+        claims = claim_due(db, kind, limit=batch, lease=settings.claim_lease, now=at)
         for c in claims:
             dispatch(c)
         total += len(claims)
-        if len(claims) < batch or time.monotonic() - started > float(settings.sweep_interval):
+        if len(claims) < batch or time.monotonic() - started > settings.sweep_interval:
             break
     return total

@@ -129,6 +129,10 @@ class Unit:
     db: Database
     on_moved: OnMoved | None = None
     hold: bool = True  # False: every write commits at once (a single order's step)
+    # What to write instead of a write the database refuses (e.g. an answer's field too long
+    # for its column): an attempt spent and the claim released, so the order can never stall
+    # on one bad answer; None: nothing (its lease returns it).
+    fallback: Callable[[Cas], Cas | None] | None = None
     pending: list[Cas] = field(default_factory=list)
 
     def put(self, write: Cas, *, ahead: bool = False) -> bool:
@@ -140,11 +144,12 @@ class Unit:
         try:
             return commit(self.db, writes, self.on_moved)[-1]
         except DBAPIError:
-            if len(writes) == 1:
+            if ahead:  # a mark before a POST: nothing is sent unless it commits
+                self._each(writes[:-1])
                 raise
             # One bad write must not take the others with it: each on its own.
-            self._each(writes[:-1])
-            return commit(self.db, writes[-1:], self.on_moved)[0]
+            self._each(writes)
+            return True
 
     def state_of(self, row: Row) -> str:
         """The row's state once its held outcome (if any) is committed."""
@@ -168,9 +173,12 @@ class Unit:
             try:
                 commit(self.db, [w], self.on_moved)
             except DBAPIError as exc:
-                log.error(
-                    "writing the outcome of %s #%s failed (%s); its lease will return it",
-                    w.kind,
-                    w.row.id,
-                    type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
-                )
+                cause = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+                log.error("writing the outcome of %s #%s failed (%s)", w.kind, w.row.id, cause)
+                instead = self.fallback(w) if self.fallback is not None else None
+                if instead is None:
+                    continue
+                try:
+                    commit(self.db, [instead], self.on_moved)
+                except DBAPIError:
+                    log.error("%s #%s: its lease will return it", w.kind, w.row.id)
