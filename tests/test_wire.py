@@ -1,4 +1,5 @@
-"""The two wires against real sockets: what goes out byte for byte, and how failures are named."""
+"""The production wire against real sockets: what goes out byte for byte, how failures are
+named, and how every answer is bounded in size and time; a proxy is a CONNECT tunnel on it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -29,15 +29,16 @@ from tests.fixtures_keys import (
     new_rsa_key,
     pkcs8_pem,
     reduction_answer,
-    signed_response,
 )
+from tests.test_client import signed_response
 from wxrecon.demo.run import free_port
 from wxrecon.wechatpay import signing
-from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient, _query
+from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.errors import OutcomeUnknown
 from wxrecon.wechatpay.keys import Credentials
 from wxrecon.wechatpay.resources import ReductionType, SpecialReductionRequest
-from wxrecon.wechatpay.wire import HttpxWire, Origin, PoolWire, ReplyHeaders, WireError
+from wxrecon.wechatpay.urls import query
+from wxrecon.wechatpay.wire import Origin, PoolWire, Reply, ReplyHeaders, WireError
 
 # A server's behaviour: given the raw request bytes it read, the bytes to answer (None: stay
 # silent until the client gives up).
@@ -131,11 +132,11 @@ def _read_request(conn: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def _http(response: httpx.Response) -> bytes:
-    head = f"HTTP/1.1 {response.status_code} OK\r\n".encode()
-    for name, value in response.headers.raw:
-        head += name + b": " + value + b"\r\n"
-    return head + b"Content-Length: %d\r\n\r\n" % len(response.content) + response.content
+def _http(response: Reply) -> bytes:
+    head = f"HTTP/1.1 {response.status} OK\r\n".encode()
+    for name, value in response.headers.items():
+        head += f"{name}: {value}\r\n".encode()
+    return head + b"Content-Length: %d\r\n\r\n" % len(response.body) + response.body
 
 
 @pytest.fixture
@@ -240,14 +241,6 @@ def test_reply_headers_are_case_insensitive_and_join_repeats() -> None:
     assert h.get("X-A") == "1, 2" and h.get("missing") is None
 
 
-def test_httpx_wire_refuses_a_target_httpx_would_re_encode() -> None:
-    wire = HttpxWire(httpx.MockTransport(lambda r: httpx.Response(200)), connect=1, read=1)
-    origin = Origin.parse("https://api.example.test")
-    assert wire.send("GET", origin, "/ok?a=%2B", [], b"").status == 200
-    with pytest.raises(ValueError, match="re-encoded"):
-        wire.send("GET", origin, "/a b", [], b"")
-
-
 def test_origin_keeps_a_base_path_and_port() -> None:
     o = Origin.parse("https://api.example.test:8443/prefix/")
     assert (o.scheme, o.host, o.port, o.prefix) == ("https", "api.example.test", 8443, "/prefix")
@@ -257,7 +250,7 @@ def test_origin_keeps_a_base_path_and_port() -> None:
 
 @given(st.text(max_size=60) | st.text(alphabet=string.ascii_letters + string.digits + "+/="))
 def test_query_encoding_equals_quote(value: str) -> None:
-    assert _query({"k": value, "mchid": "1900"}) == f"?k={quote(value, safe='')}&mchid=1900"
+    assert query({"k": value, "mchid": "1900"}) == f"?k={quote(value, safe='')}&mchid=1900"
 
 
 def _ok(raw: bytes) -> bytes:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Self, TypeVar, cast, overload
 
 from wxrecon.wechatpay.errors import GarbledResponse, InvalidRequest
@@ -21,6 +22,36 @@ MCHID = re.compile(r"[0-9]{1,32}")
 BAL_ACCOUNT_NO = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII; fits one OAEP block
 MAX_REASON = 512
 MAX_AMOUNT = 2**63 - 1
+
+# The longest value (in characters) of every text field read from an answer, and of the
+# Request-ID header: the width of the database column that stores it (wxrecon/models.py, which
+# is to read its widths from here). A longer value makes the answer garbled (retried, then
+# reconciled by a query), never a value that fails a database write later.
+FIELD_LIMITS: Mapping[str, int] = MappingProxyType(
+    {
+        "out_request_no": 32,  # special_reductions.out_request_no
+        "out_bill_no": 32,  # compensation_bills.out_bill_no
+        "mchid": 32,
+        "sp_mchid": 32,
+        "sponsor_mchid": 32,
+        "reduction_type": 32,
+        "state": 32,  # provider_state
+        "fail_reason": 64,
+        "quota_change_no": 64,
+        "bill_id": 64,
+        "close_reason": 64,
+        "reason": MAX_REASON,
+        "transfer_remark": 512,
+        "request_id": 128,  # last_request_id, events.request_id
+        "bal_account_no": 1024,  # the ciphertext: 344 characters under RSA-2048, 684 under 4096
+        "bal_account_no_plaintext": 128,  # special_reductions.bal_account_no
+        # Times are parsed, not stored as text; RFC 3339 needs about 35 characters.
+        "success_time": 64,
+        "fail_time": 64,
+        "accept_time": 64,
+        "close_time": 64,
+    }
+)
 
 
 class OpenEnum(StrEnum):
@@ -208,6 +239,9 @@ class _Reader:
             return None
         if not isinstance(value, str):
             raise self._bad(name, "is not a string")
+        limit = FIELD_LIMITS[name]  # every field read has a limit: a KeyError is our bug
+        if len(value) > limit:
+            raise self._bad(name, f"is longer than {limit} characters")
         return value
 
     def integer(self, name: str, *, required: bool = False) -> int | None:
@@ -268,11 +302,15 @@ class Sealed:
 
     def open(self, what: str) -> str:
         try:
-            return self._decrypt(self._ciphertext)
+            plaintext = self._decrypt(self._ciphertext)
         except ValueError:
             raise GarbledResponse(
                 f"{what}: bal_account_no does not decrypt with the merchant key"
             ) from None
+        limit = FIELD_LIMITS["bal_account_no_plaintext"]
+        if len(plaintext) > limit:
+            raise GarbledResponse(f"{what}: bal_account_no is longer than {limit} characters")
+        return plaintext
 
     def __repr__(self) -> str:
         return "<sealed>"
@@ -337,6 +375,11 @@ class SpecialReduction:
     fail_time: datetime | None = None
     fail_reason: FailReason | None = None
     request_id: str | None = field(default=None, compare=False)
+    # The out_request_no exactly as the provider sent it (None: the answer did not carry one,
+    # and ``out_request_no`` is the one asked for).
+    provider_out_request_no: str | None = field(default=None, compare=False)
+    # Whether the answer carried a ciphertext of bal_account_no (checked without decrypting).
+    ledger_sent: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(
@@ -344,26 +387,37 @@ class SpecialReduction:
         data: object,
         *,
         expect_out_request_no: str,
+        expect_mchid: str | None = None,
+        expect_amount: int | None = None,
         decrypt: Callable[[str], str] | None = None,
         request_id: str | None = None,
     ) -> Self:
         """Parse an answer; ``bal_account_no`` is decrypted with ``decrypt`` when first read
-        (a GarbledResponse then if it does not decrypt), and left None without ``decrypt``."""
+        (a GarbledResponse then if it does not decrypt), and left None without ``decrypt``.
+
+        An identity field that is present and differs from the one asked for (``expect_*``)
+        makes the answer garbled: it is about another order."""
         r = _Reader(data, "special reduction")
-        out_request_no = r.text("out_request_no") or expect_out_request_no
+        sent_no = r.text("out_request_no")
+        out_request_no = sent_no or expect_out_request_no
         if out_request_no != expect_out_request_no:
             raise GarbledResponse("special reduction: answer is about another out_request_no")
+        mchid = r.text("mchid")
+        if expect_mchid is not None and mchid is not None and mchid != expect_mchid:
+            raise GarbledResponse("special reduction: answer is about another mchid")
         state = r.enum("state", ReductionState, required=True)
         assert state is not None
         amount = r.integer("amount")
         if amount is not None and amount < 0:
             raise GarbledResponse("special reduction: field amount is negative")
+        if expect_amount is not None and amount is not None and amount != expect_amount:
+            raise GarbledResponse("special reduction: answer is about another amount")
         encrypted = r.text("bal_account_no")
         sealed = Sealed(encrypted, decrypt) if encrypted and decrypt is not None else None
         return cls(
             out_request_no=out_request_no,
             state=state,
-            mchid=r.text("mchid"),
+            mchid=mchid,
             bal_account_no=sealed,
             reduction_type=r.enum("reduction_type", ReductionType),
             amount=amount,
@@ -373,7 +427,19 @@ class SpecialReduction:
             fail_time=r.time("fail_time"),
             fail_reason=r.enum("fail_reason", FailReason),
             request_id=request_id,
+            provider_out_request_no=sent_no,
+            ledger_sent=bool(encrypted),
         )
+
+    def missing_identity(self) -> tuple[str, ...]:
+        """The identity fields the provider did not send (the engine may require them all)."""
+        sent = {
+            "out_request_no": self.provider_out_request_no is not None,
+            "mchid": self.mchid is not None,
+            "amount": self.amount is not None,
+            "bal_account_no": self.ledger_sent,
+        }
+        return tuple(name for name, present in sent.items() if not present)
 
 
 @dataclass(frozen=True, slots=True)
