@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from tests.fixtures_keys import BAL_ACCOUNT_NO, MCHID, KeySet, reduction_answer
-from tests.test_client import BALANCE, signed_response
-from tests.test_wire import _read_request
+from tests.test_client import BALANCE, _request, signed_response
+from tests.test_wire import _read_request, accept_until
 from wxrecon.demo.run import free_port
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.errors import GarbledResponse, NetworkError, OutcomeUnknown
 from wxrecon.wechatpay.keys import Credentials
-from wxrecon.wechatpay.resources import ReductionState, SpecialReductionRequest
+from wxrecon.wechatpay.resources import ReductionState
 from wxrecon.wechatpay.testing import ScriptedWire
 from wxrecon.wechatpay.wire import Reply, WireError, failure
 
@@ -75,15 +75,13 @@ class Loopback:
         self._thread.start()
 
     def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            with conn, contextlib.suppress(OSError):  # OSError: the client hung up first
-                self._converse(conn)
-            self.hung_up.release()
+        accept_until(self.sock, self._stop, self._serve_one)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        self.connections += 1
+        with conn, contextlib.suppress(OSError):  # OSError: the client hung up first
+            self._converse(conn)
+        self.hung_up.release()
 
     def _converse(self, conn: socket.socket) -> None:
         conn.settimeout(0.05)
@@ -188,16 +186,6 @@ def wire(request: pytest.FixtureRequest) -> Iterator[Harness]:
     harness.close()
 
 
-def _request(out_request_no: str = "M1") -> SpecialReductionRequest:
-    return SpecialReductionRequest.create(
-        mchid=MCHID,
-        bal_account_no=BAL_ACCOUNT_NO,
-        out_request_no=out_request_no,
-        reduction_type="FINANCIAL_PENALTY",
-        amount=100,
-    )
-
-
 def _accepted(keys: KeySet, out_request_no: str = "M1") -> Reply:
     answer = reduction_answer(keys, out_request_no, extra={"amount": 100})
     return signed_response(keys, answer, request_id="RID-OK")
@@ -208,7 +196,7 @@ def test_an_answered_post_is_sent_once(
 ) -> None:
     wire.play(_accepted(keys))
     with wire.client(credentials, attempts=3) as client:
-        result = client.submit_special_reduction(_request())
+        result = client.submit_special_reduction(_request("M1"))
     assert result.state is ReductionState.PROCESSING and result.request_id == "RID-OK"
     assert result.missing_identity() == ()
     (body,) = wire.received
@@ -218,7 +206,7 @@ def test_an_answered_post_is_sent_once(
 def test_a_refused_post_was_not_sent(wire: Harness, credentials: Credentials) -> None:
     wire.play("refused")
     with wire.client(credentials, attempts=2) as client, pytest.raises(OutcomeUnknown) as info:
-        client.submit_special_reduction(_request())
+        client.submit_special_reduction(_request("M1"))
     assert info.value.maybe_sent is False and isinstance(info.value.cause, NetworkError)
     assert wire.received == []
 
@@ -228,7 +216,7 @@ def test_a_reset_after_the_post_was_sent_may_have_landed(
 ) -> None:
     wire.play("reset")
     with wire.client(credentials, attempts=2) as client, pytest.raises(OutcomeUnknown) as info:
-        client.submit_special_reduction(_request())
+        client.submit_special_reduction(_request("M1"))
     assert info.value.maybe_sent is True and isinstance(info.value.cause, NetworkError)
     first, second = wire.received  # each attempt reached the provider, byte for byte alike
     assert first == second
@@ -239,7 +227,7 @@ def test_a_read_timeout_after_a_post_may_have_landed(
 ) -> None:
     wire.play("silent")
     with wire.client(credentials) as client, pytest.raises(OutcomeUnknown) as info:
-        client.submit_special_reduction(_request())
+        client.submit_special_reduction(_request("M1"))
     assert info.value.maybe_sent is True and "ReadTimeout" in str(info.value)
     assert len(wire.received) == 1
 
@@ -250,7 +238,7 @@ def test_an_answer_dribbled_past_the_deadline_may_have_landed(
     """A byte every 0.05 s never trips the 0.5 s read timeout; the 1.5 s deadline ends it."""
     wire.play("dribble")
     with wire.client(credentials) as client, pytest.raises(OutcomeUnknown) as info:
-        client.submit_special_reduction(_request())
+        client.submit_special_reduction(_request("M1"))
     assert info.value.maybe_sent is True and isinstance(info.value.cause, NetworkError)
     assert "DeadlineExceeded" in str(info.value)
 
@@ -272,7 +260,7 @@ def test_an_endless_answer_is_garbled_and_read_only_to_the_cap(
         wire.client(credentials, max_body=MiB) as client,
         pytest.raises(OutcomeUnknown) as info,
     ):
-        client.submit_special_reduction(_request())
+        client.submit_special_reduction(_request("M1"))
     assert isinstance(info.value.cause, GarbledResponse) and info.value.maybe_sent
     assert info.value.status == 200 and "larger than 1048576 bytes" in str(info.value)
     if wire.server is not None:

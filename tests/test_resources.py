@@ -459,28 +459,37 @@ def test_balance_parse_property(data: Any) -> None:
 
 # -- every field fits the column that stores it ---------------------------------------------
 
-# Where each answer field is stored (wxrecon/models.py): FIELD_LIMITS must hold its width.
-COLUMNS = {
-    "out_request_no": 32,
-    "out_bill_no": 32,
-    "mchid": 32,
-    "sp_mchid": 32,
-    "sponsor_mchid": 32,
-    "reduction_type": 32,
-    "state": 32,  # provider_state
-    "fail_reason": 64,
-    "quota_change_no": 64,
-    "bill_id": 64,
-    "close_reason": 64,
-    "reason": 512,
-    "transfer_remark": 512,
-    "request_id": 128,
-    "bal_account_no_plaintext": 128,
+# Where each limited field is stored: (table, column) in wxrecon/models.py.
+STORED_IN = {
+    "out_request_no": ("special_reductions", "out_request_no"),
+    "mchid": ("special_reductions", "mchid"),
+    "reduction_type": ("special_reductions", "reduction_type"),
+    "reason": ("special_reductions", "reason"),
+    "fail_reason": ("special_reductions", "fail_reason"),
+    "quota_change_no": ("special_reductions", "quota_change_no"),
+    "bal_account_no_plaintext": ("special_reductions", "bal_account_no"),
+    "request_id": ("special_reductions", "last_request_id"),
+    "out_bill_no": ("compensation_bills", "out_bill_no"),
+    "state": ("compensation_bills", "provider_state"),
+    "bill_id": ("compensation_bills", "bill_id"),
+    "sp_mchid": ("compensation_bills", "sp_mchid"),
+    "sponsor_mchid": ("compensation_bills", "sponsor_mchid"),
+    "transfer_remark": ("compensation_bills", "transfer_remark"),
+    "close_reason": ("compensation_bills", "close_reason"),
 }
 
 
-def test_field_limits_are_the_column_widths() -> None:
-    assert {k: FIELD_LIMITS[k] for k in COLUMNS} == COLUMNS
+@pytest.mark.parametrize("name", sorted(STORED_IN))
+def test_field_limits_are_the_column_widths(name: str) -> None:
+    from wxrecon.models import Base
+
+    table, column = STORED_IN[name]
+    assert FIELD_LIMITS[name] == Base.metadata.tables[table].c[column].type.length
+    assert Base.metadata.tables["events"].c["request_id"].type.length == FIELD_LIMITS["request_id"]
+    assert (
+        Base.metadata.tables["special_reductions"].c["provider_state"].type.length
+        == FIELD_LIMITS["state"]
+    )
 
 
 REDUCTION_TEXT = ["mchid", "reduction_type", "state", "fail_reason", "quota_change_no", "reason"]

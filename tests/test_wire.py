@@ -118,6 +118,18 @@ class RawServer:
         self.sock.close()
 
 
+def accept_until(
+    sock: socket.socket, stop: threading.Event, handle: Callable[[socket.socket], None]
+) -> None:
+    """Hand each connection accepted on ``sock`` (timeout set) to ``handle`` until ``stop``."""
+    while not stop.is_set():
+        try:
+            conn, _ = sock.accept()
+        except TimeoutError:
+            continue
+        handle(conn)
+
+
 def _read_request(conn: socket.socket) -> bytes:
     """One request's bytes; b"" when the client closed; b"idle" when nothing came yet."""
     data = b""
@@ -474,13 +486,11 @@ class TunnelProxy:
         self._thread.start()
 
     def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
+        accept_until(self.sock, self._stop, self._start_tunnel)
         self.sock.close()
+
+    def _start_tunnel(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
 
     def _tunnel(self, conn: socket.socket) -> None:
         with conn:
