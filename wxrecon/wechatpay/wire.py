@@ -254,7 +254,8 @@ class PoolWire:
         except TimeoutError:  # the wait for a slot used the attempt up: nothing sent
             raise failure("PoolTimeout") from None
         try:
-            conn.sock.settimeout(timeout)
+            if timeout != conn.sock.gettimeout():
+                conn.sock.settimeout(timeout)
             conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
             conn.putheader(b"Host", origin.host_header)
             for name, value in headers:
@@ -368,7 +369,9 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        self._sock.settimeout(_remaining(self._deadline, self._read_timeout))
+        timeout = _remaining(self._deadline, self._read_timeout)
+        if timeout != self._sock.gettimeout():  # a system call saved while the cap holds
+            self._sock.settimeout(timeout)
         n = self._io.readinto(buffer)
         if n is None:  # "would block": only a non-blocking socket says so
             raise TimeoutError
