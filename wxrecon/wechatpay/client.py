@@ -245,7 +245,7 @@ class WeChatPayClient:
     def _parse_reduction(
         self, answer: Answer, out_request_no: str, mchid: str, amount: int | None = None
     ) -> SpecialReduction:
-        # bal_account_no stays sealed until read (see resources._Decrypted); the request id
+        # bal_account_no stays sealed until read (see reading.Decrypted); the request id
         # goes in here, since dataclasses.replace would read, and so decrypt, every field.
         return SpecialReduction.parse(
             answer.data,

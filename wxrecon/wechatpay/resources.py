@@ -11,11 +11,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Self, TypeVar, cast, overload
+from typing import Any, Self
 
+from wxrecon.wechatpay.enums import OpenEnum
 from wxrecon.wechatpay.errors import GarbledResponse, InvalidRequest
+from wxrecon.wechatpay.reading import Decrypted, Reader, Sealed
 
 ORDER_NO = re.compile(r"[0-9A-Za-z]{1,32}")
 MCHID = re.compile(r"[0-9]{1,32}")
@@ -52,26 +53,6 @@ FIELD_LIMITS: Mapping[str, int] = MappingProxyType(
         "close_time": 64,
     }
 )
-
-
-class OpenEnum(StrEnum):
-    """A StrEnum that turns an unknown value into a pseudo-member instead of failing."""
-
-    @classmethod
-    def _missing_(cls, value: object) -> Any:
-        if not isinstance(value, str):
-            return None
-        member = str.__new__(cls, value)
-        member._name_ = value
-        member._value_ = value
-        return member
-
-    @property
-    def known(self) -> bool:
-        return self._name_ in type(self).__members__
-
-
-E = TypeVar("E", bound=OpenEnum)
 
 
 class ReductionType(OpenEnum):
@@ -219,146 +200,6 @@ class SpecialReductionRequest:
 # -- parsing of what we receive -------------------------------------------------------------
 
 
-class _Reader:
-    """Typed access to a JSON object; every problem is a GarbledResponse naming the field."""
-
-    def __init__(self, data: object, what: str) -> None:
-        if not isinstance(data, Mapping):
-            raise GarbledResponse(f"{what}: response body is not a JSON object")
-        self.data = data
-        self.what = what
-
-    def _bad(self, name: str, rule: str) -> GarbledResponse:
-        return GarbledResponse(f"{self.what}: field {name} {rule}")
-
-    def text(self, name: str, *, required: bool = False) -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise self._bad(name, "is missing")
-            return None
-        if not isinstance(value, str):
-            raise self._bad(name, "is not a string")
-        limit = FIELD_LIMITS[name]  # every field read has a limit: a KeyError is our bug
-        if len(value) > limit:
-            raise self._bad(name, f"is longer than {limit} characters")
-        return value
-
-    def integer(self, name: str, *, required: bool = False) -> int | None:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise self._bad(name, "is missing")
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(name, "is not an integer")
-        return value
-
-    def boolean(self, name: str, *, required: bool = False) -> bool | None:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise self._bad(name, "is missing")
-            return None
-        if not isinstance(value, bool):
-            raise self._bad(name, "is not a boolean")
-        return value
-
-    def time(self, name: str) -> datetime | None:
-        value = self.text(name)
-        if value is None or value == "":
-            return None
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise self._bad(name, "is not an RFC 3339 time") from None
-        if parsed.tzinfo is None:
-            raise self._bad(name, "has no time zone")
-        return parsed
-
-    def enum(self, name: str, kind: type[E], *, required: bool = False) -> E | None:
-        value = self.text(name, required=required)
-        if value is None:
-            return None
-        if not value:
-            raise self._bad(name, "is empty")
-        return kind(value)
-
-    def child(self, name: str) -> _Reader | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        return _Reader(value, f"{self.what}.{name}")
-
-
-class Sealed:
-    """Merchant-key ciphertext of a secret, with the means to open it (never printed)."""
-
-    __slots__ = ("_ciphertext", "_decrypt")
-
-    def __init__(self, ciphertext: str, decrypt: Callable[[str], str]) -> None:
-        self._ciphertext = ciphertext
-        self._decrypt = decrypt
-
-    def open(self, what: str) -> str:
-        try:
-            plaintext = self._decrypt(self._ciphertext)
-        except ValueError:
-            raise GarbledResponse(
-                f"{what}: bal_account_no does not decrypt with the merchant key"
-            ) from None
-        limit = FIELD_LIMITS["bal_account_no_plaintext"]
-        if len(plaintext) > limit:
-            raise GarbledResponse(f"{what}: bal_account_no is longer than {limit} characters")
-        return plaintext
-
-    def __repr__(self) -> str:
-        return "<sealed>"
-
-    def __reduce__(self) -> Any:
-        # Its decrypt function holds the merchant private key: never serialise it.
-        raise TypeError("a sealed value cannot be pickled")
-
-
-class _Decrypted:
-    """A dataclass field that reads as plaintext but may hold a :class:`Sealed` value.
-
-    Decrypting is an RSA private-key operation (about 0.24 ms, a quarter of a query's client
-    CPU) and most answers are never compared by it, so it happens on first read and the
-    plaintext replaces the ciphertext. As a dataclass field it stays in ``fields()``, so
-    generic code (the CLI's display) sees ``bal_account_no`` as before."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.key = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.key = f"_{name}"
-
-    @overload
-    def __get__(self, obj: None, owner: Any = None) -> None: ...
-
-    @overload
-    def __get__(self, obj: object, owner: Any = None) -> str | None: ...
-
-    def __get__(self, obj: object | None, owner: Any = None) -> str | None:
-        if obj is None:
-            return None  # the field's default
-        value = obj.__dict__[self.key]
-        if isinstance(value, Sealed):
-            try:
-                value = value.open(self.what)
-            except GarbledResponse as exc:  # the ciphertext stays: a later read fails alike
-                exc.request_id = getattr(obj, "request_id", None)
-                raise
-            obj.__dict__[self.key] = value
-        return cast(str | None, value)
-
-    def __set__(self, obj: object, value: str | Sealed | None) -> None:
-        # dataclass passes the descriptor itself as the default (field(default=…) form).
-        obj.__dict__[self.key] = None if value is self else value
-
-
 # Not slots=True: the descriptor field needs the instance __dict__ for its value.
 @dataclass(frozen=True)
 class SpecialReduction:
@@ -366,7 +207,7 @@ class SpecialReduction:
     state: ReductionState
     mchid: str | None = None
     # Plaintext on read; holds a Sealed ciphertext until first read. Never in repr.
-    bal_account_no: _Decrypted = field(default=_Decrypted("special reduction"), repr=False)
+    bal_account_no: Decrypted = field(default=Decrypted("special reduction"), repr=False)
     reduction_type: ReductionType | None = None
     amount: int | None = None
     reason: str | None = None
@@ -397,7 +238,7 @@ class SpecialReduction:
 
         An identity field that is present and differs from the one asked for (``expect_*``)
         makes the answer garbled: it is about another order."""
-        r = _Reader(data, "special reduction")
+        r = Reader(data, "special reduction", FIELD_LIMITS)
         sent_no = r.text("out_request_no")
         out_request_no = sent_no or expect_out_request_no
         if out_request_no != expect_out_request_no:
@@ -413,7 +254,11 @@ class SpecialReduction:
         if expect_amount is not None and amount is not None and amount != expect_amount:
             raise GarbledResponse("special reduction: answer is about another amount")
         encrypted = r.text("bal_account_no")
-        sealed = Sealed(encrypted, decrypt) if encrypted and decrypt is not None else None
+        sealed = (
+            Sealed(encrypted, decrypt, FIELD_LIMITS["bal_account_no_plaintext"])
+            if encrypted and decrypt is not None
+            else None
+        )
         return cls(
             out_request_no=out_request_no,
             state=state,
@@ -450,7 +295,7 @@ class ChannelBalance:
 
     @classmethod
     def parse(cls, data: object) -> Self:
-        r = _Reader(data, "channel balance")
+        r = Reader(data, "channel balance", FIELD_LIMITS)
         balance = r.integer("balance", required=True)
         assert balance is not None
         return cls(
@@ -481,7 +326,7 @@ class CompensationBill:
 
     @classmethod
     def parse(cls, data: object, *, expect_out_bill_no: str) -> Self:
-        r = _Reader(data, "compensation bill")
+        r = Reader(data, "compensation bill", FIELD_LIMITS)
         out_bill_no = r.text("out_bill_no", required=True)
         if out_bill_no != expect_out_bill_no:
             raise GarbledResponse("compensation bill: answer is about another out_bill_no")

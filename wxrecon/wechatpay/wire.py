@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
-import io
 import select
 import socket
 import ssl
@@ -32,6 +31,8 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
+
+from wxrecon.wechatpay.deadline import BoundedResponse, remaining
 
 MAX_BODY = 1 << 20  # 1 MiB: the largest answer documented is a few kB
 
@@ -250,7 +251,7 @@ class PoolWire:
         deadline: float,
     ) -> tuple[int, ReplyHeaders, bytes, bool]:
         try:
-            timeout = _remaining(deadline, self.read_timeout)
+            timeout = remaining(deadline, self.read_timeout)
         except TimeoutError:  # the wait for a slot used the attempt up: nothing sent
             raise failure("PoolTimeout") from None
         try:
@@ -268,7 +269,7 @@ class PoolWire:
         except OSError:
             raise failure("WriteError") from None
         conn.response_class = functools.partial(  # type: ignore[assignment]
-            _BoundedResponse, deadline=deadline, read_timeout=self.read_timeout
+            BoundedResponse, deadline=deadline, read_timeout=self.read_timeout
         )
         try:
             response = conn.getresponse()
@@ -309,7 +310,7 @@ class PoolWire:
             (self.proxy.host, self.proxy.port) if self.proxy else (origin.host, origin.port)
         )
         try:
-            timeout = _remaining(deadline, self.connect_timeout)
+            timeout = remaining(deadline, self.connect_timeout)
         except TimeoutError:
             raise failure("PoolTimeout") from None
         if origin.scheme == "https":
@@ -341,70 +342,8 @@ class PoolWire:
                 conn.close()
 
 
-def _remaining(deadline: float, cap: float) -> float:
-    """The timeout for the next socket operation: ``cap``, or less if the deadline is near."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    return min(cap, left)
-
-
 def _timed_out(deadline: float, name: str) -> WireError:
     return failure("DeadlineExceeded" if time.monotonic() >= deadline else name)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket's reads, each bounded by the read timeout and by what is left of the deadline
-    (a per-read timeout alone lets a server dribbling a byte at a time hold a call for ever)."""
-
-    def __init__(self, sock: socket.socket, deadline: float, read_timeout: float) -> None:
-        self._sock = sock
-        # The socket's own raw reader: it keeps the socket open while a response still
-        # reads from it after its connection was closed ("Connection: close").
-        self._io = sock.makefile("rb", buffering=0)
-        self._deadline = deadline
-        self._read_timeout = read_timeout
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        timeout = _remaining(self._deadline, self._read_timeout)
-        if timeout != self._sock.gettimeout():  # a system call saved while the cap holds
-            self._sock.settimeout(timeout)
-        n = self._io.readinto(buffer)
-        if n is None:  # "would block": only a non-blocking socket says so
-            raise TimeoutError
-        return n
-
-    def close(self) -> None:
-        self._io.close()
-        super().close()
-
-
-class _DeadlineSocket:
-    """What ``HTTPResponse`` takes as its socket: it only calls ``makefile``."""
-
-    def __init__(self, sock: socket.socket, deadline: float, read_timeout: float) -> None:
-        self._raw = _DeadlineReader(sock, deadline, read_timeout)
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(self._raw)
-
-
-class _BoundedResponse(http.client.HTTPResponse):
-    def __init__(
-        self,
-        sock: socket.socket,
-        debuglevel: int = 0,
-        method: str | None = None,
-        url: str | None = None,
-        *,
-        deadline: float,
-        read_timeout: float,
-    ) -> None:
-        wrapped: Any = _DeadlineSocket(sock, deadline, read_timeout)
-        super().__init__(wrapped, debuglevel, method, url)
 
 
 def _readable(sock: socket.socket | None) -> bool:
