@@ -1,14 +1,14 @@
-"""Retries, failover, error classification and hooks of the client, on httpx.MockTransport."""
+"""Retries, failover, error classification and hooks of the client, on the scripted wire
+(``wxrecon.wechatpay.testing.ScriptedWire``); the money paths run on real sockets too, in
+``test_client_wires.py``."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,14 +18,10 @@ from tests.fixtures_keys import (
     MCHID,
     PUB_KEY_ID,
     KeySet,
-    error_response,
-    mock_client,
     reduction_answer,
     signed_headers,
-    signed_response,
 )
 from wxrecon.config import Settings
-from wxrecon.demo.run import free_port
 from wxrecon.provider import build_client
 from wxrecon.wechatpay import signing
 from wxrecon.wechatpay.client import Endpoint, RetryPolicy, Timeouts, WeChatPayClient
@@ -46,7 +42,8 @@ from wxrecon.wechatpay.errors import (
 )
 from wxrecon.wechatpay.keys import CredentialError, Credentials
 from wxrecon.wechatpay.resources import ReductionState, ReductionType, SpecialReductionRequest
-from wxrecon.wechatpay.wire import HttpxWire, PoolWire
+from wxrecon.wechatpay.testing import ScriptedWire, Sent, json_reply, reply
+from wxrecon.wechatpay.wire import PoolWire, Proxy, Reply, WireError, failure
 
 PRIMARY = "https://primary.test"
 BACKUP = "https://backup.test"
@@ -54,7 +51,7 @@ BALANCE = {"balance": 12345, "in_transit_reduction_exist": True}
 TARGET = "1900000002"  # a target merchant other than our own mchid
 
 
-def _request(out_request_no: str = "R1", mchid: str = TARGET) -> SpecialReductionRequest:
+def _request(out_request_no: str = "R1", mchid: str = MCHID) -> SpecialReductionRequest:
     return SpecialReductionRequest.create(
         mchid=mchid,
         bal_account_no=BAL_ACCOUNT_NO,
@@ -65,27 +62,36 @@ def _request(out_request_no: str = "R1", mchid: str = TARGET) -> SpecialReductio
     )
 
 
-class Script:
-    """A handler that plays a list of answers (or exceptions) and records every request."""
+def signed_response(
+    keys: KeySet, data: Any, status: int = 200, *, raw: bytes | None = None, **kw: Any
+) -> Reply:
+    """A provider answer signed with the test platform key."""
+    body = raw if raw is not None else json.dumps(data, ensure_ascii=False).encode()
+    return reply(status, body, signed_headers(keys, body, **kw))
 
-    def __init__(
-        self, *steps: httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
-    ) -> None:
-        self.steps = list(steps)
-        self.requests: list[httpx.Request] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
-        if isinstance(step, Exception):
-            raise step
-        if callable(step) and not isinstance(step, httpx.Response):
-            return step(request)
-        return step
+def error_response(
+    status: int, code: str | None, message: str = "", request_id: str = "REQ-ERR-1"
+) -> Reply:
+    payload: dict[str, Any] = {"message": message}
+    if code is not None:
+        payload["code"] = code
+    return json_reply(status, payload, {"Request-ID": request_id})
 
-    @property
-    def hosts(self) -> list[str]:
-        return [r.url.host for r in self.requests]
+
+Script = ScriptedWire
+
+
+def mock_client(
+    credentials: Credentials, script: ScriptedWire, *, retry: RetryPolicy | None = None, **kw: Any
+) -> WeChatPayClient:
+    """A client on the scripted wire that never sleeps between retries."""
+    return WeChatPayClient(
+        credentials,
+        wire=script,
+        retry=retry or RetryPolicy(attempts=3, initial_wait=0, max_wait=0),
+        **kw,
+    )
 
 
 def _balance(client: WeChatPayClient) -> Any:
@@ -113,9 +119,9 @@ def test_query_reduction_decrypts_and_checks(keys: KeySet, credentials: Credenti
     assert r.state is ReductionState.SUCCESS and r.amount == 100
     assert r.bal_account_no == BAL_ACCOUNT_NO  # decrypted with the merchant key
     assert r.success_time is not None and r.success_time.tzinfo is not None
-    (request,) = script.requests
-    assert request.url.path == "/v3/aggracct-bc/wb-channel/special-reduction/R1"
-    assert request.url.params["mchid"] == MCHID
+    (request,) = script.sent
+    assert request.path == "/v3/aggracct-bc/wb-channel/special-reduction/R1"
+    assert request.params["mchid"] == MCHID
 
 
 def test_ledger_number_is_decrypted_only_when_read(keys: KeySet, credentials: Credentials) -> None:
@@ -143,13 +149,13 @@ def test_bill_query_has_no_encrypted_fields(keys: KeySet, credentials: Credentia
     script = Script(signed_response(keys, bill))
     with mock_client(credentials, script) as client:
         assert client.query_compensation_bill("B1").amount == 5
-    (request,) = script.requests
-    assert request.url.raw_path == (
-        b"/v3/platsolution/ecommerce/mch-transfer/compensate-bills/out-bill-no/B1"
+    (request,) = script.sent
+    assert request.target == (
+        "/v3/platsolution/ecommerce/mch-transfer/compensate-bills/out-bill-no/B1"
     )
-    assert "Wechatpay-Serial" not in request.headers
-    assert request.headers["Accept"] == "application/json"
-    assert request.headers["User-Agent"].startswith("wxrecon/")
+    assert request.header("Wechatpay-Serial") is None
+    assert request.header("Accept") == "application/json"
+    assert str(request.header("User-Agent")).startswith("wxrecon/")
 
 
 def test_submit_result(keys: KeySet, credentials: Credentials) -> None:
@@ -193,7 +199,7 @@ def test_retryable_answers_on_get(
     script = Script(error_response(status, code, "系统繁忙\n请稍后", request_id="RID-9"))
     with mock_client(credentials, script) as client, pytest.raises(kind) as info:
         _balance(client)
-    assert len(script.requests) == 3
+    assert len(script.sent) == 3
     err = info.value
     assert isinstance(err, TransientError) and err.status == status and err.code == code
     line = str(err)
@@ -208,7 +214,7 @@ def test_final_answers_are_not_retried(
     script = Script(error_response(status, code, "参数错误", request_id="RID-4"))
     with mock_client(credentials, script) as client, pytest.raises(kind) as info:
         _balance(client)
-    assert len(script.requests) == 1
+    assert len(script.sent) == 1
     err = info.value
     assert isinstance(err, WeChatPayError) and not isinstance(err, TransientError)
     assert err.status == status and err.request_id == "RID-4"
@@ -224,14 +230,14 @@ def test_final_answers_to_a_post_are_not_wrapped(
     script = Script(error_response(status, code, "x"))
     with mock_client(credentials, script) as client, pytest.raises(kind):
         client.submit_special_reduction(_request())
-    assert len(script.requests) == 1
+    assert len(script.sent) == 1
 
 
 @pytest.mark.parametrize(
     "body", [b"", b"<html>502</html>", b"[1,2]", b'{"code": 5}', b"[" * 50_000, b"\xff\xfe"]
 )
 def test_error_bodies_of_any_shape(credentials: Credentials, body: bytes) -> None:
-    script = Script(httpx.Response(400, content=body))
+    script = Script(reply(400, body))
     with mock_client(credentials, script) as client, pytest.raises(UnexpectedAnswer) as info:
         _balance(client)
     assert info.value.code is None and "\n" not in str(info.value)
@@ -240,14 +246,14 @@ def test_error_bodies_of_any_shape(credentials: Credentials, body: bytes) -> Non
 def test_retried_then_answered(keys: KeySet, credentials: Credentials) -> None:
     script = Script(
         error_response(500, "SYSTEM_ERROR"),
-        httpx.Response(202),
+        reply(202),
         signed_response(keys, BALANCE),
     )
     with mock_client(credentials, script) as client:
         assert _balance(client).balance == 12345
-    assert len(script.requests) == 3
+    assert len(script.sent) == 3
     nonces = {
-        signing.parse_authorization(r.headers["Authorization"]).nonce_str for r in script.requests
+        signing.parse_authorization(str(r.header("Authorization"))).nonce_str for r in script.sent
     }
     assert len(nonces) == 3  # every attempt is signed afresh
 
@@ -257,13 +263,13 @@ def test_waits_between_attempts_are_bounded_jitter(credentials: Credentials) -> 
     script = Script(error_response(500, "SYSTEM_ERROR"))
     client = WeChatPayClient(
         credentials,
-        transport=httpx.MockTransport(script),
+        wire=script,
         retry=RetryPolicy(attempts=4, initial_wait=0.2, max_wait=1.0),
         sleep=waits.append,
     )
     with client, pytest.raises(ProviderBusy):
         _balance(client)
-    assert len(script.requests) == 4 and len(waits) == 3
+    assert len(script.sent) == 4 and len(waits) == 3
     assert all(0 <= w <= 1.0 for w in waits)
 
 
@@ -273,13 +279,13 @@ def test_waits_between_attempts_are_bounded_jitter(credentials: Credentials) -> 
 @pytest.mark.parametrize(
     ("exc", "maybe_sent"),
     [
-        (httpx.ConnectError("refused"), False),
-        (httpx.ConnectTimeout("slow"), False),
-        (httpx.PoolTimeout("pool"), False),
-        (httpx.ReadTimeout("slow"), True),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
-        (httpx.ReadError("reset"), True),
-        (httpx.WriteError("broken pipe"), True),
+        (failure("ConnectError"), False),
+        (failure("ConnectTimeout"), False),
+        (failure("PoolTimeout"), False),
+        (failure("ReadTimeout"), True),
+        (failure("RemoteProtocolError"), True),
+        (failure("ReadError"), True),
+        (failure("WriteError"), True),
     ],
 )
 def test_network_errors_on_get(credentials: Credentials, exc: Exception, maybe_sent: bool) -> None:
@@ -289,22 +295,22 @@ def test_network_errors_on_get(credentials: Credentials, exc: Exception, maybe_s
         pytest.raises(NetworkError) as info,
     ):
         _balance(client)
-    assert len(script.requests) == 3
+    assert len(script.sent) == 3
     assert info.value.maybe_sent is maybe_sent
-    assert type(exc).__name__ in str(info.value)
+    assert exc.name in str(info.value)
 
 
 def test_post_exhausted_is_an_unknown_outcome(credentials: Credentials) -> None:
     script = Script(error_response(500, "SYSTEM_ERROR", request_id="RID-5"))
     with mock_client(credentials, script) as client, pytest.raises(OutcomeUnknown) as info:
         client.submit_special_reduction(_request())
-    assert len(script.requests) == 3
+    assert len(script.sent) == 3
     assert isinstance(info.value.cause, ProviderBusy)
     assert info.value.maybe_sent and info.value.status == 500 and info.value.request_id == "RID-5"
     assert str(info.value).startswith("HTTP 500 SYSTEM_ERROR outcome unknown:")
 
 
-@pytest.mark.parametrize("exc", [httpx.ReadTimeout("t"), httpx.RemoteProtocolError("reset")])
+@pytest.mark.parametrize("exc", [failure("ReadTimeout"), failure("RemoteProtocolError")])
 def test_post_lost_answer_is_an_unknown_outcome(credentials: Credentials, exc: Exception) -> None:
     script = Script(exc)
     with (
@@ -316,7 +322,7 @@ def test_post_lost_answer_is_an_unknown_outcome(credentials: Credentials, exc: E
 
 
 def test_post_never_connected_says_nothing_was_sent(credentials: Credentials) -> None:
-    script = Script(httpx.ConnectError("refused"))
+    script = Script(failure("ConnectError"))
     with (
         mock_client(credentials, script, backup_url=None) as client,
         pytest.raises(OutcomeUnknown) as info,
@@ -327,7 +333,7 @@ def test_post_never_connected_says_nothing_was_sent(credentials: Credentials) ->
 
 def test_maybe_sent_sticks_once_any_attempt_may_have_landed(credentials: Credentials) -> None:
     script = Script(
-        error_response(500, "SYSTEM_ERROR"), httpx.ConnectError("x"), httpx.ConnectError("x")
+        error_response(500, "SYSTEM_ERROR"), failure("ConnectError"), failure("ConnectError")
     )
     with (
         mock_client(credentials, script, backup_url=None) as client,
@@ -342,25 +348,25 @@ def test_post_reentry_resends_the_same_parameters_with_a_fresh_signature(
     keys: KeySet, credentials: Credentials
 ) -> None:
     script = Script(
-        httpx.ReadTimeout("lost"),
+        failure("ReadTimeout"),
         error_response(500, "SYSTEM_ERROR"),
         signed_response(keys, reduction_answer(keys, "R1")),
     )
     with mock_client(credentials, script) as client:
         client.submit_special_reduction(_request())
-    assert len(script.requests) == 3
-    bodies = [r.content for r in script.requests]
+    assert len(script.sent) == 3
+    bodies = [r.body for r in script.sent]
     assert bodies[0] == bodies[1] == bodies[2]  # byte-identical re-entry
     plain = json.loads(bodies[0])
-    assert plain["out_request_no"] == "R1" and plain["amount"] == 100 and plain["mchid"] == TARGET
+    assert plain["out_request_no"] == "R1" and plain["amount"] == 100 and plain["mchid"] == MCHID
     from wxrecon.wechatpay.keys import decrypt
 
     assert decrypt(keys.wechatpay_key, plain["bal_account_no"]) == BAL_ACCOUNT_NO
-    auths = [signing.parse_authorization(r.headers["Authorization"]) for r in script.requests]
+    auths = [signing.parse_authorization(str(r.header("Authorization"))) for r in script.sent]
     assert len({a.nonce_str for a in auths}) == 3 and len({a.signature for a in auths}) == 3
-    for request, auth in zip(script.requests, auths, strict=True):
+    for request, auth in zip(script.sent, auths, strict=True):
         message = signing.request_message(
-            "POST", request.url.raw_path.decode(), auth.timestamp, auth.nonce_str, request.content
+            "POST", request.target, auth.timestamp, auth.nonce_str, request.body
         )
         assert signing.verify(keys.merchant_key.public_key(), message, auth.signature)
 
@@ -392,20 +398,16 @@ def _failover_client(credentials: Credentials, script: Script, clock: Clock) -> 
     )
 
 
-def _by_host(
-    keys: KeySet, primary: Exception | httpx.Response
-) -> Callable[[httpx.Request], httpx.Response]:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "primary.test":
-            if isinstance(primary, Exception):
-                raise primary
+def _by_host(keys: KeySet, primary: WireError | Reply) -> Callable[[Sent], Reply | WireError]:
+    def handler(request: Sent) -> Reply:
+        if request.host == "primary.test":
             return primary
         return signed_response(keys, BALANCE)
 
     return handler
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError("dns"), httpx.ConnectTimeout("syn")])
+@pytest.mark.parametrize("exc", [failure("ConnectError"), failure("ConnectTimeout")])
 def test_connect_failure_on_primary_fails_over_then_returns_after_cooldown(
     keys: KeySet, credentials: Credentials, exc: Exception
 ) -> None:
@@ -428,13 +430,13 @@ def test_connect_failure_on_primary_fails_over_then_returns_after_cooldown(
 @pytest.mark.parametrize(
     "failure",
     [
-        httpx.ReadTimeout("slow"),
-        httpx.RemoteProtocolError("reset"),
+        failure("ReadTimeout"),
+        failure("RemoteProtocolError"),
         error_response(500, "SYSTEM_ERROR"),
     ],
 )
 def test_failures_after_connecting_do_not_fail_over(
-    keys: KeySet, credentials: Credentials, failure: Exception | httpx.Response
+    keys: KeySet, credentials: Credentials, failure: WireError | Reply
 ) -> None:
     clock = Clock()
     script = Script(_by_host(keys, failure))
@@ -449,16 +451,16 @@ def test_post_fails_over_only_when_nothing_reached_the_primary(
 ) -> None:
     clock = Clock()
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "primary.test":
-            raise httpx.ConnectError("refused")
+    def handler(request: Sent) -> Reply:
+        if request.host == "primary.test":
+            raise failure("ConnectError")
         return signed_response(keys, reduction_answer(keys, "R1"))
 
     script = Script(handler)
     with _failover_client(credentials, script, clock) as client:
         client.submit_special_reduction(_request())
     assert script.hosts == ["primary.test", "backup.test"]
-    assert script.requests[0].content == script.requests[1].content
+    assert script.sent[0].body == script.sent[1].body
 
 
 def test_backup_unreachable_sends_us_back_to_the_primary(
@@ -466,7 +468,7 @@ def test_backup_unreachable_sends_us_back_to_the_primary(
 ) -> None:
     clock = Clock()
     script = Script(
-        httpx.ConnectError("a"), httpx.ConnectError("b"), signed_response(keys, BALANCE)
+        failure("ConnectError"), failure("ConnectError"), signed_response(keys, BALANCE)
     )
     with _failover_client(credentials, script, clock) as client:
         assert _balance(client).balance == 12345
@@ -474,7 +476,7 @@ def test_backup_unreachable_sends_us_back_to_the_primary(
 
 
 def test_no_backup_configured(keys: KeySet, credentials: Credentials) -> None:
-    script = Script(httpx.ConnectError("a"), signed_response(keys, BALANCE))
+    script = Script(failure("ConnectError"), signed_response(keys, BALANCE))
     with mock_client(credentials, script, base_url=PRIMARY, backup_url=None) as client:
         _balance(client)
     assert script.hosts == ["primary.test", "primary.test"]
@@ -489,7 +491,7 @@ def test_before_request_is_called_per_attempt_with_endpoint_and_target(
     calls: list[tuple[Endpoint, str]] = []
     script = Script(
         error_response(500, "SYSTEM_ERROR"),
-        signed_response(keys, reduction_answer(keys, "R1")),
+        signed_response(keys, reduction_answer(keys, "R1", extra={"mchid": TARGET})),
     )
     with mock_client(credentials, script, before_request=lambda e, m: calls.append((e, m))) as c:
         c.submit_special_reduction(_request(mchid=TARGET))
@@ -518,7 +520,7 @@ def test_throttled_by_the_hook_propagates_without_sending(credentials: Credentia
         assert info.value.retry_after == 0.25 and not info.value.maybe_sent
         with pytest.raises(Throttled):
             client.submit_special_reduction(_request())
-    assert script.requests == []
+    assert script.sent == []
 
 
 def test_throttled_retry_of_a_post_that_may_have_landed_is_an_unknown_outcome(
@@ -535,7 +537,7 @@ def test_throttled_retry_of_a_post_that_may_have_landed_is_an_unknown_outcome(
     with mock_client(credentials, script, before_request=hook) as client:
         with pytest.raises(OutcomeUnknown) as info:
             client.submit_special_reduction(_request())
-        assert info.value.maybe_sent and len(script.requests) == 1
+        assert info.value.maybe_sent and len(script.sent) == 1
         attempts.clear()
         with pytest.raises(Throttled):  # a GET just reports the deferral
             _balance(client)
@@ -549,7 +551,7 @@ def test_hook_failure_on_a_post_retry_keeps_the_unknown_outcome(credentials: Cre
         if len(attempts) > 1:
             raise ConnectionError("rate limiter backend unreachable")
 
-    script = Script(httpx.ReadTimeout("lost"))
+    script = Script(failure("ReadTimeout"))
     with mock_client(credentials, script, before_request=hook) as client:
         with pytest.raises(OutcomeUnknown) as info:
             client.submit_special_reduction(_request())
@@ -563,7 +565,7 @@ def test_a_real_answer_after_a_lost_one_passes_through(credentials: Credentials)
     script = Script(error_response(500, "SYSTEM_ERROR"), error_response(403, "NOT_ENOUGH"))
     with mock_client(credentials, script) as client, pytest.raises(NotEnough):
         client.submit_special_reduction(_request())
-    assert len(script.requests) == 2
+    assert len(script.sent) == 2
 
 
 def test_observer_sees_every_attempt_and_cannot_break_a_call(
@@ -576,7 +578,7 @@ def test_observer_sees_every_attempt_and_cannot_break_a_call(
         raise RuntimeError("metrics backend down")
 
     script = Script(
-        httpx.ReadTimeout("t"), error_response(500, "SYSTEM_ERROR"), signed_response(keys, BALANCE)
+        failure("ReadTimeout"), error_response(500, "SYSTEM_ERROR"), signed_response(keys, BALANCE)
     )
     with mock_client(credentials, script, observer=observer) as client:
         assert _balance(client).balance == 12345
@@ -598,7 +600,7 @@ def test_every_failed_attempt_is_reported_even_when_retried(
         raise RuntimeError("metrics backend down")
 
     script = Script(
-        httpx.ReadTimeout("t"),
+        failure("ReadTimeout"),
         error_response(500, "SYSTEM_ERROR"),
         error_response(429, "FREQUENCY_LIMITED"),
         error_response(403, "NOT_ENOUGH"),
@@ -640,10 +642,10 @@ def test_every_failed_attempt_is_reported_even_when_retried(
 def test_invalid_input_sends_nothing(
     credentials: Credentials, call: Callable[[WeChatPayClient], object]
 ) -> None:
-    script = Script(httpx.Response(500))
+    script = Script(reply(500))
     with mock_client(credentials, script) as client, pytest.raises(InvalidRequest) as info:
         call(client)
-    assert script.requests == []
+    assert script.sent == []
     assert BAL_ACCOUNT_NO not in str(info.value)
 
 
@@ -685,15 +687,15 @@ bodies = st.one_of(
 def test_any_signed_body_is_a_result_or_a_typed_error(
     keys: KeySet, credentials: Credentials, body: bytes, status: int
 ) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, content=body, headers=signed_headers(keys, body))
+    def handler(request: Sent) -> Reply:
+        return reply(status, body, signed_headers(keys, body))
 
     calls: list[Callable[[WeChatPayClient], object]] = [
         _balance,
         lambda c: c.query_compensation_bill("B1"),
         lambda c: c.query_special_reduction("R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO),
     ]
-    with mock_client(credentials, handler, retry=RetryPolicy(attempts=1)) as client:
+    with mock_client(credentials, Script(handler), retry=RetryPolicy(attempts=1)) as client:
         for call in calls:
             try:
                 call(client)
@@ -716,9 +718,9 @@ def test_no_secret_reaches_an_exception_or_a_log(
     errors: list[BaseException] = []
     clock = Clock()
     script = Script(
-        httpx.ConnectError("refused"),
+        failure("ConnectError"),
         error_response(500, "SYSTEM_ERROR"),
-        httpx.ReadTimeout("t"),
+        failure("ReadTimeout"),
         error_response(400, "PARAM_ERROR", "bal_account_no invalid"),
     )
     with _failover_client(credentials, script, clock) as client:
@@ -762,10 +764,16 @@ def test_pool_settings_and_fork_safety(credentials: Credentials) -> None:
     first.close()
 
 
-def test_a_proxy_goes_through_httpx(credentials: Credentials) -> None:
-    with WeChatPayClient(credentials, proxy="http://127.0.0.1:3128") as client:
+def test_a_proxy_is_a_tunnel_on_the_same_wire(credentials: Credentials) -> None:
+    with WeChatPayClient(credentials, proxy="http://user:pw@127.0.0.1:3128") as client:
         wire = client._current_wire()
-        assert isinstance(wire, HttpxWire) and isinstance(wire.transport, httpx.HTTPTransport)
+        assert isinstance(wire, PoolWire) and wire.proxy == Proxy(
+            "127.0.0.1", 3128, "Basic dXNlcjpwdw=="
+        )
+        assert "pw" not in repr(wire.proxy)
+    for bad in ("https://proxy:3128", "socks5://proxy:1080", "http://:3128", "http://p:x"):
+        with pytest.raises(ValueError, match=r"^proxy "):
+            WeChatPayClient(credentials, proxy=bad)
 
 
 @pytest.mark.parametrize("url", ["", "ftp://x", "not a url", "https://"])
@@ -783,7 +791,7 @@ def _settings(keys: KeySet, **overrides: Any) -> Settings:
 def test_build_client_from_settings(keys: KeySet) -> None:
     hook_calls: list[tuple[Endpoint, str]] = []
     observed: list[str] = []
-    script = Script(httpx.ConnectError("x"), signed_response(keys, BALANCE))
+    script = Script(failure("ConnectError"), signed_response(keys, BALANCE))
     s = _settings(
         keys,
         wechatpay_base_url="http://127.0.0.1:9/",
@@ -797,7 +805,7 @@ def test_build_client_from_settings(keys: KeySet) -> None:
         s,
         before_request=lambda e, m: hook_calls.append((e, m)),
         observer=lambda e, o, t: observed.append(o),
-        transport=httpx.MockTransport(script),
+        wire=script,
     )
     with client:
         assert client.base_url == "http://127.0.0.1:9" and client.backup_url == "http://localhost:9"
@@ -821,97 +829,3 @@ def test_build_client_bad_settings(keys: KeySet) -> None:
     client = build_client(_settings(keys, wechatpay_backup_url=""))
     assert client.backup_url is None
     client.close()
-
-
-# -- real sockets on loopback ---------------------------------------------------------------
-
-
-class _Server:
-    """A tiny HTTP/1.1 keep-alive server on loopback answering with a fixed response."""
-
-    def __init__(self, respond: Callable[[], tuple[int, dict[str, str], bytes]], delay: float = 0):
-        import http.server
-        import threading
-
-        outer = self
-        self.paths: list[str] = []
-        self.peers: list[object] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def do_GET(self) -> None:
-                outer.paths.append(self.path)
-                outer.peers.append(self.client_address)
-                if delay:
-                    time.sleep(delay)
-                status, headers, body = respond()
-                try:
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:  # the client gave up first (the read-timeout test)
-                    self.close_connection = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def test_real_sockets_refused_primary_fails_over_and_keeps_alive(
-    keys: KeySet, credentials: Credentials
-) -> None:
-    body = json.dumps(BALANCE).encode()
-    backup = _Server(lambda: (200, signed_headers(keys, body), body))
-    dead = f"http://127.0.0.1:{free_port()}"
-    try:
-        client = WeChatPayClient(
-            credentials,
-            base_url=dead,
-            backup_url=backup.url,
-            retry=RetryPolicy(attempts=2, initial_wait=0, max_wait=0),
-            timeouts=Timeouts(connect=1.0, read=2.0),
-        )
-        with client:
-            for _ in range(3):
-                assert _balance(client).balance == 12345
-            assert client.using_backup
-        assert len(backup.paths) == 3
-        assert len(set(backup.peers)) == 1  # one kept-alive connection served all three
-        # The query went out percent-encoded, exactly as signed.
-        assert all("&bal_account_no=" in p and "%3D" in p for p in backup.paths)
-    finally:
-        backup.stop()
-
-
-def test_real_sockets_read_timeout_is_maybe_sent(keys: KeySet, credentials: Credentials) -> None:
-    body = json.dumps(BALANCE).encode()
-    slow = _Server(lambda: (200, signed_headers(keys, body), body), delay=0.5)
-    try:
-        client = WeChatPayClient(
-            credentials,
-            base_url=slow.url,
-            backup_url=None,
-            retry=RetryPolicy(attempts=1),
-            timeouts=Timeouts(connect=1.0, read=0.1),
-        )
-        with client, pytest.raises(NetworkError) as info:
-            _balance(client)
-        assert info.value.maybe_sent and "ReadTimeout" in str(info.value)
-    finally:
-        slow.stop()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from wxrecon.wechatpay.errors import GarbledResponse, InvalidRequest
 from wxrecon.wechatpay.resources import (
+    FIELD_LIMITS,
     BillState,
     ChannelBalance,
     CompensationBill,
@@ -454,3 +455,126 @@ def test_balance_parse_property(data: Any) -> None:
     except GarbledResponse:
         return
     assert type(b.balance) is int and type(b.in_transit_reduction_exist) is bool
+
+
+# -- every field fits the column that stores it ---------------------------------------------
+
+# Where each limited field is stored: (table, column) in wxrecon/models.py.
+STORED_IN = {
+    "out_request_no": ("special_reductions", "out_request_no"),
+    "mchid": ("special_reductions", "mchid"),
+    "reduction_type": ("special_reductions", "reduction_type"),
+    "reason": ("special_reductions", "reason"),
+    "fail_reason": ("special_reductions", "fail_reason"),
+    "quota_change_no": ("special_reductions", "quota_change_no"),
+    "bal_account_no_plaintext": ("special_reductions", "bal_account_no"),
+    "request_id": ("special_reductions", "last_request_id"),
+    "out_bill_no": ("compensation_bills", "out_bill_no"),
+    "state": ("compensation_bills", "provider_state"),
+    "bill_id": ("compensation_bills", "bill_id"),
+    "sp_mchid": ("compensation_bills", "sp_mchid"),
+    "sponsor_mchid": ("compensation_bills", "sponsor_mchid"),
+    "transfer_remark": ("compensation_bills", "transfer_remark"),
+    "close_reason": ("compensation_bills", "close_reason"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORED_IN))
+def test_field_limits_are_the_column_widths(name: str) -> None:
+    from wxrecon.store.models import Base
+
+    table, column = STORED_IN[name]
+    assert FIELD_LIMITS[name] == Base.metadata.tables[table].c[column].type.length
+    assert Base.metadata.tables["events"].c["request_id"].type.length == FIELD_LIMITS["request_id"]
+    assert (
+        Base.metadata.tables["special_reductions"].c["provider_state"].type.length
+        == FIELD_LIMITS["state"]
+    )
+
+
+REDUCTION_TEXT = ["mchid", "reduction_type", "state", "fail_reason", "quota_change_no", "reason"]
+BILL_TEXT = ["sp_mchid", "sponsor_mchid", "bill_id", "transfer_remark", "state"]
+
+
+@pytest.mark.parametrize("name", REDUCTION_TEXT)
+def test_an_over_long_reduction_field_is_garbled(name: str) -> None:
+    limit = FIELD_LIMITS[name]
+    base = {"out_request_no": "A1", "state": "SUCCESS"}
+    fits = SpecialReduction.parse({**base, name: "1" * limit}, expect_out_request_no="A1")
+    assert len(str(getattr(fits, name))) == limit
+    with pytest.raises(GarbledResponse, match=f"field {name} is longer than {limit}"):
+        SpecialReduction.parse({**base, name: "1" * (limit + 1)}, expect_out_request_no="A1")
+
+
+def test_an_over_long_out_request_no_is_garbled_not_compared() -> None:
+    with pytest.raises(GarbledResponse, match="out_request_no is longer than 32"):
+        SpecialReduction.parse(
+            {"out_request_no": "A" * 33, "state": "SUCCESS"}, expect_out_request_no="A1"
+        )
+
+
+@pytest.mark.parametrize("name", BILL_TEXT)
+def test_an_over_long_bill_field_is_garbled(name: str) -> None:
+    limit = FIELD_LIMITS[name]
+    fits = CompensationBill.parse(
+        {**DOC_BILL, name: "x" * limit}, expect_out_bill_no="plfk2020042013"
+    )
+    assert fits is not None
+    with pytest.raises(GarbledResponse, match=f"field {name} is longer than {limit}"):
+        CompensationBill.parse(
+            {**DOC_BILL, name: "x" * (limit + 1)}, expect_out_bill_no="plfk2020042013"
+        )
+
+
+def test_an_over_long_close_reason_is_garbled() -> None:
+    data = {**DOC_BILL, "close_info": {"close_reason": "R" * 65}}
+    with pytest.raises(GarbledResponse, match="close_info: field close_reason is longer than 64"):
+        CompensationBill.parse(data, expect_out_bill_no="plfk2020042013")
+
+
+def test_an_over_long_decrypted_ledger_number_is_garbled() -> None:
+    data = {**DOC_REDUCTION, "bal_account_no": "C" * 344}
+    r = SpecialReduction.parse(
+        data, expect_out_request_no=data["out_request_no"], decrypt=lambda c: c + "x" * 128
+    )
+    with pytest.raises(GarbledResponse, match="bal_account_no is longer than 128"):
+        _ = r.bal_account_no
+    with pytest.raises(GarbledResponse, match="field bal_account_no is longer than 1024"):
+        SpecialReduction.parse(
+            {**data, "bal_account_no": "C" * 1025}, expect_out_request_no=data["out_request_no"]
+        )
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def test_identity_fields_as_the_provider_sent_them() -> None:
+    data = {**DOC_REDUCTION, "bal_account_no": "CIPHER"}
+    r = SpecialReduction.parse(
+        data,
+        expect_out_request_no=data["out_request_no"],
+        expect_mchid=data["mchid"],
+        expect_amount=1,
+        decrypt=str.lower,
+    )
+    assert r.provider_out_request_no == data["out_request_no"] and r.missing_identity() == ()
+    bare = SpecialReduction.parse({"state": "PROCESSING"}, expect_out_request_no="A1")
+    assert bare.out_request_no == "A1" and bare.provider_out_request_no is None
+    assert bare.missing_identity() == ("out_request_no", "mchid", "amount", "bal_account_no")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "complaint"),
+    [("mchid", "1900000099", "another mchid"), ("amount", 2, "another amount")],
+)
+def test_an_answer_about_another_order_is_garbled(
+    field: str, value: object, complaint: str
+) -> None:
+    data = {**DOC_REDUCTION, field: value}
+    with pytest.raises(GarbledResponse, match=complaint):
+        SpecialReduction.parse(
+            data,
+            expect_out_request_no=DOC_REDUCTION["out_request_no"],
+            expect_mchid=DOC_REDUCTION["mchid"],
+            expect_amount=DOC_REDUCTION["amount"],
+        )

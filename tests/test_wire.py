@@ -1,4 +1,5 @@
-"""The two wires against real sockets: what goes out byte for byte, and how failures are named."""
+"""The production wire against real sockets: what goes out byte for byte, how failures are
+named, and how every answer is bounded in size and time; a proxy is a CONNECT tunnel on it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -29,15 +29,25 @@ from tests.fixtures_keys import (
     new_rsa_key,
     pkcs8_pem,
     reduction_answer,
-    signed_response,
 )
+from tests.test_client import signed_response
 from wxrecon.demo.run import free_port
 from wxrecon.wechatpay import signing
-from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient, _query
+from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.errors import OutcomeUnknown
 from wxrecon.wechatpay.keys import Credentials
 from wxrecon.wechatpay.resources import ReductionType, SpecialReductionRequest
-from wxrecon.wechatpay.wire import HttpxWire, Origin, PoolWire, ReplyHeaders, WireError
+from wxrecon.wechatpay.urls import query
+from wxrecon.wechatpay.wire import (
+    FAILURES,
+    Origin,
+    PoolWire,
+    Proxy,
+    Reply,
+    ReplyHeaders,
+    WireError,
+    failure,
+)
 
 # A server's behaviour: given the raw request bytes it read, the bytes to answer (None: stay
 # silent until the client gives up).
@@ -52,6 +62,7 @@ class RawServer:
         self.tls = tls
         self.requests: list[bytes] = []
         self.connections = 0
+        self.current: socket.socket | None = None
         self._drop = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -74,6 +85,7 @@ class RawServer:
                 except (ssl.SSLError, OSError):  # a client that does not trust us hangs up
                     conn.close()
                     continue
+            self.current = conn
             with conn:
                 conn.settimeout(0.05)
                 while not self._drop.is_set():
@@ -87,7 +99,10 @@ class RawServer:
                     if answer is None:
                         self._stop.wait(3)
                         break
-                    conn.sendall(answer)
+                    try:
+                        conn.sendall(answer)
+                    except OSError:  # the client gave up first
+                        break
                     conn.settimeout(0.05)
                     if not answer or b"Connection: close" in answer:
                         break
@@ -101,6 +116,18 @@ class RawServer:
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
+
+
+def accept_until(
+    sock: socket.socket, stop: threading.Event, handle: Callable[[socket.socket], None]
+) -> None:
+    """Hand each connection accepted on ``sock`` (timeout set) to ``handle`` until ``stop``."""
+    while not stop.is_set():
+        try:
+            conn, _ = sock.accept()
+        except TimeoutError:
+            continue
+        handle(conn)
 
 
 def _read_request(conn: socket.socket) -> bytes:
@@ -131,11 +158,11 @@ def _read_request(conn: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def _http(response: httpx.Response) -> bytes:
-    head = f"HTTP/1.1 {response.status_code} OK\r\n".encode()
-    for name, value in response.headers.raw:
-        head += name + b": " + value + b"\r\n"
-    return head + b"Content-Length: %d\r\n\r\n" % len(response.content) + response.content
+def _http(response: Reply) -> bytes:
+    head = f"HTTP/1.1 {response.status} OK\r\n".encode()
+    for name, value in response.headers.items():
+        head += f"{name}: {value}\r\n".encode()
+    return head + b"Content-Length: %d\r\n\r\n" % len(response.body) + response.body
 
 
 @pytest.fixture
@@ -240,14 +267,6 @@ def test_reply_headers_are_case_insensitive_and_join_repeats() -> None:
     assert h.get("X-A") == "1, 2" and h.get("missing") is None
 
 
-def test_httpx_wire_refuses_a_target_httpx_would_re_encode() -> None:
-    wire = HttpxWire(httpx.MockTransport(lambda r: httpx.Response(200)), connect=1, read=1)
-    origin = Origin.parse("https://api.example.test")
-    assert wire.send("GET", origin, "/ok?a=%2B", [], b"").status == 200
-    with pytest.raises(ValueError, match="re-encoded"):
-        wire.send("GET", origin, "/a b", [], b"")
-
-
 def test_origin_keeps_a_base_path_and_port() -> None:
     o = Origin.parse("https://api.example.test:8443/prefix/")
     assert (o.scheme, o.host, o.port, o.prefix) == ("https", "api.example.test", 8443, "/prefix")
@@ -257,7 +276,7 @@ def test_origin_keeps_a_base_path_and_port() -> None:
 
 @given(st.text(max_size=60) | st.text(alphabet=string.ascii_letters + string.digits + "+/="))
 def test_query_encoding_equals_quote(value: str) -> None:
-    assert _query({"k": value, "mchid": "1900"}) == f"?k={quote(value, safe='')}&mchid=1900"
+    assert query({"k": value, "mchid": "1900"}) == f"?k={quote(value, safe='')}&mchid=1900"
 
 
 def _ok(raw: bytes) -> bytes:
@@ -343,3 +362,230 @@ def test_pool_wire_speaks_tls(
     with pytest.raises(WireError) as caught:  # certifi's roots do not know our test CA
         untrusted.send("GET", https, "/x", [], b"")
     assert caught.value.name == "ConnectError" and caught.value.connect_level
+
+
+# -- bounded answers ------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def _wire(**kw: object) -> PoolWire:
+    options: dict[str, object] = {
+        "connect": 1,
+        "read": 1,
+        "max_connections": 2,
+        "keepalive_expiry": 5,
+    }
+    options.update(kw)
+    return PoolWire(**options)  # type: ignore[arg-type]
+
+
+def _failure_of(wire: PoolWire, server: RawServer) -> WireError:
+    with pytest.raises(WireError) as caught:
+        wire.send("GET", Origin.parse(server.url), "/x", [], b"")
+    return caught.value
+
+
+def test_a_declared_length_over_the_cap_is_refused_unread(
+    serve: Callable[..., RawServer],
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nRequest-ID: R-BIG\r\nContent-Length: 419430400\r\n\r\n"
+    server = serve(lambda raw: head + b"x" * 1024)  # it claims 400 MB and sends 1 kB
+    wire = _wire(max_body=MiB)
+    error = _failure_of(wire, server)
+    assert error.name == "BodyTooLarge" and error.garbled and error.sent
+    assert error.status == 200 and error.headers is not None
+    assert error.headers["Request-ID"] == "R-BIG"
+    assert wire._idle == {}  # the connection is dropped, not pooled with a body unread
+    wire.close()
+
+
+@pytest.mark.parametrize("size", [MiB, MiB + 1])
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_the_cap_is_exact_whatever_the_framing(
+    serve: Callable[..., RawServer], size: int, framing: str
+) -> None:
+    body = b"7" * size
+    if framing == "length":
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (size, body)
+    elif framing == "chunked":
+        half = size // 2
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]))
+        answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    else:
+        answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+    server = serve(lambda raw: answer)
+    wire = _wire(max_body=MiB)
+    if size <= MiB:
+        assert wire.send("GET", Origin.parse(server.url), "/x", [], b"").body == body
+    else:
+        assert _failure_of(wire, server).name == "BodyTooLarge"
+    wire.close()
+
+
+def test_a_short_body_is_a_protocol_error_not_an_answer(
+    serve: Callable[..., RawServer],
+) -> None:
+    server = serve(
+        lambda raw: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345"
+    )
+    error = _failure_of(_wire(), server)
+    assert error.name == "RemoteProtocolError" and error.sent and not error.garbled
+
+
+def test_the_deadline_bounds_a_slow_answer_whose_every_read_is_quick(
+    serve: Callable[..., RawServer],
+) -> None:
+    """Headers a byte every 0.05 s for up to 10 s: the 0.5 s read timeout never trips."""
+
+    def dribble(raw: bytes) -> bytes | None:
+        conn = server.current
+        assert conn is not None
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return b""
+            time.sleep(0.05)
+        return b""
+
+    server = serve(dribble)
+    error = _failure_of(_wire(read=0.5, deadline=1.0), server)
+    assert error.name == "DeadlineExceeded" and error.sent and not error.connect_level
+
+
+def test_every_failure_is_named_in_one_table() -> None:
+    assert set(FAILURES) >= {"ConnectError", "ReadTimeout", "DeadlineExceeded", "BodyTooLarge"}
+    for name, (connect_level, sent, garbled) in FAILURES.items():
+        error = failure(name)
+        assert (error.name, error.connect_level, error.sent, error.garbled) == (
+            name,
+            connect_level,
+            sent,
+            garbled,
+        )
+        assert not (connect_level and sent)  # a host we never reached got nothing
+    unknown = failure("SomethingNew")
+    assert unknown.sent and not unknown.connect_level  # never guess that nothing went out
+
+
+# -- a proxy is an HTTP CONNECT tunnel on the same wire --------------------------------------
+
+
+class TunnelProxy:
+    """A CONNECT proxy on loopback that records each CONNECT head and pipes the bytes."""
+
+    def __init__(self, refuse: bytes | None = None) -> None:
+        self.refuse = refuse
+        self.heads: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        accept_until(self.sock, self._stop, self._start_tunnel)
+        self.sock.close()
+
+    def _start_tunnel(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
+
+    def _tunnel(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            self.heads.append(head)
+            if self.refuse is not None:
+                conn.sendall(self.refuse)
+                return
+            host, _, port = head.split(b" ")[1].decode().rpartition(":")
+            with socket.create_connection((host, int(port))) as upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                relay = threading.Thread(target=_pipe, args=(upstream, conn), daemon=True)
+                relay.start()
+                _pipe(conn, upstream)
+                relay.join(2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while chunk := src.recv(65536):
+            dst.sendall(chunk)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[..., TunnelProxy]]:
+    proxies: list[TunnelProxy] = []
+
+    def start(refuse: bytes | None = None) -> TunnelProxy:
+        proxies.append(TunnelProxy(refuse))
+        return proxies[-1]
+
+    yield start
+    for p in proxies:
+        p.close()
+
+
+def test_a_proxy_tunnels_the_signed_request_verbatim(
+    credentials: Credentials,
+    keys: KeySet,
+    serve: Callable[..., RawServer],
+    proxy: Callable[..., TunnelProxy],
+) -> None:
+    answer = reduction_answer(keys, "W0001")
+    server = serve(lambda raw: _http(signed_response(keys, answer)))
+    tunnel = proxy()
+    url = tunnel.url.replace("http://", "http://agent:s%40cret@")
+    with _client(credentials, server.url, proxy=url) as client:
+        client.submit_special_reduction(_request())
+        client.query_special_reduction("W0001", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
+    (head,) = tunnel.heads  # one tunnel, kept alive for both requests
+    assert head.startswith(b"CONNECT 127.0.0.1:%d HTTP/1." % server.port)
+    assert b"Proxy-Authorization: Basic YWdlbnQ6c0BjcmV0" in head  # agent:s@cret
+    post, get = server.requests
+    assert post.startswith(b"POST /v3/aggracct-bc/wb-channel/special-reduction HTTP/1.1")
+    assert b"Host: 127.0.0.1:%d" % server.port in post
+    assert get.startswith(b"GET /v3/aggracct-bc/wb-channel/special-reduction/W0001?mchid=")
+
+
+def test_a_proxy_that_refuses_the_tunnel_is_connect_level(
+    proxy: Callable[..., TunnelProxy],
+) -> None:
+    tunnel = proxy(refuse=b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    wire = _wire(proxy=Proxy.parse(tunnel.url))
+    with pytest.raises(WireError) as caught:
+        wire.send("POST", Origin.parse("https://api.example.test"), "/x", [], b"{}")
+    assert caught.value.name == "ConnectError"
+    assert caught.value.connect_level and not caught.value.sent
+    assert tunnel.heads[0].startswith(b"CONNECT api.example.test:443 HTTP/1.")
+
+
+def test_tls_goes_end_to_end_through_the_tunnel(
+    localhost_cert: tuple[Path, Path],
+    serve: Callable[..., RawServer],
+    proxy: Callable[..., TunnelProxy],
+) -> None:
+    cert, key = localhost_cert
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    server = serve(_ok, server_side)
+    tunnel = proxy()
+    context = ssl.create_default_context(cafile=str(cert))
+    wire = _wire(proxy=Proxy.parse(tunnel.url), ssl_context=context)
+    https = Origin.parse(f"https://localhost:{server.port}")
+    assert wire.send("GET", https, "/x", [], b"").status == 200
+    assert tunnel.heads[0].startswith(b"CONNECT localhost:%d" % server.port)
+    wire.close()

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # HTTP
     http_connect_timeout: float = Field(3.0, gt=0)
     http_read_timeout: float = Field(10.0, gt=0)
+    # One attempt's whole time (connect, send, the entire answer); None: connect + read.
+    http_total_timeout: float | None = Field(None, gt=0)
+    http_max_body: int = Field(1 << 20, ge=1024, le=64 << 20)  # an answer's bytes, at most
     http_retries: int = Field(3, ge=1, le=10)
     failover_cooldown: float = Field(60.0, ge=0)
     https_proxy: str | None = None  # egress proxy for provider calls, e.g. http://proxy:3128
@@ -118,10 +121,13 @@ class Settings(BaseSettings):
         "rate_limit_max_wait",
         "reentry_grace",
         "reentry_margin",
+        "http_total_timeout",
         mode="before",
     )
     @classmethod
     def _parse_duration(cls, value: object) -> object:
+        if value == "":
+            return None  # only http_total_timeout may be unset; the others then refuse None
         return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("poll_schedule", mode="before")

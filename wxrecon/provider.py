@@ -6,7 +6,7 @@ Credentials are loaded and cross-checked here, once, at start-up; every problem 
 
 from __future__ import annotations
 
-import httpx
+from typing import Any
 
 from wxrecon.config import Settings
 from wxrecon.wechatpay.client import (
@@ -18,6 +18,7 @@ from wxrecon.wechatpay.client import (
     WeChatPayClient,
 )
 from wxrecon.wechatpay.keys import CredentialError, Credentials
+from wxrecon.wechatpay.wire import Wire
 
 __all__ = ["CredentialError", "build_client", "load_credentials"]
 
@@ -50,11 +51,13 @@ def build_client(
     before_request: BeforeRequest | None = None,
     observer: Observer | None = None,
     on_error: ErrorObserver | None = None,
-    transport: httpx.BaseTransport | None = None,
+    wire: Wire | None = None,
+    transport: Any = None,
 ) -> WeChatPayClient:
     """A client for ``settings``; create it once per process and reuse it (it pools
     connections). ``before_request`` is the rate-limiter hook, ``observer`` and ``on_error``
-    the metrics ones."""
+    the metrics ones; ``wire`` (a ScriptedWire) or ``transport`` (an httpx MockTransport)
+    replace the network in tests."""
     credentials = load_credentials(settings)
     try:
         return WeChatPayClient(
@@ -62,17 +65,27 @@ def build_client(
             base_url=settings.wechatpay_base_url,
             backup_url=settings.wechatpay_backup_url or None,
             timeouts=Timeouts(
-                connect=settings.http_connect_timeout, read=settings.http_read_timeout
+                connect=settings.http_connect_timeout,
+                read=settings.http_read_timeout,
+                total=settings.http_total_timeout,
             ),
+            max_body=settings.http_max_body,
             retry=RetryPolicy(attempts=settings.http_retries),
             failover_cooldown=settings.failover_cooldown,
             before_request=before_request,
             observer=observer,
             on_error=on_error,
+            wire=wire,
             transport=transport,
             proxy=settings.https_proxy or None,
         )
-    except ValueError as exc:  # a malformed base or backup URL
-        backup = str(exc).startswith("backup_url")
-        setting = "WXRECON_WECHATPAY_BACKUP_URL" if backup else "WXRECON_WECHATPAY_BASE_URL"
-        raise CredentialError(f"{setting}: {exc}") from None
+    except ValueError as exc:  # a malformed base, backup or proxy URL
+        raise CredentialError(f"{_setting_of(str(exc))}: {exc}") from None
+
+
+def _setting_of(message: str) -> str:
+    if message.startswith("backup_url"):
+        return "WXRECON_WECHATPAY_BACKUP_URL"
+    if message.startswith("proxy"):
+        return "WXRECON_HTTPS_PROXY"
+    return "WXRECON_WECHATPAY_BASE_URL"

@@ -1,19 +1,23 @@
-"""How a signed request reaches the provider: bytes in, bytes out, one contract, two ways.
+"""How a signed request reaches the provider: bytes in, bytes out, on one production wire.
 
-- :class:`PoolWire` (the default) keeps the standard library's ``http.client`` connections
-  alive in a small pool. The client has already percent-encoded and signed the request
-  target, so nothing here parses a URL (httpx scans every character of the long ciphertext in
-  a query string) or builds request and response models: measured alone here, a query's
-  exchange costs 0.24 ms of CPU this way, 0.43 ms through httpcore and more through httpx.
-- :class:`HttpxWire` sends through any httpx transport: an HTTP proxy, or ``MockTransport``
-  in tests.
+:class:`PoolWire` keeps the standard library's ``http.client`` connections alive in a small
+pool. The client has already percent-encoded and signed the request target, so nothing here
+parses a URL (httpx scans every character of the long ciphertext in a query string) or builds
+request and response models: measured alone, a query's exchange costs 0.24 ms of CPU this way,
+0.43 ms through httpcore and more through httpx. A proxy is an HTTP CONNECT tunnel on the same
+connections (``http.client``'s ``set_tunnel``), so every request takes the same code path.
 
-Both send the target exactly as signed, report a transport failure as :class:`WireError`
-(which says whether the request may have left), and hand back a :class:`Reply`.
+Every answer is bounded: at most ``max_body`` bytes are read (a larger body is refused, and its
+connection dropped, before it is read), and one ``deadline`` covers an attempt from the pool
+wait through connect, send and the whole read, however slowly the server dribbles.
+
+Whether a failed request may have reached the provider is decided here, once, in
+:data:`FAILURES`; test doubles raise the same values through :func:`failure`.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
 import select
@@ -24,8 +28,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import httpx
+
+from wxrecon.wechatpay.deadline import BoundedResponse, remaining
+
+MAX_BODY = 1 << 20  # 1 MiB: the largest answer documented is a few kB
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class Origin:
 
 class ReplyHeaders(dict[str, str]):
     """Response headers by lower-case name; ``get`` and ``[]`` take any case. A repeated
-    header's values are joined with ", ", as httpx does."""
+    header's values are joined with ", "."""
 
     def get(self, name: str, default: Any = None) -> Any:
         return super().get(name.lower(), default)
@@ -78,14 +87,59 @@ class Reply:
     body: bytes
 
 
-class WireError(Exception):
-    """A transport failure, named as httpx names it (ConnectError, ReadTimeout, …)."""
+# What each transport failure means, by name (httpx's names, so metrics read as before):
+# (no connection to the host: a reason to fail over, the request may have reached the provider,
+# the provider answered but the answer is unusable).
+FAILURES: dict[str, tuple[bool, bool, bool]] = {
+    "ConnectError": (True, False, False),  # refused, unreachable, DNS, TLS, proxy refused
+    "ConnectTimeout": (True, False, False),
+    "PoolTimeout": (False, False, False),  # no free connection slot: nothing left this host
+    "WriteError": (False, True, False),  # part of the request may have gone out
+    "WriteTimeout": (False, True, False),
+    "ReadError": (False, True, False),  # reset after the request was sent
+    "ReadTimeout": (False, True, False),
+    "RemoteProtocolError": (False, True, False),  # closed early, a bad status line, …
+    "DeadlineExceeded": (False, True, False),  # the attempt's total time ran out
+    "BodyTooLarge": (False, True, True),  # an answer came, larger than max_body
+}
 
-    def __init__(self, name: str, *, connect_level: bool, sent: bool) -> None:
+
+class WireError(Exception):
+    """A transport failure; build it with :func:`failure`, never by hand."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        connect_level: bool,
+        sent: bool,
+        garbled: bool = False,
+        status: int | None = None,
+        headers: ReplyHeaders | None = None,
+    ) -> None:
         super().__init__(name)
         self.name = name
         self.connect_level = connect_level  # no connection to the host: a reason to fail over
         self.sent = sent  # the request may have reached the provider
+        self.garbled = garbled  # an answer came but cannot be used (too large)
+        self.status = status
+        self.headers = headers
+
+
+def failure(
+    name: str, *, status: int | None = None, headers: ReplyHeaders | None = None
+) -> WireError:
+    """The failure called ``name``; an unknown name is taken to be "maybe sent" (never guess
+    that a request did not go out)."""
+    connect_level, sent, garbled = FAILURES.get(name, (False, True, False))
+    return WireError(
+        name,
+        connect_level=connect_level,
+        sent=sent,
+        garbled=garbled,
+        status=status,
+        headers=headers,
+    )
 
 
 class Wire(Protocol):
@@ -101,21 +155,38 @@ class Wire(Protocol):
     def close(self) -> None: ...
 
 
-_HTTPX_CONNECT = (httpx.ConnectError, httpx.ConnectTimeout)
-_HTTPX_NOT_SENT = (*_HTTPX_CONNECT, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+@dataclass(frozen=True)
+class Proxy:
+    """An HTTP proxy reached with CONNECT; credentials in the URL become Proxy-Authorization."""
 
+    host: str
+    port: int
+    authorization: str | None = None
 
-def _failed(name: str) -> WireError:
-    """A failure once the request may have left: the provider may have acted on it."""
-    return WireError(name, connect_level=False, sent=True)
+    @classmethod
+    def parse(cls, url: str) -> Proxy:
+        parts = urlsplit(url)
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError("proxy has a bad port") from None
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("proxy must be an http://host:port URL (HTTP CONNECT)")
+        auth = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            auth = "Basic " + base64.b64encode(pair.encode()).decode()
+        return cls(parts.hostname, port, auth)
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"Proxy({self.host}:{self.port})"
 
 
 class PoolWire:
     """Keep-alive ``http.client`` connections, at most ``max_connections`` in use at once.
 
     An idle connection is retired after ``keepalive_expiry`` seconds, or as soon as its socket
-    turns readable (the server closed it, or sent what nobody asked for). Failures are named
-    as httpx names them, so metrics and logs read the same on either wire.
+    turns readable (the server closed it, or sent what nobody asked for).
     """
 
     def __init__(
@@ -125,11 +196,17 @@ class PoolWire:
         read: float,
         max_connections: int,
         keepalive_expiry: float,
+        deadline: float | None = None,
+        max_body: int = MAX_BODY,
+        proxy: Proxy | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.connect_timeout = connect
         self.read_timeout = read
+        self.deadline = deadline if deadline is not None else connect + read
+        self.max_body = max_body
         self.keepalive_expiry = keepalive_expiry
+        self.proxy = proxy
         self._ssl_context = ssl_context
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()
@@ -143,14 +220,15 @@ class PoolWire:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> Reply:
-        if not self._slots.acquire(timeout=self.read_timeout):
-            raise WireError("PoolTimeout", connect_level=False, sent=False)
+        deadline = time.monotonic() + self.deadline
+        if not self._slots.acquire(timeout=min(self.read_timeout, self.deadline)):
+            raise failure("PoolTimeout")
         try:
-            conn = self._idle_connection(origin) or self._connect(origin)
+            conn = self._idle_connection(origin) or self._connect(origin, deadline)
             keep = False
             try:
                 status, reply_headers, content, keep = self._exchange(
-                    conn, method, origin, target, headers, body
+                    conn, method, origin, target, headers, body, deadline
                 )
             finally:
                 if keep:
@@ -158,7 +236,7 @@ class PoolWire:
                         self._idle.setdefault(origin, []).append((conn, time.monotonic()))
                 else:
                     conn.close()
-            return Reply(status, ReplyHeaders.of(reply_headers), content)
+            return Reply(status, reply_headers, content)
         finally:
             self._slots.release()
 
@@ -170,29 +248,49 @@ class PoolWire:
         target: str,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
-    ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
+        deadline: float,
+    ) -> tuple[int, ReplyHeaders, bytes, bool]:
         try:
+            timeout = remaining(deadline, self.read_timeout)
+        except TimeoutError:  # the wait for a slot used the attempt up: nothing sent
+            raise failure("PoolTimeout") from None
+        try:
+            if timeout != conn.sock.gettimeout():
+                conn.sock.settimeout(timeout)
             conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
             conn.putheader(b"Host", origin.host_header)
             for name, value in headers:
                 conn.putheader(name, value)
             if body:
                 conn.putheader(b"Content-Length", str(len(body)).encode())
-            conn.endheaders(body or None)
+            conn.endheaders(body or None)  # sendall: its timeout bounds the whole send
         except TimeoutError:
-            raise _failed("WriteTimeout") from None
+            raise _timed_out(deadline, "WriteTimeout") from None
         except OSError:
-            raise _failed("WriteError") from None
+            raise failure("WriteError") from None
+        conn.response_class = functools.partial(  # type: ignore[assignment]
+            BoundedResponse, deadline=deadline, read_timeout=self.read_timeout
+        )
         try:
             response = conn.getresponse()
-            content = response.read()
+            reply_headers = ReplyHeaders.of(response.getheaders())
+            if response.length is not None and response.length > self.max_body:
+                raise failure("BodyTooLarge", status=response.status, headers=reply_headers)
+            if response.length is not None:
+                content = response.read()  # a short body raises IncompleteRead
+            else:  # chunked or until close: read one byte past the cap to know
+                content = response.read(self.max_body + 1)
+                if len(content) > self.max_body:
+                    raise failure("BodyTooLarge", status=response.status, headers=reply_headers)
         except TimeoutError:
-            raise _failed("ReadTimeout") from None
+            raise _timed_out(deadline, "ReadTimeout") from None
         except http.client.HTTPException:  # closed early, a bad status line, a short body, …
-            raise _failed("RemoteProtocolError") from None
+            raise failure("RemoteProtocolError") from None
         except OSError:
-            raise _failed("ReadError") from None
-        return response.status, response.getheaders(), content, not response.will_close
+            raise failure("ReadError") from None
+        # Reuse only a connection whose answer was read to its end.
+        keep = not response.will_close and response.isclosed()
+        return response.status, reply_headers, content, keep
 
     def _idle_connection(self, origin: Origin) -> http.client.HTTPConnection | None:
         now = time.monotonic()
@@ -206,26 +304,34 @@ class PoolWire:
                 return conn
             conn.close()
 
-    def _connect(self, origin: Origin) -> http.client.HTTPConnection:
+    def _connect(self, origin: Origin, deadline: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
+        host, port = (
+            (self.proxy.host, self.proxy.port) if self.proxy else (origin.host, origin.port)
+        )
+        try:
+            timeout = remaining(deadline, self.connect_timeout)
+        except TimeoutError:
+            raise failure("PoolTimeout") from None
         if origin.scheme == "https":
             context = self._ssl_context or _default_ssl_context()
-            conn = http.client.HTTPSConnection(
-                origin.host, origin.port, timeout=self.connect_timeout, context=context
-            )
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
         else:
-            conn = http.client.HTTPConnection(
-                origin.host, origin.port, timeout=self.connect_timeout
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        if self.proxy is not None:
+            auth = self.proxy.authorization
+            conn.set_tunnel(
+                origin.host, origin.port, {"Proxy-Authorization": auth} if auth else None
             )
         try:
-            conn.connect()  # TCP and, for https, the TLS handshake: nothing of ours sent yet
+            # TCP, the CONNECT tunnel and, for https, the TLS handshake: nothing of ours sent.
+            conn.connect()
         except TimeoutError:
             conn.close()
-            raise WireError("ConnectTimeout", connect_level=True, sent=False) from None
-        except OSError:  # refused, unreachable, DNS, a certificate that does not verify
+            raise failure("ConnectTimeout") from None
+        except OSError:  # refused, unreachable, DNS, a bad certificate, a proxy's refusal
             conn.close()
-            raise WireError("ConnectError", connect_level=True, sent=False) from None
-        conn.sock.settimeout(self.read_timeout)
+            raise failure("ConnectError") from None
         return conn
 
     def close(self) -> None:
@@ -234,6 +340,10 @@ class PoolWire:
         for conns in idle.values():
             for conn, _ in conns:
                 conn.close()
+
+
+def _timed_out(deadline: float, name: str) -> WireError:
+    return failure("DeadlineExceeded" if time.monotonic() >= deadline else name)
 
 
 def _readable(sock: socket.socket | None) -> bool:
@@ -252,49 +362,3 @@ def _readable(sock: socket.socket | None) -> bool:
 def _default_ssl_context() -> ssl.SSLContext:
     """httpx's default context (certifi's roots, SSL_CERT_FILE honoured), made once."""
     return httpx.create_ssl_context()
-
-
-class HttpxWire:
-    """Any httpx transport: a proxy (``httpx.HTTPTransport(proxy=…)``) or a test double."""
-
-    def __init__(self, transport: httpx.BaseTransport, *, connect: float, read: float) -> None:
-        self.transport = transport
-        self.extensions = {
-            "timeout": {"connect": connect, "read": read, "write": read, "pool": read}
-        }
-
-    def send(
-        self,
-        method: str,
-        origin: Origin,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-    ) -> Reply:
-        request = httpx.Request(
-            method,
-            origin.url + target,
-            headers=headers,
-            content=body or None,
-            extensions=self.extensions,
-        )
-        if request.url.raw_path != target.encode():  # what was signed must be what is sent
-            raise ValueError("the request target would be re-encoded on the wire")
-        try:
-            response = self.transport.handle_request(request)
-            try:
-                response.read()
-            finally:
-                response.close()
-        except httpx.HTTPError as exc:
-            raise WireError(
-                type(exc).__name__,
-                connect_level=isinstance(exc, _HTTPX_CONNECT),
-                sent=not isinstance(exc, _HTTPX_NOT_SENT),
-            ) from None
-        return Reply(
-            response.status_code, ReplyHeaders.of(response.headers.multi_items()), response.content
-        )
-
-    def close(self) -> None:
-        self.transport.close()
