@@ -1,22 +1,30 @@
-"""``wxrecon api`` commands, through typer's CliRunner on ``wxrecon.cli.api.app``.
+"""``wxrecon api`` (read-only), through typer's CliRunner on ``wxrecon.cli.api.app``.
 
-The provider is an ``httpx.MockTransport`` for the error paths; the end of the file runs the
-commands against the simulator.
+The provider is an ``httpx.MockTransport`` for the error paths. ``api submit-reduction`` is
+gone (it POSTed without a row): it is refused and sends nothing, and what it showed (bad input,
+a business refusal, an unknown outcome) is tested on ``wxrecon reduction submit``, which writes
+the row first. The end of the file runs both against the simulator, with an in-process worker.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 import wxrecon.cli.api as cli_api
 import wxrecon.cli.provider as cli_provider
+from tests.fixtures_cli import Cli
+from tests.fixtures_db import EngineSettings
 from tests.fixtures_keys import (
     BAL_ACCOUNT_NO,
     MCHID,
@@ -36,7 +44,13 @@ from tests.fixtures_sim import (
     wait_for,
 )
 from wxrecon import provider
+from wxrecon.cli import app as cli_app
 from wxrecon.config import Settings, get_settings
+from wxrecon.domain.kinds import REDUCTION
+from wxrecon.engine.steps import Reconciler
+from wxrecon.engine.sweep import claim_due
+from wxrecon.simulator import AdminClient
+from wxrecon.store.models import Event, SpecialReduction, utcnow
 from wxrecon.wechatpay.keys import decrypt, mask
 
 runner = CliRunner()
@@ -125,34 +139,6 @@ def test_balance_json_with_ledger_from_the_environment(keys: KeySet, fake: Provi
     }
 
 
-def test_submit_reduction(keys: KeySet, fake: Provider) -> None:
-    fake.answers = [signed_response(keys, reduction_answer(keys, NO), request_id="R-1")]
-    result = _run(
-        "submit-reduction",
-        "--mchid",
-        MCHID,
-        "--bal-account-no",
-        BAL_ACCOUNT_NO,
-        "--out-request-no",
-        NO,
-        "--type",
-        "JUDICIAL_DEDUCTION",
-        "--amount",
-        "100",
-        "--reason",
-        "司法案件号：202508080009",
-        "--json",
-    )
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    assert doc["state"] == "PROCESSING" and doc["out_request_no"] == NO
-    assert doc["bal_account_no"] == MASKED and doc["request_id"] == "R-1"
-    (request,) = fake.requests
-    body = json.loads(request.content)
-    assert body["amount"] == 100 and body["reason"] == "司法案件号：202508080009"
-    assert body["reduction_type"] == "JUDICIAL_DEDUCTION" and body["mchid"] == MCHID
-
-
 def test_query_reduction_table(keys: KeySet, fake: Provider) -> None:
     answer = reduction_answer(
         keys,
@@ -199,22 +185,10 @@ def test_provider_text_is_not_rich_markup(keys: KeySet, fake: Provider) -> None:
 
 
 def test_business_answer_is_one_line(fake: Provider) -> None:
-    fake.answers = [error_response(403, "NOT_ENOUGH", "余额不足", request_id="0A1B2C")]
-    result = _run(
-        "submit-reduction",
-        "--mchid",
-        MCHID,
-        "--bal-account-no",
-        BAL_ACCOUNT_NO,
-        "--out-request-no",
-        NO,
-        "--type",
-        "FINANCIAL_PENALTY",
-        "--amount",
-        "5",
-    )
+    fake.answers = [error_response(403, "NO_AUTH", "商户无权限", request_id="0A1B2C")]
+    result = _run("balance", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO)
     assert result.exit_code == 1
-    assert _one_error_line(result) == "error: HTTP 403 NOT_ENOUGH 余额不足 (Request-ID 0A1B2C)"
+    assert _one_error_line(result) == "error: HTTP 403 NO_AUTH 商户无权限 (Request-ID 0A1B2C)"
     assert result.stdout == ""
 
 
@@ -233,26 +207,15 @@ def test_failure_as_json(fake: Provider) -> None:
     }
 
 
-def test_unknown_outcome_of_a_submit(fake: Provider) -> None:
+def test_server_error_of_a_query_is_one_line(fake: Provider) -> None:
+    # Only a POST has an unknown outcome (tests/test_cli_errors.py renders OutcomeUnknown; the
+    # recorded path's version is test_sim_unknown_outcome_is_kept_and_reconciled): a query
+    # that failed changed nothing, so its line says only what the provider answered.
     fake.answers = [error_response(500, "SYSTEM_ERROR", "系统异常", request_id="X9")]
-    result = _run(
-        "submit-reduction",
-        "--mchid",
-        MCHID,
-        "--bal-account-no",
-        BAL_ACCOUNT_NO,
-        "--out-request-no",
-        NO,
-        "--type",
-        "FINANCIAL_PENALTY",
-        "--amount",
-        "5",
-    )
+    result = _run("query-reduction", NO, "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO)
     assert result.exit_code == 1
-    assert _one_error_line(result) == (
-        "error: HTTP 500 SYSTEM_ERROR outcome unknown: 系统异常 (Request-ID X9);"
-        " query the order to learn its outcome"
-    )
+    assert _one_error_line(result) == "error: HTTP 500 SYSTEM_ERROR 系统异常 (Request-ID X9)"
+    assert len(fake.requests) == 1 and fake.requests[0].method == "GET"
 
 
 def test_unverified_answer_is_a_failure_not_data(keys: KeySet, fake: Provider) -> None:
@@ -289,7 +252,78 @@ def test_network_failure(fake: Provider) -> None:
 
 # -- bad input: one line, exit 2, nothing loaded or sent -------------------------------------
 
-SUBMIT = ["submit-reduction", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO]
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["balance", "--mchid", "abc", "--bal-account-no", BAL_ACCOUNT_NO],
+            "mchid must be 1 to 32 digits",
+        ),
+        (["balance", "--mchid", MCHID, "--bal-account-no", ""], "bal_account_no is required"),
+        (
+            ["query-reduction", "no-dash", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO],
+            "out_request_no must be 1 to 32 characters",
+        ),
+        (["query-bill", "B" * 33], "out_bill_no must be 1 to 32 characters"),
+        (["balance", "--mchid", MCHID], "Missing option '--bal-account-no'"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_bad_input(
+    fake: Provider, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("bad input must not load keys or build a client")
+
+    monkeypatch.setattr(cli_provider, "build_client", never)
+    result = _run(*args)
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result)
+    assert line.startswith("error: ") and message in line
+    assert fake.requests == [] and result.stdout == ""
+
+
+# -- `api submit-reduction` is gone: one line, exit 2, nothing loaded or sent ----------------
+
+ORDER = ["--out-request-no", NO, "--type", "FINANCIAL_PENALTY", "--amount", "5"]
+FULL_SUBMIT = ["--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO, *ORDER]
+
+
+@pytest.mark.parametrize(
+    "extra", [FULL_SUBMIT, [*FULL_SUBMIT, "--json"], [], ["--help"], ["--amount", "-5"]]
+)
+def test_submit_reduction_is_refused_and_sends_nothing(
+    fake: Provider, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+) -> None:
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("the removed command must not load keys or build a client")
+
+    monkeypatch.setattr(cli_provider, "build_client", never)
+    for app in (cli_api.app, cli_app):  # `wxrecon.cli.api` alone, and `wxrecon api …`
+        prefix = [] if app is cli_api.app else ["api"]
+        result = runner.invoke(app, [*prefix, "submit-reduction", *extra])
+        assert result.exit_code == 2, result.output
+        assert BAL_ACCOUNT_NO not in result.output and "Traceback" not in result.output
+        line = _one_error_line(result)
+        if "--json" in extra:
+            line = json.loads(line)["error"]
+        else:
+            assert line.startswith("error: ")
+        assert "was removed" in line and "use `wxrecon reduction submit`" in line
+        assert result.stdout == ""
+    assert fake.requests == []
+
+
+def test_api_help_lists_only_read_only_commands(fake: Provider) -> None:
+    text = _run("--help").stdout
+    assert "balance" in text and "query-reduction" in text and "query-bill" in text
+    assert "submit" not in text
+
+
+# -- `reduction submit` (the recorded path): its bad input, one line, nothing written or sent --
+
+SUBMIT = ["reduction", "submit", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO]
 
 
 @pytest.mark.parametrize(
@@ -324,59 +358,34 @@ SUBMIT = ["submit-reduction", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_
             "reduction_type must be FINANCIAL_PENALTY or JUDICIAL_DEDUCTION",
         ),
         (
-            [
-                *SUBMIT,
-                "--out-request-no",
-                NO,
-                "--type",
-                "FINANCIAL_PENALTY",
-                "--amount",
-                "5",
-                "--reason",
-                "x" * 513,
-            ],
+            [*SUBMIT, *ORDER, "--reason", "x" * 513],
             "reason is longer than 512 characters",
         ),
-        (
-            ["balance", "--mchid", "abc", "--bal-account-no", BAL_ACCOUNT_NO],
-            "mchid must be 1 to 32 digits",
-        ),
-        (["balance", "--mchid", MCHID, "--bal-account-no", ""], "bal_account_no is required"),
-        (
-            ["query-reduction", "no-dash", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO],
-            "out_request_no must be 1 to 32 characters",
-        ),
-        (["query-bill", "B" * 33], "out_bill_no must be 1 to 32 characters"),
-        (["balance", "--mchid", MCHID], "Missing option '--bal-account-no'"),
-        (["submit-reduction", "--mchid", MCHID], "Missing option"),
-        (["no-such-command"], "No such command"),
+        ([*SUBMIT[:4]], "Missing option"),
     ],
 )
-def test_bad_input(
-    fake: Provider, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
-) -> None:
-    def never(*_: object, **__: object) -> None:
-        raise AssertionError("bad input must not load keys or build a client")
-
-    monkeypatch.setattr(cli_provider, "build_client", never)
-    result = _run(*args)
+def test_reduction_submit_bad_input(cli: Cli, args: list[str], message: str) -> None:
+    result = cli.run(*args)
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)
     assert line.startswith("error: ") and message in line
-    assert fake.requests == [] and result.stdout == ""
+    assert BAL_ACCOUNT_NO not in result.output and result.stdout == ""
+    assert cli.count(SpecialReduction) == 0 and cli.count(Event) == 0 and cli.sent == []
 
 
-def test_bad_input_as_json(fake: Provider) -> None:
-    result = _run(*SUBMIT, "--out-request-no", NO, "--type", "X", "--amount", "5", "--json")
+def test_reduction_submit_bad_input_as_json(cli: Cli) -> None:
+    result = cli.run(*SUBMIT, "--out-request-no", NO, "--type", "X", "--amount", "5", "--json")
     assert result.exit_code == 2
     assert json.loads(_one_error_line(result)) == {
         "error": "reduction_type must be FINANCIAL_PENALTY or JUDICIAL_DEDUCTION"
     }
+    assert cli.count(SpecialReduction) == 0 and cli.sent == []
 
 
-def test_secret_in_the_wrong_option_is_not_echoed(fake: Provider) -> None:
-    result = _run(
-        "submit-reduction",
+def test_secret_in_the_wrong_option_is_not_echoed(cli: Cli) -> None:
+    result = cli.run(
+        "reduction",
+        "submit",
         "--mchid",
         MCHID,
         "--bal-account-no",
@@ -388,7 +397,9 @@ def test_secret_in_the_wrong_option_is_not_echoed(fake: Provider) -> None:
         "--amount",
         "5",
     )
-    assert result.exit_code == 2  # and _run checked the secret is nowhere in the output
+    assert result.exit_code == 2, result.output
+    assert BAL_ACCOUNT_NO not in result.output
+    assert cli.count(SpecialReduction) == 0 and cli.sent == []
 
 
 # -- configuration problems name the setting ------------------------------------------------
@@ -468,58 +479,6 @@ def _json(result: Any) -> Any:
     return json.loads(result.stdout)
 
 
-def test_sim_reduction_round_trip(sim_cli: Callable[..., Any]) -> None:
-    assert _json(sim_cli("balance", *LEDGER, "--json"))["balance"] == SIM_BALANCE
-    submitted = _json(
-        sim_cli(
-            "submit-reduction",
-            *LEDGER,
-            "--out-request-no",
-            "CLI1",
-            "--type",
-            "JUDICIAL_DEDUCTION",
-            "--amount",
-            "2500",
-            "--reason",
-            "司法案件号：1",
-            "--json",
-        )
-    )
-    assert submitted["out_request_no"] == "CLI1" and submitted["request_id"]
-    final = wait_for(
-        lambda: _json(sim_cli("query-reduction", "CLI1", *LEDGER, "--json")),
-        lambda doc: doc["state"] in ("SUCCESS", "FAILED"),
-    )
-    assert final["state"] == "SUCCESS" and final["amount"] == 2500
-    assert final["bal_account_no"] == mask(SIM_BAL_ACCOUNT_NO)  # decrypted, then masked
-    assert _json(sim_cli("balance", *LEDGER, "--json"))["balance"] == SIM_BALANCE - 2500
-    table = sim_cli("query-reduction", "CLI1", *LEDGER)
-    assert table.exit_code == 0 and "2500 fen (¥25.00)" in table.stdout
-
-
-def test_sim_not_enough_then_already_exists(sim_cli: Callable[..., Any]) -> None:
-    args = [
-        "submit-reduction",
-        *LEDGER,
-        "--out-request-no",
-        "BIG1",
-        "--type",
-        "FINANCIAL_PENALTY",
-        "--amount",
-        str(SIM_BALANCE + 1),
-    ]
-    first = sim_cli(*args)
-    assert first.exit_code == 1
-    line = _one_error_line(first)
-    assert line.startswith("error: HTTP 403 NOT_ENOUGH ") and "(Request-ID " in line
-    again = sim_cli(*args, "--json")
-    assert again.exit_code == 1
-    doc = json.loads(_one_error_line(again))
-    assert doc["status"] == 400 and doc["code"] == "ALREADY_EXISTS" and doc["request_id"]
-    closed = _json(sim_cli("query-reduction", "BIG1", *LEDGER, "--json"))
-    assert closed["state"] == "FAILED" and closed["fail_reason"] == "BALANCE_NOT_ENOUGH"
-
-
 def test_sim_bills(sim_cli: Callable[..., Any], sim_admin: Any) -> None:
     sim_admin.seed_bill("BILL1", 8800, "CLOSED", close_reason="NOT_ENOUGH")
     doc = wait_for(
@@ -567,3 +526,172 @@ def test_sim_platform_certificate_mode(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         sim.stop()
         get_settings.cache_clear()
+
+
+# -- `reduction submit` against the simulator: the row first, then the POST -------------------
+
+
+@dataclass
+class Recorded:
+    """``wxrecon …`` on a migrated database with the simulator's settings, and a worker run
+    in-process: it takes the messages the CLI enqueued, then sweeps until nothing is in flight."""
+
+    cli: Cli
+    admin: AdminClient
+    rec: Reconciler
+    taken: int = 0
+
+    def run(self, *args: str) -> Any:
+        result = self.cli.run(*args)
+        assert SIM_BAL_ACCOUNT_NO not in result.output
+        return result
+
+    def json(self, *args: str) -> Any:
+        result = self.run(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    def submit(self, no: str, amount: int, *extra: str) -> Any:
+        return self.run(
+            "reduction",
+            "submit",
+            *LEDGER,
+            "--out-request-no",
+            no,
+            "--type",
+            "FINANCIAL_PENALTY",
+            "--amount",
+            str(amount),
+            *extra,
+        )
+
+    def take(self) -> None:
+        """Process the messages the CLI enqueued since the last call, as a worker would."""
+        for name, kwargs in self.cli.sent[self.taken :]:
+            assert name == "wxrecon.poll_reduction"
+            self.rec.process(REDUCTION, kwargs["id"], kwargs["token"])
+        self.taken = len(self.cli.sent)
+
+    def work(self) -> None:
+        """Take the messages, then sweep (every row due) until nothing is in flight."""
+        self.take()
+        for _ in range(200):
+            with self.cli.db.read() as session:
+                states = list(session.execute(select(SpecialReduction.state)).scalars())
+            if all(state not in REDUCTION.active for state in states):
+                return
+            later = utcnow() + timedelta(hours=1)
+            for claim in claim_due(self.cli.db, REDUCTION, limit=50, lease=30, now=later):
+                self.rec.process(REDUCTION, claim.id, claim.token)
+            time.sleep(0.05)
+        raise AssertionError(f"still in flight: {states}")
+
+    def posts(self) -> dict[str, int]:
+        return dict(self.admin.stats()["requests"].get("submit_reduction", {}))
+
+
+@pytest.fixture
+def recorded(cli: Cli, simulator: Any, sim_admin: AdminClient) -> Iterator[Recorded]:
+    cli.setenv(**sim_env(simulator), WXRECON_HTTP_RETRIES="1")
+    client = provider.build_client(get_settings())
+    settings = EngineSettings(poll_schedule=[0.05], reentry_grace=0.0)
+    try:
+        yield Recorded(cli, sim_admin, Reconciler(cli.db, client, settings))
+    finally:
+        client.close()
+
+
+CLI1 = [
+    "reduction",
+    "submit",
+    *LEDGER,
+    "--out-request-no",
+    "CLI1",
+    "--type",
+    "JUDICIAL_DEDUCTION",
+    "--amount",
+    "2500",
+    "--reason",
+    "司法案件号：1",
+]
+
+
+def test_sim_reduction_round_trip(recorded: Recorded) -> None:
+    assert recorded.json("api", "balance", *LEDGER)["balance"] == SIM_BALANCE
+    made = recorded.json(*CLI1)
+    assert made["created"] is True and made["state"] == "RECEIVED"
+    # The row and its event exist before anything reached the provider.
+    assert recorded.admin.reduction("CLI1") is None and recorded.posts() == {}
+    shown = recorded.json("reduction", "show", "CLI1")
+    assert [e["to_state"] for e in shown["events"]] == ["RECEIVED"]
+    recorded.work()
+    final = recorded.json("api", "query-reduction", "CLI1", *LEDGER)
+    assert final["state"] == "SUCCESS" and final["amount"] == 2500
+    assert final["reason"] == "司法案件号：1"
+    assert final["bal_account_no"] == mask(SIM_BAL_ACCOUNT_NO)  # decrypted, then masked
+    assert recorded.json("api", "balance", *LEDGER)["balance"] == SIM_BALANCE - 2500
+    table = recorded.run("api", "query-reduction", "CLI1", *LEDGER)
+    assert table.exit_code == 0 and "2500 fen (¥25.00)" in table.stdout
+    # The same order again is the same row: followed to its end, not sent again.
+    again = recorded.run(*CLI1, "--wait")
+    assert again.exit_code == 0 and "SUCCESS" in again.stdout
+    assert recorded.posts() == {"200": 1}
+    truth = recorded.admin.reduction("CLI1")
+    assert truth is not None and truth["applied_count"] == 1
+
+
+def test_sim_not_enough_is_final_and_never_sent_again(recorded: Recorded) -> None:
+    # Where `api submit-reduction` printed the 403 NOT_ENOUGH and, sent again, the 400
+    # ALREADY_EXISTS, the recorded path confirms the closure by a signed query, records why
+    # (with that query's Request-ID) in the order's events, and never sends it again.
+    made = recorded.submit("BIG1", SIM_BALANCE + 1, "--json")
+    assert made.exit_code == 0, made.output
+    recorded.work()
+    closed = recorded.json("api", "query-reduction", "BIG1", *LEDGER)
+    assert closed["state"] == "FAILED" and closed["fail_reason"] == "BALANCE_NOT_ENOUGH"
+    shown = recorded.json("reduction", "show", "BIG1")
+    assert shown["state"] == "FAILED"
+    assert [(e["to_state"], e["actor"]) for e in shown["events"]] == [
+        ("RECEIVED", "intake"),
+        ("SUBMITTED", "engine"),
+        ("FAILED", "engine"),
+    ]
+    last = shown["events"][-1]
+    assert last["reason"] == "signed query after NOT_ENOUGH: FAILED (BALANCE_NOT_ENOUGH)"
+    assert last["request_id"] and last["request_id"] == shown["last_request_id"]
+    again = recorded.submit("BIG1", SIM_BALANCE + 1, "--wait")
+    assert again.exit_code == 3, again.output
+    assert _one_error_line(again) == f"error: reduction #{made_id(made)} FAILED: BALANCE_NOT_ENOUGH"
+    as_json = recorded.submit("BIG1", SIM_BALANCE + 1, "--wait", "--json")
+    assert as_json.exit_code == 3
+    assert "FAILED: BALANCE_NOT_ENOUGH" in json.loads(_one_error_line(as_json))["error"]
+    assert recorded.posts() == {"403": 1}  # one POST: no re-entry, no ALREADY_EXISTS
+    assert recorded.admin.balance(SIM_MCHID, SIM_BAL_ACCOUNT_NO) == SIM_BALANCE
+
+
+def test_sim_unknown_outcome_is_kept_and_reconciled(recorded: Recorded) -> None:
+    # `api submit-reduction` printed "outcome unknown … query the order"; the recorded path
+    # keeps the order in flight (exit 4: do not submit it again) and reconciles it itself.
+    recorded.admin.add_fault("system_error", endpoint="submit_reduction", times=1)
+    made = recorded.submit("UNK1", 700, "--json")
+    assert made.exit_code == 0, made.output
+    recorded.take()
+    assert recorded.posts() == {"500": 1}
+    pending = recorded.json("reduction", "show", "UNK1")
+    assert pending["state"] == "SUBMITTED"
+    assert pending["last_error"] == (  # the provider's line, as the api command printed it
+        "outcome of the POST unknown; will query: HTTP 500 SYSTEM_ERROR outcome unknown:"
+        f" system error, retry later (Request-ID {pending['last_request_id']})"
+    )
+    waited = recorded.submit("UNK1", 700, "--wait", "--timeout", "1")
+    assert waited.exit_code == 4, waited.output
+    line = _one_error_line(waited)
+    assert "still " in line and "do not submit it again" in line
+    recorded.work()
+    assert recorded.json("reduction", "show", "UNK1")["state"] == "SUCCESS"
+    truth = recorded.admin.reduction("UNK1")
+    assert truth is not None and truth["applied_count"] == 1
+
+
+def made_id(result: Any) -> int:
+    return int(json.loads(result.stdout)["id"])

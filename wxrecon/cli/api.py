@@ -1,8 +1,11 @@
-"""``wxrecon api``: call the provider directly and print its verified answer.
+"""``wxrecon api``: ask the provider directly and print its verified answer (read-only).
 
-For operators checking a ledger or an order by hand. ``bal_account_no`` is always masked in
-output; it may come from the environment (``WXRECON_API_BAL_ACCOUNT_NO``) rather than the
-command line, which other users can see. Errors and exit codes: :mod:`wxrecon.cli.errors`.
+For operators checking a ledger or an order by hand. Nothing here sends an order: a reduction
+is submitted only by ``wxrecon reduction submit``, which records it first (its row, its event,
+who asked), so the provider never gets a POST the reconciler does not know about.
+``bal_account_no`` is always masked in output; it may come from the environment
+(``WXRECON_API_BAL_ACCOUNT_NO``) rather than the command line, which other users can see.
+Errors and exit codes: :mod:`wxrecon.cli.errors`.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from typing import Annotated
 
 import typer
 
-from wxrecon.cli.errors import OneLineErrors
+from wxrecon.cli.errors import BadInput, OneLineErrors
 from wxrecon.cli.output import JsonOpt, Output
-from wxrecon.cli.params import FenAmount, OrderNo, reduction_request
+from wxrecon.cli.params import OrderNo
 from wxrecon.cli.provider import LedgerOpt, MchidOpt, balance, call
 
 app = typer.Typer(
     cls=OneLineErrors,
-    help="Call the provider directly and print the verified answer.",
+    help="Ask the provider directly (read-only) and print the verified answer.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -27,36 +30,21 @@ app = typer.Typer(
 app.command("balance", help="Channel balance of a quota ledger.")(balance)
 
 
-@app.command("submit-reduction")
-def submit_reduction(
-    mchid: MchidOpt,
-    bal_account_no: LedgerOpt,
-    out_request_no: Annotated[
-        str,
-        typer.Option(
-            "--out-request-no", help="1-32 of 0-9A-Za-z; re-use it to re-enter.", parser=OrderNo()
-        ),
-    ],
-    reduction_type: Annotated[
-        str, typer.Option("--type", help="FINANCIAL_PENALTY or JUDICIAL_DEDUCTION.")
-    ],
-    amount: Annotated[
-        int, typer.Option("--amount", help="Whole fen (100 = ¥1.00).", parser=FenAmount())
-    ],
-    reason: Annotated[str | None, typer.Option("--reason", help="Up to 512 characters.")] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Submit (or re-enter) a special reduction. An unknown outcome must be queried."""
-    request = reduction_request(
-        mchid=mchid,
-        bal_account_no=bal_account_no,
-        out_request_no=out_request_no,
-        reduction_type=reduction_type,
-        amount=amount,
-        reason=reason,
-    )
-    result = call(lambda c: c.submit_special_reduction(request))
-    Output(json_out).show("special reduction", result)
+REMOVED_SUBMIT = (
+    "`wxrecon api submit-reduction` was removed: it sent a reduction without recording it; "
+    "use `wxrecon reduction submit` (it writes the order, then sends it)"
+)
+
+
+@app.command(
+    "submit-reduction",
+    hidden=True,
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+def submit_reduction_removed() -> None:
+    """Refuses, whatever the arguments: no path POSTs a reduction without its row."""
+    raise BadInput(REMOVED_SUBMIT)
 
 
 @app.command("query-reduction")
