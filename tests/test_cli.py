@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.fixtures_cli import Cli
+from wxrecon.cli.output import default_actor
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
+from wxrecon.store.reads import reduction_events
 
 BAL = "6222020000123456789"
 GOOD = {
@@ -96,6 +98,14 @@ def test_submit_writes_the_order_and_enqueues_once(cli: Cli):
             1500,
             "FINANCIAL_PENALTY",
         )
+        first = reduction_events(session, out["id"])[0]
+        assert first.actor == default_actor()  # who handed it in
+    with_actor = json.loads(
+        cli.ok(*submit_args(out_request_no="ACT1"), "--actor", "ops:li", "--json").stdout
+    )
+    with cli.db.read() as session:
+        assert reduction_events(session, with_actor["id"])[0].actor == "ops:li"
+    del cli.sent[1:]
     # the same order again: the same row, nothing new enqueued
     again = json.loads(cli.ok(*submit_args(), "--json").stdout)
     assert again == {"id": out["id"], "created": False, "state": "RECEIVED"}

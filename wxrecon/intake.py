@@ -54,9 +54,11 @@ def submit_reduction(
     reason: object = None,
     enqueue: Enqueue | None = None,
     lease: float | None = None,
+    actor: str = "intake",
 ) -> IntakeResult:
     """Validate (InvalidRequest: nothing written), write the order in ``session`` (Conflict
     when it exists with other parameters), and enqueue its submission after commit.
+    ``actor`` is recorded on its first event (who handed it in).
 
     The same order again with the same parameters returns the existing one and enqueues
     nothing new.
@@ -70,7 +72,7 @@ def submit_reduction(
         reason=reason,
     )
     result = intake_reduction(
-        session, request, lease=get_settings().claim_lease if lease is None else lease
+        session, request, lease=get_settings().claim_lease if lease is None else lease, actor=actor
     )
     if result.token is not None:
         send = default_enqueue if enqueue is None else enqueue
