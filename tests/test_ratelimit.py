@@ -153,3 +153,15 @@ def test_redis_limiter_reports_wait_and_expires_keys(redis_url: str) -> None:
     assert 0 < wait <= 1.0
     assert client.zcard(prefix + "k") == 2
     assert 0 < client.pttl(prefix + "k") <= 2000
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_the_factory_grants_exactly_the_rate_it_was_given(backend: str, request: Any) -> None:
+    """A limiter from ``make_limiter`` grants ``rate`` calls in a window and defers the next
+    (a factory that passed on a doubled or a default rate would let twice as many through)."""
+    url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    limiter = make_limiter(url, 7)
+    key = f"factory-{backend}-{uuid.uuid4().hex}"
+    waits = [limiter.acquire(key) for _ in range(8)]
+    assert waits[:7] == [0.0] * 7
+    assert waits[7] > 0

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, bill, reduction
 from wxrecon.domain.errors import Conflict, IllegalTransition, OrderNotFound
@@ -884,3 +884,21 @@ def test_bill_unexpected_answer_needs_review_and_operator_retry(
     assert result.retried == []
     with pytest.raises(IllegalTransition):
         operator.retry(db, BILL, order.order_id, actor="ops", why="again")  # in flight
+
+
+def test_a_row_changed_outside_the_engine_loses_its_compare_and_set(
+    db: Database, clock: FakeClock
+) -> None:
+    """The compare-and-set checks the state too, not only the version: a row whose state was
+    changed without a version bump (by hand, outside the engine) is not written over."""
+    order = intake(db, clock)
+    row = row_of(db, order.order_id)
+    with db.begin() as conn:
+        conn.execute(
+            update(SpecialReduction)
+            .where(SpecialReduction.id == order.order_id)
+            .values(state=RState.SUBMITTED)
+        )
+    assert not cas(db, row, RState.REJECTED, {}, reason="stale", now=clock())
+    assert row_of(db, order.order_id).state == RState.SUBMITTED
+    assert path(db, order.order_id) == [(None, "RECEIVED")]
