@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # Storage and messaging
     database_url: str = "sqlite:///wxrecon.store.db"
     broker_url: str = "filesystem://"
+    # Queues no wxrecon worker reads, watched for wxrecon tasks sent there by mistake (a
+    # send_task without queue=): reported by `wxrecon stats` and wxrecon_stray_tasks.
+    watch_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["celery"])
     data_dir: Path = Path(".wxrecon")
     ratelimit_url: str | None = None  # default: the broker when it is Redis, else per process
 
@@ -107,7 +110,7 @@ class Settings(BaseSettings):
     log_json: bool = False
     metrics_port: int = Field(9108, ge=0, le=65535)
 
-    @field_validator("platform_cert_paths", mode="before")
+    @field_validator("platform_cert_paths", "watch_queues", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
         if isinstance(value, str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -79,6 +79,8 @@ class OrdersSnapshot:
 
     counts: Mapping[tuple[str, str], int]
     oldest_due_seconds: Mapping[str, float]
+    # wxrecon tasks on queues no wxrecon worker reads (see wxrecon.strays), by queue.
+    stray_tasks: Mapping[str, int] = field(default_factory=dict)
 
 
 class OrdersCollector(Collector):
@@ -104,6 +106,11 @@ class OrdersCollector(Collector):
         up = GaugeMetricFamily(
             "wxrecon_database_up", "1 when the metrics process could read the database."
         )
+        strays = GaugeMetricFamily(
+            "wxrecon_stray_tasks",
+            "wxrecon tasks waiting on a queue no wxrecon worker reads (sent without queue=).",
+            labels=["queue"],
+        )
         try:
             snap = self._snapshot()
         except Exception:
@@ -115,7 +122,10 @@ class OrdersCollector(Collector):
             orders.add_metric([kind, state], count)
         for kind, seconds in sorted(snap.oldest_due_seconds.items()):
             oldest.add_metric([kind], max(0.0, seconds))
+        for queue, count in sorted(snap.stray_tasks.items()):
+            strays.add_metric([queue], count)
         up.add_metric([], 1)
         yield orders
         yield oldest
+        yield strays
         yield up

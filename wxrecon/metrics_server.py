@@ -58,27 +58,24 @@ def read_snapshot(db: Database, now: datetime | None = None) -> OrdersSnapshot:
     waited past its ``next_poll_at`` (two grouped counts and two indexed MIN queries)."""
     from sqlalchemy import func, select
 
-    from wxrecon.domain.states import BILL_ACTIVE, REDUCTION_ACTIVE
-    from wxrecon.store.models import CompensationBill, SpecialReduction
+    from wxrecon.domain.kinds import KINDS
 
     now = now or datetime.now(UTC)
     counts: dict[tuple[str, str], int] = {}
     oldest: dict[str, float] = {}
     with db.read() as session:
-        for kind, model, active in (
-            ("reduction", SpecialReduction, REDUCTION_ACTIVE),
-            ("bill", CompensationBill, BILL_ACTIVE),
-        ):
+        for name, kind in KINDS.items():
+            model = kind.model
             for state, count in session.execute(
                 select(model.state, func.count()).group_by(model.state)
             ):
-                counts[(kind, state)] = int(count)
+                counts[(name, state)] = int(count)
             due = session.execute(
                 select(func.min(model.next_poll_at)).where(
-                    model.state.in_(sorted(active)), model.next_poll_at <= now
+                    model.state.in_(sorted(kind.active)), model.next_poll_at <= now
                 )
             ).scalar_one_or_none()
-            oldest[kind] = (now - _aware(due)).total_seconds() if due is not None else 0.0
+            oldest[name] = (now - _aware(due)).total_seconds() if due is not None else 0.0
     return OrdersSnapshot(counts=counts, oldest_due_seconds=oldest)
 
 
@@ -92,9 +89,20 @@ def _aware(value: Any) -> datetime:
 def database_snapshot(settings: Settings) -> Callable[[], OrdersSnapshot]:
     """A snapshot function over one pooled connection set, for the life of the process."""
     from wxrecon.store.db import Database
+    from wxrecon.strays import stray_tasks
 
     db = Database(settings.database_url)
-    return lambda: read_snapshot(db)
+
+    def snapshot() -> OrdersSnapshot:
+        snap = read_snapshot(db)
+        try:
+            strays = stray_tasks(settings.broker_url, settings.watch_queues) or {}
+        except Exception:  # the broker is down: the database's gauges still count
+            log.warning("metrics: cannot look at the watched queues", exc_info=True)
+            strays = {}
+        return OrdersSnapshot(snap.counts, snap.oldest_due_seconds, strays)
+
+    return snapshot
 
 
 def start(

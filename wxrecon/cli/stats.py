@@ -92,7 +92,21 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
         "oldest_overdue": oldest,
         "finalised_last_hour": {k: int(v) for k, v in finalised.items()},
         "provider_errors": provider_errors(metrics_dir),
+        "stray_tasks": _strays(),
     }
+
+
+def _strays() -> dict[str, int] | None:
+    """wxrecon tasks on queues no wxrecon worker reads (None: not a Redis broker)."""
+    from wxrecon.cli.database import settings
+    from wxrecon.strays import stray_tasks
+
+    s = settings()
+    try:
+        found = stray_tasks(s.broker_url, s.watch_queues)
+    except Exception:  # the broker is down: stats still shows the database's side
+        return None
+    return None if found is None else {q: n for q, n in found.items() if n}
 
 
 def render(data: dict[str, Any]) -> Group:
@@ -140,7 +154,16 @@ def render(data: dict[str, Any]) -> Group:
         f"due now: {due['reductions']} reductions, {due['bills']} bills · finalised in the "
         f"last hour: {fin.get('reduction', 0)} reductions, {fin.get('bill', 0)} bills"
     )
-    return Group(Columns([reductions, bills]), merchants, error_view, line, summary)
+    parts: list[Any] = [Columns([reductions, bills]), merchants, error_view, line, summary]
+    for queue, count in sorted((data.get("stray_tasks") or {}).items()):
+        parts.append(
+            Text(
+                f"! {count} wxrecon task(s) waiting on queue {queue!r}, which no wxrecon worker "
+                "reads: the sender forgot queue= / task_routes (README: Enqueueing)",
+                style="bold red",
+            )
+        )
+    return Group(*parts)
 
 
 def stats(
