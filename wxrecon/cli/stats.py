@@ -39,50 +39,14 @@ def provider_errors(metrics_dir: str | None) -> dict[str, float] | None:
 
 
 def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> dict[str, Any]:
-    from sqlalchemy import func, select
-
-    from wxrecon.cli.kinds import BILL, REDUCTION
-    from wxrecon.domain.states import BILL_FINAL, REDUCTION_FINAL
-    from wxrecon.store import reads as queries
-    from wxrecon.store.models import Event, SpecialReduction
+    from wxrecon.store import reads
 
     now = now or datetime.now(UTC)
     with db.read() as session:
-        base = queries.stats(session, now=now)
-        by_merchant: dict[str, dict[str, int]] = {}
-        for mchid, state, count in session.execute(
-            select(SpecialReduction.mchid, SpecialReduction.state, func.count()).group_by(
-                SpecialReduction.mchid, SpecialReduction.state
-            )
-        ):
-            by_merchant.setdefault(mchid, {})[state] = count
-        oldest: dict[str, Any] | None = None
-        for kind in (REDUCTION, BILL):
-            model = kind.model
-            row = session.execute(
-                select(model)
-                .where(model.state.in_(sorted(kind.active)), model.next_poll_at <= now)
-                .order_by(model.next_poll_at)
-                .limit(1)
-            ).scalar_one_or_none()
-            if row is not None:
-                overdue = (now - row.next_poll_at).total_seconds()
-                if oldest is None or overdue > oldest["overdue_seconds"]:
-                    oldest = {
-                        "kind": kind.name,
-                        "id": row.id,
-                        "number": getattr(row, kind.number_field),
-                        "state": row.state,
-                        "overdue_seconds": overdue,
-                    }
-        finals = sorted({*REDUCTION_FINAL, *BILL_FINAL})
-        finalised = dict(
-            session.execute(
-                select(Event.kind, func.count())
-                .where(Event.at >= now - timedelta(hours=1), Event.to_state.in_(finals))
-                .group_by(Event.kind)
-            ).all()
-        )
+        base = reads.stats(session, now=now)
+        by_merchant = reads.reductions_by_merchant(session)
+        oldest = reads.oldest_overdue(session, now)
+        finalised = reads.finalised_since(session, now - timedelta(hours=1))
     return {
         "reductions": base.reductions,
         "reduction_amounts": base.reduction_amounts,
@@ -90,7 +54,7 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
         "by_merchant": by_merchant,
         "due_now": {"reductions": base.reductions_due, "bills": base.bills_due},
         "oldest_overdue": oldest,
-        "finalised_last_hour": {k: int(v) for k, v in finalised.items()},
+        "finalised_last_hour": finalised,
         "provider_errors": provider_errors(metrics_dir),
         "stray_tasks": _strays(),
     }

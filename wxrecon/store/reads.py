@@ -167,6 +167,58 @@ def stats(session: Session, *, now: datetime | None = None) -> Stats:
     return out
 
 
+def reductions_by_merchant(session: Session) -> dict[str, dict[str, int]]:
+    """``mchid -> state -> count``."""
+    out: dict[str, dict[str, int]] = {}
+    for mchid, state, count in session.execute(
+        select(SpecialReduction.mchid, SpecialReduction.state, func.count()).group_by(
+            SpecialReduction.mchid, SpecialReduction.state
+        )
+    ):
+        out.setdefault(mchid, {})[state] = count
+    return out
+
+
+def oldest_overdue(session: Session, now: datetime) -> dict[str, Any] | None:
+    """The in-flight order of any kind whose next query is the most overdue, or None."""
+    from wxrecon.domain.kinds import KINDS
+
+    oldest: dict[str, Any] | None = None
+    for name, kind in KINDS.items():
+        model = kind.model
+        row = session.execute(
+            select(model)
+            .where(model.state.in_(sorted(kind.active)), model.next_poll_at <= now)
+            .order_by(model.next_poll_at)
+            .limit(1)
+        ).scalar_one_or_none()
+        if row is None:
+            continue
+        overdue = (now - row.next_poll_at).total_seconds()
+        if oldest is None or overdue > oldest["overdue_seconds"]:
+            oldest = {
+                "kind": name,
+                "id": row.id,
+                "number": kind.number(row).split("/")[-1],
+                "state": row.state,
+                "overdue_seconds": overdue,
+            }
+    return oldest
+
+
+def finalised_since(session: Session, since: datetime) -> dict[str, int]:
+    """``kind -> orders that reached a final state since ``since`` (by their events)."""
+    from wxrecon.domain.kinds import KINDS
+
+    finals = sorted({s for kind in KINDS.values() for s in kind.final})
+    rows = session.execute(
+        select(Event.kind, func.count())
+        .where(Event.at >= since, Event.to_state.in_(finals))
+        .group_by(Event.kind)
+    ).all()
+    return {k: int(v) for k, v in rows}
+
+
 # -- JSON-ready views ---------------------------------------------------------------------------
 
 
