@@ -133,6 +133,9 @@ class AdminApi:
             raise ValueError("expected a JSON object of settings")
         changes = dict(data)
         raw_limit = changes.pop("rate_limit", None)
+        literal = changes.pop("docs_literal", None)
+        if literal is not None and not isinstance(literal, bool):
+            raise ValueError("docs_literal must be true or false")
         timing = {k: changes.pop(k) for k in TIMING_SETTINGS if k in changes}
         seconds = {name: _non_negative(name, value) for name, value in timing.items()}
         rate_limit = None if raw_limit is None else _rate_limit(raw_limit)
@@ -140,6 +143,8 @@ class AdminApi:
             self.sim.books.set_config(changes)
         if rate_limit is not None:
             self.sim.traffic.limit = rate_limit
+        if literal is not None:
+            self.sim.provider.docs_literal = literal
         for name, value in seconds.items():
             # idle_timeout belongs to the HTTP server, latency and hang to the fault timing
             setattr(self.sim if name == "idle_timeout" else self.sim.timing, name, value)
@@ -179,4 +184,5 @@ class AdminApi:
             "idle_timeout": sim.idle_timeout,
             "clock_offset": sim.books.clock_offset,
             "cert_mode": sim.keys.cert_mode,
+            "docs_literal": sim.provider.docs_literal,
         }

@@ -49,6 +49,7 @@ class Simulator:
         seed: int | None = None,
         host: str | None = None,
         port: int | None = None,
+        docs_literal: bool = False,
     ) -> None:
         self.dir = directory if isinstance(directory, SimDir) else SimDir.load(directory)
         self.keys = self.dir.provider_keys
@@ -56,7 +57,15 @@ class Simulator:
         self.faults = FaultPlan(faults, seed=None if seed is None else seed + 1)
         self.traffic = Traffic(rate_limit)
         self.timing = Timing(latency=latency, hang=hang)
-        self.provider = Provider(self.keys, self.books, self.faults, self.traffic, self.timing)
+        self.provider = Provider(
+            self.keys,
+            self.books,
+            self.faults,
+            self.traffic,
+            self.timing,
+            shape_seed=None if seed is None else seed + 2,
+        )
+        self.provider.docs_literal = docs_literal
         self.idle_timeout = idle_timeout
         self.state_file = Path(state_file).resolve() if state_file else None
         self.host = host if host is not None else self.dir.host
