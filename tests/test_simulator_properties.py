@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.fixtures_sim import SIM_MCHID, make_sim_dir, start_simulator
 from wxrecon.simulator import FaultRule, FaultSpecError, LedgerSeed, SimDirError
+from wxrecon.simulator.bills import SPEC_FIELDS
 from wxrecon.simulator.protocol import submit_params
 from wxrecon.simulator.state import ApiError, Books, BusinessConfig
 from wxrecon.wechatpay import keys
@@ -61,20 +62,7 @@ def test_any_fault_json_is_a_rule_or_one_clear_error(data: dict[str, Any]) -> No
 
 @given(
     st.dictionaries(
-        st.sampled_from(
-            [
-                "out_bill_no",
-                "amount",
-                "outcome",
-                "close_reason",
-                "confirm_after",
-                "final_after",
-                "states",
-                "sp_mchid",
-                "transfer_remark",
-                "sponsor_mchid",
-            ]
-        ),
+        st.sampled_from(sorted(SPEC_FIELDS)),
         json_values,
     )
 )

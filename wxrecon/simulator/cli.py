@@ -144,6 +144,14 @@ def serve(
             help="KIND=PROB|1/N@ENDPOINT#TIMES (all but KIND optional), repeatable; see README.",
         ),
     ] = None,
+    docs_literal: Annotated[
+        bool,
+        typer.Option(
+            "--docs-literal",
+            help="Shape every 2xx answer like the pages' examples (placeholders, optional "
+            "fields left out or empty, *_UNKNOWN on in-flight answers, WXVALUE receivers).",
+        ),
+    ] = False,
     latency: Annotated[str, typer.Option(help="Delay added by a latency fault.")] = "200ms",
     hang: Annotated[str, typer.Option(help="How long a hang fault holds a connection.")] = "60s",
     seed: Annotated[
@@ -190,6 +198,7 @@ def serve(
             seed=seed,
             host=host,
             port=port,
+            docs_literal=docs_literal,
         )
         sim.bind()
     except SimDirError as exc:
@@ -206,8 +215,9 @@ def serve(
     signal.signal(signal.SIGINT, _stop)
     sim.start()
     active = ", ".join(f"{r.kind}={r.probability}@{r.endpoint}" for r in rules) or "none"
+    mode = "; docs-literal answers" if docs_literal else ""
     print(
-        f"wxrecon simulator listening on {sim.url} (mchid {sim.dir.mchid}; faults: {active})",
+        f"wxrecon simulator listening on {sim.url} (mchid {sim.dir.mchid}; faults: {active}{mode})",
         flush=True,
     )
     try:

@@ -13,6 +13,8 @@ Faults act at three points of a request:
   stale timestamp, or a malformed JSON body (correctly signed). A POST has taken effect.
 - after the request took effect, whatever the answer (``APPLY_THEN_KINDS``): the client gets a
   500, a reset or a hang instead of the answer.
+- on the JSON of a 2xx answer, before it is signed (``SHAPE_KINDS``): ``docs_literal`` reshapes
+  the true answer the way the provider's pages show answers (see :mod:`.docs_literal`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class FaultKind(StrEnum):
     APPLY_THEN_500 = "apply_then_500"
     APPLY_THEN_RESET = "apply_then_reset"
     APPLY_THEN_HANG = "apply_then_hang"
+    DOCS_LITERAL = "docs_literal"
 
 
 PRE_KINDS = (
@@ -55,6 +58,7 @@ SIGNED_KINDS = (
     FaultKind.MALFORMED_JSON,
 )
 APPLY_THEN_KINDS = (FaultKind.APPLY_THEN_500, FaultKind.APPLY_THEN_RESET, FaultKind.APPLY_THEN_HANG)
+SHAPE_KINDS = (FaultKind.DOCS_LITERAL,)
 
 ALL = "all"
 ENDPOINTS = (ALL, *(e.value for e in Endpoint))

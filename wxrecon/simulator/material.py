@@ -1,5 +1,7 @@
 """The simulator's directory: key material, certificates, ledger seed and ``client.env``.
 
+Keys are generated in :mod:`.keygen` and parsed for serving in :mod:`.provider_keys`.
+
 ``init_dir`` writes everything a simulator and a client need; ``SimDir.load`` reads it back.
 Layout (private keys are mode 0600)::
 
@@ -16,42 +18,54 @@ Layout (private keys are mode 0600)::
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-
+from wxrecon.simulator.keygen import KeyMaterial
+from wxrecon.simulator.layout import (
+    CLIENT_ENV,
+    DEFAULT_MCHID,
+    DEFAULT_PORT,
+    LEDGERS_JSON,
+    MERCHANT_CERT,
+    MERCHANT_KEY,
+    PLATFORM_CERT,
+    PLATFORM_PRIVATE_KEY,
+    SIM_JSON,
+    WECHATPAY_PRIVATE_KEY,
+    WECHATPAY_PUBLIC_KEY,
+    SimDirError,
+)
+from wxrecon.simulator.provider_keys import ProviderKeys
 from wxrecon.wechatpay import keys
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.keys import Credentials
 from wxrecon.wechatpay.resources import check_bal_account_no, check_mchid
 
-DEFAULT_MCHID = "1900000001"
-DEFAULT_PORT = 8000
-SIM_JSON = "sim.json"
-CLIENT_ENV = "client.env"
-LEDGERS_JSON = "ledgers.json"
-
-MERCHANT_KEY = "apiclient_key.pem"
-MERCHANT_CERT = "apiclient_cert.pem"
-WECHATPAY_PUBLIC_KEY = "wechatpay_pub_key.pem"
-WECHATPAY_PRIVATE_KEY = "wechatpay_private_key.pem"
-PLATFORM_CERT = "platform_cert.pem"
-PLATFORM_PRIVATE_KEY = "platform_private_key.pem"
-
-
-class SimDirError(ValueError):
-    """The directory is missing, incomplete or would be overwritten; one line, no secrets."""
+__all__ = [
+    "CLIENT_ENV",
+    "DEFAULT_MCHID",
+    "DEFAULT_PORT",
+    "LEDGERS_JSON",
+    "MERCHANT_CERT",
+    "MERCHANT_KEY",
+    "PLATFORM_CERT",
+    "PLATFORM_PRIVATE_KEY",
+    "SIM_JSON",
+    "WECHATPAY_PRIVATE_KEY",
+    "WECHATPAY_PUBLIC_KEY",
+    "KeyMaterial",
+    "LedgerSeed",
+    "ProviderKeys",
+    "SimDir",
+    "SimDirError",
+    "init_dir",
+]
 
 
 @dataclass(frozen=True)
@@ -85,86 +99,6 @@ class LedgerSeed:
 
     def to_json(self) -> dict[str, Any]:
         return {"mchid": self.mchid, "bal_account_no": self.bal_account_no, "balance": self.balance}
-
-
-# -- key material ------------------------------------------------------------------------------
-
-
-def _pkcs8(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _spki(key: rsa.RSAPublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _certificate(
-    key: rsa.RSAPrivateKey, subject: list[x509.NameAttribute[str]]
-) -> x509.Certificate:
-    name = x509.Name(subject)
-    now = dt.datetime.now(dt.UTC)
-    # A 40-hex-digit serial like the provider's (top nibble set so no digit is dropped).
-    serial = (0x4 << 156) | secrets.randbits(156)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=5 * 365))
-        .sign(key, hashes.SHA256())
-    )
-
-
-@dataclass(frozen=True)
-class KeyMaterial:
-    """Every key and certificate of one simulated merchant and provider, as PEM bytes."""
-
-    mchid: str
-    merchant_key: bytes = field(repr=False)
-    merchant_cert: bytes
-    wechatpay_private_key: bytes = field(repr=False)
-    wechatpay_public_key: bytes
-    public_key_id: str
-    platform_private_key: bytes = field(repr=False)
-    platform_cert: bytes
-
-    @classmethod
-    def generate(cls, mchid: str = DEFAULT_MCHID) -> KeyMaterial:
-        merchant = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        wechatpay = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        platform = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        merchant_cert = _certificate(
-            merchant,
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, mchid),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "wxrecon simulated merchant"),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Tenpay.com CA Center"),
-            ],
-        )
-        platform_cert = _certificate(
-            platform,
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com sign (wxrecon simulator)"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tenpay.com"),
-            ],
-        )
-        key_id = "PUB_KEY_ID_01" + "".join(secrets.choice("0123456789") for _ in range(26))
-        return cls(
-            mchid=mchid,
-            merchant_key=_pkcs8(merchant),
-            merchant_cert=merchant_cert.public_bytes(serialization.Encoding.PEM),
-            wechatpay_private_key=_pkcs8(wechatpay),
-            wechatpay_public_key=_spki(wechatpay.public_key()),
-            public_key_id=key_id,
-            platform_private_key=_pkcs8(platform),
-            platform_cert=platform_cert.public_bytes(serialization.Encoding.PEM),
-        )
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
@@ -350,62 +284,3 @@ class SimDir:
     @cached_property
     def provider_keys(self) -> ProviderKeys:
         return ProviderKeys.load(self)
-
-
-@lru_cache(maxsize=32)
-def _parse_private_key(pem: bytes, setting: str) -> rsa.RSAPrivateKey:
-    # Parsing validates the key (tens of ms); identical bytes give an identical, immutable key.
-    return keys.parse_private_key(pem, setting)
-
-
-def _private_key(path: Path, setting: str) -> rsa.RSAPrivateKey:
-    try:
-        pem = path.read_bytes()
-    except OSError as exc:
-        raise SimDirError(f"{path}: cannot read ({exc.strerror})") from None
-    return _parse_private_key(pem, setting)
-
-
-@dataclass(frozen=True)
-class ProviderKeys:
-    """The key objects the simulator uses, parsed once (RSA parsing is not free)."""
-
-    merchant_mchid: str
-    merchant_serial: str
-    merchant_public: rsa.RSAPublicKey = field(repr=False)
-    public_key_id: str
-    wechatpay_private: rsa.RSAPrivateKey = field(repr=False)
-    platform_serial: str
-    platform_private: rsa.RSAPrivateKey = field(repr=False)
-    cert_mode: bool
-
-    @classmethod
-    def load(cls, sim: SimDir) -> ProviderKeys:
-        cert = keys.load_certificate(sim.file(MERCHANT_CERT), MERCHANT_CERT)
-        serial = keys.certificate_serial(cert)
-        if serial != sim.mch_cert_serial.upper():
-            raise SimDirError(f"{SIM_JSON}: mch_cert_serial does not match {MERCHANT_CERT}")
-        return cls(
-            merchant_mchid=sim.mchid,
-            merchant_serial=serial,
-            merchant_public=keys.certificate_key(cert, MERCHANT_CERT),
-            public_key_id=sim.wechatpay_public_key_id,
-            wechatpay_private=_private_key(sim.file(WECHATPAY_PRIVATE_KEY), WECHATPAY_PRIVATE_KEY),
-            platform_serial=sim.platform_cert_serial,
-            platform_private=_private_key(sim.file(PLATFORM_PRIVATE_KEY), PLATFORM_PRIVATE_KEY),
-            cert_mode=sim.cert_mode,
-        )
-
-    def private_key_for(self, serial: str | None) -> tuple[str, rsa.RSAPrivateKey] | None:
-        """The provider key a ``Wechatpay-Serial`` names, or None when it names none."""
-        if serial == self.public_key_id:
-            return self.public_key_id, self.wechatpay_private
-        if serial and serial.upper() == self.platform_serial:
-            return self.platform_serial, self.platform_private
-        return None
-
-    def default_signer(self) -> tuple[str, rsa.RSAPrivateKey]:
-        """A merchant without a WeChat Pay public key gets platform-certificate signatures."""
-        if self.cert_mode:
-            return self.platform_serial, self.platform_private
-        return self.public_key_id, self.wechatpay_private

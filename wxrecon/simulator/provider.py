@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -19,10 +20,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wxrecon.simulator import protocol
+from wxrecon.simulator import docs_literal, protocol
 from wxrecon.simulator.faults import (
     APPLY_THEN_KINDS,
     PRE_KINDS,
+    SHAPE_KINDS,
     SIGNED_KINDS,
     FaultKind,
     FaultPlan,
@@ -78,12 +80,16 @@ class Provider:
         faults: FaultPlan,
         traffic: Traffic,
         timing: Timing | None = None,
+        *,
+        shape_seed: int | None = None,
     ) -> None:
         self.keys = provider_keys
         self.books = books
         self.faults = faults
         self.traffic = traffic
         self.timing = timing or Timing()
+        self._shape_rng = random.Random(shape_seed)  # docs_literal reshaping draws
+        self.docs_literal = False  # the mode: every 2xx answer in its docs-literal form
         # The provider's notion of now (rate windows, settlement, signature age); tests may pin it.
         self.clock: Callable[[], float] = time.time
 
@@ -129,7 +135,7 @@ class Provider:
             named = protocol.encryption_key(self.keys, rt, headers)
             signer = named or self.keys.default_signer()
             reached_business = True
-            data = self._business(rt, query, body, signer[1], now)
+            data = self._shaped(rt.endpoint, self._business(rt, query, body, signer[1], now))
             reply = Reply(200, _json(data), endpoint=ep)
         except ApiError as exc:
             reply = self._error(exc, request_id, ep)
@@ -167,6 +173,15 @@ class Provider:
         out_bill_no = protocol.check_path_order_no(rt.path_param, "out_bill_no")
         # Only the calling merchant's bills are visible: the caller is the verified mchid.
         return self.books.bill(now, self.keys.merchant_mchid, out_bill_no)
+
+    def _shaped(self, endpoint: Endpoint, data: Any) -> Any:
+        """The true answer, or its docs-literal form in that mode or when a rule fires."""
+        fired = self.faults.draw(endpoint.value, SHAPE_KINDS)
+        for rule in fired:
+            self.traffic.fault(rule.kind.value)
+        if self.docs_literal or fired:
+            return docs_literal.shape(endpoint, data, self._shape_rng)
+        return data
 
     def _for_merchant(self, plaintext: str) -> str:
         """Encrypted response fields use the calling merchant's certificate key."""
