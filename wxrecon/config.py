@@ -36,7 +36,9 @@ class Settings(BaseSettings):
 
     # Storage and messaging
     database_url: str = "sqlite:///wxrecon.db"
-    broker_url: str = "filesystem://"
+    # A local Redis-protocol server: in production your Redis; on one machine with none, the
+    # Procfile's `broker` entry runs the embedded one there (wxrecon.demo.broker).
+    broker_url: str = "redis://127.0.0.1:6379/0"
     data_dir: Path = Path(".wxrecon")
     ratelimit_url: str | None = None  # default: the broker when it is Redis, else per process
 

