@@ -9,6 +9,7 @@ child runs in its own process group and is stopped on exit, on error, on Ctrl-C 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -490,6 +491,20 @@ class Interrupted(CliError):
     exit_code = 130
 
 
+def skip_teardown_at_exit(code: int) -> None:
+    """After Ctrl-C every child is stopped and nothing is left to write but the message: exit
+    right after it, without the interpreter's teardown of celery, kombu, SQLAlchemy and rich
+    (1.3 s of a 3 s budget on a busy 2-core machine)."""
+
+    def _exit() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    atexit.register(_exit)
+
+
 def interrupted_message(stopped: list[str], work: Path, elapsed: float) -> str:
     """What Ctrl-C stopped and what it kept (the work directory is never removed then)."""
     names = ", ".join(reversed(stopped)) or "nothing had started"
@@ -535,6 +550,7 @@ def demo(
                 )
             summary = run(d, sup)
     except KeyboardInterrupt:
+        skip_teardown_at_exit(Interrupted.exit_code)
         elapsed = time.monotonic() - d.started
         raise Interrupted(interrupted_message(sup.stopped, work, elapsed)) from None
     except ChildDied as exc:
