@@ -1,8 +1,10 @@
 """The Celery app: queues, money-safe delivery settings, the beat schedule, and signals.
 
 Run ``celery -A wxrecon.worker worker`` (consumes both queues) and ``celery -A wxrecon.worker
-beat``. The broker is ``WXRECON_BROKER_URL``: Redis in production, kombu's ``filesystem://``
-under ``WXRECON_DATA_DIR`` for the server-less demo.
+beat``. The broker is ``WXRECON_BROKER_URL``: Redis in production; on one machine the
+embedded Valkey server (``wxrecon.demo.broker``), the same transport. kombu's ``filesystem://``
+(folders under ``WXRECON_DATA_DIR``) still works but can crash a worker under load
+(docs/embedded-broker.md).
 
 Timing invariants (so a message or a lease never outlives the work it guards):
 ``soft time limit < hard time limit < claim lease < broker visibility timeout``. A task past
