@@ -24,8 +24,8 @@ import redis
 from celery import Celery
 from sqlalchemy.engine import make_url
 
+from wxrecon.demo.env import free_port
 from wxrecon.demo.procs import Child, Supervisor
-from wxrecon.demo.run import free_port
 from wxrecon.store.db import normalize_url, upgrade
 from wxrecon.worker import INTAKE_QUEUE
 

@@ -109,7 +109,7 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
-    path = tmp_path / "wxrecon.store.db"
+    path = tmp_path / "wxrecon.db"
     shutil.copyfile(sqlite_template, path)
     return f"sqlite:///{path}"
 

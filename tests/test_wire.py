@@ -31,7 +31,7 @@ from tests.fixtures_keys import (
     reduction_answer,
 )
 from tests.test_client import signed_response
-from wxrecon.demo.run import free_port
+from wxrecon.demo.env import free_port
 from wxrecon.wechatpay import signing
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.errors import OutcomeUnknown

@@ -55,8 +55,10 @@ class Settings(BaseSettings):
     )
 
     # Storage and messaging
-    database_url: str = "sqlite:///wxrecon.store.db"
-    broker_url: str = "filesystem://"
+    database_url: str = "sqlite:///wxrecon.db"
+    # A local Redis-protocol server: in production your Redis; on one machine with none, the
+    # Procfile's `broker` entry runs the embedded one there (wxrecon.demo.broker).
+    broker_url: str = "redis://127.0.0.1:6379/0"
     # Queues no wxrecon worker reads, watched for wxrecon tasks sent there by mistake (a
     # send_task without queue=): reported by `wxrecon stats` and wxrecon_stray_tasks.
     watch_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["celery"])

@@ -1,8 +1,10 @@
 """The Celery app: queues, money-safe delivery settings, the beat schedule, and signals.
 
 Run ``celery -A wxrecon.worker worker`` (consumes both queues) and ``celery -A wxrecon.worker
-beat``. The broker is ``WXRECON_BROKER_URL``: Redis in production, kombu's ``filesystem://``
-under ``WXRECON_DATA_DIR`` for the server-less demo.
+beat``. The broker is ``WXRECON_BROKER_URL``: Redis in production; on one machine the
+embedded Valkey server (``wxrecon.demo.broker``), the same transport. kombu's ``filesystem://``
+(folders under ``WXRECON_DATA_DIR``) still works but can crash a worker under load
+(docs/embedded-broker.md).
 
 Timing invariants (so a message or a lease never outlives the work it guards):
 ``soft time limit < hard time limit < claim lease < broker visibility timeout``. A task past
@@ -21,7 +23,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from wxrecon.config import Settings, get_settings
+from wxrecon.config import Settings, SettingsError, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # latency to every hop of every order.
             "polling_interval": 0.1,
         }
+    elif settings.broker_url.startswith("sqla+"):
+        transport_options = {}  # kombu hands these to create_engine: no polling_interval
     else:
         transport_options = {"visibility_timeout": visibility_timeout(settings)}
     interval = settings.sweep_interval
@@ -134,7 +138,10 @@ def make_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
-app = make_app()
+try:
+    app = make_app()
+except SettingsError as exc:  # one line naming the setting, not Celery's traceback
+    raise SystemExit(f"wxrecon worker refuses to start: {exc}") from None
 
 
 @signals.setup_logging.connect

@@ -6,6 +6,6 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from wxrecon.demo.run import demo
+    from wxrecon.demo.command import demo
 
     app.command("demo")(demo)

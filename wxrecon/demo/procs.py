@@ -1,9 +1,11 @@
 """Child processes of the demo: started in their own process groups, always reaped.
 
 Each child (simulator, worker, beat) runs in a new session so that Celery's prefork children
-belong to its group; stopping sends SIGTERM to the whole group, waits, then SIGKILLs what is
+belong to its group. Stopping sends SIGTERM to every group at once, waits for all of them
+together (a short grace after Ctrl-C, a longer one after a normal end), then SIGKILLs what is
 left. ``Supervisor`` is a context manager and also stops everything on SIGTERM/SIGHUP, so
-neither Ctrl-C, an error nor a kill of the demo leaves a process behind.
+neither Ctrl-C, an error nor a kill of the demo leaves a process behind; a second Ctrl-C
+while it stops them is ignored rather than leaving them half-stopped.
 """
 
 from __future__ import annotations
@@ -46,10 +48,17 @@ class ChildDied(RuntimeError):
     pass
 
 
+INTERRUPT_GRACE = 1.0  # seconds the children get after Ctrl-C before SIGKILL (the demo only)
+
+
 class Supervisor:
-    def __init__(self, stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self, stop_timeout: float = 10.0, interrupt_grace: float = INTERRUPT_GRACE
+    ) -> None:
         self.children: list[Child] = []
         self.stop_timeout = stop_timeout
+        self.interrupt_grace = interrupt_grace
+        self.stopped: list[str] = []  # names of the children stopped so far, in order
         self._old_handlers: dict[int, Any] = {}
 
     def __enter__(self) -> Supervisor:
@@ -58,9 +67,10 @@ class Supervisor:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         try:
-            self.stop_all()
+            self.stop_all(self.interrupt_grace if interrupted else self.stop_timeout)
         finally:
             for sig, handler in self._old_handlers.items():
                 signal.signal(sig, handler)
@@ -105,10 +115,33 @@ class Supervisor:
             child.popen.wait(timeout=5)
         child.log_file.close()
 
-    def stop_all(self) -> None:
-        # Reverse order: beat and workers before the simulator they talk to.
-        while self.children:
-            self.stop(self.children.pop())
+    def stop_all(self, grace: float | None = None) -> None:
+        """SIGTERM every child's group at once, wait up to ``grace`` for all, SIGKILL the rest."""
+        grace = self.stop_timeout if grace is None else grace
+        children, self.children = self.children, []
+        try:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
+            for child in reversed(children):  # beat and workers before their simulator
+                _signal_group(child.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(_group_alive(c.pid) for c in children):
+                for child in children:
+                    child.popen.poll()
+                time.sleep(0.05)
+            for child in children:
+                if _group_alive(child.pid):
+                    _signal_group(child.pid, signal.SIGKILL)
+            for child in children:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.popen.wait(timeout=5)
+                child.log_file.close()
+                self.stopped.append(child.name)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
