@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -44,6 +44,17 @@ RATELIMIT_DEFERRALS = Counter(
 )
 
 
+OUTCOME_DELIVERIES = Counter(
+    "wxrecon_outcome_deliveries_total",
+    "Outcome event deliveries by target (task, webhook; all: dead) and result.",
+    ["target", "result"],
+)
+
+
+def count_outcome_delivery(target: str, result: str) -> None:
+    OUTCOME_DELIVERIES.labels(target, result).inc()
+
+
 def observe_provider_request(endpoint: str, outcome: str, seconds: float) -> None:
     """Matches the client's ``Observer`` signature."""
     PROVIDER_REQUEST_SECONDS.labels(str(endpoint), outcome).observe(seconds)
@@ -74,6 +85,9 @@ class OrdersSnapshot:
 
     counts: Mapping[tuple[str, str], int]
     oldest_due_seconds: Mapping[str, float]
+    # Outcome events not delivered (pending, dead) and the oldest pending one's age.
+    outcomes: Mapping[str, int] = field(default_factory=dict)
+    oldest_undelivered_seconds: float = 0.0
 
 
 class OrdersCollector(Collector):
@@ -113,4 +127,22 @@ class OrdersCollector(Collector):
         up.add_metric([], 1)
         yield orders
         yield oldest
+        yield from _outcome_gauges(snap)
         yield up
+
+
+def _outcome_gauges(snap: OrdersSnapshot) -> Iterator[Metric]:
+    undelivered = GaugeMetricFamily(
+        "wxrecon_outcomes_undelivered",
+        "Outcome events not delivered, by delivery state (pending, dead).",
+        labels=["delivery"],
+    )
+    for delivery, count in sorted(snap.outcomes.items()):
+        undelivered.add_metric([delivery], count)
+    age = GaugeMetricFamily(
+        "wxrecon_oldest_undelivered_outcome_age_seconds",
+        "Seconds since the oldest pending outcome event occurred (0 when none is pending).",
+    )
+    age.add_metric([], max(0.0, snap.oldest_undelivered_seconds))
+    yield undelivered
+    yield age

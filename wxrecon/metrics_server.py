@@ -79,7 +79,16 @@ def read_snapshot(db: Database, now: datetime | None = None) -> OrdersSnapshot:
                 )
             ).scalar_one_or_none()
             oldest[kind] = (now - _aware(due)).total_seconds() if due is not None else 0.0
-    return OrdersSnapshot(counts=counts, oldest_due_seconds=oldest)
+    from wxrecon.store.outbox import backlog
+
+    outcomes = backlog(db)
+    pending_since = outcomes.oldest_pending
+    return OrdersSnapshot(
+        counts=counts,
+        oldest_due_seconds=oldest,
+        outcomes=outcomes.counts,
+        oldest_undelivered_seconds=(now - pending_since).total_seconds() if pending_since else 0.0,
+    )
 
 
 def _aware(value: Any) -> datetime:
