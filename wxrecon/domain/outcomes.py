@@ -32,33 +32,7 @@ STATE_EVENTS: Mapping[str, str] = {
 RETRIED = "retried"
 REFUSED = "refused"
 
-# The keys of every event, in order: the contract (README, "Outcome delivery").
-FIELDS = (
-    "schema_version",
-    "event_id",
-    "type",
-    "kind",
-    "order_id",
-    "state",
-    "previous_state",
-    "mchid",
-    "out_request_no",
-    "out_bill_no",
-    "amount",
-    "fail_reason",
-    "close_reason",
-    "quota_change_no",
-    "bill_id",
-    "success_time",
-    "fail_time",
-    "accept_time",
-    "close_time",
-    "request_id",
-    "reason",
-    "actor",
-    "occurred_at",
-)
-# What a final state copies from the order, when the kind has it.
+# What an event copies from the order, when the kind has it.
 ORDER_FIELDS = (
     "mchid",
     "out_request_no",
@@ -72,6 +46,21 @@ ORDER_FIELDS = (
     "fail_time",
     "accept_time",
     "close_time",
+)
+# The keys of every event, in order: the contract (README, "Outcome delivery").
+FIELDS = (
+    "schema_version",
+    "event_id",
+    "type",
+    "kind",
+    "order_id",
+    "state",
+    "previous_state",
+    *ORDER_FIELDS,
+    "request_id",
+    "reason",
+    "actor",
+    "occurred_at",
 )
 MAX_TEXT = 256  # a refused intake's fields come from anyone: bounded
 
