@@ -202,3 +202,23 @@ def test_a_target_that_took_the_event_is_not_sent_it_again(
         finally:
             q.clear()
             q.close()
+
+
+def test_the_backlog_gauges_read_the_outbox(db: Database, clock: FakeClock) -> None:
+    from prometheus_client import generate_latest
+
+    from wxrecon.metrics_server import build_registry, read_snapshot
+
+    add_event(db, clock, 1, 4)
+    dead = add_event(db, clock, 2, 4)
+    with db.begin() as conn:
+        conn.execute(
+            Outcome.__table__.update().where(Outcome.event_id == dead).values(delivery="dead")
+        )
+    snap = read_snapshot(db, now=clock() + timedelta(seconds=90))
+    assert snap.outcomes == {"pending": 1, "dead": 1}
+    assert snap.oldest_undelivered_seconds == 90.0
+    text = generate_latest(build_registry(lambda: snap)).decode()
+    assert 'wxrecon_outcomes_undelivered{delivery="pending"} 1.0' in text
+    assert "wxrecon_oldest_undelivered_outcome_age_seconds 90.0" in text
+    assert "# TYPE wxrecon_outcome_deliveries_total counter" in text
