@@ -258,7 +258,10 @@ def test_outcomes_reach_a_task_app_and_a_webhook_receiver(
     expected = {o.event_id for o in stored}
     while {e["event"]["event_id"] for e in read_lines(billing_log)} != expected:
         processes.check_alive()
-        assert time.monotonic() < deadline + 30, processes.logs()
+        got = {e["event"]["event_id"] for e in read_lines(billing_log)}
+        assert time.monotonic() < deadline + 30, (
+            f"task receiver lacks {len(expected - got)} events\n{processes.logs()}"
+        )
         time.sleep(0.3)
 
     # Every terminal order's last state was told, with its number and amount.
