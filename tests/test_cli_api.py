@@ -45,6 +45,7 @@ from tests.fixtures_sim import (
 )
 from wxrecon import provider
 from wxrecon.cli import app as cli_app
+from wxrecon.cli.output import default_actor
 from wxrecon.config import Settings, get_settings
 from wxrecon.domain.kinds import REDUCTION
 from wxrecon.engine.steps import Reconciler
@@ -652,7 +653,7 @@ def test_sim_not_enough_is_final_and_never_sent_again(recorded: Recorded) -> Non
     shown = recorded.json("reduction", "show", "BIG1")
     assert shown["state"] == "FAILED"
     assert [(e["to_state"], e["actor"]) for e in shown["events"]] == [
-        ("RECEIVED", "intake"),
+        ("RECEIVED", default_actor()),  # who handed it in
         ("SUBMITTED", "engine"),
         ("FAILED", "engine"),
     ]

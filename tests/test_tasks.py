@@ -78,8 +78,10 @@ def test_public_task_names_and_routes() -> None:
         "wxrecon.poll_bills",
         "wxrecon.sweep_reductions",
         "wxrecon.sweep_bills",
+        "wxrecon.relay_outcomes",
     }
     routes = app.conf.task_routes
+    assert routes["wxrecon.relay_outcomes"]["queue"] == "wxrecon.outcomes"
     assert routes["wxrecon.submit_special_reduction"]["queue"] == INTAKE_QUEUE
     assert routes["wxrecon.track_compensation_bill"]["queue"] == INTAKE_QUEUE
     assert routes["wxrecon.poll_reduction"]["queue"] == POLL_QUEUE

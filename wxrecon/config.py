@@ -7,13 +7,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from wxrecon.domain.errors import WxreconError
 from wxrecon.wechatpay.client import BACKUP_URL, PRIMARY_URL
 
 DEFAULT_POLL_SCHEDULE = "5s,15s,1m,5m,30m,2h"
+# Outcome delivery retries: the last step repeats until the attempt limit (about 4 days).
+DEFAULT_OUTCOME_RETRY_SCHEDULE = "5s,30s,2m,10m,30m,1h,2h,4h,8h"
+TASK_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
 
 
 def parse_duration(text: str) -> float:
@@ -107,6 +110,23 @@ class Settings(BaseSettings):
     reentry_grace: float = Field(30.0, ge=0)
     poll_chunk: int = Field(10, ge=1)  # claimed orders per poll message
 
+    # Outcome delivery (README, "Outcome delivery"): either target, or both, or neither
+    outcome_task: str | None = None  # a Celery task name, e.g. billing.on_wxrecon_outcome
+    outcome_queue: str = "celery"  # the app's queue (a plain Celery app's default)
+    outcome_broker_url: str | None = None  # the app's broker, if not ours
+    webhook_allow_http: bool = False  # http:// beyond loopback (never in production)
+    webhook_url: str | None = None  # validated after webhook_allow_http, which it reads
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(5.0, gt=0, le=60)
+    outcome_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [
+            parse_duration(s) for s in DEFAULT_OUTCOME_RETRY_SCHEDULE.split(",")
+        ]
+    )
+    outcome_max_attempts: int = Field(20, ge=1, le=1000)
+    outcome_relay_interval: float = Field(1.0, gt=0)
+    outcome_batch: int = Field(100, ge=1, le=1000)
+
     # Operations
     log_level: str = "INFO"
     log_json: bool = False
@@ -135,15 +155,33 @@ class Settings(BaseSettings):
             return None  # only http_total_timeout may be unset; the others then refuse None
         return parse_duration(value) if isinstance(value, str) else value
 
-    @field_validator("poll_schedule", mode="before")
+    @field_validator("poll_schedule", "outcome_retry_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
         if isinstance(value, str):
             steps = [parse_duration(s) for s in value.split(",") if s.strip()]
             if not steps:
-                raise ValueError("poll_schedule needs at least one step")
+                raise ValueError("a schedule needs at least one step")
             return steps
         return value
+
+    @field_validator("outcome_task", "outcome_queue", mode="after")
+    @classmethod
+    def _check_task_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not 0 < len(value) <= 200 or not set(value) <= TASK_NAME_CHARS:
+            raise ValueError("must be 1-200 of A-Z a-z 0-9 _ . : -")
+        return value
+
+    @field_validator("webhook_url", mode="after")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None, info: Any) -> str | None:
+        if not value:
+            return None
+        from wxrecon.outbound.webhook import check_url
+
+        return check_url(value, allow_http=bool(info.data.get("webhook_allow_http")))
 
     @field_validator("log_level", mode="after")
     @classmethod
@@ -156,12 +194,22 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_consistent(self) -> Settings:
         _soft, hard = task_time_limits(self.claim_lease)
+        if self.webhook_url and not (
+            self.webhook_secret and len(self.webhook_secret.get_secret_value()) >= 16
+        ):
+            raise ValueError(
+                "WXRECON_WEBHOOK_URL needs WXRECON_WEBHOOK_SECRET (at least 16 characters)"
+            )
         if self.claim_lease <= hard:
             raise ValueError(
                 f"WXRECON_CLAIM_LEASE ({self.claim_lease:g}s) must be longer than the task time "
                 f"limit ({hard:g}s): a claim would expire while its task still runs"
             )
         return self
+
+    @property
+    def delivers_outcomes(self) -> bool:
+        return bool(self.outcome_task or self.webhook_url)
 
     @property
     def is_sqlite(self) -> bool:

@@ -49,6 +49,17 @@ INTAKE_DB_RETRIES = Counter(
 )
 
 
+OUTCOME_DELIVERIES = Counter(
+    "wxrecon_outcome_deliveries_total",
+    "Outcome event deliveries by target (task, webhook; all: dead) and result.",
+    ["target", "result"],
+)
+
+
+def count_outcome_delivery(target: str, result: str) -> None:
+    OUTCOME_DELIVERIES.labels(target, result).inc()
+
+
 def observe_provider_request(endpoint: str, outcome: str, seconds: float) -> None:
     """Matches the client's ``Observer`` signature."""
     PROVIDER_REQUEST_SECONDS.labels(str(endpoint), outcome).observe(seconds)
@@ -81,6 +92,9 @@ class OrdersSnapshot:
     oldest_due_seconds: Mapping[str, float]
     # wxrecon tasks on queues no wxrecon worker reads (see wxrecon.strays), by queue.
     stray_tasks: Mapping[str, int] = field(default_factory=dict)
+    # Outcome events not delivered (pending, dead) and the oldest pending one's age.
+    outcomes: Mapping[str, int] = field(default_factory=dict)
+    oldest_undelivered_seconds: float = 0.0
 
 
 class OrdersCollector(Collector):
@@ -128,4 +142,22 @@ class OrdersCollector(Collector):
         yield orders
         yield oldest
         yield strays
+        yield from _outcome_gauges(snap)
         yield up
+
+
+def _outcome_gauges(snap: OrdersSnapshot) -> Iterator[Metric]:
+    undelivered = GaugeMetricFamily(
+        "wxrecon_outcomes_undelivered",
+        "Outcome events not delivered, by delivery state (pending, dead).",
+        labels=["delivery"],
+    )
+    for delivery, count in sorted(snap.outcomes.items()):
+        undelivered.add_metric([delivery], count)
+    age = GaugeMetricFamily(
+        "wxrecon_oldest_undelivered_outcome_age_seconds",
+        "Seconds since the oldest pending outcome event occurred (0 when none is pending).",
+    )
+    age.add_metric([], max(0.0, snap.oldest_undelivered_seconds))
+    yield undelivered
+    yield age

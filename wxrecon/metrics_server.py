@@ -8,6 +8,7 @@ same whatever the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -76,7 +77,16 @@ def read_snapshot(db: Database, now: datetime | None = None) -> OrdersSnapshot:
                 )
             ).scalar_one_or_none()
             oldest[name] = (now - _aware(due)).total_seconds() if due is not None else 0.0
-    return OrdersSnapshot(counts=counts, oldest_due_seconds=oldest)
+    from wxrecon.store.outbox import backlog
+
+    outcomes = backlog(db)
+    pending_since = outcomes.oldest_pending
+    return OrdersSnapshot(
+        counts=counts,
+        oldest_due_seconds=oldest,
+        outcomes=outcomes.counts,
+        oldest_undelivered_seconds=(now - pending_since).total_seconds() if pending_since else 0.0,
+    )
 
 
 def _aware(value: Any) -> datetime:
@@ -100,7 +110,7 @@ def database_snapshot(settings: Settings) -> Callable[[], OrdersSnapshot]:
         except Exception:  # the broker is down: the database's gauges still count
             log.warning("metrics: cannot look at the watched queues", exc_info=True)
             strays = {}
-        return OrdersSnapshot(snap.counts, snap.oldest_due_seconds, strays)
+        return dataclasses.replace(snap, stray_tasks=strays)
 
     return snapshot
 

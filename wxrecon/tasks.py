@@ -20,6 +20,7 @@ nowhere else.
 from __future__ import annotations
 
 import logging
+import uuid
 from contextlib import closing
 from typing import Any
 
@@ -35,7 +36,7 @@ from wxrecon.engine.steps import MAX_CHUNK, Steps
 from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
-from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app
+from wxrecon.worker import INTAKE_QUEUE, OUTCOME_QUEUE, POLL_QUEUE, app
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,26 @@ def _unknown_fields(unknown: dict[str, Any]) -> str:
 
 
 def _refuse(what: str, why: str, context: dict[str, Any]) -> dict[str, Any]:
-    """Bad input: one log line, the task ends (never retried), nothing was written."""
+    """Bad input or a conflict: one log line, and a ``<kind>.refused`` outcome event for the
+    app (its only record: there is no order row); the task ends, never retried (only a
+    database that does not answer is, and the event id is the message's, so once)."""
     log.error("%s refused: %s", what, why, extra=context)
+    _record_refusal(BILL if "out_bill_no" in context else REDUCTION, why, context)
     return {"error": why}
+
+
+def _record_refusal(kind: OrderKind, why: str, context: dict[str, Any]) -> None:
+    from celery import current_task
+
+    from wxrecon.domain.outcomes import outbox_row, refusal_event
+    from wxrecon.store.models import utcnow
+    from wxrecon.store.outbox import insert_refusal
+
+    message_id = getattr(getattr(current_task, "request", None), "id", None) or uuid.uuid4().hex
+    named = {k: v for k, v in context.items() if v != "None"}  # str(None): not given
+    now = utcnow()
+    event = refusal_event(kind, str(message_id), named, why, now)
+    insert_refusal(runtime.get().db, outbox_row(event, now))
 
 
 def _token(task: Task) -> str | None:
@@ -245,3 +263,34 @@ poll_reduction, poll_reductions, sweep_reductions = _poll_tasks(
 poll_bill, poll_bills, sweep_bills = _poll_tasks(
     BILL, "wxrecon.poll_bill", "wxrecon.poll_bills", "wxrecon.sweep_bills"
 )
+
+
+@app.task(name="wxrecon.relay_outcomes", queue=OUTCOME_QUEUE)
+def relay_outcomes() -> int:
+    """Deliver pending outcome events (beat sends this when delivery is configured; a
+    worker on ``wxrecon.outcomes`` runs it, apart from the engine's queues)."""
+    from wxrecon.worker import time_limits
+
+    rt = runtime.get()
+    settings = rt.settings
+    if not settings.delivers_outcomes:
+        return 0
+    relay = _relay(rt)
+    soft, _hard = time_limits(settings)
+    # Stop starting sends while one more may still take its whole timeout.
+    budget = max(1.0, soft - settings.webhook_timeout - 1.0)
+    return relay.run(budget).attempted
+
+
+_RELAYS: dict[int, Any] = {}
+
+
+def _relay(rt: Any) -> Any:
+    """One relay (its HTTP client and targets) per runtime, reused by every beat tick."""
+    from wxrecon.engine.relay import relay_from
+
+    relay = _RELAYS.get(id(rt))
+    if relay is None:
+        _RELAYS.clear()
+        relay = _RELAYS[id(rt)] = relay_from(rt.db, rt.settings, app)
+    return relay

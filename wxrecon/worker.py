@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 INTAKE_QUEUE = "wxrecon.intake"
 POLL_QUEUE = "wxrecon.poll"
+# The relay's queue: consumed by its own worker (``-Q wxrecon.outcomes``), not the engine's.
+OUTCOME_QUEUE = "wxrecon.outcomes"
 
 ROUTES = {
     "wxrecon.submit_special_reduction": {"queue": INTAKE_QUEUE},
@@ -39,6 +41,7 @@ ROUTES = {
     "wxrecon.poll_bills": {"queue": POLL_QUEUE},
     "wxrecon.sweep_reductions": {"queue": POLL_QUEUE},
     "wxrecon.sweep_bills": {"queue": POLL_QUEUE},
+    "wxrecon.relay_outcomes": {"queue": OUTCOME_QUEUE},
 }
 
 
@@ -65,6 +68,21 @@ def filesystem_folder(settings: Settings) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "processed").mkdir(exist_ok=True)
     return folder
+
+
+def relay_schedule(settings: Settings) -> dict[str, Any]:
+    """The relay's beat entry, only when an outcome target is configured (a relay queue no
+    worker consumes must not fill up)."""
+    if not settings.delivers_outcomes:
+        return {}
+    interval = settings.outcome_relay_interval
+    return {
+        "relay-outcomes": {
+            "task": "wxrecon.relay_outcomes",
+            "schedule": interval,
+            "options": {"queue": OUTCOME_QUEUE, "expires": max(1.0, interval)},
+        }
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -113,6 +131,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
+            **relay_schedule(settings),
             "sweep-reductions": {
                 "task": "wxrecon.sweep_reductions",
                 "schedule": interval,

@@ -4,7 +4,7 @@ Every command takes ``--json``. Errors, whether bad input or a failed operation,
 on stderr (a JSON object with ``--json``) and a documented exit code, never a traceback
 (:mod:`wxrecon.cli.errors`). Values are parsed by one rule each (:mod:`wxrecon.cli.params`)
 and printed by one output stack (:mod:`wxrecon.cli.output`). The command tree is built in
-:mod:`wxrecon.cli.app`, on first use: importing a helper module of this package (the demo
+:mod:`wxrecon.cli.tree`, on first use: importing a helper module of this package (the demo
 uses ``errors`` and ``output``) must not build the tree that registers the demo itself.
 """
 
@@ -14,14 +14,14 @@ from typing import Any
 
 
 def main() -> None:
-    from wxrecon.cli.app import app
+    from wxrecon.cli.tree import app
 
     app()
 
 
 def __getattr__(name: str) -> Any:
     if name == "app":  # ``from wxrecon.cli import app``
-        from wxrecon.cli.app import app
+        from wxrecon.cli.tree import app
 
         return app
     raise AttributeError(name)

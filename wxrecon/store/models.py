@@ -194,10 +194,64 @@ class Event(Base):
         return f"<Event {self.kind}#{self.order_id} {self.from_state}->{self.to_state}>"
 
 
+class Outcome(Base):
+    """The outbox: one row per outcome an app is told about (a final state, an entry into
+    review, an operator's state change, a refused intake), written in the transaction of the
+    change it reports, and delivered by the relay (:mod:`wxrecon.engine.relay`)."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    # Deterministic (kind, order id, row version; or the refused message's id): a receiver
+    # deduplicates by it, and a repeated write of the same change is a no-op.
+    event_id: Mapped[str] = mapped_column(String(96), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(16))
+    order_id: Mapped[int | None] = mapped_column(BigInteger)  # NULL for a refused intake
+    # Events of one order are delivered in order: the relay claims the oldest pending one.
+    order_key: Mapped[str] = mapped_column(String(128))
+    order_no: Mapped[str | None] = mapped_column(String(64))  # out_request_no / out_bill_no
+    state: Mapped[str] = mapped_column(String(20))  # the order's state it reports
+    payload: Mapped[str] = mapped_column(Text)  # the event as JSON (never bal_account_no)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Delivery: pending -> delivered, or dead after the retry limit.
+    delivery: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)  # also the claim lease
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(String(256))
+    task_sent_at: Mapped[datetime | None]  # each target is sent once it has succeeded
+    webhook_sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_outcomes_order_key_id", "order_key", "id"),
+        Index(
+            "ix_outcomes_pending",
+            "next_attempt_at",
+            postgresql_where=text("delivery = 'pending'"),
+            sqlite_where=text("delivery = 'pending'"),
+        ),
+        Index("ix_outcomes_occurred_at", "occurred_at"),
+        # The backlog (metrics, ``outcomes list --state dead``) without scanning the delivered.
+        Index(
+            "ix_outcomes_undelivered",
+            "delivery",
+            "occurred_at",
+            postgresql_where=text("delivery <> 'delivered'"),
+            sqlite_where=text("delivery <> 'delivered'"),
+        ),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Outcome {self.event_id} {self.type} {self.delivery}>"
+
+
 __all__ = [
     "Base",
     "CompensationBill",
     "Event",
+    "Outcome",
     "SpecialReduction",
     "UTCDateTime",
     "utcnow",

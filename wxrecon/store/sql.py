@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from wxrecon.store.db import Database
-from wxrecon.store.models import Base, Event, active_predicate
+from wxrecon.store.models import Base, Event, Outcome, active_predicate
 from wxrecon.store.rows import Row, row_from
 
 EVENTS = cast(Table, Event.__table__)
@@ -36,6 +36,11 @@ EVENT_INSERT = insert(EVENTS).values(
         for name in EVENT_COLUMNS
     }
 )
+
+
+OUTCOMES = cast(Table, Outcome.__table__)
+# The outbox row of a final (or review) write, in the write's transaction.
+OUTCOME_INSERT = insert(OUTCOMES)
 
 
 def event_params(

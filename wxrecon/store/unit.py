@@ -19,13 +19,16 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from wxrecon.domain import outcomes
+from wxrecon.domain.kinds import kind_of
+from wxrecon.domain.outcomes import ENGINE_ACTOR
 from wxrecon.store.db import Database
 from wxrecon.store.rows import Row, update_row
-from wxrecon.store.sql import EVENT_INSERT, cas_statement, event_params
+from wxrecon.store.sql import EVENT_INSERT, OUTCOME_INSERT, cas_statement, event_params
 
 log = logging.getLogger(__name__)
 
-ENGINE_ACTOR = "engine"
+__all__ = ["ENGINE_ACTOR", "Cas", "Unit", "commit", "prepare"]
 
 # (kind, src, dst) after a won transition: metrics and logs are the caller's business.
 OnMoved = Callable[["Cas"], None]
@@ -46,6 +49,9 @@ class Cas:
     event: bool
     reason: str
     request_id: str | None
+    # The outbox row of a write the app is told about (a final or review state, an
+    # operator's state change): inserted in the same transaction, only when the write wins.
+    outcome: dict[str, Any] | None = None
 
     @property
     def changed(self) -> bool:
@@ -54,10 +60,13 @@ class Cas:
     def run(self, conn: Connection) -> bool:
         """Execute on ``conn`` (inside its transaction); True when the compare-and-set won."""
         if self.one_statement:
-            return conn.execute(self.statement, self.params).first() is not None
-        won: bool = conn.execute(self.statement, self.params).rowcount == 1
-        if won and self.event:
-            conn.execute(EVENT_INSERT, self.params)
+            won = conn.execute(self.statement, self.params).first() is not None
+        else:
+            won = conn.execute(self.statement, self.params).rowcount == 1
+            if won and self.event:
+                conn.execute(EVENT_INSERT, self.params)
+        if won and self.outcome is not None:
+            conn.execute(OUTCOME_INSERT, self.outcome)
         return won
 
 
@@ -100,7 +109,34 @@ def prepare(
         event=event,
         reason=reason,
         request_id=request_id,
+        outcome=_outcome(row, to, new_values, reason, actor, request_id, now),
     )
+
+
+def _outcome(
+    row: Row,
+    to: str | None,
+    new_values: dict[str, Any],
+    reason: str,
+    actor: str,
+    request_id: str | None,
+    now: datetime,
+) -> dict[str, Any] | None:
+    kind = kind_of(row)
+    type_ = outcomes.outcome_type(kind, row.state, to, actor)
+    if type_ is None:
+        return None
+    event = outcomes.order_event(
+        kind,
+        row,
+        new_values,
+        type_=type_,
+        reason=reason,
+        actor=actor,
+        request_id=request_id,
+        now=now,
+    )
+    return outcomes.outbox_row(event, now)
 
 
 def commit(db: Database, writes: Sequence[Cas], on_moved: OnMoved | None = None) -> list[bool]:
