@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from wxrecon.filemodes import private_dir
 from wxrecon.wechatpay import keys
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.keys import Credentials
@@ -202,7 +203,7 @@ def init_dir(
     ledgers = list(ledgers)
     if material is None or material.mchid != mchid:
         material = KeyMaterial.generate(mchid)
-    root.mkdir(parents=True, exist_ok=True)
+    private_dir(root)  # holds private keys
     _write(root / MERCHANT_KEY, material.merchant_key, private=True)
     _write(root / MERCHANT_CERT, material.merchant_cert)
     _write(root / WECHATPAY_PRIVATE_KEY, material.wechatpay_private_key, private=True)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from wxrecon.filemodes import write_private
 from wxrecon.wechatpay.keys import mask
 
 BEIJING = timezone(timedelta(hours=8))
@@ -531,8 +532,7 @@ class Books:
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.dump()))
-        tmp.chmod(0o600)  # holds plaintext account numbers
+        write_private(tmp, json.dumps(self.dump()).encode())  # plaintext account numbers
         tmp.replace(path)
 
 
