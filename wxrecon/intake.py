@@ -38,9 +38,18 @@ Enqueue = Callable[[str, dict[str, Any]], None]
 
 
 def default_enqueue(name: str, kwargs: dict[str, Any]) -> None:
+    from wxrecon.logs import safe_reprs
     from wxrecon.worker import INTAKE_QUEUE, app
 
-    app.send_task(name, kwargs=kwargs, queue=INTAKE_QUEUE)
+    # Celery logs the reprs (never the values) of what it runs: the ledger number masked.
+    reprs = safe_reprs((), kwargs)
+    app.send_task(
+        name,
+        kwargs=kwargs,
+        queue=INTAKE_QUEUE,
+        argsrepr=reprs["argsrepr"],
+        kwargsrepr=reprs["kwargsrepr"],
+    )
 
 
 def submit_reduction(

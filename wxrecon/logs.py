@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import IO
+from collections.abc import Mapping
+from typing import IO, Any
 
 from wxrecon.config import Settings
 from wxrecon.wechatpay.keys import mask
@@ -32,12 +33,19 @@ SECRET_FIELDS = frozenset(
 _PEM_PRIVATE = re.compile(
     r"-----BEGIN[A-Z ]*PRIVATE KEY-----.*?(?:-----END[A-Z ]*PRIVATE KEY-----|$)", re.DOTALL
 )
-# bal_account_no=V, "bal_account_no": "V", 'bal_account_no': 'V', bal_account_no: V
+# bal_account_no=V, "bal_account_no": "V", 'bal_account_no': 'V', bal_account_no: V, and the
+# same inside a JSON string (\"bal_account_no\": \"V\"). A quoted value runs to its closing
+# quote (spaces and commas included, escapes skipped); a bare one to the next separator, or
+# on across commas that are followed by a digit (``6222,0000,1111``).
 _BAL_ACCOUNT_PAIR = re.compile(
-    r"""(?P<key>(?P<q>["']?)bal_account_no(?P=q)\s*(?P<sep>[:=])\s*(?P<vq>["']?))"""
-    r"""(?P<value>[^"'\s,&;)}\]]+)"""
+    r"""(?P<key>(?P<q>\\?["']?)bal_account_no(?P=q)\s*(?P<sep>[:=])\s*(?P<vq>\\?["']?))"""
+    r"""(?P<value>(?<=\\")(?:(?!\\").)*"""
+    r"""|(?<=")(?:\\.|[^"\\])*"""
+    r"""|(?<=')(?:\\.|[^'\\])*"""
+    r"""|(?<!["'])[^"'\s,&;)}\]]+(?:,\d[^"'\s,&;)}\]]*)*)"""
 )
 REDACTED_KEY = "[REDACTED PRIVATE KEY]"
+WITHHELD = "[withheld]"
 
 
 def redact(text: str) -> str:
@@ -60,10 +68,57 @@ def _mask_pair(match: re.Match[str]) -> str:
     return match.group("key") + value
 
 
+# Celery's consumer logs the whole message (body and headers) of a message it cannot run, and
+# its pool (at DEBUG) the request it hands a process: positional values there carry no name to
+# redact by, so all but the error (for an unregistered task: its name) is withheld.
+_CELERY_BODY_LINES = (
+    "Received unregistered task",
+    "Received invalid task message",
+    "Can't decode message body",
+    "Received and deleted unknown message",
+    "TaskPool: Apply",
+)
+_NO_ARGS = ("", "()", "[]", "{}", None)
+
+
+def _withheld(value: object) -> object:
+    return value if value in _NO_ARGS else WITHHELD
+
+
+def _celery_args(record: logging.LogRecord) -> None:
+    """Withhold task arguments from Celery's own lines (received, succeeded, retried, failed)
+    and the message bodies its consumer prints. Its trace and strategy lines pass a context
+    mapping (also as the ``data`` extra, which JSON lines print) with ``args`` and ``kwargs``
+    reprs made by whoever sent the message, which wxrecon does not control: both are
+    withheld (wxrecon's own lines name the order)."""
+    args = record.args
+    if isinstance(args, Mapping) and "args" in args and "kwargs" in args:
+        safe = {**args, "args": _withheld(args["args"]), "kwargs": _withheld(args["kwargs"])}
+        record.args = safe
+        if isinstance(record.__dict__.get("data"), Mapping):
+            record.__dict__["data"] = safe
+    elif isinstance(args, tuple) and args and str(record.msg).startswith(_CELERY_BODY_LINES):
+        record.args = tuple(
+            redact(str(a))[:200] if i == 0 and isinstance(a, BaseException) else WITHHELD
+            for i, a in enumerate(args)
+        )
+
+
+def safe_reprs(args: Any, kwargs: Any) -> dict[str, str]:
+    """``argsrepr``/``kwargsrepr`` for a task message: what Celery logs (and puts in the
+    message's headers) instead of the arguments themselves."""
+    return {
+        "argsrepr": f"({len(args)} positional withheld)" if args else "()",
+        "kwargsrepr": redact(repr(dict(kwargs or {})))[:1024],
+    }
+
+
 class RedactionFilter(logging.Filter):
     """Masks secret-named extra fields and redacts the message before any formatter runs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("celery"):
+            _celery_args(record)
         for name in SECRET_FIELDS:
             value = record.__dict__.get(name)
             if value:

@@ -12,6 +12,10 @@ written by the intake helper) and ``wxrecon.poll_reductions(ids, token)``,
 ``wxrecon.poll_bills(ids, token)`` (a chunk of one sweep's claims, or of one bulk intake's
 new orders).
 
+Positional arguments are refused in one line that does not show them (a positional value
+has no name to redact it by, and Celery's own lines would print it); messages wxrecon sends
+carry a redacted ``kwargsrepr``, so Celery's lines about them never show a ledger number.
+
 Invalid input is logged as one line and the task ends (never retried). Only a database that
 does not answer is retried, with backoff, because until the row is written the order exists
 nowhere else.
@@ -34,6 +38,7 @@ from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.engine.intake import intake_bill, intake_reduction
 from wxrecon.engine.steps import MAX_CHUNK, Steps
 from wxrecon.engine.sweep import Claim, sweep
+from wxrecon.logs import safe_reprs
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 from wxrecon.worker import INTAKE_QUEUE, OUTCOME_QUEUE, POLL_QUEUE, app
@@ -59,6 +64,25 @@ def _count_intake_retry(request: Any = None, **_: Any) -> None:
     name = getattr(request, "task", None)
     if name in INTAKE_TASKS:
         metrics.INTAKE_DB_RETRIES.labels(name).inc()
+
+
+POSITIONAL_REFUSED = "positional arguments are not accepted: send JSON kwargs"
+
+
+class WxreconTask(Task):
+    """Every wxrecon task: keyword arguments only, and redacted reprs on what it sends."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            log.error("%s refused: %s (%d given)", self.name, POSITIONAL_REFUSED, len(args))
+            return {"error": POSITIONAL_REFUSED}
+        return super().__call__(**kwargs)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
+        # Also reached by Celery's own retry, which re-sends the request's arguments.
+        for name, value in safe_reprs(args, kwargs).items():
+            options.setdefault(name, value)
+        return super().apply_async(args, kwargs, *more, **options)
 
 
 def _unknown_fields(unknown: dict[str, Any]) -> str:
@@ -98,6 +122,7 @@ def _token(task: Task) -> str | None:
 @app.task(
     name="wxrecon.submit_special_reduction",
     bind=True,
+    base=WxreconTask,
     queue=INTAKE_QUEUE,
     **INTAKE_RETRY,
 )
@@ -142,6 +167,7 @@ def submit_special_reduction(
 @app.task(
     name="wxrecon.track_compensation_bill",
     bind=True,
+    base=WxreconTask,
     queue=INTAKE_QUEUE,
     **INTAKE_RETRY,
 )
@@ -230,21 +256,21 @@ def _poll_tasks(kind: OrderKind, one: str, chunk: str, sweeper: str) -> tuple[Ta
     """The three internal tasks of a kind: poll one claimed order, poll a chunk of them
     (one sweep's claims, or one bulk intake's new orders), and the beat's sweep."""
 
-    @app.task(name=one, queue=POLL_QUEUE, **RETRY_WHILE_DB_DOWN)
+    @app.task(name=one, base=WxreconTask, queue=POLL_QUEUE, **RETRY_WHILE_DB_DOWN)
     def poll_one(id: Any = None, token: Any = None) -> str | None:
         args = _claim_args(id, token)
         if args is None:
             return None
         return runtime.get().reconciler().process(kind, *args)
 
-    @app.task(name=chunk, queue=POLL_QUEUE)
+    @app.task(name=chunk, base=WxreconTask, queue=POLL_QUEUE)
     def poll_chunk(ids: Any = None, token: Any = None) -> int:
         args = _chunk_args(ids, token)
         if args is None:
             return 0
         return _process_chunk(runtime.get().reconciler().steps(kind, *args), args[0])
 
-    @app.task(name=sweeper, queue=POLL_QUEUE)
+    @app.task(name=sweeper, base=WxreconTask, queue=POLL_QUEUE)
     def sweep_due() -> int:
         """Claim due orders (each batch committed first) and enqueue their polls in chunks."""
         rt = runtime.get()

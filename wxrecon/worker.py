@@ -24,6 +24,7 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from wxrecon.config import Settings, SettingsError, get_settings
+from wxrecon.filemodes import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ def visibility_timeout(settings: Settings) -> int:
 
 
 def filesystem_folder(settings: Settings) -> Path:
-    folder = Path(settings.data_dir) / "broker"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "processed").mkdir(exist_ok=True)
+    # Messages hold plaintext ledger numbers: the folders are 0700.
+    folder = private_dir(Path(settings.data_dir) / "broker", ours=True)
+    private_dir(folder / "processed", ours=True)
+    private_dir(folder / "control", ours=True)
     return folder
 
 
@@ -87,7 +89,7 @@ def relay_schedule(settings: Settings) -> dict[str, Any]:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     soft, hard = time_limits(settings)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
+    private_dir(Path(settings.data_dir))  # beat's schedule file lives there
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith("filesystem://"):
         folder = filesystem_folder(settings)
@@ -173,6 +175,7 @@ def _setup_logging(**_: Any) -> None:
 @signals.worker_init.connect
 def _refuse_old_schema(**_: Any) -> None:
     """The worker does not start on a missing or old schema, nor without credentials."""
+    from wxrecon.filemodes import warn_loose_keys
     from wxrecon.provider import load_credentials
     from wxrecon.store.db import SchemaError, check_schema
     from wxrecon.wechatpay.keys import CredentialError
@@ -184,6 +187,7 @@ def _refuse_old_schema(**_: Any) -> None:
     except (SchemaError, CredentialError) as exc:
         log.critical("wxrecon worker refuses to start: %s", exc)
         raise SystemExit(1) from None
+    warn_loose_keys(settings.mch_private_key_path)
 
 
 @signals.worker_process_init.connect

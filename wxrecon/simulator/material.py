@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from wxrecon.filemodes import private_dir
 from wxrecon.simulator.keygen import KeyMaterial
 from wxrecon.simulator.layout import (
     CLIENT_ENV,
@@ -136,7 +137,7 @@ def init_dir(
     ledgers = list(ledgers)
     if material is None or material.mchid != mchid:
         material = KeyMaterial.generate(mchid)
-    root.mkdir(parents=True, exist_ok=True)
+    private_dir(root)  # holds private keys
     _write(root / MERCHANT_KEY, material.merchant_key, private=True)
     _write(root / MERCHANT_CERT, material.merchant_cert)
     _write(root / WECHATPAY_PRIVATE_KEY, material.wechatpay_private_key, private=True)

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from wxrecon.filemodes import write_private
 from wxrecon.simulator.api_error import BEIJING, ApiError, rfc3339
 from wxrecon.simulator.bills import BILL_FINAL, BILL_STATES, Bill, bill_from_spec
 from wxrecon.simulator.business_config import REENTRY_WINDOW, BusinessConfig
@@ -309,6 +310,5 @@ class Books:
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.dump()))
-        tmp.chmod(0o600)  # holds plaintext account numbers
+        write_private(tmp, json.dumps(self.dump()).encode())  # plaintext account numbers
         tmp.replace(path)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from wxrecon.domain.errors import SchemaError
+from wxrecon.filemodes import tighten_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,11 @@ def is_sqlite(url: str) -> bool:
     return normalize_url(url).startswith("sqlite")
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, database: str | None) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
+        if database and database != ":memory:":
+            tighten_sqlite(database)  # before WAL mode: its side files take the file's mode
         # Let SQLAlchemy's "begin" event below emit BEGIN itself (pysqlite's implicit
         # transactions would defer it and break SAVEPOINTs and lock ordering).
         dbapi_connection.isolation_level = None
@@ -84,7 +87,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         engine = create_engine(url, **kwargs)
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, database)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)

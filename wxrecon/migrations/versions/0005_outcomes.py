@@ -1,7 +1,7 @@
 """outcomes: the transactional outbox of outcome events, and its read contract view
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-09 10:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
