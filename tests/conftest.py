@@ -1,9 +1,12 @@
 """Shared test set-up. Fixture modules live beside this file as ``fixtures_*.py``.
 
-The suite runs in parallel (``-n 2 --dist loadgroup``, see pyproject.toml). The tests that
-start many processes are ordered first, longest first, so the long ones overlap the many short
-ones instead of ending the run alone; a module whose tests share one expensive module-scoped
-run (the demo) is one xdist group, so that run happens once.
+The suite runs in parallel: ``-n 2`` (scripts/test) with ``--dist loadfile
+--no-loadscope-reorder`` (pyproject.toml). Whole files go to a worker, so a module-scoped run
+shared by a module's tests (the demo's) happens once. Under xdist the modules that start many
+processes are collected first, in the order below, so they start at once on separate workers
+and overlap the many short tests instead of ending the run alone. (``--dist loadgroup`` would
+be finer, but with pytest 9 and pytest-xdist 3.8 it ignores every ``xdist_group`` mark: xdist
+renames ``item._nodeid``, which pytest 9 no longer reads.)
 """
 
 from __future__ import annotations
@@ -18,19 +21,14 @@ from tests.services import PrivateRedis, need_postgres, redis_database_url
 
 pytest_plugins = [f"tests.{p.stem}" for p in sorted(Path(__file__).parent.glob("fixtures_*.py"))]
 
-# Heavy modules, longest first (measured with --durations); everything else follows in
-# collection order.
-HEAVY = ["test_chaos.py", "test_demo.py", "test_e2e_engine.py", "test_benchmarks_smoke.py"]
-ONE_WORKER = {"test_demo.py": "demo"}  # module-scoped runs shared by the module's tests
+# The first two go to the two workers; the third is queued behind the single chaos test and
+# the fourth goes to whichever worker runs short first (xdist hands a worker another file when
+# it has two tests or fewer left).
+HEAVY = ["test_chaos.py", "test_demo.py", "test_benchmarks_smoke.py", "test_e2e_engine.py"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        group = ONE_WORKER.get(item.path.name)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    if hasattr(config, "workerinput"):  # an xdist worker: a serial run keeps file order
+    if hasattr(config, "workerinput"):  # an xdist worker; a serial run keeps file order
 
         def rank(item: pytest.Item) -> int:
             name = item.path.name
