@@ -21,9 +21,9 @@ from tests.services import PrivateRedis, need_postgres, redis_database_url
 
 pytest_plugins = [f"tests.{p.stem}" for p in sorted(Path(__file__).parent.glob("fixtures_*.py"))]
 
-# The first two go to the two workers; the third is queued behind the single chaos test and
-# the fourth goes to whichever worker runs short first (xdist hands a worker another file when
-# it has two tests or fewer left).
+# Longest first. xdist gives each worker one file, then another whenever it has two tests or
+# fewer left: scripts/test runs the chaos suite on its own, so there the demo goes to one
+# worker and the benchmark smoke then the e2e test to the other.
 HEAVY = ["test_chaos.py", "test_demo.py", "test_benchmarks_smoke.py", "test_e2e_engine.py"]
 
 
