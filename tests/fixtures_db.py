@@ -4,15 +4,13 @@ PostgreSQL, plus a scripted in-memory provider and a settable clock.
 PostgreSQL: migrations run once per session into a template database; each test gets
 ``CREATE DATABASE … TEMPLATE …`` (fast) and it is dropped afterwards. SQLite: a migrated
 template file copied per test. Database names start with ``wxrecon_engine_`` and carry the
-xdist worker id, so parallel runs never collide.
+run's id (``tests.services.unique_name``), so parallel and concurrent runs never collide.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.services import unique_name
 from wxrecon import runtime
 from wxrecon.config import Settings
 from wxrecon.store.db import Database, normalize_url, upgrade
@@ -39,10 +38,6 @@ from wxrecon.wechatpay.resources import (
 )
 
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def _worker() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def _admin_conninfo(url: str) -> str:
@@ -68,7 +63,7 @@ def pg_admin(base_url: str, *statements: str) -> None:
 def pg_template(postgres_url: str) -> Iterator[str]:
     """A migrated template database; yields its name."""
     # Unique per test session: several sessions (other engineers, CI) may run at once.
-    name = f"wxrecon_engine_tpl_{_worker()}_{os.getpid()}"
+    name = unique_name("wxrecon_engine_tpl")
     pg_admin(
         postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
     )
@@ -87,7 +82,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fresh_pg_url(postgres_url: str, template: str) -> str:
-    name = f"wxrecon_engine_{_worker()}_{uuid.uuid4().hex[:10]}"
+    name = unique_name("wxrecon_engine")
     pg_admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template}")
     return _pg_url(postgres_url, name)
 

@@ -1,14 +1,31 @@
-"""Where the test services live, and the rule for when they are absent.
+"""Where the test services live, the names a run uses on them, and the rule for when they are
+absent.
 
-A test that needs PostgreSQL or Redis skips only when the service truly does not answer, and
-fails instead when ``WXRECON_REQUIRE_SERVICES=1`` (CI sets it), so CI never goes green on a
-silently skipped suite.
+Every name a run creates on a shared server carries ``RUN_ID`` (xdist worker, pid and random
+hex), so two runs on one machine or one server (a developer's and CI's, two worktrees) never
+touch each other's data.
+
+- PostgreSQL: the server of ``WXRECON_TEST_POSTGRES_URL`` (default 127.0.0.1:5432, user
+  postgres). Each database is named ``unique_name(prefix)`` and dropped by its fixture.
+- Redis: Redis has only 16 numbered databases, too few to be unique per run, so each session
+  (each xdist worker) starts its own ``redis-server`` on a free loopback port, with no
+  persistence, and stops it at the end; tests take distinct database numbers on it
+  (``redis_db``). When ``WXRECON_TEST_REDIS_URL`` is set, that server is used instead, as is:
+  the caller then owns the isolation (one run per server). Without either, a Redis test skips.
+
+A test that needs a service skips only when the service truly is not there, and fails instead
+when ``WXRECON_REQUIRE_SERVICES=1`` (CI sets it), so CI never goes green on a silently skipped
+suite.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import socket
+import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -16,7 +33,18 @@ import pytest
 POSTGRES_URL = os.environ.get(
     "WXRECON_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("WXRECON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+EXTERNAL_REDIS_URL = os.environ.get("WXRECON_TEST_REDIS_URL")
+REDIS_DATABASES = 16  # redis-server's default ``databases``
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+# Each xdist worker is its own process and imports this module itself: one id per session.
+RUN_ID = f"{WORKER}_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def unique_name(prefix: str) -> str:
+    """A database name no other run or test uses: ``prefix``, the run id and random hex
+    (lower case, digits and ``_`` only, well under PostgreSQL's 63 characters)."""
+    return f"{prefix}_{RUN_ID}_{uuid.uuid4().hex[:6]}".lower()
 
 
 def services_required() -> bool:
@@ -34,18 +62,61 @@ def _answers(url: str, default_port: int) -> bool:
         return False
 
 
-def need(name: str, url: str, default_port: int) -> str:
-    if _answers(url, default_port):
-        return url
-    message = f"{name} does not answer at {url}"
+def absent(message: str) -> None:
     if services_required():
         pytest.fail(f"{message} and WXRECON_REQUIRE_SERVICES is set")
     pytest.skip(message)
+
+
+def need(name: str, url: str, default_port: int) -> str:
+    if not _answers(url, default_port):
+        absent(f"{name} does not answer at {url}")
+    return url
 
 
 def need_postgres() -> str:
     return need("PostgreSQL", POSTGRES_URL, 5432)
 
 
-def need_redis() -> str:
-    return need("Redis", REDIS_URL, 6379)
+def redis_database_url(server_url: str, number: int) -> str:
+    """The URL of database ``number`` on the server of ``server_url``."""
+    return f"{server_url.rstrip('/').rsplit('/', 1)[0]}/{number}"
+
+
+class PrivateRedis:
+    """This session's own ``redis-server`` (started on first use, stopped at session end)."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.url: str | None = None
+        self._sup = None
+        self._next = 1  # database 0 is the session-wide ``redis_url``
+
+    def start(self) -> str:
+        if self.url is not None:
+            return self.url
+        if EXTERNAL_REDIS_URL:
+            self.url = need("Redis", EXTERNAL_REDIS_URL, 6379)
+            return self.url
+        if shutil.which("redis-server") is None:
+            absent("redis-server is not on the PATH (or set WXRECON_TEST_REDIS_URL)")
+        from benchmarks.harness import RedisServer  # celery and psycopg: only when needed
+        from wxrecon.demo.procs import Supervisor
+
+        self._sup = Supervisor()
+        try:
+            server = RedisServer(self._sup, self.work).start()
+        except TimeoutError:  # the free port was taken in between: once more, on another
+            server = RedisServer(self._sup, self.work).start()
+        self.url = server.url
+        return self.url
+
+    def next_database(self) -> str:
+        """A database number no other test of this session used (cycling after 15)."""
+        number = self._next
+        self._next = self._next % (REDIS_DATABASES - 1) + 1
+        return redis_database_url(self.start(), number)
+
+    def stop(self) -> None:
+        if self._sup is not None:
+            self._sup.stop_all()

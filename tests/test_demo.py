@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import unique_name
 from wxrecon.demo.mix import BILL, DEMO_BAL_ACCOUNT_NOS, NORMAL, NOT_ENOUGH, SLOW_SETTLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -243,7 +244,7 @@ def test_the_demo_passes_several_times_in_a_row(tmp_path: Path):
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_the_same_demo_runs_on_redis_and_postgresql(
-    postgres_url: str, redis_url: str, tmp_path: Path
+    postgres_url: str, redis_db: str, tmp_path: Path
 ):
     import psycopg
     from sqlalchemy.engine import make_url
@@ -251,7 +252,7 @@ def test_the_same_demo_runs_on_redis_and_postgresql(
     from wxrecon.store.db import normalize_url
 
     base = make_url(normalize_url(postgres_url))
-    name = f"wxrecon_cli_demo_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    name = unique_name("wxrecon_cli_demo")
 
     def conninfo(database: str | None) -> str:
         return f"host={base.host} port={base.port or 5432} user={base.username} dbname={database}"
@@ -263,7 +264,7 @@ def test_the_same_demo_runs_on_redis_and_postgresql(
         work = tmp_path / "services"
         env = demo_env() | {
             "WXRECON_DATABASE_URL": base.set(database=name).render_as_string(hide_password=False),
-            "WXRECON_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/12",  # this area's Redis DB
+            "WXRECON_BROKER_URL": redis_db,  # this test's own database on the private Redis
         }
         proc = subprocess.run(
             wxrecon("demo", "--orders", "8", "--dir", str(work), "--timeout", "120", "--json"),

@@ -69,8 +69,8 @@ def test_it_serves_the_configured_port_and_stops_on_sigterm(tmp_path: Path):
 
 
 @pytest.mark.redis
-def test_it_leaves_a_server_that_already_answers_alone(tmp_path: Path, redis_url: str):
-    url = redis_url.rsplit("/", 1)[0] + "/12"
+def test_it_leaves_a_server_that_already_answers_alone(tmp_path: Path, redis_db: str):
+    url = redis_db
     proc = start(tmp_path, url)
     try:
         assert proc.stdout is not None

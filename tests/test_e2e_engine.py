@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
 from tests.workload import FAULTS, Order, all_in, make_orders, order_states
@@ -38,7 +36,6 @@ from wxrecon.worker import INTAKE_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(420)]
 
-REDIS_DB = 4  # this test's own broker database (the demo test uses 12, the suite 15)
 MERCHANTS = ["1900000101", "1900000102", "1900000103"]
 PER_MERCHANT = 100
 HELPER_EVERY = 10  # every 10th order goes through the Python helper instead of send_task
@@ -116,14 +113,8 @@ def processes() -> Iterator[Processes]:
 
 
 @pytest.fixture
-def broker_url(redis_url: str) -> Iterator[str]:
-    url = make_url(redis_url.replace("redis://", "redis+x://")).set(database=str(REDIS_DB))
-    broker = url.render_as_string(hide_password=False).replace("redis+x://", "redis://")
-    client = redis.Redis.from_url(broker)
-    client.flushdb()
-    yield broker
-    client.flushdb()
-    client.close()
+def broker_url(redis_db: str) -> str:
+    return redis_db  # this test's own database on the session's private Redis
 
 
 @pytest.fixture

@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
 from tests.test_e2e_engine import Processes
@@ -38,7 +36,6 @@ from wxrecon.worker import INTAKE_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(420)]
 
-REDIS_DB = 7  # this test's own broker database (the engine e2e uses 4, the demo 12, suite 15)
 MERCHANTS = ["1900000201", "1900000202"]
 PER_MERCHANT = 30
 BILLS = 8
@@ -89,14 +86,8 @@ def processes() -> Iterator[Processes]:
 
 
 @pytest.fixture
-def broker_url(redis_url: str) -> Iterator[str]:
-    url = make_url(redis_url.replace("redis://", "redis+x://")).set(database=str(REDIS_DB))
-    broker = url.render_as_string(hide_password=False).replace("redis+x://", "redis://")
-    client = redis.Redis.from_url(broker)
-    client.flushdb()
-    yield broker
-    client.flushdb()
-    client.close()
+def broker_url(redis_db: str) -> str:
+    return redis_db  # this session's private Redis, a database no other test uses
 
 
 @pytest.fixture

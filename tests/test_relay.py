@@ -166,9 +166,8 @@ def test_a_claim_is_leased_to_one_relay(db: Database, clock: FakeClock) -> None:
 
 
 @pytest.fixture
-def broker(redis_url: str) -> str:
-    # Its own database number: no other test or helper uses 7.
-    return redis_url.rsplit("/", 1)[0] + "/7"
+def broker(redis_db: str) -> str:
+    return redis_db  # a database of this session's private Redis that no other test uses
 
 
 def test_a_target_that_took_the_event_is_not_sent_it_again(
