@@ -275,8 +275,13 @@ def test_unknown_enum_values_are_kept_verbatim() -> None:
     )
     assert r.state == "STATE_UNKNOWN" and not r.state.known and not r.state.final
     assert isinstance(r.state, ReductionState)
-    assert r.fail_reason == "SOMETHING_NEW" and not r.fail_reason.known
-    assert isinstance(r.fail_reason, FailReason)
+    assert r.fail_reason is None and r.dropped == ("fail_reason",)  # valid for FAILED only
+    failed = SpecialReduction.parse(
+        {"out_request_no": "A1", "state": "FAILED", "fail_reason": "SOMETHING_NEW"},
+        expect_out_request_no="A1",
+    )
+    assert failed.fail_reason == "SOMETHING_NEW" and not failed.fail_reason.known
+    assert isinstance(failed.fail_reason, FailReason)
     assert r.reduction_type == "REDUCTION_TYPE_UNKNOWN"
     b = CompensationBill.parse(
         {**DOC_BILL, "state": "REFUNDING"}, expect_out_bill_no="plfk2020042013"
@@ -312,7 +317,12 @@ def test_parse_balance() -> None:
     assert ChannelBalance.parse(
         {"in_transit_reduction_exist": False, "balance": 1}
     ) == ChannelBalance(1, False)
-    assert ChannelBalance.parse({"balance": 0}).in_transit_reduction_exist is False
+    # Both fields are optional (选填): an absent or empty one is not sent, never False or 0.
+    assert ChannelBalance.parse({"balance": 0}).in_transit_reduction_exist is None
+    assert ChannelBalance.parse({}) == ChannelBalance(None, None)
+    assert ChannelBalance.parse({"balance": "", "in_transit_reduction_exist": ""}) == (
+        ChannelBalance(None, None)
+    )
 
 
 @pytest.mark.parametrize(
@@ -321,7 +331,7 @@ def test_parse_balance() -> None:
         ([], "not a JSON object"),
         ({"state": 1, "out_request_no": "A1"}, "field state is not a string"),
         ({"out_request_no": "A1"}, "field state is missing"),
-        ({"out_request_no": "A1", "state": ""}, "field state is empty"),
+        ({"out_request_no": "A1", "state": ""}, "field state is missing"),  # empty is missing
         ({"out_request_no": "B2", "state": "SUCCESS"}, "another out_request_no"),
         ({"out_request_no": "A1", "state": "SUCCESS", "amount": "1"}, "amount is not an integer"),
         ({"out_request_no": "A1", "state": "SUCCESS", "amount": 1.0}, "amount is not an integer"),
@@ -358,7 +368,7 @@ def test_garbled_bill(data: object, complaint: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [{}, {"balance": "1"}, {"balance": 1, "in_transit_reduction_exist": "no"}, None, "x"]
+    "data", [{"balance": "1"}, {"balance": 1, "in_transit_reduction_exist": "no"}, None, "x"]
 )
 def test_garbled_balance(data: object) -> None:
     with pytest.raises(GarbledResponse):
@@ -454,7 +464,8 @@ def test_balance_parse_property(data: Any) -> None:
         b = ChannelBalance.parse(data)
     except GarbledResponse:
         return
-    assert type(b.balance) is int and type(b.in_transit_reduction_exist) is bool
+    assert b.balance is None or type(b.balance) is int
+    assert b.in_transit_reduction_exist is None or type(b.in_transit_reduction_exist) is bool
 
 
 # -- every field fits the column that stores it ---------------------------------------------
@@ -499,7 +510,8 @@ BILL_TEXT = ["sp_mchid", "sponsor_mchid", "bill_id", "transfer_remark", "state"]
 @pytest.mark.parametrize("name", REDUCTION_TEXT)
 def test_an_over_long_reduction_field_is_garbled(name: str) -> None:
     limit = FIELD_LIMITS[name]
-    base = {"out_request_no": "A1", "state": "SUCCESS"}
+    state = "FAILED" if name == "fail_reason" else "SUCCESS"  # kept only in its state
+    base = {"out_request_no": "A1", "state": state}
     fits = SpecialReduction.parse({**base, name: "1" * limit}, expect_out_request_no="A1")
     assert len(str(getattr(fits, name))) == limit
     with pytest.raises(GarbledResponse, match=f"field {name} is longer than {limit}"):
