@@ -590,3 +590,126 @@ def test_an_answer_about_another_order_is_garbled(
             expect_mchid=DOC_REDUCTION["mchid"],
             expect_amount=DOC_REDUCTION["amount"],
         )
+
+
+# -- the pages taken literally (issue 18) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "kept", "dropped"),
+    [
+        ("SUCCESS", {"quota_change_no", "success_time"}, ("fail_time", "fail_reason")),
+        ("FAILED", {"fail_time", "fail_reason"}, ("quota_change_no", "success_time")),
+        ("PROCESSING", set(), ("quota_change_no", "success_time", "fail_time", "fail_reason")),
+        ("STATE_UNKNOWN", set(), ("quota_change_no", "success_time", "fail_time", "fail_reason")),
+    ],
+)
+def test_fields_valid_for_one_state_are_kept_only_in_it(
+    state: str, kept: set[str], dropped: tuple[str, ...]
+) -> None:
+    every = {
+        "quota_change_no": "Q1",
+        "success_time": "2015-05-20T13:29:35+08:00",
+        "fail_time": "2015-05-20T13:29:35+08:00",
+        "fail_reason": "BALANCE_NOT_ENOUGH",
+    }
+    r = SpecialReduction.parse(
+        {"out_request_no": "A1", "state": state, **every}, expect_out_request_no="A1"
+    )
+    assert {name for name in every if getattr(r, name) is not None} == kept
+    assert set(r.dropped) == set(dropped)
+    # Nothing sent, nothing dropped.
+    bare = SpecialReduction.parse(
+        {"out_request_no": "A1", "state": state}, expect_out_request_no="A1"
+    )
+    assert bare.dropped == ()
+
+
+def test_a_dropped_field_is_still_checked() -> None:
+    """Dropped or not, a malformed field makes the answer garbled (it is not the provider's)."""
+    with pytest.raises(GarbledResponse, match="fail_time is not an RFC 3339"):
+        SpecialReduction.parse(
+            {"out_request_no": "A1", "state": "SUCCESS", "fail_time": "yesterday"},
+            expect_out_request_no="A1",
+        )
+
+
+def test_the_page_example_answer_parses_to_a_success_without_a_fail_reason() -> None:
+    page = {
+        **DOC_REDUCTION,
+        "fail_time": "2015-05-20T13:29:35+08:00",
+        "fail_reason": "BALANCE_NOT_ENOUGH",
+    }
+    r = SpecialReduction.parse(page, expect_out_request_no=page["out_request_no"])
+    assert r.state is ReductionState.SUCCESS and r.fail_reason is None and r.fail_time is None
+    assert r.dropped == ("fail_time", "fail_reason")
+
+
+@pytest.mark.parametrize("name", ["reduction_type", "fail_reason", "quota_change_no", "mchid"])
+def test_an_empty_text_field_is_a_missing_one(name: str) -> None:
+    base = {"out_request_no": "A1", "state": "FAILED"}
+    empty = SpecialReduction.parse({**base, name: ""}, expect_out_request_no="A1")
+    assert getattr(empty, name) is None
+    assert empty == SpecialReduction.parse(base, expect_out_request_no="A1")
+    assert "mchid" in empty.missing_identity()  # an empty mchid was not sent
+
+
+def test_an_empty_out_bill_no_is_missing_and_an_empty_bill_field_not_sent() -> None:
+    with pytest.raises(GarbledResponse, match="out_bill_no is missing"):
+        CompensationBill.parse({**DOC_BILL, "out_bill_no": ""}, expect_out_bill_no="x")
+    b = CompensationBill.parse(
+        {**DOC_BILL, "sp_mchid": "", "transfer_remark": ""}, expect_out_bill_no="plfk2020042013"
+    )
+    assert b.sp_mchid is None and b.transfer_remark is None
+
+
+def test_receiver_detail_is_read_and_bounded() -> None:
+    full = {
+        **DOC_BILL,
+        "receiver_detail": {
+            "receiver": {
+                "type": "TRANSACTION_USER",
+                "transaction_info": {"transaction_id": "1217752501", "type": "WXVALUE"},
+            }
+        },
+    }
+    b = CompensationBill.parse(full, expect_out_bill_no="plfk2020042013")
+    assert b.receiver_detail is not None
+    assert b.receiver_detail.as_dict() == {
+        "type": "TRANSACTION_USER",
+        "transaction_id": "1217752501",
+        "transaction_type": "WXVALUE",
+    }
+    partial = CompensationBill.parse(DOC_BILL, expect_out_bill_no="plfk2020042013")
+    assert partial.receiver_detail is not None  # only the receiver's type was sent
+    assert partial.receiver_detail.as_dict() == {"type": "TRANSACTION_USER"}
+    absent = {k: v for k, v in DOC_BILL.items() if k != "receiver_detail"}
+    assert (
+        CompensationBill.parse(absent, expect_out_bill_no="plfk2020042013").receiver_detail is None
+    )
+    too_long = json.loads(json.dumps(full))
+    too_long["receiver_detail"]["receiver"]["transaction_info"]["transaction_id"] = "1" * 65
+    with pytest.raises(GarbledResponse, match="transaction_id is longer than 64"):
+        CompensationBill.parse(too_long, expect_out_bill_no="plfk2020042013")
+    with pytest.raises(GarbledResponse, match="receiver_detail: response body is not"):
+        CompensationBill.parse(
+            {**DOC_BILL, "receiver_detail": "x"}, expect_out_bill_no="plfk2020042013"
+        )
+
+
+def test_a_bill_naming_another_sp_mchid_is_garbled() -> None:
+    ok = CompensationBill.parse(
+        DOC_BILL, expect_out_bill_no="plfk2020042013", expect_sp_mchid="1900001108"
+    )
+    assert ok.sp_mchid == "1900001108"
+    with pytest.raises(GarbledResponse, match="another sp_mchid"):
+        CompensationBill.parse(
+            DOC_BILL, expect_out_bill_no="plfk2020042013", expect_sp_mchid="1900000001"
+        )
+    absent = {k: v for k, v in DOC_BILL.items() if k != "sp_mchid"}
+    assert (
+        CompensationBill.parse(
+            absent, expect_out_bill_no="plfk2020042013", expect_sp_mchid="1900000001"
+        ).sp_mchid
+        is None
+    )

@@ -83,8 +83,8 @@ STATE_ONLY_FIELDS: Mapping[str, ReductionState] = MappingProxyType(
     {
         "quota_change_no": ReductionState.SUCCESS,
         "success_time": ReductionState.SUCCESS,
-        "fail_reason": ReductionState.FAILED,
         "fail_time": ReductionState.FAILED,
+        "fail_reason": ReductionState.FAILED,
     }
 )
 
