@@ -696,3 +696,17 @@ def test_sim_unknown_outcome_is_kept_and_reconciled(recorded: Recorded) -> None:
 
 def made_id(result: Any) -> int:
     return int(json.loads(result.stdout)["id"])
+
+
+def test_balance_fields_not_sent_are_never_shown_as_values(keys: KeySet, fake: Provider) -> None:
+    """Both balance fields are optional (选填): one the provider left out (or sent empty) is
+    "not given" / "unknown" in the table and null in JSON, never 0 or "no"."""
+    fake.answers = [signed_response(keys, {"in_transit_reduction_exist": ""})] * 2
+    table = _run("balance", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO)
+    assert table.exit_code == 0, table.output
+    shown = {line.split()[1]: line for line in table.stdout.splitlines() if "│" in line}
+    assert "not given" in shown["balance"] and "fen" not in shown["balance"]
+    assert "unknown" in shown["in_transit_reduction_exist"]
+    as_json = _run("balance", "--mchid", MCHID, "--bal-account-no", BAL_ACCOUNT_NO, "--json")
+    data = json.loads(as_json.stdout)
+    assert data["balance"] is None and data["in_transit_reduction_exist"] is None

@@ -213,7 +213,59 @@ CASES = [
         "NEEDS_REVIEW",
     ),
     Case("success for another amount", QUERY, ok(state="SUCCESS", amount=99), T0, Action.REVIEW),
-    Case("unknown state", QUERY, ok(state="STATE_UNKNOWN"), T0, Action.REVIEW),
+    # STATE_UNKNOWN may be a passing state: asked again on the schedule (issue 18).
+    Case("unknown state", QUERY, ok(state="STATE_UNKNOWN"), T0, Action.LATER),
+    # Issue 18: the pages taken literally.
+    Case(
+        "unknown state once the budget is spent",
+        QUERY,
+        ok(state="STATE_UNKNOWN"),
+        T0,
+        Action.REVIEW,
+        "NEEDS_REVIEW",
+        (("state", "PROCESSING"), ("attempts", 5)),
+    ),
+    Case("unknown state answering a POST", POST, ok(state="STATE_UNKNOWN"), T0, Action.LATER),
+    Case(
+        "REDUCTION_TYPE_UNKNOWN on success",
+        QUERY,
+        ok(state="SUCCESS", reduction_type="REDUCTION_TYPE_UNKNOWN"),
+        T0,
+        Action.RECORD,
+        "SUCCESS",
+    ),
+    Case(
+        "a type nobody documented on success",
+        POST,
+        ok(state="SUCCESS", reduction_type="TAX_DEDUCTION"),
+        T0,
+        Action.RECORD,
+        "SUCCESS",
+    ),
+    Case(
+        "a known other type on success",
+        QUERY,
+        ok(state="SUCCESS", reduction_type="JUDICIAL_DEDUCTION"),
+        T0,
+        Action.REVIEW,
+        "NEEDS_REVIEW",
+    ),
+    Case(
+        "RECEIPT_NOT_EXIST_CLOSED",
+        QUERY,
+        ok(state="FAILED", fail_reason="RECEIPT_NOT_EXIST_CLOSED", amount=None),
+        T0,
+        Action.RECORD,
+        "FAILED",
+    ),
+    Case(
+        "RECEIPT_NOT_EXIST",
+        QUERY,
+        ok(state="FAILED", fail_reason="RECEIPT_NOT_EXIST", amount=None),
+        T0,
+        Action.RECORD,
+        "FAILED",
+    ),
 ]
 
 
@@ -276,3 +328,29 @@ def test_rows_match_their_tables() -> None:
     for kind in (REDUCTION, BILL):
         columns = {c.name for c in kind.model.__table__.columns}
         assert set(field_names(kind.row)) == columns, kind
+
+
+def test_an_unknown_state_is_asked_again_on_the_schedule_with_nothing_recorded() -> None:
+    got = decisions.decide(REDUCTION, row(), QUERY, ok(state="STATE_UNKNOWN"), T0, POLICY)
+    assert isinstance(got, Write) and got.to is None and got.values["attempts"] == 1
+    assert got.values["next_poll_at"] == T0 + timedelta(seconds=5)  # the schedule's first step
+    assert "provider_state" not in got.values and "STATE_UNKNOWN" in got.values["last_error"]
+    assert got.values["last_request_id"] == "rid-q"
+    bills = decisions.decide(BILL, bill_row(), QUERY, bill("B1", "REFUNDING"), T0, POLICY)
+    assert isinstance(bills, Write) and bills.action == Action.LATER and bills.to is None
+
+
+def test_the_event_names_dropped_fields_and_an_unknown_type() -> None:
+    import dataclasses
+
+    answer = dataclasses.replace(
+        ok(state="SUCCESS", reduction_type="REDUCTION_TYPE_UNKNOWN"),
+        dropped=("fail_reason", "fail_time"),
+    )
+    got = decisions.decide(REDUCTION, row(), QUERY, answer, T0, POLICY)
+    assert isinstance(got, Write) and got.to == "SUCCESS"
+    assert "dropped fail_reason, fail_time: not valid for state SUCCESS" in got.reason
+    assert "reduction_type REDUCTION_TYPE_UNKNOWN is not one we know" in got.reason
+    assert got.values["fail_reason"] is None
+    plain = decisions.decide(REDUCTION, row(), QUERY, ok(state="PROCESSING"), T0, POLICY)
+    assert isinstance(plain, Write) and plain.reason == "query: PROCESSING"

@@ -165,3 +165,74 @@ def test_the_factory_grants_exactly_the_rate_it_was_given(backend: str, request:
     waits = [limiter.acquire(key) for _ in range(8)]
     assert waits[:7] == [0.0] * 7
     assert waits[7] > 0
+
+
+# -- the scope of a budget (issue 18: "单特殊减额目标商户号100qps" on both pages) -----------------
+
+
+def test_limit_keys_per_endpoint_by_default_and_per_merchant_when_shared() -> None:
+    from wxrecon.ratelimit import limit_key
+
+    m = "1900000001"
+    assert limit_key(Endpoint.SUBMIT_REDUCTION, m) == f"submit_reduction:{m}"
+    assert limit_key(Endpoint.QUERY_REDUCTION, m) == f"query_reduction:{m}"
+    submit = limit_key(Endpoint.SUBMIT_REDUCTION, m, "merchant")
+    assert submit == limit_key(Endpoint.QUERY_REDUCTION, m, "merchant") == f"special_reduction:{m}"
+    assert limit_key(Endpoint.QUERY_REDUCTION, "1900000002", "merchant") != submit
+    # The balance and bill queries have budgets of their own in either scope.
+    for endpoint in (Endpoint.QUERY_BALANCE, Endpoint.QUERY_BILL):
+        assert limit_key(endpoint, m, "merchant") == limit_key(endpoint, m) == f"{endpoint}:{m}"
+
+
+@pytest.mark.parametrize(("scope", "shared"), [("endpoint", False), ("merchant", True)])
+def test_the_scope_decides_whether_submits_and_queries_share_a_budget(
+    scope: Any, shared: bool
+) -> None:
+    limiter = LocalRateLimiter(2, window=1.0, clock=FakeClock())
+    hook = rate_limit_hook(limiter, max_wait=0.0, scope=scope)
+    m = "1900000001"
+    hook(Endpoint.SUBMIT_REDUCTION, m)
+    hook(Endpoint.SUBMIT_REDUCTION, m)
+    if shared:  # the merchant's two grants are spent: a query now waits for the window
+        with pytest.raises(Throttled) as info:
+            hook(Endpoint.QUERY_REDUCTION, m)
+        assert info.value.key == f"special_reduction:{m}"
+    else:
+        hook(Endpoint.QUERY_REDUCTION, m)
+        hook(Endpoint.QUERY_REDUCTION, m)
+        with pytest.raises(Throttled):
+            hook(Endpoint.QUERY_REDUCTION, m)
+    hook(Endpoint.QUERY_REDUCTION, "1900000002")  # another target merchant: its own budget
+    hook(Endpoint.QUERY_BALANCE, m)  # the balance query is never in the shared budget
+
+
+def test_an_unknown_scope_is_refused() -> None:
+    with pytest.raises(ValueError, match="endpoint, merchant"):
+        rate_limit_hook(LocalRateLimiter(1), max_wait=0.0, scope="global")  # type: ignore[arg-type]
+
+
+def test_the_scope_setting_reaches_the_runtime_client(
+    monkeypatch: pytest.MonkeyPatch, keys: Any, tmp_path: Any
+) -> None:
+    from wxrecon import runtime
+    from wxrecon.config import Settings, SettingsError
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in keys.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WXRECON_RATE_LIMIT_PER_SECOND", "1")
+    monkeypatch.setenv("WXRECON_RATE_LIMIT_MAX_WAIT", "0")
+    monkeypatch.setenv("WXRECON_BROKER_URL", "filesystem://")  # an in-process limiter
+    assert Settings().rate_limit_scope == "endpoint"  # the default: per endpoint
+    monkeypatch.setenv("WXRECON_RATE_LIMIT_SCOPE", "merchant")
+    client = runtime.build_client(Settings())
+    try:
+        hook = client.before_request  # type: ignore[attr-defined]
+        hook(Endpoint.SUBMIT_REDUCTION, "1900000109")
+        with pytest.raises(Throttled):
+            hook(Endpoint.QUERY_REDUCTION, "1900000109")
+    finally:
+        client.close()  # type: ignore[attr-defined]
+    monkeypatch.setenv("WXRECON_RATE_LIMIT_SCOPE", "everything")
+    with pytest.raises((SettingsError, ValueError)):
+        Settings()

@@ -449,12 +449,24 @@ def test_post_answer_whose_ledger_number_does_not_decrypt_is_an_unknown_outcome(
     assert poll(rec, db, clock, order.order_id) == RState.SUCCESS
 
 
-def test_unknown_provider_state_needs_review(
-    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+def test_unknown_provider_state_is_asked_again_then_reviewed(
+    db: Database,
+    rec: Reconciler,
+    provider: FakeProvider,
+    clock: FakeClock,
+    engine_settings: EngineSettings,
 ) -> None:
+    """An unknown state may be a passing one (issue 18): queried on the schedule, and only
+    once the attempt budget is spent does a person look."""
     order = intake(db, clock)
     provider.submit_answers.append(reduction("R1", "REVERSED"))
-    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.NEEDS_REVIEW
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.SUBMITTED
+    assert "REVERSED" in (row_of(db, order.order_id).last_error or "")
+    for _ in range(engine_settings.poll_max_attempts - 1):
+        provider.query_answers.append(reduction("R1", "STATE_UNKNOWN"))
+        poll(rec, db, clock, order.order_id)
+    row = row_of(db, order.order_id)
+    assert row.state == RState.NEEDS_REVIEW and "gave up after 6 attempts" in (row.last_error or "")
 
 
 @pytest.mark.parametrize(
@@ -854,13 +866,17 @@ def test_bill_cancelled_through_canceling(
     assert steps[-2:] == [("WAIT_USER_CONFIRM", "CANCELING"), ("CANCELING", "CANCELLED")]
 
 
-def test_bill_unknown_state_needs_review(
+def test_bill_unknown_state_is_asked_again(
     db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
 ) -> None:
     order = track(db, clock)
     provider.bill_answers.append(bill("B1", "REFUNDED"))
-    assert rec.process(BILL, order.order_id, order.token or "") == BState.NEEDS_REVIEW
-    assert "REFUNDED" in (bill_of(db, order.order_id).last_error or "")
+    assert rec.process(BILL, order.order_id, order.token or "") == BState.TRACKING
+    row = bill_of(db, order.order_id)
+    assert "REFUNDED" in (row.last_error or "") and row.attempts == 1
+    assert row.provider_state is None  # nothing recorded from an answer we cannot read
+    provider.bill_answers.append(bill("B1", "SUCCESS"))
+    assert poll_bill(rec, db, clock, order.order_id) == BState.SUCCESS
 
 
 @pytest.mark.parametrize("final", ["SUCCESS", "CANCELLED"])

@@ -275,8 +275,13 @@ def test_unknown_enum_values_are_kept_verbatim() -> None:
     )
     assert r.state == "STATE_UNKNOWN" and not r.state.known and not r.state.final
     assert isinstance(r.state, ReductionState)
-    assert r.fail_reason == "SOMETHING_NEW" and not r.fail_reason.known
-    assert isinstance(r.fail_reason, FailReason)
+    assert r.fail_reason is None and r.dropped == ("fail_reason",)  # valid for FAILED only
+    failed = SpecialReduction.parse(
+        {"out_request_no": "A1", "state": "FAILED", "fail_reason": "SOMETHING_NEW"},
+        expect_out_request_no="A1",
+    )
+    assert failed.fail_reason == "SOMETHING_NEW" and not failed.fail_reason.known
+    assert isinstance(failed.fail_reason, FailReason)
     assert r.reduction_type == "REDUCTION_TYPE_UNKNOWN"
     b = CompensationBill.parse(
         {**DOC_BILL, "state": "REFUNDING"}, expect_out_bill_no="plfk2020042013"
@@ -312,7 +317,12 @@ def test_parse_balance() -> None:
     assert ChannelBalance.parse(
         {"in_transit_reduction_exist": False, "balance": 1}
     ) == ChannelBalance(1, False)
-    assert ChannelBalance.parse({"balance": 0}).in_transit_reduction_exist is False
+    # Both fields are optional (选填): an absent or empty one is not sent, never False or 0.
+    assert ChannelBalance.parse({"balance": 0}).in_transit_reduction_exist is None
+    assert ChannelBalance.parse({}) == ChannelBalance(None, None)
+    assert ChannelBalance.parse({"balance": "", "in_transit_reduction_exist": ""}) == (
+        ChannelBalance(None, None)
+    )
 
 
 @pytest.mark.parametrize(
@@ -321,7 +331,7 @@ def test_parse_balance() -> None:
         ([], "not a JSON object"),
         ({"state": 1, "out_request_no": "A1"}, "field state is not a string"),
         ({"out_request_no": "A1"}, "field state is missing"),
-        ({"out_request_no": "A1", "state": ""}, "field state is empty"),
+        ({"out_request_no": "A1", "state": ""}, "field state is missing"),  # empty is missing
         ({"out_request_no": "B2", "state": "SUCCESS"}, "another out_request_no"),
         ({"out_request_no": "A1", "state": "SUCCESS", "amount": "1"}, "amount is not an integer"),
         ({"out_request_no": "A1", "state": "SUCCESS", "amount": 1.0}, "amount is not an integer"),
@@ -358,7 +368,7 @@ def test_garbled_bill(data: object, complaint: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [{}, {"balance": "1"}, {"balance": 1, "in_transit_reduction_exist": "no"}, None, "x"]
+    "data", [{"balance": "1"}, {"balance": 1, "in_transit_reduction_exist": "no"}, None, "x"]
 )
 def test_garbled_balance(data: object) -> None:
     with pytest.raises(GarbledResponse):
@@ -454,7 +464,8 @@ def test_balance_parse_property(data: Any) -> None:
         b = ChannelBalance.parse(data)
     except GarbledResponse:
         return
-    assert type(b.balance) is int and type(b.in_transit_reduction_exist) is bool
+    assert b.balance is None or type(b.balance) is int
+    assert b.in_transit_reduction_exist is None or type(b.in_transit_reduction_exist) is bool
 
 
 # -- every field fits the column that stores it ---------------------------------------------
@@ -499,7 +510,8 @@ BILL_TEXT = ["sp_mchid", "sponsor_mchid", "bill_id", "transfer_remark", "state"]
 @pytest.mark.parametrize("name", REDUCTION_TEXT)
 def test_an_over_long_reduction_field_is_garbled(name: str) -> None:
     limit = FIELD_LIMITS[name]
-    base = {"out_request_no": "A1", "state": "SUCCESS"}
+    state = "FAILED" if name == "fail_reason" else "SUCCESS"  # kept only in its state
+    base = {"out_request_no": "A1", "state": state}
     fits = SpecialReduction.parse({**base, name: "1" * limit}, expect_out_request_no="A1")
     assert len(str(getattr(fits, name))) == limit
     with pytest.raises(GarbledResponse, match=f"field {name} is longer than {limit}"):
@@ -578,3 +590,126 @@ def test_an_answer_about_another_order_is_garbled(
             expect_mchid=DOC_REDUCTION["mchid"],
             expect_amount=DOC_REDUCTION["amount"],
         )
+
+
+# -- the pages taken literally (issue 18) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "kept", "dropped"),
+    [
+        ("SUCCESS", {"quota_change_no", "success_time"}, ("fail_time", "fail_reason")),
+        ("FAILED", {"fail_time", "fail_reason"}, ("quota_change_no", "success_time")),
+        ("PROCESSING", set(), ("quota_change_no", "success_time", "fail_time", "fail_reason")),
+        ("STATE_UNKNOWN", set(), ("quota_change_no", "success_time", "fail_time", "fail_reason")),
+    ],
+)
+def test_fields_valid_for_one_state_are_kept_only_in_it(
+    state: str, kept: set[str], dropped: tuple[str, ...]
+) -> None:
+    every = {
+        "quota_change_no": "Q1",
+        "success_time": "2015-05-20T13:29:35+08:00",
+        "fail_time": "2015-05-20T13:29:35+08:00",
+        "fail_reason": "BALANCE_NOT_ENOUGH",
+    }
+    r = SpecialReduction.parse(
+        {"out_request_no": "A1", "state": state, **every}, expect_out_request_no="A1"
+    )
+    assert {name for name in every if getattr(r, name) is not None} == kept
+    assert set(r.dropped) == set(dropped)
+    # Nothing sent, nothing dropped.
+    bare = SpecialReduction.parse(
+        {"out_request_no": "A1", "state": state}, expect_out_request_no="A1"
+    )
+    assert bare.dropped == ()
+
+
+def test_a_dropped_field_is_still_checked() -> None:
+    """Dropped or not, a malformed field makes the answer garbled (it is not the provider's)."""
+    with pytest.raises(GarbledResponse, match="fail_time is not an RFC 3339"):
+        SpecialReduction.parse(
+            {"out_request_no": "A1", "state": "SUCCESS", "fail_time": "yesterday"},
+            expect_out_request_no="A1",
+        )
+
+
+def test_the_page_example_answer_parses_to_a_success_without_a_fail_reason() -> None:
+    page = {
+        **DOC_REDUCTION,
+        "fail_time": "2015-05-20T13:29:35+08:00",
+        "fail_reason": "BALANCE_NOT_ENOUGH",
+    }
+    r = SpecialReduction.parse(page, expect_out_request_no=page["out_request_no"])
+    assert r.state is ReductionState.SUCCESS and r.fail_reason is None and r.fail_time is None
+    assert r.dropped == ("fail_time", "fail_reason")
+
+
+@pytest.mark.parametrize("name", ["reduction_type", "fail_reason", "quota_change_no", "mchid"])
+def test_an_empty_text_field_is_a_missing_one(name: str) -> None:
+    base = {"out_request_no": "A1", "state": "FAILED"}
+    empty = SpecialReduction.parse({**base, name: ""}, expect_out_request_no="A1")
+    assert getattr(empty, name) is None
+    assert empty == SpecialReduction.parse(base, expect_out_request_no="A1")
+    assert "mchid" in empty.missing_identity()  # an empty mchid was not sent
+
+
+def test_an_empty_out_bill_no_is_missing_and_an_empty_bill_field_not_sent() -> None:
+    with pytest.raises(GarbledResponse, match="out_bill_no is missing"):
+        CompensationBill.parse({**DOC_BILL, "out_bill_no": ""}, expect_out_bill_no="x")
+    b = CompensationBill.parse(
+        {**DOC_BILL, "sp_mchid": "", "transfer_remark": ""}, expect_out_bill_no="plfk2020042013"
+    )
+    assert b.sp_mchid is None and b.transfer_remark is None
+
+
+def test_receiver_detail_is_read_and_bounded() -> None:
+    full = {
+        **DOC_BILL,
+        "receiver_detail": {
+            "receiver": {
+                "type": "TRANSACTION_USER",
+                "transaction_info": {"transaction_id": "1217752501", "type": "WXVALUE"},
+            }
+        },
+    }
+    b = CompensationBill.parse(full, expect_out_bill_no="plfk2020042013")
+    assert b.receiver_detail is not None
+    assert b.receiver_detail.as_dict() == {
+        "type": "TRANSACTION_USER",
+        "transaction_id": "1217752501",
+        "transaction_type": "WXVALUE",
+    }
+    partial = CompensationBill.parse(DOC_BILL, expect_out_bill_no="plfk2020042013")
+    assert partial.receiver_detail is not None  # only the receiver's type was sent
+    assert partial.receiver_detail.as_dict() == {"type": "TRANSACTION_USER"}
+    absent = {k: v for k, v in DOC_BILL.items() if k != "receiver_detail"}
+    assert (
+        CompensationBill.parse(absent, expect_out_bill_no="plfk2020042013").receiver_detail is None
+    )
+    too_long = json.loads(json.dumps(full))
+    too_long["receiver_detail"]["receiver"]["transaction_info"]["transaction_id"] = "1" * 65
+    with pytest.raises(GarbledResponse, match="transaction_id is longer than 64"):
+        CompensationBill.parse(too_long, expect_out_bill_no="plfk2020042013")
+    with pytest.raises(GarbledResponse, match="receiver_detail: response body is not"):
+        CompensationBill.parse(
+            {**DOC_BILL, "receiver_detail": "x"}, expect_out_bill_no="plfk2020042013"
+        )
+
+
+def test_a_bill_naming_another_sp_mchid_is_garbled() -> None:
+    ok = CompensationBill.parse(
+        DOC_BILL, expect_out_bill_no="plfk2020042013", expect_sp_mchid="1900001108"
+    )
+    assert ok.sp_mchid == "1900001108"
+    with pytest.raises(GarbledResponse, match="another sp_mchid"):
+        CompensationBill.parse(
+            DOC_BILL, expect_out_bill_no="plfk2020042013", expect_sp_mchid="1900000001"
+        )
+    absent = {k: v for k, v in DOC_BILL.items() if k != "sp_mchid"}
+    assert (
+        CompensationBill.parse(
+            absent, expect_out_bill_no="plfk2020042013", expect_sp_mchid="1900000001"
+        ).sp_mchid
+        is None
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # Rate limiting (per endpoint and target merchant, shared by all workers)
     rate_limit_per_second: int = Field(100, ge=1)
     rate_limit_max_wait: float = Field(2.0, ge=0)
+    # "merchant": a target merchant's reduction submits and queries share one budget
+    rate_limit_scope: Literal["endpoint", "merchant"] = "endpoint"
 
     # Reconciliation
     sweep_interval: float = Field(2.0, gt=0)

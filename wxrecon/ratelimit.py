@@ -1,7 +1,11 @@
 """Per (endpoint, target merchant) rate limiting shared by every worker process.
 
 The provider allows 100 requests per second per target merchant and endpoint, counted over any
-one-second window. A token bucket of capacity N lets 2N through in some windows (a full bucket
+one-second window. The submit and query pages each say "单特殊减额目标商户号100qps", which may
+also be read as one budget per target merchant for both: ``scope="merchant"`` (the setting
+``WXRECON_RATE_LIMIT_SCOPE``) puts a merchant's submits and queries under one key.
+
+A token bucket of capacity N lets 2N through in some windows (a full bucket
 plus a second of refill), so this is a sliding-window log instead: at most ``rate`` grants in
 any ``window`` seconds. The window is a little longer than a second (``guard``) because
 requests granted 1.000 s apart can arrive at the provider closer together than that.
@@ -19,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 import redis
 
@@ -28,6 +32,12 @@ from wxrecon.wechatpay.client import BeforeRequest, Endpoint
 from wxrecon.wechatpay.errors import Throttled
 
 log = logging.getLogger(__name__)
+
+Scope = Literal["endpoint", "merchant"]
+SCOPES: tuple[Scope, ...] = ("endpoint", "merchant")
+# The endpoints the "单特殊减额目标商户号100qps" budget may be shared by, and its key's name.
+SPECIAL_REDUCTION = frozenset({Endpoint.SUBMIT_REDUCTION, Endpoint.QUERY_REDUCTION})
+SHARED_KEY = "special_reduction"
 
 DEFAULT_GUARD = 0.05  # seconds added to the one-second window
 REDIS_DOWN_RETRY = 1.0  # with no limiter there is no permission: defer, never send unmetered
@@ -123,17 +133,29 @@ def make_limiter(url: str | None, rate_per_second: int) -> RateLimiter:
     return LocalRateLimiter(rate_per_second)
 
 
+def limit_key(endpoint: Endpoint, mchid: str, scope: Scope = "endpoint") -> str:
+    """The budget a call counts against: its endpoint's for the target merchant, or with
+    ``scope="merchant"`` one shared by a merchant's special-reduction submits and queries
+    (the balance and bill queries keep their own either way)."""
+    if scope == "merchant" and endpoint in SPECIAL_REDUCTION:
+        return f"{SHARED_KEY}:{mchid}"
+    return f"{endpoint}:{mchid}"
+
+
 def rate_limit_hook(
     limiter: RateLimiter,
     *,
     max_wait: float,
+    scope: Scope = "endpoint",
     sleep: Callable[[float], None] = time.sleep,
 ) -> BeforeRequest:
     """The client's ``before_request``: wait for a grant up to ``max_wait`` seconds in all,
     then give up with Throttled so the caller reschedules without spending an attempt."""
+    if scope not in SCOPES:
+        raise ValueError(f"rate limit scope must be one of {', '.join(SCOPES)}")
 
     def before_request(endpoint: Endpoint, mchid: str) -> None:
-        key = f"{endpoint}:{mchid}"
+        key = limit_key(endpoint, mchid, scope)
         waited = 0.0
         while True:
             wait = limiter.acquire(key)

@@ -59,7 +59,9 @@ def build_client(settings: Settings) -> Provider:
     from wxrecon.ratelimit import make_limiter, rate_limit_hook
 
     limiter = make_limiter(settings.effective_ratelimit_url, settings.rate_limit_per_second)
-    hook = rate_limit_hook(limiter, max_wait=settings.rate_limit_max_wait)
+    hook = rate_limit_hook(
+        limiter, max_wait=settings.rate_limit_max_wait, scope=settings.rate_limit_scope
+    )
     return build(
         settings,
         before_request=hook,

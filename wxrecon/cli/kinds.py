@@ -153,6 +153,7 @@ BILL = Kind(
         ("bill_id", "bill_id"),
         ("sp_mchid", "sp_mchid"),
         ("sponsor_mchid", "sponsor_mchid"),
+        ("receiver", "receiver_detail"),
         ("transfer remark", "transfer_remark"),
         ("accepted", "accept_time"),
         ("succeeded", "success_time"),

@@ -27,6 +27,7 @@ from wxrecon.cli.output import (
     default_actor,
     fen,
     fmt,
+    record_cell,
     state_text,
     table,
 )
@@ -56,6 +57,8 @@ def cell(field: str, order: Any, now: datetime) -> Any:
         return fen(value)
     if field == "bal_account_no":
         return mask(value)
+    if field == "receiver_detail":  # a JSON record: key=value pairs
+        return record_cell(field, value)
     if field in ("updated_at", "created_at"):
         return ago((now - value).total_seconds()) + " ago" if value else "-"
     if field == "next_poll_at":

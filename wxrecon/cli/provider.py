@@ -47,4 +47,14 @@ def balance(mchid: MchidOpt, bal_account_no: LedgerOpt, json_out: JsonOpt = Fals
     """Query a quota ledger's channel balance now, from the provider."""
     result = call(lambda c: c.query_balance(mchid=mchid, bal_account_no=bal_account_no))
     data = {"mchid": mchid, "bal_account_no": mask(bal_account_no), **result}
+    if not json_out:  # JSON keeps null; the table never shows a field not sent as 0 or "no"
+        data.update(not_sent(result))
     Output(json_out).show("channel balance", data)
+
+
+# How the table shows a balance answer's field the provider did not send (both are optional).
+NOT_SENT = {"balance": "not given", "in_transit_reduction_exist": "unknown"}
+
+
+def not_sent(result: dict[str, Any]) -> dict[str, str]:
+    return {name: text for name, text in NOT_SENT.items() if result.get(name) is None}

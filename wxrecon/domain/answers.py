@@ -54,7 +54,15 @@ def reduction_values(result: ProviderReduction) -> dict[str, Any]:
 
 
 def reduction_detail(result: ProviderReduction) -> str:
-    return f" ({result.fail_reason})" if result.fail_reason is not None else ""
+    """The event's account of an answer beyond its state: the fail reason, the fields it sent
+    that are not valid for its state (dropped), and an unknown reduction type (not compared)."""
+    out = f" ({result.fail_reason})" if result.fail_reason is not None else ""
+    if result.dropped:
+        out += f"; dropped {', '.join(result.dropped)}: not valid for state {result.state}"
+    kind = result.reduction_type
+    if kind is not None and not kind.known:
+        out += f"; reduction_type {kind} is not one we know, not compared"
+    return out
 
 
 def reduction_differences(row: ReductionRow, result: ProviderReduction, ledger: bool) -> list[str]:
@@ -70,7 +78,9 @@ def reduction_differences(row: ReductionRow, result: ProviderReduction, ledger: 
         out.append("mchid")
     if result.amount is not None and result.amount != row.amount:
         out.append("amount")
-    if result.reduction_type is not None and str(result.reduction_type) != row.reduction_type:
+    kind = result.reduction_type
+    # An unknown value (REDUCTION_TYPE_UNKNOWN, a new one) says nothing against ours.
+    if kind is not None and kind.known and str(kind) != row.reduction_type:
         out.append("reduction_type")
     if ledger and result.bal_account_no is not None and result.bal_account_no != row.bal_account_no:
         out.append("bal_account_no")
@@ -99,6 +109,7 @@ def bill_values(result: ProviderBill) -> dict[str, Any]:
         "success_time": result.success_time,
         "close_reason": close.close_reason if close else None,
         "close_time": close.close_time if close else None,
+        "receiver_detail": result.receiver_detail.as_dict() if result.receiver_detail else None,
         "last_request_id": result.request_id,
         "last_error": None,
     }

@@ -259,7 +259,12 @@ def answered(
     review once the schedule is spent."""
     local = kind.from_provider(result.state)
     if local is None:
-        return review(kind, row, f"the provider answered an unknown state {result.state!s}", result)
+        # STATE_UNKNOWN (or a new value) may be a passing state: keep asking on the schedule;
+        # ``later`` sends it to review once the attempt budget is spent.
+        unknown = errors.WeChatPayError(
+            f"the provider answered state {result.state!s}", request_id=result.request_id
+        )
+        return later(kind, row, unknown, "a state we do not know, asking again", now, p)
     final = local in kind.final
     success = final and local == "SUCCESS"
     try:
@@ -296,7 +301,7 @@ def answered(
         Action.RECORD,
         local if changed else None,
         {**values, "attempts": attempts, **_due(now + timedelta(seconds=delay))},
-        reason=f"{call.via}: {result.state}",
+        reason=f"{call.via}: {result.state}{kind.detail(result)}",
         request_id=result.request_id,
     )
 

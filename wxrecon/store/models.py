@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     DateTime,
     Dialect,
@@ -158,6 +159,8 @@ class CompensationBill(PollingColumns, Base):
     success_time: Mapped[datetime | None]
     close_reason: Mapped[str | None] = mapped_column(String(64))
     close_time: Mapped[datetime | None]
+    # receiver_detail.receiver, flat: {"type", "transaction_id", "transaction_type"} as sent
+    receiver_detail: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_compensation_bills_state", "state"),

@@ -266,6 +266,7 @@ def bill_dict(row: CompensationBill) -> dict[str, Any]:
         "success_time": _iso(row.success_time),
         "close_reason": row.close_reason,
         "close_time": _iso(row.close_time),
+        "receiver_detail": row.receiver_detail,
         "attempts": row.attempts,
         "next_poll_at": _iso(row.next_poll_at),
         "last_error": row.last_error,

@@ -67,6 +67,7 @@ class BillRow(Row):
     success_time: datetime | None
     close_reason: str | None
     close_time: datetime | None
+    receiver_detail: dict[str, str] | None = None  # as sent: type, transaction_id/_type
 
 
 R = TypeVar("R", bound=Row)

@@ -236,8 +236,14 @@ class WeChatPayClient:
         answer = self._call(
             Endpoint.QUERY_BILL, self.credentials.mchid, "GET", f"{BILL_PATH}/{out_bill_no}"
         )
+        # The query is signed as our platform merchant: an answer naming another sp_mchid is
+        # about another platform's bill.
+        mine = self.credentials.mchid
         return self._parsed(
-            lambda: CompensationBill.parse(answer.data, expect_out_bill_no=out_bill_no), answer
+            lambda: CompensationBill.parse(
+                answer.data, expect_out_bill_no=out_bill_no, expect_sp_mchid=mine
+            ),
+            answer,
         )
 
     # -- plumbing -------------------------------------------------------------------------

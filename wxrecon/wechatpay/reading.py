@@ -1,5 +1,9 @@
 """Reading answers: typed access to a JSON object with every text field length-checked, and
-the merchant-key ciphertext of a secret that stays sealed until read."""
+the merchant-key ciphertext of a secret that stays sealed until read.
+
+Every response field of the provider's query pages is optional (选填), and an empty string
+carries no more than an absent field: both read as None, so no empty value is ever stored
+or compared, and a required field that is empty is reported as missing."""
 
 from __future__ import annotations
 
@@ -26,11 +30,18 @@ class Reader:
     def _bad(self, name: str, rule: str) -> GarbledResponse:
         return GarbledResponse(f"{self.what}: field {name} {rule}")
 
-    def text(self, name: str, *, required: bool = False) -> str | None:
+    def _get(self, name: str, required: bool) -> Any:
+        """The field's value; None when absent or empty (a GarbledResponse if required)."""
         value = self.data.get(name)
-        if value is None:
+        if value is None or value == "":
             if required:
                 raise self._bad(name, "is missing")
+            return None
+        return value
+
+    def text(self, name: str, *, required: bool = False) -> str | None:
+        value = self._get(name, required)
+        if value is None:
             return None
         if not isinstance(value, str):
             raise self._bad(name, "is not a string")
@@ -40,20 +51,16 @@ class Reader:
         return value
 
     def integer(self, name: str, *, required: bool = False) -> int | None:
-        value = self.data.get(name)
+        value = self._get(name, required)
         if value is None:
-            if required:
-                raise self._bad(name, "is missing")
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._bad(name, "is not an integer")
         return value
 
     def boolean(self, name: str, *, required: bool = False) -> bool | None:
-        value = self.data.get(name)
+        value = self._get(name, required)
         if value is None:
-            if required:
-                raise self._bad(name, "is missing")
             return None
         if not isinstance(value, bool):
             raise self._bad(name, "is not a boolean")
@@ -61,7 +68,7 @@ class Reader:
 
     def time(self, name: str) -> datetime | None:
         value = self.text(name)
-        if value is None or value == "":
+        if value is None:
             return None
         try:
             parsed = datetime.fromisoformat(value)
@@ -73,11 +80,7 @@ class Reader:
 
     def enum(self, name: str, kind: type[E], *, required: bool = False) -> E | None:
         value = self.text(name, required=required)
-        if value is None:
-            return None
-        if not value:
-            raise self._bad(name, "is empty")
-        return kind(value)
+        return None if value is None else kind(value)
 
     def child(self, name: str) -> Reader | None:
         value = self.data.get(name)

@@ -2,21 +2,39 @@
 
 Amounts are integer fen, times are aware datetimes. Enums keep values they do not know
 verbatim (the provider's pages disagree on ``RECEIPT_NOT_EXIST`` vs
-``RECEIPT_NOT_EXIST_CLOSED``, and new values appear without notice).
+``RECEIPT_NOT_EXIST_CLOSED``, list ``STATE_UNKNOWN`` and ``REDUCTION_TYPE_UNKNOWN``, and new
+values appear without notice). Every field of the reduction and balance answers is optional
+on the pages: an absent or empty one is None here, never a default we made up.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Self
 
-from wxrecon.wechatpay.enums import OpenEnum
+from wxrecon.wechatpay.enums import (
+    BillState,
+    FailReason,
+    ReceiverType,
+    ReductionState,
+    ReductionType,
+    TransactionType,
+)
 from wxrecon.wechatpay.errors import GarbledResponse, InvalidRequest
 from wxrecon.wechatpay.reading import Decrypted, Reader, Sealed
+
+__all__ = [  # the enums live in enums.py; they are imported from here too
+    "BillState",
+    "FailReason",
+    "ReceiverType",
+    "ReductionState",
+    "ReductionType",
+    "TransactionType",
+]
 
 ORDER_NO = re.compile(r"[0-9A-Za-z]{1,32}")
 MCHID = re.compile(r"[0-9]{1,32}")
@@ -51,43 +69,31 @@ FIELD_LIMITS: Mapping[str, int] = MappingProxyType(
         "fail_time": 64,
         "accept_time": 64,
         "close_time": 64,
+        # receiver_detail.receiver.type and .transaction_info.type (one reader serves both)
+        "type": 32,
+        "transaction_id": 64,
     }
 )
 
 
-class ReductionType(OpenEnum):
-    FINANCIAL_PENALTY = "FINANCIAL_PENALTY"
-    JUDICIAL_DEDUCTION = "JUDICIAL_DEDUCTION"
+# The query page marks these valid for one state only (仅state=SUCCESS时有效, 仅state=FAILED时
+# 有效), and its own example answers SUCCESS with a fail_reason and a fail_time: outside their
+# state they are dropped, so a SUCCESS never shows a fail reason.
+STATE_ONLY_FIELDS: Mapping[str, ReductionState] = MappingProxyType(
+    {
+        "quota_change_no": ReductionState.SUCCESS,
+        "success_time": ReductionState.SUCCESS,
+        "fail_time": ReductionState.FAILED,
+        "fail_reason": ReductionState.FAILED,
+    }
+)
 
 
-class ReductionState(OpenEnum):
-    PROCESSING = "PROCESSING"
-    SUCCESS = "SUCCESS"
-    FAILED = "FAILED"
-
-    @property
-    def final(self) -> bool:
-        return self in (ReductionState.SUCCESS, ReductionState.FAILED)
-
-
-class FailReason(OpenEnum):
-    BALANCE_NOT_ENOUGH = "BALANCE_NOT_ENOUGH"
-    RECEIPT_NOT_EXIST = "RECEIPT_NOT_EXIST"
-    RECEIPT_NOT_EXIST_CLOSED = "RECEIPT_NOT_EXIST_CLOSED"
-    TIME_OUT_CLOSED = "TIME_OUT_CLOSED"
-
-
-class BillState(OpenEnum):
-    ACCEPTED = "ACCEPTED"
-    WAIT_USER_CONFIRM = "WAIT_USER_CONFIRM"
-    CANCELING = "CANCELING"
-    SUCCESS = "SUCCESS"
-    CLOSED = "CLOSED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def final(self) -> bool:
-        return self in (BillState.SUCCESS, BillState.CLOSED, BillState.CANCELLED)
+def out_of_state(state: ReductionState, sent: Iterable[str]) -> tuple[str, ...]:
+    """The fields of ``sent`` that the page says are not valid for ``state``, in page order
+    (an unknown state has none of them)."""
+    present = set(sent)
+    return tuple(n for n, s in STATE_ONLY_FIELDS.items() if n in present and s != state)
 
 
 # -- validation of what we send -------------------------------------------------------------
@@ -221,6 +227,8 @@ class SpecialReduction:
     provider_out_request_no: str | None = field(default=None, compare=False)
     # Whether the answer carried a ciphertext of bal_account_no (checked without decrypting).
     ledger_sent: bool = field(default=False, compare=False)
+    # Fields the answer sent that are not valid for its state, and were dropped.
+    dropped: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def parse(
@@ -259,6 +267,16 @@ class SpecialReduction:
             if encrypted and decrypt is not None
             else None
         )
+        # Read (and so checked) even when dropped: a malformed field is a garbled answer.
+        by_state: dict[str, Any] = {
+            "quota_change_no": r.text("quota_change_no"),
+            "success_time": r.time("success_time"),
+            "fail_time": r.time("fail_time"),
+            "fail_reason": r.enum("fail_reason", FailReason),
+        }
+        dropped = out_of_state(state, (n for n, v in by_state.items() if v is not None))
+        for name in dropped:
+            by_state[name] = None
         return cls(
             out_request_no=out_request_no,
             state=state,
@@ -267,13 +285,11 @@ class SpecialReduction:
             reduction_type=r.enum("reduction_type", ReductionType),
             amount=amount,
             reason=r.text("reason"),
-            quota_change_no=r.text("quota_change_no"),
-            success_time=r.time("success_time"),
-            fail_time=r.time("fail_time"),
-            fail_reason=r.enum("fail_reason", FailReason),
+            **by_state,
             request_id=request_id,
             provider_out_request_no=sent_no,
             ledger_sent=bool(encrypted),
+            dropped=dropped,
         )
 
     def missing_identity(self) -> tuple[str, ...]:
@@ -289,18 +305,18 @@ class SpecialReduction:
 
 @dataclass(frozen=True, slots=True)
 class ChannelBalance:
-    balance: int
-    in_transit_reduction_exist: bool
+    """Both fields are optional on the page: None is "not sent", never 0 or False."""
+
+    balance: int | None
+    in_transit_reduction_exist: bool | None
     request_id: str | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, data: object) -> Self:
         r = Reader(data, "channel balance", FIELD_LIMITS)
-        balance = r.integer("balance", required=True)
-        assert balance is not None
         return cls(
-            balance=balance,
-            in_transit_reduction_exist=bool(r.boolean("in_transit_reduction_exist")),
+            balance=r.integer("balance"),
+            in_transit_reduction_exist=r.boolean("in_transit_reduction_exist"),
         )
 
 
@@ -308,6 +324,36 @@ class ChannelBalance:
 class CloseInfo:
     close_time: datetime | None
     close_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverDetail:
+    """receiver_detail.receiver: who the bill pays, and the transaction it pays against."""
+
+    receiver_type: ReceiverType | None
+    transaction_id: str | None
+    transaction_type: TransactionType | None
+
+    @classmethod
+    def parse(cls, r: Reader) -> Self | None:
+        receiver = r.child("receiver")
+        if receiver is None:
+            return None
+        info = receiver.child("transaction_info")
+        return cls(
+            receiver_type=receiver.enum("type", ReceiverType),
+            transaction_id=info.text("transaction_id") if info else None,
+            transaction_type=info.enum("type", TransactionType) if info else None,
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        """What was sent, flat (the stored JSON): a field the provider left out stays out."""
+        values = {
+            "type": self.receiver_type,
+            "transaction_id": self.transaction_id,
+            "transaction_type": self.transaction_type,
+        }
+        return {k: str(v) for k, v in values.items() if v is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,29 +368,39 @@ class CompensationBill:
     success_time: datetime | None = None
     close_info: CloseInfo | None = None
     sponsor_mchid: str | None = None
+    receiver_detail: ReceiverDetail | None = None
     request_id: str | None = field(default=None, compare=False)
 
     @classmethod
-    def parse(cls, data: object, *, expect_out_bill_no: str) -> Self:
+    def parse(
+        cls, data: object, *, expect_out_bill_no: str, expect_sp_mchid: str | None = None
+    ) -> Self:
+        """``expect_sp_mchid``: the platform merchant that signed the query; an answer naming
+        another one is about another platform's bill (garbled)."""
         r = Reader(data, "compensation bill", FIELD_LIMITS)
         out_bill_no = r.text("out_bill_no", required=True)
         if out_bill_no != expect_out_bill_no:
             raise GarbledResponse("compensation bill: answer is about another out_bill_no")
+        sp_mchid = r.text("sp_mchid")
+        if expect_sp_mchid is not None and sp_mchid is not None and sp_mchid != expect_sp_mchid:
+            raise GarbledResponse("compensation bill: answer is about another sp_mchid")
         state = r.enum("state", BillState, required=True)
         amount = r.integer("amount", required=True)
         assert state is not None and amount is not None
         if amount < 0:
             raise GarbledResponse("compensation bill: field amount is negative")
         ci = r.child("close_info")
+        rd = r.child("receiver_detail")
         return cls(
             out_bill_no=out_bill_no,
             state=state,
             amount=amount,
-            sp_mchid=r.text("sp_mchid"),
+            sp_mchid=sp_mchid,
             bill_id=r.text("bill_id"),
             transfer_remark=r.text("transfer_remark"),
             accept_time=r.time("accept_time"),
             success_time=r.time("success_time"),
             close_info=CloseInfo(ci.time("close_time"), ci.text("close_reason")) if ci else None,
             sponsor_mchid=r.text("sponsor_mchid"),
+            receiver_detail=ReceiverDetail.parse(rd) if rd else None,
         )
