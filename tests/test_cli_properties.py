@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
@@ -45,6 +45,9 @@ def valid(mchid: str, number: str, kind: str, amount: str) -> bool:
 
 @EXAMPLES
 @given(mchid=mchids, number=numbers, kind=types, amount=amounts)
+# The same number twice with another amount: the second is a conflict, and nothing changes.
+@example(mchid="1", number="0", kind="FINANCIAL_PENALTY", amount="1")
+@example(mchid="1", number="0", kind="FINANCIAL_PENALTY", amount="2")
 def test_submit_accepts_exactly_the_valid_orders(cli: Cli, mchid, number, kind, amount):
     if "\x00" in mchid + number + kind + amount:
         return  # cannot be passed on a real command line
@@ -59,8 +62,19 @@ def test_submit_accepts_exactly_the_valid_orders(cli: Cli, mchid, number, kind, 
         f"--amount={amount}",
         "--json",
     ]
+    # The database lives across examples: the same number may already hold another order.
+    with cli.db.read() as session:
+        known = session.execute(
+            select(SpecialReduction.reduction_type, SpecialReduction.amount).where(
+                SpecialReduction.mchid == mchid, SpecialReduction.out_request_no == number
+            )
+        ).first()
     result = cli.run(*args)
     if valid(mchid, number, kind, amount):
+        if known is not None and tuple(known) != (kind, int(amount)):
+            assert result.exit_code == 1 and "already exists" in result.stderr, result.output
+            assert (cli.count(SpecialReduction), cli.count(Event), len(cli.sent)) == before
+            return
         assert result.exit_code == 0, result.output
         assert cli.count(SpecialReduction) - before[0] in (0, 1)
     else:
