@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.test_reconcile import make_request
+from tests.integration.test_reconcile import make_request
 from wxrecon.domain.kinds import REDUCTION
 from wxrecon.engine.intake import intake_reduction
 from wxrecon.engine.sweep import claim_due

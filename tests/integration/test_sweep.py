@@ -98,7 +98,7 @@ def test_dead_workers_claim_returns_and_the_old_token_is_stale(
 def test_never_submitted_order_is_found_and_submitted_by_the_sweep(
     db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
 ) -> None:
-    from tests.test_reconcile import make_request
+    from tests.integration.test_reconcile import make_request
 
     with db.transaction() as session:
         order = intake_reduction(session, make_request("LOST1"), lease=120, now=clock())

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures_keys import BAL_ACCOUNT_NO, MCHID, KeySet, reduction_answer
-from tests.test_client import (
+from tests.unit.test_client import (
     BALANCE,
     _request,
     _settings,

@@ -23,7 +23,7 @@ from tests.fixtures_sim import (
     start_simulator,
     wait_for,
 )
-from tests.test_simulator_protocol import Raw
+from tests.integration.test_simulator_protocol import Raw
 from wxrecon.simulator import AdminClient, AdminError, BusinessConfig, Simulator
 from wxrecon.simulator import docs_literal as dl
 from wxrecon.wechatpay import signing

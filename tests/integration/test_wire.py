@@ -30,7 +30,7 @@ from tests.fixtures_keys import (
     pkcs8_pem,
     reduction_answer,
 )
-from tests.test_client import signed_response
+from tests.unit.test_client import signed_response
 from wxrecon.demo.env import free_port
 from wxrecon.wechatpay import signing
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient

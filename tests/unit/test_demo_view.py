@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
-from wxrecon.cli_common import fen
 
+from wxrecon.cli.output import fen
 from wxrecon.demo import mix, view
 
 

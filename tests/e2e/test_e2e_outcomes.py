@@ -25,8 +25,8 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
+from tests.e2e.test_e2e_engine import Processes
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
-from tests.test_e2e_engine import Processes
 from tests.workload import FAULTS, Order, all_in, make_orders, order_states
 from wxrecon.domain.states import BILL_TERMINAL, REDUCTION_TERMINAL
 from wxrecon.simulator import LedgerSeed, SimulatorProcess
@@ -128,7 +128,7 @@ def test_outcomes_reach_a_task_app_and_a_webhook_receiver(
     base["PYTHONUNBUFFERED"] = "1"
 
     # The receivers first: a webhook process and the business app's own worker.
-    receiver = Path(__file__).with_name("webhook_receiver.py")
+    receiver = Path(__file__).parent.parent / "webhook_receiver.py"
     processes.start(
         "webhook",
         [sys.executable, str(receiver), str(port), SECRET, str(hooks_log), "10"],

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from tests.fixtures_cli import Cli
 from tests.fixtures_db import pg_admin
-from tests.test_cli import BAL, HEADER, submit_args
+from tests.integration.test_cli import BAL, HEADER, submit_args
 from wxrecon.cli.csv_import import SHOWN_REFUSALS
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 

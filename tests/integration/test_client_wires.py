@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.fixtures_keys import BAL_ACCOUNT_NO, MCHID, KeySet, reduction_answer
-from tests.test_client import BALANCE, _request, signed_response
-from tests.test_wire import _read_request, accept_until
+from tests.integration.test_wire import _read_request, accept_until
+from tests.unit.test_client import BALANCE, _request, signed_response
 from wxrecon.demo.env import free_port
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.errors import GarbledResponse, NetworkError, OutcomeUnknown

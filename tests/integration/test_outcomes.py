@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tests.fixtures_db import FakeClock, FakeProvider, bill, reduction
-from tests.test_reconcile import intake, poll, row_of
+from tests.integration.test_reconcile import intake, poll, row_of
 from wxrecon import tasks
 from wxrecon.config import Settings
 from wxrecon.domain import outcomes

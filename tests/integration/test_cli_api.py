@@ -209,7 +209,7 @@ def test_failure_as_json(fake: Provider) -> None:
 
 
 def test_server_error_of_a_query_is_one_line(fake: Provider) -> None:
-    # Only a POST has an unknown outcome (tests/test_cli_errors.py renders OutcomeUnknown; the
+    # Only a POST has an unknown outcome (tests/unit/test_cli_errors.py renders OutcomeUnknown; the
     # recorded path's version is test_sim_unknown_outcome_is_kept_and_reconciled): a query
     # that failed changed nothing, so its line says only what the provider answered.
     fake.answers = [error_response(500, "SYSTEM_ERROR", "系统异常", request_id="X9")]

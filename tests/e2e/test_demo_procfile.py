@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_demo import gone_within
+from tests.e2e.test_demo import gone_within
 from wxrecon.demo.env import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 PROCFILE = (ROOT / "Procfile").read_text()
 

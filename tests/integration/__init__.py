@@ -1,0 +1,1 @@
+"""Real databases, Redis, sockets and the simulator, one component at a time."""
