@@ -5,6 +5,7 @@ Pure: no database, no provider; each case builds a row, an outcome and a time.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -354,3 +355,19 @@ def test_the_event_names_dropped_fields_and_an_unknown_type() -> None:
     assert got.values["fail_reason"] is None
     plain = decisions.decide(REDUCTION, row(), QUERY, ok(state="PROCESSING"), T0, POLICY)
     assert isinstance(plain, Write) and plain.reason == "query: PROCESSING"
+
+
+def test_a_bill_keeps_only_the_fields_of_its_state() -> None:
+    """close_info is sent only for CLOSED and success_time only for SUCCESS (the bill page);
+    any other copy, as the page's own example shows, is not the bill's."""
+    stray = dataclasses.replace(
+        bill("B1", "SUCCESS", close_reason="NOT_ENOUGH"),
+        success_time=T0,
+    )
+    done = decisions.decide(BILL, bill_row(), QUERY, stray, T0, POLICY)
+    assert isinstance(done, Write) and done.to == "SUCCESS"
+    assert done.values["close_reason"] is None and done.values["success_time"] == T0
+    closed = dataclasses.replace(bill("B1", "CLOSED", close_reason="EXPIRED"), success_time=T0)
+    done = decisions.decide(BILL, bill_row(), QUERY, closed, T0, POLICY)
+    assert isinstance(done, Write) and done.values["close_reason"] == "EXPIRED"
+    assert done.values["success_time"] is None and "(EXPIRED)" in done.reason

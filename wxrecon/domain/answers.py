@@ -96,8 +96,14 @@ def reduction_missing(result: ProviderReduction, success: bool) -> list[str]:
     return missing
 
 
+def _bill_close(result: ProviderBill) -> Any:
+    """``close_info`` counts only on a CLOSED bill (the page: 当状态为已关闭时返回)."""
+    return result.close_info if str(result.state) == "CLOSED" else None
+
+
 def bill_values(result: ProviderBill) -> dict[str, Any]:
-    close = result.close_info
+    close = _bill_close(result)
+    succeeded = str(result.state) == "SUCCESS"  # success_time: 转账成功时会返回
     return {
         "provider_state": str(result.state),
         "amount": result.amount,
@@ -106,7 +112,7 @@ def bill_values(result: ProviderBill) -> dict[str, Any]:
         "sponsor_mchid": result.sponsor_mchid,
         "transfer_remark": result.transfer_remark,
         "accept_time": result.accept_time,
-        "success_time": result.success_time,
+        "success_time": result.success_time if succeeded else None,
         "close_reason": close.close_reason if close else None,
         "close_time": close.close_time if close else None,
         "receiver_detail": result.receiver_detail.as_dict() if result.receiver_detail else None,
@@ -116,7 +122,7 @@ def bill_values(result: ProviderBill) -> dict[str, Any]:
 
 
 def bill_detail(result: ProviderBill) -> str:
-    close = result.close_info
+    close = _bill_close(result)
     return f" ({close.close_reason})" if close and close.close_reason else ""
 
 
