@@ -26,6 +26,9 @@ FAULTS = [
     "apply_then_500=0.04",
     "apply_then_reset=0.02",
     "apply_then_hang=0.02",
+    # Answers shaped like the provider's pages (other states' fields, optional fields left
+    # out or empty, STATE_UNKNOWN on in-flight answers, WXVALUE receivers): truth unchanged.
+    "docs_literal=0.3",
 ]
 
 

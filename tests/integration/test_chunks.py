@@ -366,7 +366,10 @@ REDUCTION_SCRIPTS: dict[str, tuple[Script, Script]] = {
     ),
     "FINAL": (([reduction("FINAL", "SUCCESS")], []), ([], [])),
     "NOTENOUGH": (
-        ([errors.NotEnough("balance", code="NOT_ENOUGH")], [reduction("NOTENOUGH", "FAILED")]),
+        (
+            [errors.NotEnough("balance", code="NOT_ENOUGH")],
+            [reduction("NOTENOUGH", "FAILED", fail_reason="BALANCE_NOT_ENOUGH")],
+        ),
         ([], []),
     ),
     "THROTTLED": (

@@ -371,3 +371,14 @@ def test_a_bill_keeps_only_the_fields_of_its_state() -> None:
     done = decisions.decide(BILL, bill_row(), QUERY, closed, T0, POLICY)
     assert isinstance(done, Write) and done.values["close_reason"] == "EXPIRED"
     assert done.values["success_time"] is None and "(EXPIRED)" in done.reason
+
+
+def test_a_failed_answer_without_its_reason_is_asked_again() -> None:
+    """FAILED tells one thing, why; an answer that leaves it out (the page marks it optional)
+    is asked again rather than recorded with a reason nobody gave."""
+    got = decisions.decide(REDUCTION, row(), QUERY, ok(state="FAILED"), T0, POLICY)
+    assert isinstance(got, Write) and got.action == Action.LATER
+    assert "fail_reason" in got.values["last_error"]
+    given = ok(state="FAILED", fail_reason="TIME_OUT_CLOSED")
+    done = decisions.decide(REDUCTION, row(), QUERY, given, T0, POLICY)
+    assert isinstance(done, Write) and done.to == "FAILED"

@@ -87,12 +87,16 @@ def reduction_differences(row: ReductionRow, result: ProviderReduction, ledger: 
     return out
 
 
-def reduction_missing(result: ProviderReduction, success: bool) -> list[str]:
-    """What a final answer must carry but does not: its mchid, and for SUCCESS the amount
-    (a signed ``{"state": "SUCCESS"}`` alone says nothing about which order moved money)."""
+def reduction_missing(result: ProviderReduction, state: str) -> list[str]:
+    """What a final answer must carry but does not: its mchid; for SUCCESS the amount (a
+    signed ``{"state": "SUCCESS"}`` alone says nothing about which order moved money); for
+    FAILED its reason (the one thing a FAILED answer tells). Optional on the page, so an
+    answer without them is asked again, never completed by a guess."""
     missing = [] if result.mchid else ["mchid"]
-    if success and result.amount is None:
+    if state == "SUCCESS" and result.amount is None:
         missing.append("amount")
+    if state == "FAILED" and result.fail_reason is None:
+        missing.append("fail_reason")
     return missing
 
 
@@ -130,5 +134,5 @@ def bill_differences(row: BillRow, result: ProviderBill, ledger: bool) -> list[s
     return [] if result.out_bill_no == row.out_bill_no else ["out_bill_no"]
 
 
-def bill_missing(result: ProviderBill, success: bool) -> list[str]:
+def bill_missing(result: ProviderBill, state: str) -> list[str]:
     return []

@@ -277,12 +277,12 @@ def answered(
     if differs:
         why = f"the provider's order differs from ours in {', '.join(differs)}"
         return review(kind, row, why, result)
-    missing = kind.missing(result, success) if final else []
+    missing = kind.missing(result, local) if final else []
     if missing:
         garbled = errors.GarbledResponse(
             f"a {result.state} answer without {', '.join(missing)}", request_id=result.request_id
         )
-        return later(kind, row, garbled, "a final answer must name the order", now, p)
+        return later(kind, row, garbled, "a final answer must be complete", now, p)
     values = kind.values(result)
     if final:
         return Write(

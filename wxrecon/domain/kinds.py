@@ -42,7 +42,7 @@ class OrderKind:
     values: Callable[[Any], dict[str, Any]]  # the row values an answer sets
     detail: Callable[[Any], str]  # the answer's reason, for the event
     differences: Callable[[Any, Any, bool], list[str]]  # (row, answer, check ledger)
-    missing: Callable[[Any, bool], list[str]]  # (answer, is SUCCESS): what a final lacks
+    missing: Callable[[Any, str], list[str]]  # (answer, its state): what a final one lacks
     query_failed: str  # the log line of a query that got no answer
 
     def __str__(self) -> str:
