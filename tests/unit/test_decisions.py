@@ -382,3 +382,11 @@ def test_a_failed_answer_without_its_reason_is_asked_again() -> None:
     given = ok(state="FAILED", fail_reason="TIME_OUT_CLOSED")
     done = decisions.decide(REDUCTION, row(), QUERY, given, T0, POLICY)
     assert isinstance(done, Write) and done.to == "FAILED"
+
+
+def test_a_closed_bill_without_its_reason_is_asked_again() -> None:
+    got = decisions.decide(BILL, bill_row(), QUERY, bill("B1", "CLOSED"), T0, POLICY)
+    assert isinstance(got, Write) and got.action == Action.LATER
+    given = bill("B1", "CLOSED", close_reason="USER_REJECTED")
+    done = decisions.decide(BILL, bill_row(), QUERY, given, T0, POLICY)
+    assert isinstance(done, Write) and done.to == "CLOSED"

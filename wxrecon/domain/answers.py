@@ -135,4 +135,6 @@ def bill_differences(row: BillRow, result: ProviderBill, ledger: bool) -> list[s
 
 
 def bill_missing(result: ProviderBill, state: str) -> list[str]:
-    return []
+    """A CLOSED bill's answer must say why (its close_info), else it is asked again."""
+    close = _bill_close(result)
+    return ["close_reason"] if state == "CLOSED" and not (close and close.close_reason) else []
