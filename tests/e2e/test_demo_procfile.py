@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_demo import gone_within
+from tests.fixtures_e2e import tail
 from wxrecon.demo.env import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +102,3 @@ def test_honcho_start_works_as_the_readme_says(tmp_path: Path):
     for name in ("broker", "worker", "beat", "sim"):
         assert f"{name}.1 stopped (rc=0)" in text, tail(tmp_path / "honcho.log")
     assert "SIGKILL" not in text
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

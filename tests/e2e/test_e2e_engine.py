@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
+from tests.fixtures_e2e import Processes
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
 from tests.workload import FAULTS, Order, all_in, make_orders, order_states
 from wxrecon import intake
@@ -46,75 +46,6 @@ SETTLE_TIMEOUT = 180.0
 
 def account(mchid: str) -> str:
     return f"6222{mchid[-4:]}00001111"
-
-
-class Processes:
-    """Child processes in their own sessions; all of them are stopped, whatever happens."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        log = cwd / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.procs.append((name, proc, log))
-
-    def children(self, name: str) -> list[int]:
-        """Child pids of the process we started as ``name`` (e.g. Celery's pool processes)."""
-        [pid] = [proc.pid for n, proc, _ in self.procs if n == name]
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent pid
-                found.append(int(stat.parent.name))
-        return sorted(found)
-
-    def check_alive(self) -> None:
-        for name, proc, log in self.procs:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
-
-    def stop(self) -> None:
-        for _, proc, _ in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)  # the process group we created for it
-        deadline = time.monotonic() + 15
-        for _, proc, _ in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name} ---\n{tail(log)}" for name, _, log in self.procs)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    procs = Processes()
-    try:
-        yield procs
-    finally:
-        procs.stop()
-
-
-@pytest.fixture
-def broker_url(redis_db: str) -> str:
-    return redis_db  # this test's own database on the session's private Redis
 
 
 @pytest.fixture

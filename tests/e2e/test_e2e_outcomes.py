@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import sys
 import time
 from collections import Counter
@@ -25,9 +24,10 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
-from tests.e2e.test_e2e_engine import Processes
+from tests.fixtures_e2e import Processes
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
 from tests.workload import FAULTS, Order, all_in, make_orders, order_states
+from wxrecon.demo.env import free_port
 from wxrecon.domain.states import BILL_TERMINAL, REDUCTION_TERMINAL
 from wxrecon.simulator import LedgerSeed, SimulatorProcess
 from wxrecon.store.db import Database
@@ -64,30 +64,10 @@ def account(mchid: str) -> str:
     return f"6222{mchid[-4:]}00002222"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    procs = Processes()
-    try:
-        yield procs
-    finally:
-        procs.stop()
-
-
-@pytest.fixture
-def broker_url(redis_db: str) -> str:
-    return redis_db  # this session's private Redis, a database no other test uses
 
 
 @pytest.fixture
