@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wxrecon.cli.database import database
-from wxrecon.cli.errors import CliError, bad_input, describe
+from wxrecon.cli.errors import CliError, bad_input
 from wxrecon.cli.kinds import Kind
 from wxrecon.cli.output import (
     JsonOpt,
@@ -303,8 +303,10 @@ def retry_all(
         return
     if not yes:
         _confirm(f"Retry {len(ids)} {kind.label}(s) in {state}{where}?")
-    retried: list[int] = []
-    skipped: dict[int, str] = {}
+    from wxrecon.domain.kinds import KINDS
+    from wxrecon.engine import operator
+    from wxrecon.logs import redact
+
     with Progress(
         TextColumn(f"retrying {kind.label}s"),
         BarColumn(),
@@ -313,14 +315,17 @@ def retry_all(
         disable=json_out or not out.err.is_terminal,
     ) as bar:
         task = bar.add_task("retry", total=len(ids))
-        for order_id in sorted(ids):
-            try:
-                kind.retry(db, order_id, actor=who, why=why, force=force)
-            except (LookupError, ValueError) as exc:  # changed meanwhile: report, go on
-                skipped[order_id] = describe(exc)[1]
-            else:
-                retried.append(order_id)
-            bar.advance(task)
+        result = operator.retry_each(
+            db,
+            KINDS[kind.name],
+            sorted(ids),
+            actor=who,
+            why=why,
+            force=force,
+            done=lambda _: bar.advance(task),
+        )
+    retried = result.retried
+    skipped = {i: redact(reason) for i, reason in result.skipped.items()}  # changed meanwhile
     if json_out:
         out.json({"retried": retried, "skipped": skipped})
     else:

@@ -124,6 +124,32 @@ class BulkResult:
     skipped: dict[int, str] = field(default_factory=dict)  # id -> why not
 
 
+def retry_each(
+    db: Database,
+    kind: OrderKind,
+    ids: Sequence[int],
+    *,
+    actor: str,
+    why: str,
+    force: bool = False,
+    now: datetime | None = None,
+    done: Callable[[int], None] | None = None,
+) -> BulkResult:
+    """Retry each of ``ids`` in its own recorded transaction; an order that changed meanwhile
+    (or is gone) is skipped with why, and the rest go on. ``done(id)`` after each."""
+    result = BulkResult()
+    for order_id in ids:
+        try:
+            retry(db, kind, order_id, actor=actor, why=why, force=force, now=now)
+        except (IllegalTransition, OrderNotFound) as exc:
+            result.skipped[order_id] = str(exc)
+        else:
+            result.retried.append(order_id)
+        if done is not None:
+            done(order_id)
+    return result
+
+
 def retry_many(
     db: Database,
     kind: OrderKind,
@@ -136,15 +162,6 @@ def retry_many(
     limit: int | None = None,
     now: datetime | None = None,
 ) -> BulkResult:
-    """Retry every order matching the filter (by default: in review), each in its own
-    recorded transaction."""
+    """Retry every order matching the filter (by default: in review)."""
     ids = sql.ids_in_states(db, kind.model, states or [kind.review], where or {}, limit)
-    result = BulkResult()
-    for order_id in ids:
-        try:
-            retry(db, kind, order_id, actor=actor, why=why, force=force, now=now)
-        except (IllegalTransition, OrderNotFound) as exc:
-            result.skipped[order_id] = str(exc)
-        else:
-            result.retried.append(order_id)
-    return result
+    return retry_each(db, kind, ids, actor=actor, why=why, force=force, now=now)
