@@ -98,22 +98,28 @@ def cas(
 ) -> bool:
     """One checked compare-and-set, committed now (IllegalTransition when the table forbids
     it); updates ``row`` when it wins."""
+    write = Write(Action.RECORD, to, values, reason, request_id, note)
+    return unit.commit(db, [prepare(db, row, write, now or db.now(), actor)], moved)[0]
+
+
+def prepare(db: Database, row: Row, write: Write, now: datetime, actor: str) -> Cas:
+    """``write`` as a compare-and-set on ``row``, its transition checked against the kind's
+    table first (IllegalTransition)."""
     kind = kind_of(row)
-    if to is not None and to != row.state:
-        kind.check(row.state, to)
-    write = unit.prepare(
+    if write.to is not None and write.to != row.state:
+        kind.check(row.state, write.to)
+    return unit.prepare(
         db,
         kind.model,
         row,
-        to,
-        values,
-        reason=reason,
-        now=now or db.now(),
-        request_id=request_id,
+        write.to,
+        write.values,
+        reason=write.reason,
+        now=now,
+        request_id=write.request_id,
         actor=actor,
-        note=note,
+        note=write.note,
     )
-    return unit.commit(db, [write], moved)[0]
 
 
 @dataclass
@@ -175,7 +181,7 @@ class Reconciler:
             return {}
         now = self.now()
         writes = [
-            self._prepare(kind, row, decisions.sending(kind, row, now), now)
+            prepare(self.db, row, decisions.sending(kind, row, now), now, self.actor)
             for row in rows
             if row.claim_token == token and row.state == kind.initial and _sendable(kind, row)
         ]
@@ -220,7 +226,9 @@ class Reconciler:
         kind, row, now = kind_of(refused.row), refused.row, self.now()
         exc = errors.GarbledResponse(f"the database refused to record: {refused.reason[:200]}")
         why = "the outcome could not be recorded"
-        return self._prepare(kind, row, decisions.later(kind, row, exc, why, now, self.policy), now)
+        return prepare(
+            self.db, row, decisions.later(kind, row, exc, why, now, self.policy), now, self.actor
+        )
 
     def _ask(self, kind: OrderKind, row: Row, call: Call) -> Any:
         """The provider's answer to ``call``, or the WeChatPayError it raised."""
@@ -232,28 +240,12 @@ class Reconciler:
         except errors.WeChatPayError as exc:
             return exc
 
-    def _prepare(self, kind: OrderKind, row: Row, write: Write, now: datetime) -> Cas:
-        if write.to is not None and write.to != row.state:
-            kind.check(row.state, write.to)
-        return unit.prepare(
-            self.db,
-            kind.model,
-            row,
-            write.to,
-            write.values,
-            reason=write.reason,
-            now=now,
-            request_id=write.request_id,
-            actor=self.actor,
-            note=write.note,
-        )
-
     def _write(self, kind: OrderKind, work: Unit, row: Row, write: Write) -> bool:
         if write.log:
             level = _LOG_LEVEL.get(write.action, logging.INFO)
             log.log(level, "%s", write.log, extra=kind.log_fields(row, write.request_id))
         ahead = write.action in (Action.MARK, Action.REENTER)
-        return work.put(self._prepare(kind, row, write, self.now()), ahead=ahead)
+        return work.put(prepare(self.db, row, write, self.now(), self.actor), ahead=ahead)
 
 
 def _sendable(kind: OrderKind, row: Row) -> bool:
