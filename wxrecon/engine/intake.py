@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from wxrecon import metrics
+from wxrecon.config import Settings
 from wxrecon.domain.answers import request_differences
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
@@ -31,6 +32,8 @@ from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 log = logging.getLogger(__name__)
 
 ROWS_PER_STATEMENT = 500
+# The settings' default (one home for it: config.py); callers pass settings.claim_lease.
+DEFAULT_LEASE: float = Settings.model_fields["claim_lease"].default
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def intake_reductions(
     requests: Sequence[SpecialReductionRequest],
     *,
     token: str,
-    lease: float = 120.0,
+    lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
 ) -> list[IntakeResult]:
@@ -189,7 +192,7 @@ def intake_reduction(
     request: SpecialReductionRequest,
     *,
     token: str | None = None,
-    lease: float = 120.0,
+    lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
 ) -> IntakeResult:
@@ -203,7 +206,7 @@ def intake_bill(
     out_bill_no: object,
     *,
     token: str | None = None,
-    lease: float = 120.0,
+    lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
 ) -> IntakeResult:
