@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     watch_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["celery"])
     data_dir: Path = Path(".wxrecon")
     ratelimit_url: str | None = None  # default: the broker when it is Redis, else per process
+    # bal_account_no at rest (store/sealed.py): "id:base64key,..." (first seals, all open),
+    # and the separate key of the look-up hash (never rotated with the data keys)
+    data_keys: SecretStr | None = None
+    lookup_key: SecretStr | None = None
 
     # The provider
     wechatpay_base_url: str = PRIMARY_URL

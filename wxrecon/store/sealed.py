@@ -22,11 +22,15 @@ import hmac
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from wxrecon.domain.errors import WxreconError
+
+if TYPE_CHECKING:
+    from wxrecon.config import Settings
 
 VERSION = "v1"
 NONCE_BYTES = 12
@@ -154,3 +158,12 @@ def _split(sealed: str) -> tuple[str, bytes]:
     if len(blob) < NONCE_BYTES + 16:
         raise SealError("not a sealed ledger number")
     return key_id, blob
+
+
+def keyring(settings: Settings) -> Keyring:
+    """The keyring the settings name; SealError (one line) when either key is missing or bad."""
+    if settings.data_keys is None or settings.lookup_key is None:
+        raise SealError("WXRECON_DATA_KEYS and WXRECON_LOOKUP_KEY must both be set")
+    return Keyring.from_settings(
+        settings.data_keys.get_secret_value(), settings.lookup_key.get_secret_value()
+    )
