@@ -95,6 +95,8 @@ class OrdersSnapshot:
     # Outcome events not delivered (pending, dead) and the oldest pending one's age.
     outcomes: Mapping[str, int] = field(default_factory=dict)
     oldest_undelivered_seconds: float = 0.0
+    # Unexplained debits in fen by (mchid, ledger label: a prefix of the ledger's hash).
+    ledger_unexplained_debit_fen: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 class OrdersCollector(Collector):
@@ -143,6 +145,7 @@ class OrdersCollector(Collector):
         yield oldest
         yield strays
         yield from _outcome_gauges(snap)
+        yield _ledger_gauge(snap)
         yield up
 
 
@@ -161,3 +164,15 @@ def _outcome_gauges(snap: OrdersSnapshot) -> Iterator[Metric]:
     age.add_metric([], max(0.0, snap.oldest_undelivered_seconds))
     yield undelivered
     yield age
+
+
+def _ledger_gauge(snap: OrdersSnapshot) -> Metric:
+    debit = GaugeMetricFamily(
+        "wxrecon_ledger_unexplained_debit_fen",
+        "Fen that left a quota ledger without a reduction wxrecon recorded SUCCESS (all time), "
+        "by target merchant and ledger (a prefix of the ledger number's keyed hash).",
+        labels=["mchid", "ledger"],
+    )
+    for (mchid, label), fen in sorted(snap.ledger_unexplained_debit_fen.items()):
+        debit.add_metric([mchid, label], fen)
+    return debit

@@ -77,15 +77,19 @@ def read_snapshot(db: Database, now: datetime | None = None) -> OrdersSnapshot:
                 )
             ).scalar_one_or_none()
             oldest[name] = (now - _aware(due)).total_seconds() if due is not None else 0.0
+    from wxrecon.domain.outcomes import ledger_label
+    from wxrecon.store.ledgers import unexplained_debit_totals
     from wxrecon.store.outbox import backlog
 
     outcomes = backlog(db)
+    debits = {(m, ledger_label(h)): fen for m, h, fen in unexplained_debit_totals(db)}
     pending_since = outcomes.oldest_pending
     return OrdersSnapshot(
         counts=counts,
         oldest_due_seconds=oldest,
         outcomes=outcomes.counts,
         oldest_undelivered_seconds=(now - pending_since).total_seconds() if pending_since else 0.0,
+        ledger_unexplained_debit_fen=debits,
     )
 
 

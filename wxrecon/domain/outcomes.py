@@ -182,3 +182,62 @@ def outbox_row(event: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "next_attempt_at": now,
     }
+
+
+# -- ledger discrepancies (domain/ledger.py) ----------------------------------------------------
+
+LEDGER_KIND = "ledger"
+# The keys a ledger event adds to FIELDS (``ledger`` is a prefix of the lookup hash, never
+# the ledger number).
+LEDGER_FIELDS = ("ledger", "observed", "explained", "window_start", "window_end", "order_ids")
+LEDGER_LABEL = 12  # hex characters of the hash that name a ledger in events, metrics, the CLI
+
+
+def ledger_label(ledger_hash: str) -> str:
+    return ledger_hash[:LEDGER_LABEL]
+
+
+def ledger_event(
+    *,
+    discrepancy_id: int,
+    verdict: str,
+    mchid: str,
+    ledger_hash: str,
+    amount: int,
+    observed: int,
+    explained: int,
+    window: tuple[datetime, datetime],
+    order_ids: list[int],
+    now: datetime,
+) -> dict[str, Any]:
+    """``ledger.unexplained_debit`` / ``ledger.unexplained_credit``: FIELDS (order fields
+    None but mchid and amount) and LEDGER_FIELDS."""
+    event: dict[str, Any] = dict.fromkeys((*FIELDS, *LEDGER_FIELDS))
+    event.update(
+        schema_version=SCHEMA_VERSION,
+        event_id=f"wxr.{LEDGER_KIND}.{discrepancy_id}",
+        type=f"{LEDGER_KIND}.{verdict}",
+        kind=LEDGER_KIND,
+        order_id=discrepancy_id,
+        state=verdict.upper(),
+        mchid=mchid,
+        amount=amount,
+        ledger=ledger_label(ledger_hash),
+        observed=observed,
+        explained=explained,
+        window_start=window[0].isoformat(),
+        window_end=window[1].isoformat(),
+        order_ids=order_ids,
+        reason=f"balance moved {observed} fen, reductions explain {explained} fen",
+        actor=ENGINE_ACTOR,
+        occurred_at=now.isoformat(),
+    )
+    return event
+
+
+def ledger_outbox_row(event: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """A ledger event's row: one ledger's discrepancies share an order key (delivered in
+    order), apart from every order's."""
+    row = outbox_row(event, now)
+    row["order_key"] = f"{LEDGER_KIND}:{event['mchid']}:{event['ledger']}"
+    return row

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Index,
@@ -250,10 +251,62 @@ class Outcome(Base):
         return f"<Outcome {self.event_id} {self.type} {self.delivery}>"
 
 
+class LedgerSnapshot(Base):
+    """One channel-balance answer for a quota ledger (domain/ledger.py checks pairs of them).
+    The ledger number is sealed (AAD: the mchid and "ledger") and grouped by its lookup hash."""
+
+    __tablename__ = "ledger_snapshots"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    mchid: Mapped[str] = mapped_column(String(32))
+    ledger_hash: Mapped[str] = mapped_column(String(64))
+    ledger_sealed: Mapped[str] = mapped_column(String(256))
+    balance: Mapped[int | None] = mapped_column(BigInteger)  # fen; None: not sent
+    in_transit: Mapped[bool | None] = mapped_column(Boolean)  # None: not sent
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    taken_at: Mapped[datetime]  # the database's clock
+
+    __table_args__ = (
+        Index("ix_ledger_snapshots_mchid_ledger_hash_taken_at", "mchid", "ledger_hash", "taken_at"),
+    )
+
+
+class LedgerDiscrepancy(Base):
+    """A window whose balance change the reductions recorded SUCCESS do not explain."""
+
+    __tablename__ = "ledger_discrepancies"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    mchid: Mapped[str] = mapped_column(String(32))
+    ledger_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(24))  # unexplained_debit / unexplained_credit
+    amount: Mapped[int] = mapped_column(BigInteger)  # fen, positive
+    observed: Mapped[int] = mapped_column(BigInteger)  # balance change, fen
+    explained: Mapped[int] = mapped_column(BigInteger)  # minus the reductions' sum, fen
+    start_snapshot_id: Mapped[int] = mapped_column(BigInteger)
+    # One verdict per window: a re-run check of the same window is a no-op.
+    end_snapshot_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    order_ids: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(
+            "ix_ledger_discrepancies_mchid_ledger_hash_created_at",
+            "mchid",
+            "ledger_hash",
+            "created_at",
+        ),
+    )
+
+
 __all__ = [
     "Base",
     "CompensationBill",
     "Event",
+    "LedgerDiscrepancy",
+    "LedgerSnapshot",
     "Outcome",
     "SpecialReduction",
     "UTCDateTime",

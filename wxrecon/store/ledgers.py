@@ -1,0 +1,290 @@
+"""Every statement of the ledger reconciliation: snapshots, discrepancies, and the two reads
+of the orders' table it depends on (``recent_ledgers``, ``successes``), each in one function
+so the ledger number's at-rest form (plaintext or sealed + hash) is known in one place.
+
+A snapshot's ledger number is sealed under the keyring (associated data: the mchid and
+``LEDGER_AAD``) and grouped by its lookup hash, so two snapshots of one ledger share a hash
+without the number being stored in the clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, func, select
+
+from wxrecon.domain import ledger
+from wxrecon.domain.states import RState
+from wxrecon.store.db import Database
+from wxrecon.store.models import LedgerDiscrepancy, LedgerSnapshot, Outcome, SpecialReduction
+from wxrecon.store.sealed import Keyring
+from wxrecon.store.sql import upsert
+
+S = cast(Table, LedgerSnapshot.__table__)
+D = cast(Table, LedgerDiscrepancy.__table__)
+R = cast(Table, SpecialReduction.__table__)
+O = cast(Table, Outcome.__table__)  # noqa: E741
+LEDGER_AAD = "ledger"  # the seal's second binding (the first is the mchid)
+MAX_LEDGERS = 10_000  # ledgers one snapshot round takes at most
+
+
+@dataclass(frozen=True)
+class Ledger:
+    mchid: str
+    bal_account_no: str  # plaintext: only in memory, for the query
+
+
+# -- the orders' table --------------------------------------------------------------------------
+
+
+def recent_ledgers(db: Database, since: datetime, mchid: str | None = None) -> list[Ledger]:
+    """The ledgers of reductions created or updated since ``since`` (recent activity)."""
+    stmt = select(R.c.mchid, R.c.bal_account_no).where(R.c.updated_at >= since).distinct()
+    if mchid is not None:
+        stmt = stmt.where(R.c.mchid == mchid)
+    with db.read() as s:
+        rows = s.execute(stmt.order_by(R.c.mchid, R.c.bal_account_no).limit(MAX_LEDGERS)).all()
+    return [Ledger(r.mchid, r.bal_account_no) for r in rows]
+
+
+def successes(
+    db: Database, mchid: str, bal_account_no: str, start: datetime, end: datetime
+) -> list[ledger.Reduction]:
+    """The reductions of one ledger recorded SUCCESS with ``success_time`` in (start, end]."""
+    stmt = select(R.c.id, R.c.amount, R.c.success_time).where(
+        R.c.mchid == mchid,
+        R.c.bal_account_no == bal_account_no,
+        R.c.state == RState.SUCCESS,
+        R.c.success_time > start,
+        R.c.success_time <= end,
+    )
+    with db.read() as s:
+        rows = s.execute(stmt.order_by(R.c.id)).all()
+    return [ledger.Reduction(r.id, int(r.amount), r.success_time) for r in rows]
+
+
+# -- snapshots -------------------------------------------------------------------------------------
+
+
+def insert_snapshot(
+    db: Database,
+    keys: Keyring,
+    item: Ledger,
+    *,
+    balance: int | None,
+    in_transit: bool | None,
+    request_id: str | None,
+) -> tuple[int, str]:
+    """Store one answer, taken now by the database's clock; (snapshot id, ledger hash)."""
+    digest = keys.lookup_hash(item.bal_account_no)
+    values = {
+        "mchid": item.mchid,
+        "ledger_hash": digest,
+        "ledger_sealed": keys.seal(item.bal_account_no, item.mchid, LEDGER_AAD),
+        "balance": balance,
+        "in_transit": in_transit,
+        "request_id": request_id,
+        "taken_at": db.now(),
+    }
+    with db.begin() as conn:
+        new_id = conn.execute(S.insert().values(values).returning(S.c.id)).scalar_one()
+    return int(new_id), digest
+
+
+def open_ledger(keys: Keyring, mchid: str, sealed: str) -> str:
+    return keys.open(sealed, mchid, LEDGER_AAD)
+
+
+def snapshots(
+    db: Database,
+    mchid: str,
+    ledger_hash: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """A ledger's snapshots, oldest first, within [start, end)."""
+    stmt = select(S).where(S.c.mchid == mchid, S.c.ledger_hash == ledger_hash)
+    if start is not None:
+        stmt = stmt.where(S.c.taken_at >= start)
+    if end is not None:
+        stmt = stmt.where(S.c.taken_at < end)
+    stmt = stmt.order_by(S.c.taken_at.desc(), S.c.id.desc()).limit(limit)
+    with db.read() as s:
+        rows = [dict(r._mapping) for r in s.execute(stmt)]
+    return rows[::-1]
+
+
+def previous_point(
+    db: Database, mchid: str, ledger_hash: str, before_id: int
+) -> dict[str, Any] | None:
+    """The latest check point (a balance, nothing in transit) before snapshot ``before_id``."""
+    stmt = (
+        select(S)
+        .where(
+            S.c.mchid == mchid,
+            S.c.ledger_hash == ledger_hash,
+            S.c.id < before_id,
+            S.c.in_transit.is_(False),
+            S.c.balance.is_not(None),
+        )
+        .order_by(S.c.taken_at.desc(), S.c.id.desc())
+        .limit(1)
+    )
+    with db.read() as s:
+        row = s.execute(stmt).first()
+    return dict(row._mapping) if row else None
+
+
+def snapshot_of(row: Mapping[str, Any]) -> ledger.Snapshot:
+    return ledger.Snapshot(row["id"], row["balance"], row["in_transit"], row["taken_at"])
+
+
+def ledgers(db: Database, mchid: str | None = None) -> list[dict[str, Any]]:
+    """One line per ledger: its snapshots, the latest one, its discrepancies."""
+    latest = (
+        select(
+            S.c.mchid,
+            S.c.ledger_hash,
+            func.max(S.c.id).label("last_id"),
+            func.count().label("snapshots"),
+        )
+        .group_by(S.c.mchid, S.c.ledger_hash)
+        .subquery()
+    )
+    found = (
+        select(
+            D.c.mchid, D.c.ledger_hash, func.count().label("n"), func.sum(D.c.amount).label("fen")
+        )
+        .where(D.c.kind == ledger.UNEXPLAINED_DEBIT)
+        .group_by(D.c.mchid, D.c.ledger_hash)
+        .subquery()
+    )
+    stmt = (
+        select(
+            latest.c.mchid,
+            latest.c.ledger_hash,
+            latest.c.snapshots,
+            S.c.balance,
+            S.c.in_transit,
+            S.c.taken_at,
+            func.coalesce(found.c.n, 0).label("unexplained_debits"),
+            func.coalesce(found.c.fen, 0).label("unexplained_debit_fen"),
+        )
+        .join(S, S.c.id == latest.c.last_id)
+        .outerjoin(
+            found,
+            and_(found.c.mchid == latest.c.mchid, found.c.ledger_hash == latest.c.ledger_hash),
+        )
+        .order_by(latest.c.mchid, latest.c.ledger_hash)
+    )
+    if mchid is not None:
+        stmt = stmt.where(latest.c.mchid == mchid)
+    with db.read() as s:
+        return [dict(r._mapping) for r in s.execute(stmt)]
+
+
+def find_ledger(db: Database, mchid: str, prefix: str) -> list[str]:
+    """The ledger hashes of ``mchid`` starting with ``prefix`` (what the CLI shows)."""
+    stmt = (
+        select(S.c.ledger_hash)
+        .where(S.c.mchid == mchid, S.c.ledger_hash.startswith(prefix.lower(), autoescape=True))
+        .distinct()
+        .limit(2)
+    )
+    with db.read() as s:
+        return [r[0] for r in s.execute(stmt)]
+
+
+# -- discrepancies ------------------------------------------------------------------------------
+
+
+def record_discrepancy(
+    db: Database,
+    mchid: str,
+    ledger_hash: str,
+    result: ledger.Check,
+    *,
+    outcome: Any = None,
+) -> int | None:
+    """Store a discrepancy (and, when ``outcome`` builds one from (id, now), its outcome row
+    in the same transaction); None when this window has its verdict already."""
+    now = db.now()
+    values = {
+        "mchid": mchid,
+        "ledger_hash": ledger_hash,
+        "kind": result.verdict,
+        "amount": result.amount,
+        "observed": result.observed,
+        "explained": result.explained,
+        "start_snapshot_id": result.start.id,
+        "end_snapshot_id": result.end.id,
+        "window_start": result.start.taken_at,
+        "window_end": result.end.taken_at,
+        "order_ids": list(result.order_ids),
+        "created_at": now,
+    }
+    with db.begin() as conn:
+        stmt = upsert(conn, LedgerDiscrepancy).values(values)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["end_snapshot_id"])
+        new_id = conn.execute(stmt.returning(D.c.id)).scalar()
+        if new_id is None:
+            return None
+        if outcome is not None:
+            conn.execute(O.insert().values(outcome(int(new_id), now)))
+    return int(new_id)
+
+
+def discrepancies(
+    db: Database,
+    *,
+    mchid: str | None = None,
+    ledger_hash: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    stmt = select(D)
+    if mchid is not None:
+        stmt = stmt.where(D.c.mchid == mchid)
+    if ledger_hash is not None:
+        stmt = stmt.where(D.c.ledger_hash == ledger_hash)
+    if start is not None:
+        stmt = stmt.where(D.c.window_end >= start)
+    if end is not None:
+        stmt = stmt.where(D.c.window_end < end)
+    with db.read() as s:
+        return [dict(r._mapping) for r in s.execute(stmt.order_by(D.c.id).limit(limit))]
+
+
+def unexplained_debit_totals(db: Database) -> Sequence[tuple[str, str, int]]:
+    """(mchid, ledger hash, unexplained debit fen) per ledger: the metric's figures."""
+    stmt = (
+        select(D.c.mchid, D.c.ledger_hash, func.sum(D.c.amount))
+        .where(D.c.kind == ledger.UNEXPLAINED_DEBIT)
+        .group_by(D.c.mchid, D.c.ledger_hash)
+    )
+    with db.read() as s:
+        return [(r[0], r[1], int(r[2])) for r in s.execute(stmt)]
+
+
+def snapshots_by_id(db: Database, ids: Sequence[int]) -> list[dict[str, Any]]:
+    with db.read() as s:
+        return [dict(r._mapping) for r in s.execute(select(S).where(S.c.id.in_(list(ids))))]
+
+
+def recent_snapshot_ledgers(
+    db: Database, since: datetime, mchid: str | None = None
+) -> list[dict[str, Any]]:
+    """One sealed number per ledger snapshotted since ``since`` (its latest)."""
+    last = select(func.max(S.c.id).label("id")).where(S.c.taken_at >= since)
+    if mchid is not None:
+        last = last.where(S.c.mchid == mchid)
+    last_ids = last.group_by(S.c.mchid, S.c.ledger_hash).limit(MAX_LEDGERS).subquery()
+    stmt = select(S.c.mchid, S.c.ledger_sealed).where(S.c.id.in_(select(last_ids.c.id)))
+    with db.read() as s:
+        return [dict(r._mapping) for r in s.execute(stmt)]
