@@ -1,0 +1,191 @@
+"""engine/ledger.py on SQLite and PostgreSQL: snapshots, checks, discrepancies and their
+outcome events."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from wxrecon.domain.ledger import OK, UNEXPLAINED_CREDIT, UNEXPLAINED_DEBIT
+from wxrecon.engine import ledger as engine
+from wxrecon.store import ledgers as store
+from wxrecon.store.db import Database
+from wxrecon.store.models import LedgerSnapshot, Outcome, SpecialReduction
+from wxrecon.store.sealed import Keyring, generate_key
+from wxrecon.wechatpay.errors import NetworkError, Throttled
+from wxrecon.wechatpay.resources import ChannelBalance
+
+MCHID = "1900000109"
+LEDGER = "6222000011112222"
+
+
+class Balances:
+    """Scripted channel-balance answers (a ChannelBalance or an exception)."""
+
+    def __init__(self) -> None:
+        self.answers: deque[object] = deque()
+        self.calls: list[tuple[str, str]] = []
+
+    def query_balance(self, *, mchid: str, bal_account_no: str) -> ChannelBalance:
+        self.calls.append((mchid, bal_account_no))
+        answer = self.answers.popleft()
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, ChannelBalance)
+        return answer
+
+    def then(self, balance: int | None, in_transit: bool | None = False) -> Balances:
+        self.answers.append(ChannelBalance(balance, in_transit, request_id=f"rid-{balance}"))
+        return self
+
+
+@pytest.fixture
+def keys() -> Keyring:
+    return Keyring.from_settings(f"k1:{generate_key()}", generate_key())
+
+
+def add_reduction(
+    db: Database, no: str, amount: int, state: str = "SUCCESS", success_time: datetime | None = None
+) -> int:
+    now = db.now()
+    with db.transaction() as s:
+        row = SpecialReduction(
+            mchid=MCHID,
+            bal_account_no=LEDGER,
+            out_request_no=no,
+            reduction_type="FINANCIAL_PENALTY",
+            amount=amount,
+            state=state,
+            success_time=success_time,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+def take(db: Database, client: Balances, keys: Keyring) -> engine.Round:
+    since = db.now() - timedelta(hours=1)
+    return engine.snapshot(db, client, keys, engine.ledgers_to_snapshot(db, keys, since))
+
+
+def test_nothing_in_transit_and_nothing_done_is_ok(db: Database, keys: Keyring) -> None:
+    add_reduction(db, "R1", 100, state="PROCESSING")
+    client = Balances().then(10_000).then(10_000)
+    first, second = take(db, client, keys), take(db, client, keys)
+    assert (first.taken, first.checks) == (1, [])  # the first snapshot has nothing before it
+    assert second.taken == 1
+    assert [c.verdict for c in second.checks] == [OK]
+    assert second.discrepancies == []
+    assert client.calls == [(MCHID, LEDGER)] * 2
+
+
+def test_reduction_settled_between_snapshots_explains_the_debit(
+    db: Database, keys: Keyring
+) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    client = Balances().then(10_000).then(9_700)
+    take(db, client, keys)
+    settled = add_reduction(db, "R1", 300, success_time=db.now())
+    result = take(db, client, keys)
+    [c] = result.checks
+    assert (c.verdict, c.observed, c.explained, c.order_ids) == (OK, -300, -300, (settled,))
+    assert store.discrepancies(db) == []
+
+
+def test_snapshot_in_transit_is_kept_but_not_a_check_point(db: Database, keys: Keyring) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    client = Balances().then(10_000).then(9_800, in_transit=True).then(9_700)
+    take(db, client, keys)
+    middle = take(db, client, keys)
+    assert (middle.taken, middle.checks) == (1, [])  # stored, not checked
+    settled = add_reduction(db, "R1", 300, success_time=db.now())
+    last = take(db, client, keys)
+    [c] = last.checks
+    # The window spans the snapshot in transit: first (10 000) to last (9 700).
+    assert (c.verdict, c.start.balance, c.end.balance, c.order_ids) == (
+        OK,
+        10_000,
+        9_700,
+        (settled,),
+    )
+    rows = store.snapshots(db, MCHID, keys.lookup_hash(LEDGER))
+    assert [(r["balance"], r["in_transit"]) for r in rows] == [
+        (10_000, False),
+        (9_800, True),
+        (9_700, False),
+    ]
+
+
+def test_external_debit_is_an_unexplained_debit_with_its_outcome(
+    db: Database, keys: Keyring
+) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    client = Balances().then(10_000).then(9_700)
+    take(db, client, keys)
+    result = take(db, client, keys)
+    [c] = result.checks
+    assert (c.verdict, c.amount) == (UNEXPLAINED_DEBIT, 300)
+    [d] = store.discrepancies(db)
+    assert (d["kind"], d["amount"], d["observed"], d["explained"], d["order_ids"]) == (
+        UNEXPLAINED_DEBIT,
+        300,
+        -300,
+        0,
+        [],
+    )
+    assert d["window_start"] < d["window_end"]
+    with db.read() as s:
+        [outcome] = s.execute(select(Outcome)).scalars().all()
+    event = json.loads(outcome.payload)
+    assert (outcome.type, outcome.kind, outcome.delivery) == (
+        "ledger.unexplained_debit",
+        "ledger",
+        "pending",
+    )
+    assert (event["amount"], event["mchid"], event["observed"]) == (300, MCHID, -300)
+    assert outcome.order_key == f"ledger:{MCHID}:{keys.lookup_hash(LEDGER)[:12]}"
+    assert LEDGER not in outcome.payload
+    # Checking again records nothing new (one verdict per window).
+    checks = engine.recheck(db, keys, MCHID, keys.lookup_hash(LEDGER))
+    assert [x.verdict for x in checks] == [UNEXPLAINED_DEBIT]
+    assert len(store.discrepancies(db)) == 1
+    assert store.unexplained_debit_totals(db) == [(MCHID, keys.lookup_hash(LEDGER), 300)]
+
+
+def test_top_up_is_an_unexplained_credit(db: Database, keys: Keyring) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    client = Balances().then(10_000).then(10_500)
+    take(db, client, keys)
+    [c] = take(db, client, keys).checks
+    assert (c.verdict, c.amount) == (UNEXPLAINED_CREDIT, 500)
+    [d] = store.discrepancies(db)
+    assert d["kind"] == UNEXPLAINED_CREDIT
+    assert store.unexplained_debit_totals(db) == []  # a credit is not an alert
+
+
+def test_ledger_number_is_sealed_at_rest(db: Database, keys: Keyring) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    take(db, Balances().then(10_000), keys)
+    with db.read() as s:
+        [row] = s.execute(select(LedgerSnapshot)).scalars().all()
+    assert LEDGER not in row.ledger_sealed and LEDGER not in row.ledger_hash
+    assert store.open_ledger(keys, MCHID, row.ledger_sealed) == LEDGER
+    assert (row.balance, row.in_transit, row.request_id) == (10_000, False, "rid-10000")
+
+
+def test_failed_query_stores_nothing_and_throttle_defers(db: Database, keys: Keyring) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    client = Balances()
+    client.answers.append(NetworkError("down"))
+    failed = take(db, client, keys)
+    assert (failed.taken, failed.failed) == (0, 1)
+    client.answers.append(Throttled(0.5, "query_balance:" + MCHID))
+    deferred = take(db, client, keys)
+    assert (deferred.taken, deferred.deferred) == (0, 1)
+    assert store.snapshots(db, MCHID, keys.lookup_hash(LEDGER)) == []
