@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     reentry_grace: float = Field(30.0, ge=0)
     poll_chunk: int = Field(10, ge=1)  # claimed orders per poll message
 
+    # Ledger reconciliation (README, "Ledgers"): balance snapshots of ledgers with activity
+    ledger_snapshot_interval: float = Field(900.0, gt=0, le=86400.0)
+    ledger_activity_window: float = Field(7 * 86400.0, gt=0, le=400 * 86400.0)
+
     # Outcome delivery (README, "Outcome delivery"): either target, or both, or neither
     outcome_task: str | None = None  # a Celery task name, e.g. billing.on_wxrecon_outcome
     outcome_queue: str = "celery"  # the app's queue (a plain Celery app's default)
@@ -153,6 +157,8 @@ class Settings(BaseSettings):
         "reentry_grace",
         "reentry_margin",
         "http_total_timeout",
+        "ledger_snapshot_interval",
+        "ledger_activity_window",
         mode="before",
     )
     @classmethod

@@ -320,3 +320,28 @@ def _relay(rt: Any) -> Any:
         _RELAYS.clear()
         relay = _RELAYS[id(rt)] = relay_from(rt.db, rt.settings, app)
     return relay
+
+
+@app.task(name="wxrecon.snapshot_ledgers", base=WxreconTask, queue=POLL_QUEUE)
+def snapshot_ledgers(mchid: Any = None) -> dict[str, int]:
+    """Beat: snapshot and check the ledgers with recent activity (engine/ledger.py); at most
+    engine.ledger.MAX_PER_ROUND ledgers a tick, on the balance endpoint's own rate key."""
+    from wxrecon.engine import ledger
+    from wxrecon.store.sealed import SealError
+
+    if mchid is not None and (not isinstance(mchid, str) or not mchid.isdigit() or len(mchid) > 32):
+        log.error("snapshot_ledgers refused: mchid must be digits (at most 32)")
+        return {"taken": 0}
+    rt = runtime.get()
+    try:
+        client: Any = rt.client  # the WeChatPayClient (it has query_balance)
+        done = ledger.run(rt.db, client, rt.settings, mchid)
+    except SealError as exc:
+        log.error("ledger snapshots skipped: %s", exc)
+        return {"taken": 0}
+    return {
+        "taken": done.taken,
+        "failed": done.failed,
+        "deferred": done.deferred,
+        "discrepancies": len(done.discrepancies),
+    }

@@ -38,6 +38,7 @@ ROUTES = {
     "wxrecon.track_compensation_bill": {"queue": INTAKE_QUEUE},
     "wxrecon.poll_reduction": {"queue": POLL_QUEUE},
     "wxrecon.poll_bill": {"queue": POLL_QUEUE},
+    "wxrecon.snapshot_ledgers": {"queue": POLL_QUEUE},
     "wxrecon.poll_reductions": {"queue": POLL_QUEUE},
     "wxrecon.poll_bills": {"queue": POLL_QUEUE},
     "wxrecon.sweep_reductions": {"queue": POLL_QUEUE},
@@ -139,6 +140,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": interval,
                 # A sweep that waited longer than one interval is stale: the next one comes.
                 "options": {"queue": POLL_QUEUE, "expires": max(1.0, interval)},
+            },
+            "ledger-snapshots": {
+                "task": "wxrecon.snapshot_ledgers",
+                "schedule": settings.ledger_snapshot_interval,
+                "options": {"queue": POLL_QUEUE, "expires": settings.ledger_snapshot_interval},
             },
             "sweep-bills": {
                 "task": "wxrecon.sweep_bills",

@@ -169,3 +169,14 @@ def recheck(db: Database, keys: Keyring, mchid: str, digest: str) -> list[ledger
 
 def activity_since(now: datetime, window: float) -> datetime:
     return now - timedelta(seconds=window)
+
+
+def run(db: Database, client: BalanceProvider, settings: Any, mchid: str | None = None) -> Round:
+    """One round as the beat task and ``wxrecon ledger snapshot`` run it: the ledgers with
+    activity in the window (``WXRECON_LEDGER_ACTIVITY_WINDOW``), snapshotted and checked.
+    SealError (one line) when the keys are not configured."""
+    from wxrecon.store.sealed import keyring
+
+    keys = keyring(settings)
+    since = activity_since(db.now(), settings.ledger_activity_window)
+    return snapshot(db, client, keys, ledgers_to_snapshot(db, keys, since, mchid))
