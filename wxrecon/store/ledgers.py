@@ -288,3 +288,59 @@ def recent_snapshot_ledgers(
     stmt = select(S.c.mchid, S.c.ledger_sealed).where(S.c.id.in_(select(last_ids.c.id)))
     with db.read() as s:
         return [dict(r._mapping) for r in s.execute(stmt)]
+
+
+# -- the daily statement's reads ------------------------------------------------------------------
+
+
+def day_finals(db: Database, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Each (reduction, final state) an event moved it to in [start, end): mchid, ledger
+    number (plaintext, in memory only), order id, state, amount (fen)."""
+    from wxrecon.store.models import Event
+
+    E = cast(Table, Event.__table__)
+    finals = (RState.SUCCESS, RState.FAILED, RState.REJECTED)
+    stmt = (
+        select(R.c.mchid, R.c.bal_account_no, R.c.id, E.c.to_state, R.c.amount)
+        .join(E, and_(E.c.kind == "reduction", E.c.order_id == R.c.id))
+        .where(E.c.to_state.in_(finals), E.c.at >= start, E.c.at < end)
+        .distinct()
+    )
+    with db.read() as s:
+        return [
+            {"mchid": r[0], "ledger": r[1], "order_id": r[2], "state": r[3], "amount": int(r[4])}
+            for r in s.execute(stmt)
+        ]
+
+
+def open_reductions(db: Database, states: Sequence[str]) -> list[dict[str, Any]]:
+    """Reductions in ``states`` now (in flight, or in review): with their last change."""
+    stmt = select(
+        R.c.mchid,
+        R.c.bal_account_no,
+        R.c.id,
+        R.c.out_request_no,
+        R.c.state,
+        R.c.amount,
+        R.c.updated_at,
+    ).where(R.c.state.in_(list(states)))
+    with db.read() as s:
+        return [
+            {
+                "mchid": r[0],
+                "ledger": r[1],
+                "order_id": r[2],
+                "out_request_no": r[3],
+                "state": r[4],
+                "amount": int(r[5]),
+                "updated_at": r[6],
+            }
+            for r in s.execute(stmt.order_by(R.c.id).limit(MAX_LEDGERS))
+        ]
+
+
+def day_snapshots(db: Database, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    stmt = select(S.c.id, S.c.mchid, S.c.ledger_hash, S.c.balance, S.c.in_transit, S.c.taken_at)
+    stmt = stmt.where(S.c.taken_at >= start, S.c.taken_at < end).order_by(S.c.taken_at, S.c.id)
+    with db.read() as s:
+        return [dict(r._mapping) for r in s.execute(stmt.limit(100_000))]
