@@ -62,6 +62,11 @@ class AdminClient:
         data = {"mchid": mchid, "bal_account_no": bal_account_no, "balance": balance}
         return self._call("POST", "ledgers", data)["ledgers"][0]
 
+    def adjust_ledger(self, mchid: str, bal_account_no: str, amount: int) -> dict[str, Any]:
+        """Credit (amount > 0) or debit (< 0) a ledger in fen outside any order."""
+        data = {"mchid": mchid, "bal_account_no": bal_account_no, "amount": amount}
+        return self._call("POST", "ledgers/adjust", data)["ledger"]
+
     def ledgers(self) -> list[dict[str, Any]]:
         return self._call("GET", "ledgers")["ledgers"]
 

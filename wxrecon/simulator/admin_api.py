@@ -22,6 +22,7 @@ Handler = Callable[[float, dict[str, str], Any], Answer]
 
 TIMING_SETTINGS = ("latency", "hang", "idle_timeout")
 RESETTABLE = ("books", "stats", "faults")
+MAX_ADJUST = 10**12  # fen: an adjustment's bound either way
 
 
 def _bad(message: str) -> Any:
@@ -57,6 +58,7 @@ class AdminApi:
             ("GET", "/_sim/health"): self.health,
             ("GET", "/_sim/ledgers"): self.get_ledgers,
             ("POST", "/_sim/ledgers"): self.set_ledgers,
+            ("POST", "/_sim/ledgers/adjust"): self.adjust_ledger,
             ("GET", "/_sim/reductions"): self.get_reductions,
             ("GET", "/_sim/bills"): self.get_bills,
             ("POST", "/_sim/bills"): self.seed_bills,
@@ -95,6 +97,20 @@ class AdminApi:
         books = self.sim.books
         done = [books.set_ledger(s.mchid, s.bal_account_no, s.balance) for s in seeds]
         return 200, {"ledgers": done}
+
+    def adjust_ledger(self, now: float, params: dict[str, str], data: Any) -> Answer:
+        """``{"mchid", "bal_account_no", "amount"}``: credit (amount > 0) or debit (< 0) a
+        ledger in fen, outside any order."""
+        if not isinstance(data, dict):
+            return _bad("an adjustment is a JSON object")
+        amount = data.get("amount")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
+            return _bad("amount must be a non-zero integer number of fen")
+        if abs(amount) > MAX_ADJUST:
+            return _bad(f"amount must be at most {MAX_ADJUST} fen either way")
+        seed = material.LedgerSeed.create(data.get("mchid"), data.get("bal_account_no"), 0)
+        done = self.sim.books.adjust_ledger(now, seed.mchid, seed.bal_account_no, amount)
+        return 200, {"ledger": done}
 
     def get_reductions(self, now: float, params: dict[str, str], data: Any) -> Answer:
         return 200, {"reductions": self.sim.books.reductions(now, params.get("out_request_no"))}

@@ -105,6 +105,22 @@ class Books:
                 led.balance = balance
             return led.public()
 
+    def adjust_ledger(
+        self, now: float, mchid: str, bal_account_no: str, delta: int
+    ) -> dict[str, Any]:
+        """Debit (delta < 0) or credit a ledger outside any order: money a reduction did not
+        move, so that wxrecon's ledger check has a discrepancy to find."""
+        with self._lock:
+            self._settle_due(now)
+            led = self._ledgers.get((mchid, bal_account_no))
+            if led is None:
+                raise ValueError("no such ledger")
+            if led.balance + delta < 0:
+                raise ValueError("a debit larger than the balance")
+            self.version += 1
+            led.balance += delta
+            return led.public()
+
     def ledgers(
         self, now: float, mchid: str | None = None, bal_account_no: str | None = None
     ) -> list[dict[str, Any]]:
