@@ -80,6 +80,17 @@ def test_usable(snapshot: Snapshot, expected: bool) -> None:
     assert usable(snapshot) is expected
 
 
+def test_whole_second_success_time_counts_when_submitted_after_the_start() -> None:
+    start, end = snap(1, 10_000, 0), snap(2, 9_700, 10)
+    truncated = at(0) - timedelta(seconds=0.4)  # the provider's whole second, before t0
+    before = Reduction(1, 300, truncated)  # no submit time: it could be in t0's balance
+    assert check(start, end, [before]).verdict == UNEXPLAINED_DEBIT
+    after = Reduction(1, 300, truncated, submitted_at=at(0) + timedelta(seconds=0.1))
+    assert check(start, end, [after]).verdict == OK
+    applied_earlier = Reduction(1, 300, truncated, submitted_at=at(-1))
+    assert check(start, snap(2, 10_000, 10), [applied_earlier]).verdict == OK
+
+
 def test_pairs_skip_snapshots_in_transit() -> None:
     s = [snap(1, 100, 0), snap(2, 90, 5, True), snap(3, 80, 10), snap(4, None, 12), snap(5, 70, 15)]
     assert [(a.id, b.id) for a, b in pairs(list(reversed(s)))] == [(1, 3), (3, 5)]

@@ -8,6 +8,11 @@ money that arrived (an unexplained credit, e.g. a top-up: information).
 
 A snapshot with a reduction in transit is kept but is not a check point: the balance may or
 may not include a reduction the provider has not finished, so no difference proves anything.
+
+The provider's ``success_time`` has whole seconds (truncated, so never later than the true
+time): a reduction applied just after ``t0`` may carry a ``success_time`` in ``t0``'s second,
+before ``t0``. Nothing was in transit at ``t0``, so a reduction first submitted after ``t0``
+cannot be in ``t0``'s balance: it counts in the window whatever its truncated time says.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Reduction:
     order_id: int
     amount: int  # fen
     success_time: datetime
+    submitted_at: datetime | None = None  # our first POST (database clock)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,14 @@ def usable(s: Snapshot) -> bool:
     return s.balance is not None and s.in_transit is False
 
 
+def within(r: Reduction, start: Snapshot, end: Snapshot) -> bool:
+    """Applied after ``start`` and by ``end`` (see the module's note on whole seconds)."""
+    after = r.success_time > start.taken_at or (
+        r.submitted_at is not None and r.submitted_at > start.taken_at
+    )
+    return after and r.success_time <= end.taken_at
+
+
 def check(start: Snapshot, end: Snapshot, reductions: Sequence[Reduction]) -> Check:
     """The verdict on the window ``(start.taken_at, end.taken_at]``; ``reductions`` may hold
     more than the window (only those inside count)."""
@@ -67,10 +81,7 @@ def check(start: Snapshot, end: Snapshot, reductions: Sequence[Reduction]) -> Ch
         raise ValueError("both snapshots must be check points (a balance, nothing in transit)")
     if end.taken_at <= start.taken_at:
         raise ValueError("the end snapshot must be later than the start")
-    inside = sorted(
-        (r for r in reductions if start.taken_at < r.success_time <= end.taken_at),
-        key=lambda r: r.order_id,
-    )
+    inside = sorted((r for r in reductions if within(r, start, end)), key=lambda r: r.order_id)
     assert start.balance is not None and end.balance is not None
     observed = end.balance - start.balance
     explained = -sum(r.amount for r in inside)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, func, select
+from sqlalchemy import Table, and_, func, or_, select
 
 from wxrecon.domain import ledger
 from wxrecon.domain.states import RState
@@ -53,17 +53,18 @@ def recent_ledgers(db: Database, since: datetime, mchid: str | None = None) -> l
 def successes(
     db: Database, mchid: str, bal_account_no: str, start: datetime, end: datetime
 ) -> list[ledger.Reduction]:
-    """The reductions of one ledger recorded SUCCESS with ``success_time`` in (start, end]."""
-    stmt = select(R.c.id, R.c.amount, R.c.success_time).where(
+    """The reductions of one ledger recorded SUCCESS with ``success_time`` at or before
+    ``end`` and after ``start`` (or first submitted after it: domain/ledger.within)."""
+    stmt = select(R.c.id, R.c.amount, R.c.success_time, R.c.submitted_at).where(
         R.c.mchid == mchid,
         R.c.bal_account_no == bal_account_no,
         R.c.state == RState.SUCCESS,
-        R.c.success_time > start,
         R.c.success_time <= end,
+        or_(R.c.success_time > start, R.c.submitted_at > start),
     )
     with db.read() as s:
         rows = s.execute(stmt.order_by(R.c.id)).all()
-    return [ledger.Reduction(r.id, int(r.amount), r.success_time) for r in rows]
+    return [ledger.Reduction(r.id, int(r.amount), r.success_time, r.submitted_at) for r in rows]
 
 
 # -- snapshots -------------------------------------------------------------------------------------
