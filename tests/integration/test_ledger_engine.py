@@ -8,6 +8,7 @@ from collections import deque
 from datetime import datetime, timedelta
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from wxrecon.domain.ledger import OK, UNEXPLAINED_CREDIT, UNEXPLAINED_DEBIT
@@ -189,3 +190,60 @@ def test_failed_query_stores_nothing_and_throttle_defers(db: Database, keys: Key
     deferred = take(db, client, keys)
     assert (deferred.taken, deferred.deferred) == (0, 1)
     assert store.snapshots(db, MCHID, keys.lookup_hash(LEDGER)) == []
+
+
+def test_snapshot_task_runs_a_round_and_refuses_bad_input(
+    installed: tuple[Database, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wxrecon import runtime, tasks
+
+    db, _ = installed
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    rt = runtime.get()
+    # No keys configured: one line, nothing taken.
+    assert tasks.snapshot_ledgers() == {"taken": 0}
+    rt.settings = rt.settings.model_copy(
+        update={
+            "data_keys": SecretStr(f"k1:{generate_key()}"),
+            "lookup_key": SecretStr(generate_key()),
+        }
+    )
+    rt._client = Balances().then(10_000)
+    assert tasks.snapshot_ledgers(mchid=MCHID)["taken"] == 1
+    assert tasks.snapshot_ledgers(mchid="1' OR 1=1") == {"taken": 0}
+    assert tasks.snapshot_ledgers(mchid=["x"]) == {"taken": 0}
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("5m", 300.0), ("1s", 1.0), ("0", None), ("-1", None), ("2d", None), ("soon", None)],
+)
+def test_snapshot_interval_setting_is_checked(value: str, ok: float | None) -> None:
+    from wxrecon.config import SettingsError, load_settings
+
+    if ok is None:
+        with pytest.raises(SettingsError, match=r"ledger_snapshot_interval|LEDGER_SNAPSHOT"):
+            load_settings(ledger_snapshot_interval=value)
+    else:
+        assert load_settings(ledger_snapshot_interval=value).ledger_snapshot_interval == ok
+
+
+def test_unexplained_debit_metric_per_ledger(db: Database, keys: Keyring) -> None:
+    from wxrecon.metrics import OrdersCollector
+    from wxrecon.metrics_server import read_snapshot
+
+    add_reduction(db, "R0", 100, state="PROCESSING")
+    client = Balances().then(10_000).then(9_700).then(10_700).then(10_500)
+    for _ in range(4):
+        take(db, client, keys)
+    [family] = [
+        m
+        for m in OrdersCollector(lambda: read_snapshot(db)).collect()
+        if m.name == "wxrecon_ledger_unexplained_debit_fen"
+    ]
+    label = keys.lookup_hash(LEDGER)[:12]
+    # Two debits (300 + 200); the credit between them does not offset the alert.
+    assert [(s.labels, s.value) for s in family.samples] == [
+        ({"mchid": MCHID, "ledger": label}, 500)
+    ]
+    assert LEDGER not in str(family.samples)

@@ -55,8 +55,16 @@ def test_money_safe_celery_configuration(tmp_path: Path) -> None:
         (POLL_QUEUE, POLL_QUEUE, POLL_QUEUE),
     }
     beat = conf["beat_schedule"]
-    assert {e["task"] for e in beat.values()} == {"wxrecon.sweep_reductions", "wxrecon.sweep_bills"}
-    assert all(e["schedule"] == settings.sweep_interval for e in beat.values())
+    assert {e["task"] for e in beat.values()} == {
+        "wxrecon.sweep_reductions",
+        "wxrecon.sweep_bills",
+        "wxrecon.snapshot_ledgers",
+    }
+    sweeps = [e for e in beat.values() if e["task"].startswith("wxrecon.sweep_")]
+    assert all(e["schedule"] == settings.sweep_interval for e in sweeps)
+    [snapshots] = [e for e in beat.values() if e["task"] == "wxrecon.snapshot_ledgers"]
+    assert snapshots["schedule"] == settings.ledger_snapshot_interval == 900.0
+    assert snapshots["options"]["queue"] == POLL_QUEUE
 
 
 def test_filesystem_broker_gets_its_folders(tmp_path: Path) -> None:
@@ -79,6 +87,7 @@ def test_public_task_names_and_routes() -> None:
         "wxrecon.sweep_reductions",
         "wxrecon.sweep_bills",
         "wxrecon.relay_outcomes",
+        "wxrecon.snapshot_ledgers",
     }
     routes = app.conf.task_routes
     assert routes["wxrecon.relay_outcomes"]["queue"] == "wxrecon.outcomes"
