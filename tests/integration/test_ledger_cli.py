@@ -15,7 +15,7 @@ from sqlalchemy import select
 from tests.fixtures_cli import Cli
 from tests.integration.test_ledger_engine import LEDGER, MCHID, Balances
 from wxrecon.engine import ledger as engine
-from wxrecon.store.models import Event, SpecialReduction
+from wxrecon.store.models import Event, LedgerSnapshot, SpecialReduction
 from wxrecon.store.sealed import Keyring, generate_key
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -158,3 +158,8 @@ def test_ledger_list_show_check(cli: Cli, keyed: Keyring) -> None:
         assert LEDGER not in cli.ok(*args).stdout
     assert "no snapshots" in cli.fails("ledger", "show", "abcd", "--mchid", MCHID)
     assert "hex" in cli.fails("ledger", "show", "zz", "--mchid", MCHID)
+
+
+def test_ledger_snapshot_without_keys_is_one_line(cli: Cli) -> None:
+    assert "WXRECON_DATA_KEYS" in cli.fails("ledger", "snapshot")
+    assert cli.count(LedgerSnapshot) == 0

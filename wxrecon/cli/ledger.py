@@ -65,9 +65,11 @@ def snapshot(mchid: MchidOpt = None, json_out: JsonOpt = False) -> None:
     from wxrecon.config import get_settings
     from wxrecon.engine import ledger
     from wxrecon.runtime import build_client
+    from wxrecon.store.sealed import keyring
 
     db = database()
     settings = get_settings()
+    keyring(settings)  # the keys before the client: the first missing thing is named first
     client: Any = build_client(settings)  # with the shared rate limiter, as the worker's
     try:
         done = ledger.run(db, client, settings, mchid)
