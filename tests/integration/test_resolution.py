@@ -19,8 +19,10 @@ from wxrecon.engine import resolution as res
 from wxrecon.engine.intake import intake_bill, intake_reduction
 from wxrecon.engine.steps import Reconciler
 from wxrecon.simulator import AdminClient
+from wxrecon.store import sql
 from wxrecon.store.db import Database
 from wxrecon.store.models import Event, Outcome, Resolution
+from wxrecon.store.verify import verify
 from wxrecon.wechatpay import WeChatPayClient
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 
@@ -39,8 +41,14 @@ def request(no: str, amount: int = 1000) -> SpecialReductionRequest:
 
 
 def to_review(db: Database, kind: OrderKind, order_id: int) -> None:
-    """Put an order in review as the engine would leave it (no claim, not due)."""
+    """Put an order in review as the engine would leave it (no claim, not due), with the
+    event that explains it (so ``db verify`` holds)."""
     with db.begin() as conn:
+        src = conn.execute(select(kind.model.state).where(kind.model.id == order_id)).scalar_one()
+        params = sql.event_params(
+            str(kind.name), order_id, src, kind.review, "test: gave up", "test", db.now()
+        )
+        conn.execute(sql.EVENT_INSERT, params)
         conn.execute(
             update(kind.model)
             .where(kind.model.id == order_id)
@@ -214,6 +222,20 @@ def test_a_second_person_approves(db: Database, sim_client: WeChatPayClient) -> 
     assert res.pending(db, REDUCTION) == []
     with pytest.raises(ResolutionRefused, match="no pending resolution"):
         res.approve(db, REDUCTION, order_id, actor="carol")
+    assert verify(db)[1] == []  # the event chain explains the row
+
+
+def test_secrets_in_evidence_are_masked(db: Database, sim_client: WeChatPayClient) -> None:
+    order_id = reduction_in_review(db, "RESSECRET")
+    said = f"{EVIDENCE}, bal_account_no={SIM_BAL_ACCOUNT_NO}"
+    proposed = res.resolve(
+        db, sim_client, REDUCTION, order_id, state="FAILED", evidence=said, actor="alice"
+    )
+    res.approve(db, REDUCTION, order_id, actor="bob")
+    texts = [proposed.evidence, *(e.reason for e in events(db, REDUCTION, order_id))]
+    texts += [json.dumps(o) for o in outcomes(db, order_id)]
+    assert all(SIM_BAL_ACCOUNT_NO not in t for t in texts)
+    assert "bal_account_no=" in proposed.evidence
 
 
 def test_approval_after_the_order_moved_is_refused_and_supersedes(
@@ -244,6 +266,7 @@ def test_an_operator_retry_supersedes_the_pending_resolution(
     assert stored.status == "superseded" and stored.decided_by == "ops"
     with pytest.raises(ResolutionRefused, match="no pending resolution"):
         res.approve(db, REDUCTION, order_id, actor="bob")
+    assert verify(db)[1] == []
 
 
 def test_withdraw(db: Database, sim_client: WeChatPayClient) -> None:
