@@ -131,6 +131,9 @@ def check_mchid_filter(kind: Kind, mchid: str | None) -> None:
 
 
 def add_common_commands(app: typer.Typer, kind: Kind) -> None:
+    from wxrecon.cli.resolutions import add_resolution_commands
+
+    add_resolution_commands(app, kind)  # four-eyes resolution: resolve, approve, withdraw
     mchid_help = "Target merchant (when the same number exists for several)."
     state_type = State(kind.states)
 

@@ -30,6 +30,8 @@ class OrderKind:
     # Maybe sent but never confirmed accepted: bounded by the provider's re-entry window.
     unconfirmed: frozenset[str]
     transitions: Mapping[Any, frozenset[Any]]
+    # Review -> final by four-eyes resolution only (domain/resolution.py), never automatic.
+    resolutions: Mapping[Any, frozenset[Any]]
     number_fields: tuple[str, ...]  # what names an order to the provider (the unique key)
     intake_reason: str
     # The POST: None for a kind that is only queried. ``sent`` is the state of a sent order.
@@ -70,6 +72,7 @@ REDUCTION = OrderKind(
     final=states.REDUCTION_FINAL,
     unconfirmed=states.REDUCTION_UNCONFIRMED,
     transitions=states.REDUCTION_TRANSITIONS,
+    resolutions=states.REDUCTION_RESOLUTIONS,
     number_fields=("mchid", "out_request_no"),
     intake_reason="received",
     request=answers.reduction_request,
@@ -99,6 +102,7 @@ BILL = OrderKind(
     final=states.BILL_FINAL,
     unconfirmed=frozenset(),
     transitions=states.BILL_TRANSITIONS,
+    resolutions=states.BILL_RESOLUTIONS,
     number_fields=("out_bill_no",),
     intake_reason="tracking requested",
     request=None,

@@ -90,6 +90,13 @@ REDUCTION_FORCE_RETRYABLE = REDUCTION_RETRYABLE | REDUCTION_FINAL
 BILL_RETRYABLE = frozenset({BState.NEEDS_REVIEW})
 BILL_FORCE_RETRYABLE = BILL_RETRYABLE | BILL_FINAL
 
+# Manual resolution (four-eyes, ``domain/resolution.py``): the only way from review to a
+# final state. Not in the automatic tables above, so the engine can never take it itself.
+REDUCTION_RESOLUTIONS: dict[RState, frozenset[RState]] = {
+    RState.NEEDS_REVIEW: frozenset({RState.SUCCESS, RState.FAILED}),
+}
+BILL_RESOLUTIONS: dict[BState, frozenset[BState]] = {BState.NEEDS_REVIEW: BILL_FINAL}
+
 
 def reduction_allowed(src: RState | str, dst: RState | str) -> bool:
     return RState(dst) in REDUCTION_TRANSITIONS[RState(src)]

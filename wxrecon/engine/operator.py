@@ -13,6 +13,7 @@ from typing import Any
 
 from wxrecon.domain.errors import IllegalTransition, OrderNotFound
 from wxrecon.domain.kinds import OrderKind
+from wxrecon.engine.resolution import supersede
 from wxrecon.engine.steps import moved
 from wxrecon.store import sql, unit
 from wxrecon.store.db import Database
@@ -46,6 +47,8 @@ def _operator_write(
         )
         if not write.run(conn):
             raise IllegalTransition(f"{kind} #{order_id} changed meanwhile; try again")
+        if row.state == kind.review and dst != row.state:
+            supersede(conn, kind, row, dst, actor, now)  # a pending resolution is moot now
     moved(write)
     log.info("%s #%s %s -> %s by %s: %s", kind, order_id, row.state, dst, actor, reason)
     return dst

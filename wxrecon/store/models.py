@@ -198,6 +198,48 @@ class Event(Base):
         return f"<Event {self.kind}#{self.order_id} {self.from_state}->{self.to_state}>"
 
 
+class Resolution(Base):
+    """A four-eyes resolution of an order in review (``domain/resolution.py``): proposed with
+    evidence after a fresh query, pending until a different person approves it. Only its
+    status (and who decided, when) ever changes, once, from pending; each change is also an
+    event of the order."""
+
+    __tablename__ = "resolutions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    order_version: Mapped[int] = mapped_column(Integer)  # the approval's compare-and-set key
+    # pending -> approved | withdrawn | superseded; settled: the provider's word won at once
+    status: Mapped[str] = mapped_column(String(12))
+    target_state: Mapped[str] = mapped_column(String(20))
+    evidence: Mapped[str] = mapped_column(Text)
+    amount: Mapped[int | None] = mapped_column(BigInteger)  # fen, for a SUCCESS
+    quota_change_no: Mapped[str | None] = mapped_column(String(64))
+    proposed_by: Mapped[str] = mapped_column(String(128))
+    proposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    query_request_id: Mapped[str | None] = mapped_column(String(128))
+    query_said: Mapped[str] = mapped_column(String(512))  # the resolve-time query's answer
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_resolutions_kind_order_id", "kind", "order_id"),
+        # At most one pending resolution per order.
+        Index(
+            "uq_resolutions_pending",
+            "kind",
+            "order_id",
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Resolution {self.id} {self.kind}#{self.order_id} {self.status}>"
+
+
 class Outcome(Base):
     """The outbox: one row per outcome an app is told about (a final state, an entry into
     review, an operator's state change, a refused intake), written in the transaction of the
@@ -308,6 +350,7 @@ __all__ = [
     "LedgerDiscrepancy",
     "LedgerSnapshot",
     "Outcome",
+    "Resolution",
     "SpecialReduction",
     "UTCDateTime",
     "utcnow",
