@@ -230,6 +230,7 @@ def reduction_dict(row: SpecialReduction) -> dict[str, Any]:
     return {
         "id": row.id,
         "mchid": row.mchid,
+        "caller": row.caller,
         "bal_account_no": mask(row.bal_account_no),
         "out_request_no": row.out_request_no,
         "reduction_type": row.reduction_type,
@@ -255,6 +256,7 @@ def bill_dict(row: CompensationBill) -> dict[str, Any]:
     return {
         "id": row.id,
         "out_bill_no": row.out_bill_no,
+        "caller": row.caller,
         "state": row.state,
         "provider_state": row.provider_state,
         "amount": row.amount,
