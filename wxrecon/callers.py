@@ -188,6 +188,19 @@ def load_profiles(settings: Settings) -> dict[str, Profile]:
     return profiles_from(parse_file(text), settings)
 
 
+_LOADED: dict[int, tuple[Settings, dict[str, Profile]]] = {}
+
+
+def profiles_of(settings: Settings) -> dict[str, Profile]:
+    """:func:`load_profiles`, once per settings object (settings are frozen)."""
+    found = _LOADED.get(id(settings))
+    if found is None or found[0] is not settings:
+        if len(_LOADED) > 8:
+            _LOADED.clear()
+        found = _LOADED[id(settings)] = (settings, load_profiles(settings))
+    return found[1]
+
+
 def default_for(settings: Settings, kind: object) -> str:
     """The caller of an order of ``kind`` that names none (WXRECON_<KIND>_CALLER)."""
     return settings.bill_caller if str(kind) == "bill" else settings.reduction_caller

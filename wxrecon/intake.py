@@ -56,10 +56,8 @@ def default_enqueue(name: str, kwargs: dict[str, Any]) -> None:
 
 def _caller(kind: object, caller: object) -> str:
     """``caller`` or the kind's default, a known profile (InvalidRequest: nothing written)."""
-    from wxrecon import runtime
-
-    rt = runtime.get()
-    return callers.resolve(kind, caller, rt.profiles, rt.settings)
+    settings = get_settings()
+    return callers.resolve(kind, caller, callers.profiles_of(settings), settings)
 
 
 def submit_reduction(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wxrecon import metrics
-from wxrecon.callers import DEFAULT, Profile, default_profile, load_profiles
+from wxrecon.callers import DEFAULT, Profile, default_profile, profiles_of
 from wxrecon.config import Settings, get_settings
 from wxrecon.engine.steps import Provider, Reconciler
 from wxrecon.store.db import Database
@@ -42,7 +42,7 @@ class Runtime:
         """Every caller profile by name (CallerError, one line, when the file is bad)."""
         with self._lock:
             if self._profiles is None:
-                self._profiles = load_profiles(self.settings)
+                self._profiles = profiles_of(self.settings)
             return self._profiles
 
     def client(self, caller: str = DEFAULT) -> Provider:
