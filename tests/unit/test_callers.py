@@ -180,5 +180,5 @@ def test_every_profile_is_checked_at_start_up(tmp_path: Path) -> None:
         f'platform_cert_paths = ["{sim.file(PLATFORM_CERT)}"]\n'
     )
     assert set(load_all(good)) == {"default"}
-    with pytest.raises(CredentialError, match="^caller 'platform': private_key_path"):
+    with pytest.raises(CredentialError, match=r"^caller 'platform': private_key_path"):
         load_all(good.model_copy(update={"callers_file": file}))
