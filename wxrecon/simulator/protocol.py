@@ -199,7 +199,7 @@ def check_role(pk: ProviderKeys, endpoint: Endpoint, mchid: str) -> None:
             if wanted == "platform"
             else "普通商户 (ordinary merchant)"
         )
-        raise ApiError(403, "NO_AUTH", f"商户无权限: this API is for a {who}")
+        raise ApiError(403, "NO_AUTH", f"商户无权限: this API is for a {who} merchant")
 
 
 def encryption_key(
