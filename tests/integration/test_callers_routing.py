@@ -210,6 +210,8 @@ def test_cli_caller_option_and_unknown_caller(callers_cli: Cli) -> None:
     none = json.loads(cli.ok("reduction", "list", "--caller", "default", "--json").stdout)
     assert none["total"] == 0
     assert "CALLER" in cli.fails("reduction", "list", "--caller", "Bad Name", code=2).upper()
+    stats = json.loads(cli.ok("stats", "--json").stdout)
+    assert stats["by_caller"] == {"group2": {"reduction": 1}, "platform": {"bill": 1}}
 
 
 def test_csv_caller_column(callers_cli: Cli, tmp_path: Path) -> None:

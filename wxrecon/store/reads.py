@@ -179,6 +179,17 @@ def reductions_by_merchant(session: Session) -> dict[str, dict[str, int]]:
     return out
 
 
+def orders_by_caller(session: Session) -> dict[str, dict[str, int]]:
+    """``caller -> kind -> count`` (which merchant profile signs how many orders)."""
+    out: dict[str, dict[str, int]] = {}
+    for kind, model in (("reduction", SpecialReduction), ("bill", CompensationBill)):
+        for caller, count in session.execute(
+            select(model.caller, func.count()).group_by(model.caller)
+        ):
+            out.setdefault(caller, {})[kind] = count
+    return out
+
+
 def oldest_overdue(session: Session, now: datetime) -> dict[str, Any] | None:
     """The in-flight order of any kind whose next query is the most overdue, or None."""
     from wxrecon.domain.kinds import KINDS
