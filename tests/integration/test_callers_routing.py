@@ -231,3 +231,16 @@ def test_csv_caller_column(callers_cli: Cli, tmp_path: Path) -> None:
         rows = {number: caller for number, caller in session.execute(stmt)}
     assert rows == {"CSV1": "group2", "CSV3": "default"}
     config.get_settings.cache_clear()
+
+
+def test_cli_provider_calls_refuse_an_unknown_caller_before_loading_keys(
+    callers_cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wxrecon.cli import provider as cli_provider
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("an unknown caller must not build a client")
+
+    monkeypatch.setattr(cli_provider, "build_client", never)
+    line = callers_cli.fails("api", "query-bill", "B1", "--caller", "nobody", code=2)
+    assert "unknown caller 'nobody'" in line
