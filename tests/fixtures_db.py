@@ -308,7 +308,7 @@ def installed(db: Database, tmp_path: Path) -> Iterator[tuple[Database, FakeProv
     settings = Settings.model_validate(
         {"database_url": db.url, "data_dir": tmp_path, "poll_schedule": [1.0], "poll_jitter": 0}
     )
-    runtime.install(runtime.Runtime(settings, _db=db, _client=provider))
+    runtime.install(runtime.Runtime(settings, _db=db, _clients={"default": provider}))
     try:
         yield db, provider
     finally:

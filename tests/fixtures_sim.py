@@ -57,6 +57,9 @@ FAST: dict[str, Any] = {
 }
 
 
+SIM_SP_MCHID = "1900000009"
+
+
 @cache
 def sim_material(mchid: str = SIM_MCHID) -> KeyMaterial:
     """Keys and certificates, generated once per session (per mchid)."""
@@ -69,11 +72,26 @@ def make_sim_dir(
     cert_mode: bool = False,
     ledgers: list[LedgerSeed] | None = None,
     mchid: str = SIM_MCHID,
+    roles: bool = False,
 ) -> SimDir:
+    """``roles``: an ordinary and a platform merchant, as ``sim init`` makes; else one merchant
+    allowed everything (the single-identity tests)."""
     seeds = ledgers if ledgers is not None else [LedgerSeed(mchid, SIM_BAL_ACCOUNT_NO, SIM_BALANCE)]
     return init_dir(
-        path, mchid=mchid, cert_mode=cert_mode, ledgers=seeds, material=sim_material(mchid)
+        path,
+        mchid=mchid,
+        cert_mode=cert_mode,
+        ledgers=seeds,
+        material=sim_material(mchid),
+        sp_mchid=SIM_SP_MCHID if roles else None,
+        sp_material=sp_material() if roles else None,
     )
+
+
+@cache
+def sp_material() -> tuple[bytes, bytes]:
+    """The platform merchant's key and certificate, generated once per session."""
+    return KeyMaterial.merchant(SIM_SP_MCHID)
 
 
 def start_simulator(directory: SimDir, **kw: Any) -> Simulator:

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     wechatpay_public_key_id: str | None = None
     wechatpay_public_key_path: Path | None = None
     platform_cert_paths: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # More merchant identities (wxrecon/callers.py: a TOML file of [callers.<name>] tables;
+    # the settings above are the caller "default"), and which one each kind signs with
+    # when an order names none.
+    callers_file: Path | None = None
+    reduction_caller: str = Field("default", min_length=1, max_length=32, pattern=r"^[a-z0-9_-]+$")
+    bill_caller: str = Field("default", min_length=1, max_length=32, pattern=r"^[a-z0-9_-]+$")
 
     # HTTP
     http_connect_timeout: float = Field(3.0, gt=0)

@@ -20,7 +20,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from wxrecon import callers
 from wxrecon.config import get_settings
+from wxrecon.domain.kinds import BILL, REDUCTION
 from wxrecon.engine.intake import (
     IntakeResult,
     intake_bill,
@@ -52,6 +54,12 @@ def default_enqueue(name: str, kwargs: dict[str, Any]) -> None:
     )
 
 
+def _caller(kind: object, caller: object) -> str:
+    """``caller`` or the kind's default, a known profile (InvalidRequest: nothing written)."""
+    settings = get_settings()
+    return callers.resolve(kind, caller, callers.profiles_of(settings), settings)
+
+
 def submit_reduction(
     session: Session,
     *,
@@ -61,13 +69,15 @@ def submit_reduction(
     reduction_type: object,
     amount: object,
     reason: object = None,
+    caller: object = None,
     enqueue: Enqueue | None = None,
     lease: float | None = None,
     actor: str = "intake",
 ) -> IntakeResult:
     """Validate (InvalidRequest: nothing written), write the order in ``session`` (Conflict
     when it exists with other parameters), and enqueue its submission after commit.
-    ``actor`` is recorded on its first event (who handed it in).
+    ``actor`` is recorded on its first event (who handed it in). ``caller`` names the
+    profile that signs its calls (default WXRECON_REDUCTION_CALLER).
 
     The same order again with the same parameters returns the existing one and enqueues
     nothing new.
@@ -80,8 +90,13 @@ def submit_reduction(
         amount=amount,
         reason=reason,
     )
+    signer = _caller(REDUCTION, caller)
     result = intake_reduction(
-        session, request, lease=get_settings().claim_lease if lease is None else lease, actor=actor
+        session,
+        request,
+        lease=get_settings().claim_lease if lease is None else lease,
+        actor=actor,
+        caller=signer,
     )
     if result.token is not None:
         send = default_enqueue if enqueue is None else enqueue
@@ -112,6 +127,7 @@ def submit_reductions(
     enqueue: Enqueue | None = None,
     lease: float | None = None,
     chunk: int | None = None,
+    caller: object = None,
 ) -> list[IntakeResult]:
     """Many orders in ``session``'s transaction, published as few messages.
 
@@ -121,12 +137,14 @@ def submit_reductions(
     same messages a sweep sends, instead of one message per order. A Conflict (an order that
     exists with other parameters) propagates: roll the transaction back, as for one order.
     Orders that already exist, or repeat within ``orders``, are returned and not enqueued.
+    All are signed by ``caller`` (default WXRECON_REDUCTION_CALLER).
     """
     requests = [_request(i, order) for i, order in enumerate(orders)]
+    signer = _caller(REDUCTION, caller)
     settings = get_settings()
     token = new_token()
     lease = settings.claim_lease if lease is None else lease
-    results = intake_reductions(session, requests, token=token, lease=lease)
+    results = intake_reductions(session, requests, token=token, lease=lease, caller=signer)
     # An order repeated in the batch is sent once: an ordered set of the claimed ids.
     claimed = dict.fromkeys(r.order_id for r in results if r.token is not None)
     if claimed:
@@ -145,13 +163,17 @@ def track_bill(
     *,
     enqueue: Enqueue | None = None,
     lease: float | None = None,
+    caller: object = None,
 ) -> IntakeResult:
-    """Start tracking a compensation bill in ``session``; its first query is enqueued after
-    commit. Tracking an already tracked bill returns it and enqueues nothing."""
+    """Start tracking a compensation bill in ``session``, queried as ``caller`` (default
+    WXRECON_BILL_CALLER); its first query is enqueued after commit. Tracking an already
+    tracked bill returns it and enqueues nothing."""
+    signer = _caller(BILL, caller)
     result = intake_bill(
         session,
         out_bill_no,
         lease=get_settings().claim_lease if lease is None else lease,
+        caller=signer,
     )
     if result.token is not None:
         send = default_enqueue if enqueue is None else enqueue

@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 
 PROVIDER_REQUEST_SECONDS = Histogram(
     "wxrecon_provider_request_duration_seconds",
-    "Duration of requests to the provider by endpoint and outcome (HTTP status or error).",
-    ["endpoint", "outcome"],
+    "Duration of requests to the provider by endpoint, outcome (HTTP status or error) and "
+    "caller (the merchant profile that signed).",
+    ["endpoint", "outcome", "caller"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 PROVIDER_ERRORS = Counter(
     "wxrecon_provider_errors_total",
-    "Provider errors by endpoint and code (or error class when there is no code).",
-    ["endpoint", "code"],
+    "Provider errors by endpoint, code (or error class when there is no code) and caller.",
+    ["endpoint", "code", "caller"],
 )
 TRANSITIONS = Counter(
     "wxrecon_transitions_total",
@@ -60,13 +61,15 @@ def count_outcome_delivery(target: str, result: str) -> None:
     OUTCOME_DELIVERIES.labels(target, result).inc()
 
 
-def observe_provider_request(endpoint: str, outcome: str, seconds: float) -> None:
-    """Matches the client's ``Observer`` signature."""
-    PROVIDER_REQUEST_SECONDS.labels(str(endpoint), outcome).observe(seconds)
+def observe_provider_request(
+    endpoint: str, outcome: str, seconds: float, *, caller: str = "default"
+) -> None:
+    """Matches the client's ``Observer`` signature (the runtime binds ``caller``)."""
+    PROVIDER_REQUEST_SECONDS.labels(str(endpoint), outcome, caller).observe(seconds)
 
 
-def count_provider_error(endpoint: str, code: str) -> None:
-    PROVIDER_ERRORS.labels(str(endpoint), code).inc()
+def count_provider_error(endpoint: str, code: str, *, caller: str = "default") -> None:
+    PROVIDER_ERRORS.labels(str(endpoint), code, caller).inc()
 
 
 def count_transition(kind: str, from_state: str, to_state: str) -> None:

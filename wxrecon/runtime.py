@@ -1,4 +1,4 @@
-"""Per-process singletons: settings, the Database and the provider client.
+"""Per-process singletons: settings, the Database and one provider client per caller.
 
 Created lazily on first use and dropped after a fork (Celery's prefork children must not
 share the parent's connection pools or HTTP connections).
@@ -6,22 +6,28 @@ share the parent's connection pools or HTTP connections).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from wxrecon import metrics
+from wxrecon.callers import DEFAULT, Profile, default_profile, profiles_of
 from wxrecon.config import Settings, get_settings
 from wxrecon.engine.steps import Provider, Reconciler
 from wxrecon.store.db import Database
+from wxrecon.wechatpay.keys import CredentialError
 
 
 @dataclass
 class Runtime:
     settings: Settings
     _db: Database | None = None
-    _client: Any = None
+    # One client per caller profile (each its own pooled connections and keys).
+    _clients: dict[str, Any] = field(default_factory=dict)
+    _profiles: dict[str, Profile] | None = None
+    _limiter: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -32,41 +38,73 @@ class Runtime:
             return self._db
 
     @property
-    def client(self) -> Provider:
+    def profiles(self) -> dict[str, Profile]:
+        """Every caller profile by name (CallerError, one line, when the file is bad)."""
         with self._lock:
-            if self._client is None:
-                self._client = build_client(self.settings)
-            return self._client
+            if self._profiles is None:
+                self._profiles = profiles_of(self.settings)
+            return self._profiles
+
+    def client(self, caller: str = DEFAULT) -> Provider:
+        """The client that signs as ``caller`` (the one place a client is built from a
+        profile); CredentialError for an unknown caller or bad keys."""
+        profiles = self.profiles
+        with self._lock:
+            found = self._clients.get(caller)
+            if found is None:
+                profile = profiles.get(caller)
+                if profile is None:
+                    raise CredentialError(f"unknown caller {caller!r}")
+                if self._limiter is None:
+                    self._limiter = make_shared_limiter(self.settings)
+                found = self._clients[caller] = build_client(
+                    self.settings, profile, limiter=self._limiter
+                )
+            return found
 
     def reconciler(self) -> Reconciler:
-        return Reconciler(self.db, self.client, self.settings)
+        return Reconciler(self.db, None, self.settings, clients=self.client)
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                close = getattr(self._client, "close", None)
+            for client in self._clients.values():
+                close = getattr(client, "close", None)
                 if close is not None:
                     close()
             if self._db is not None:
                 self._db.dispose()
-            self._client = None
+            self._clients = {}
             self._db = None
 
 
-def build_client(settings: Settings) -> Provider:
-    """The provider client with the shared rate limiter and the metrics observer."""
-    from wxrecon.provider import build_client as build
-    from wxrecon.ratelimit import make_limiter, rate_limit_hook
+def make_shared_limiter(settings: Settings) -> Any:
+    """One limiter for all of a process's clients: the budget is per endpoint and target
+    merchant, whichever caller signs."""
+    from wxrecon.ratelimit import make_limiter
 
-    limiter = make_limiter(settings.effective_ratelimit_url, settings.rate_limit_per_second)
+    return make_limiter(settings.effective_ratelimit_url, settings.rate_limit_per_second)
+
+
+def build_client(
+    settings: Settings, profile: Profile | None = None, *, limiter: Any = None
+) -> Provider:
+    """The provider client of ``profile`` (None: ``default``) with the shared rate limiter
+    and the metrics observer, whose samples carry the caller."""
+    from wxrecon.provider import build_client as build
+    from wxrecon.ratelimit import rate_limit_hook
+
+    profile = profile or default_profile(settings)
     hook = rate_limit_hook(
-        limiter, max_wait=settings.rate_limit_max_wait, scope=settings.rate_limit_scope
+        limiter if limiter is not None else make_shared_limiter(settings),
+        max_wait=settings.rate_limit_max_wait,
+        scope=settings.rate_limit_scope,
     )
     return build(
         settings,
+        profile,
         before_request=hook,
-        observer=metrics.observe_provider_request,
-        on_error=metrics.count_provider_error,
+        observer=functools.partial(metrics.observe_provider_request, caller=profile.name),
+        on_error=functools.partial(metrics.count_provider_error, caller=profile.name),
     )
 
 

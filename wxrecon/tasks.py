@@ -3,8 +3,12 @@
 Public, stable names (business apps send them by name, JSON kwargs only):
 
 - ``wxrecon.submit_special_reduction(mchid, bal_account_no, out_request_no, reduction_type,
-  amount, reason=None)`` on queue ``wxrecon.intake``
-- ``wxrecon.track_compensation_bill(out_bill_no)`` on queue ``wxrecon.intake``
+  amount, reason=None, caller=None)`` on queue ``wxrecon.intake``
+- ``wxrecon.track_compensation_bill(out_bill_no, caller=None)`` on queue ``wxrecon.intake``
+
+``caller`` names the merchant profile that signs the order's calls (wxrecon/callers.py;
+default: WXRECON_REDUCTION_CALLER / WXRECON_BILL_CALLER); an unknown one is refused before
+anything is written.
 
 Internal (beat and the engine send them): ``wxrecon.sweep_reductions``, ``wxrecon.sweep_bills``,
 ``wxrecon.poll_reduction(id, token)``, ``wxrecon.poll_bill(id, token)`` (one order, e.g. just
@@ -32,7 +36,7 @@ from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from wxrecon import metrics, runtime
+from wxrecon import callers, metrics, runtime
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.engine.intake import intake_bill, intake_reduction
@@ -134,12 +138,15 @@ def submit_special_reduction(
     reduction_type: Any = None,
     amount: Any = None,
     reason: Any = None,
+    caller: Any = None,
     **unknown: Any,
 ) -> dict[str, Any]:
     context = {"out_request_no": str(out_request_no)[:40], "mchid": str(mchid)[:40]}
     if unknown:
         return _refuse("special reduction", _unknown_fields(unknown), context)
+    rt = runtime.get()
     try:
+        signer = callers.resolve(REDUCTION, caller, rt.profiles, rt.settings)
         request = SpecialReductionRequest.create(
             mchid=mchid,
             bal_account_no=bal_account_no,
@@ -150,11 +157,10 @@ def submit_special_reduction(
         )
     except InvalidRequest as exc:
         return _refuse("special reduction", str(exc), context)
-    rt = runtime.get()
     try:
         with rt.db.transaction() as session:
             result = intake_reduction(
-                session, request, token=_token(self), lease=rt.settings.claim_lease
+                session, request, token=_token(self), lease=rt.settings.claim_lease, caller=signer
             )
     except Conflict as exc:
         return _refuse("special reduction", str(exc), context)
@@ -171,19 +177,29 @@ def submit_special_reduction(
     queue=INTAKE_QUEUE,
     **INTAKE_RETRY,
 )
-def track_compensation_bill(self: Task, out_bill_no: Any = None, **unknown: Any) -> dict[str, Any]:
+def track_compensation_bill(
+    self: Task, out_bill_no: Any = None, caller: Any = None, **unknown: Any
+) -> dict[str, Any]:
     context = {"out_bill_no": str(out_bill_no)[:40]}
     if unknown:
         return _refuse("bill tracking", _unknown_fields(unknown), context)
+    rt = runtime.get()
     try:
         out_bill_no = check_order_no(out_bill_no, "out_bill_no")
+        signer = callers.resolve(BILL, caller, rt.profiles, rt.settings)
     except InvalidRequest as exc:
         return _refuse("bill tracking", str(exc), context)
-    rt = runtime.get()
-    with rt.db.transaction() as session:
-        result = intake_bill(
-            session, out_bill_no, token=_token(self), lease=rt.settings.claim_lease
-        )
+    try:
+        with rt.db.transaction() as session:
+            result = intake_bill(
+                session,
+                out_bill_no,
+                token=_token(self),
+                lease=rt.settings.claim_lease,
+                caller=signer,
+            )
+    except Conflict as exc:
+        return _refuse("bill tracking", str(exc), context)
     state: str | None = result.state
     if result.token is not None:
         state = rt.reconciler().process(BILL, result.order_id, result.token) or state

@@ -181,16 +181,17 @@ def _setup_logging(**_: Any) -> None:
 @signals.worker_init.connect
 def _refuse_old_schema(**_: Any) -> None:
     """The worker does not start on a missing or old schema, nor without credentials."""
+    from wxrecon.config import SettingsError
     from wxrecon.filemodes import warn_loose_keys
-    from wxrecon.provider import load_credentials
+    from wxrecon.provider import load_all
     from wxrecon.store.db import SchemaError, check_schema
     from wxrecon.wechatpay.keys import CredentialError
 
     settings = get_settings()
     try:
         check_schema(settings.database_url)
-        load_credentials(settings)
-    except (SchemaError, CredentialError) as exc:
+        load_all(settings)  # every caller profile, not only the default one
+    except (SchemaError, CredentialError, SettingsError) as exc:
         log.critical("wxrecon worker refuses to start: %s", exc)
         raise SystemExit(1) from None
     warn_loose_keys(settings.mch_private_key_path)

@@ -126,9 +126,9 @@ def test_metrics_scrape_after_the_run(demo_run):
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for series in (
-        'wxrecon_provider_request_duration_seconds_bucket{endpoint="submit_reduction"',
-        'wxrecon_provider_request_duration_seconds_count{endpoint="query_reduction"',
-        'wxrecon_provider_request_duration_seconds_count{endpoint="query_bill"',
+        'wxrecon_provider_request_duration_seconds_bucket{caller="default",endpoint="submit_reduction"',
+        'wxrecon_provider_request_duration_seconds_count{caller="default",endpoint="query_reduction"',
+        'wxrecon_provider_request_duration_seconds_count{caller="platform",endpoint="query_bill"',
         'wxrecon_transitions_total{from_state="",kind="reduction",to_state="RECEIVED"}',
         'wxrecon_orders{kind="reduction",state="SUCCESS"}',
         'wxrecon_orders{kind="reduction",state="FAILED"}',
@@ -147,7 +147,8 @@ def test_metrics_scrape_after_the_run(demo_run):
     not_enough = summary["provider_requests"]["submit_reduction"].get("403", 0)
     if not_enough:
         assert (
-            'wxrecon_provider_errors_total{code="NOT_ENOUGH",endpoint="submit_reduction"}' in text
+            'wxrecon_provider_errors_total{caller="default",code="NOT_ENOUGH",endpoint="submit_reduction"}'
+            in text
         )
     assert "DEMO" not in text  # no order ids as labels
 

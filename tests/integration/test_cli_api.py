@@ -86,8 +86,8 @@ def fake(keys: KeySet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     prov = Provider()
     real = provider.build_client
 
-    def build(settings: Settings, **kw: Any) -> Any:
-        return real(settings, transport=httpx.MockTransport(prov), **kw)
+    def build(settings: Settings, *profile: Any, **kw: Any) -> Any:
+        return real(settings, *profile, transport=httpx.MockTransport(prov), **kw)
 
     monkeypatch.setattr(cli_provider, "build_client", build)
     get_settings.cache_clear()

@@ -47,7 +47,7 @@ def test_samples_of_several_processes_are_summed(tmp_path, monkeypatch):
     code = (
         "from wxrecon import metrics\n"
         "metrics.count_transition('reduction', 'PROCESSING', 'SUCCESS')\n"
-        "metrics.observe_provider_request('query_reduction', '200', 0.02)\n"
+        "metrics.observe_provider_request('query_bill', '200', 0.02, caller='platform')\n"
     )
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     for _ in range(3):
@@ -60,7 +60,7 @@ def test_samples_of_several_processes_are_summed(tmp_path, monkeypatch):
         in text
     )
     count = "wxrecon_provider_request_duration_seconds_count"
-    assert f'{count}{{endpoint="query_reduction",outcome="200"}} 3.0' in text
+    assert f'{count}{{caller="platform",endpoint="query_bill",outcome="200"}} 3.0' in text
 
 
 def test_the_endpoint_serves_over_http(sqlite_url, monkeypatch):

@@ -307,7 +307,9 @@ def test_runtime_client_is_rate_limited_and_observed(
     monkeypatch.setenv("WXRECON_BROKER_URL", "filesystem://")  # an in-process bucket
     client = runtime.build_client(Settings())
     try:
-        assert client.observer is metrics.observe_provider_request  # type: ignore[attr-defined]
+        observer = client.observer  # type: ignore[attr-defined]
+        assert observer.func is metrics.observe_provider_request
+        assert observer.keywords == {"caller": "default"}
         hook = client.before_request  # type: ignore[attr-defined]
         hook(Endpoint.QUERY_REDUCTION, "1900000109")
         with pytest.raises(errors.Throttled):

@@ -16,7 +16,7 @@ import typer
 
 from wxrecon.cli.errors import BadInput, OneLineErrors
 from wxrecon.cli.output import JsonOpt, Output
-from wxrecon.cli.params import OrderNo
+from wxrecon.cli.params import CallerOpt, OrderNo
 from wxrecon.cli.provider import LedgerOpt, MchidOpt, balance, call
 
 app = typer.Typer(
@@ -54,13 +54,15 @@ def query_reduction(
     ],
     mchid: MchidOpt,
     bal_account_no: LedgerOpt,
+    caller: CallerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Result of a special reduction."""
     result = call(
         lambda c: c.query_special_reduction(
             out_request_no, mchid=mchid, bal_account_no=bal_account_no
-        )
+        ),
+        caller=caller,
     )
     Output(json_out).show("special reduction", result)
 
@@ -71,9 +73,11 @@ def query_bill(
         str,
         typer.Argument(help="The compensation bill's out_bill_no.", parser=OrderNo("out_bill_no")),
     ],
+    caller: CallerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """A compensation bill by its out_bill_no."""
+    """A compensation bill by its out_bill_no (signed by WXRECON_BILL_CALLER by default)."""
     Output(json_out).show(
-        "compensation bill", call(lambda c: c.query_compensation_bill(out_bill_no))
+        "compensation bill",
+        call(lambda c: c.query_compensation_bill(out_bill_no), "bill", caller),
     )

@@ -8,7 +8,7 @@ from wxrecon.cli.database import database
 from wxrecon.cli.kinds import BILL
 from wxrecon.cli.orders import add_common_commands
 from wxrecon.cli.output import JsonOpt
-from wxrecon.cli.params import OrderNo
+from wxrecon.cli.params import CallerOpt, OrderNo
 from wxrecon.cli.waiting import Sender, TimeoutOpt, WaitOpt, report_intake
 
 app = typer.Typer(no_args_is_help=True)
@@ -19,6 +19,7 @@ def track(
     out_bill_no: str = typer.Argument(
         ..., help="The platform's out_bill_no of the bill.", parser=OrderNo("out_bill_no")
     ),
+    caller: CallerOpt = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 600.0,
     json_out: JsonOpt = False,
@@ -32,7 +33,7 @@ def track(
     db = database()
     sender = Sender()
     with db.transaction() as session:
-        result = intake.track_bill(session, out_bill_no, enqueue=sender)
+        result = intake.track_bill(session, out_bill_no, caller=caller, enqueue=sender)
     verb = "tracking" if result.created else "already tracked"
     report_intake(
         BILL,

@@ -1,7 +1,8 @@
 """``wxrecon import FILE.csv``: bulk intake of special reductions.
 
 The header row names the fields (``mchid,bal_account_no,out_request_no,reduction_type,amount``
-and optionally ``reason``). Each row is its own transaction: a bad row is reported with its
+and optionally ``reason`` and ``caller``, the profile that signs the row's order). Each row
+is its own transaction: a bad row is reported with its
 line number, nothing of it is written, and the import goes on (``--stop-on-error`` stops
 instead). The exit code is non-zero when any row was refused, and the summary lists the
 refused lines (the first :data:`SHOWN_REFUSALS`; ``--json`` lists them all).
@@ -24,7 +25,7 @@ from wxrecon.cli.params import FenAmount
 from wxrecon.cli.waiting import Sender
 
 REQUIRED = ("mchid", "bal_account_no", "out_request_no", "reduction_type", "amount")
-OPTIONAL = ("reason",)
+OPTIONAL = ("reason", "caller")
 SHOWN_REFUSALS = 20
 
 
@@ -134,6 +135,7 @@ def import_csv(
                         reduction_type=row["reduction_type"],
                         amount=amount,
                         reason=row.get("reason") or None,
+                        caller=row.get("caller") or None,
                         enqueue=sender,
                     )
             except (InvalidRequest, Conflict) as exc:

@@ -94,6 +94,7 @@ REDUCTION = Kind(
         ("id", "id"),
         ("out_request_no", "out_request_no"),
         ("mchid", "mchid"),
+        ("caller", "caller"),
         ("amount", "amount"),
         ("state", "state"),
         ("fail reason", "fail_reason"),
@@ -104,6 +105,7 @@ REDUCTION = Kind(
     show_fields=(
         ("out_request_no", "out_request_no"),
         ("target mchid", "mchid"),
+        ("caller", "caller"),
         ("bal_account_no", "bal_account_no"),
         ("type", "reduction_type"),
         ("amount", "amount"),
@@ -139,6 +141,7 @@ BILL = Kind(
     list_columns=(
         ("id", "id"),
         ("out_bill_no", "out_bill_no"),
+        ("caller", "caller"),
         ("amount", "amount"),
         ("state", "state"),
         ("attempts", "attempts"),
@@ -147,6 +150,7 @@ BILL = Kind(
     ),
     show_fields=(
         ("out_bill_no", "out_bill_no"),
+        ("caller", "caller"),
         ("state", "state"),
         ("provider state", "provider_state"),
         ("amount", "amount"),

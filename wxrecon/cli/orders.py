@@ -31,7 +31,7 @@ from wxrecon.cli.output import (
     state_text,
     table,
 )
-from wxrecon.cli.params import Duration, Since, State
+from wxrecon.cli.params import CallerOpt, Duration, Since, State
 from wxrecon.wechatpay.keys import mask
 
 ActorOpt = Annotated[
@@ -104,6 +104,7 @@ def select_orders(
     since: datetime | None = None,
     stuck_for: float | None = None,
     now: datetime | None = None,
+    caller: str | None = None,
 ) -> Any:
     """The filtered select behind ``list`` and bulk ``retry`` (newest first)."""
     from sqlalchemy import select
@@ -114,6 +115,8 @@ def select_orders(
         stmt = stmt.where(m.state == state)
     if mchid is not None:
         stmt = stmt.where(m.mchid == mchid)
+    if caller is not None:
+        stmt = stmt.where(m.caller == caller)
     if since is not None:
         stmt = stmt.where(m.created_at >= since)
     if stuck_for is not None:
@@ -165,6 +168,7 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
             None, "--state", help="Only this local state.", parser=state_type
         ),
         mchid: str | None = typer.Option(None, "--mchid", help="Only this target merchant."),
+        caller: CallerOpt = None,
         since: datetime | None = typer.Option(
             None,
             "--since",
@@ -185,7 +189,9 @@ def add_common_commands(app: typer.Typer, kind: Kind) -> None:
         from sqlalchemy import func, select
 
         check_mchid_filter(kind, mchid)
-        stmt = select_orders(kind, state=state, mchid=mchid, since=since, stuck_for=stuck)
+        stmt = select_orders(
+            kind, state=state, mchid=mchid, since=since, stuck_for=stuck, caller=caller
+        )
         db = database()
         with db.read() as session:
             total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -165,3 +165,24 @@ def reduction_request(**fields: Any) -> SpecialReductionRequest:
         return SpecialReductionRequest.create(**fields)
     except InvalidRequest as exc:
         raise bad_input(str(exc)) from None
+
+
+class CallerName:
+    """A caller profile's name (wxrecon/callers.py): whether it is known is intake's check."""
+
+    name = "CALLER"
+
+    def __call__(self, text: str) -> str:
+        from wxrecon.callers import check_name
+
+        return _checked(lambda: check_name(text.strip()))
+
+
+CallerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--caller",
+        help="Caller profile that signs (default: WXRECON_REDUCTION_CALLER / _BILL_CALLER).",
+        parser=CallerName(),
+    ),
+]

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from wxrecon.cli.output import JsonOpt, Output, record
-from wxrecon.cli.params import LedgerNo, Mchid
+from wxrecon.cli.params import CallerOpt, LedgerNo, Mchid
 from wxrecon.config import get_settings
 from wxrecon.provider import build_client
 from wxrecon.wechatpay.client import WeChatPayClient
@@ -36,16 +36,36 @@ LedgerOpt = Annotated[
 ]
 
 
-def call(fn: Callable[[WeChatPayClient], Any]) -> dict[str, Any]:
-    """Build the client from the settings, make the call, return its display fields."""
-    client = build_client(get_settings())
+def call(
+    fn: Callable[[WeChatPayClient], Any], kind: str = "reduction", caller: str | None = None
+) -> dict[str, Any]:
+    """Build the client of ``caller`` (default: the kind's, WXRECON_<KIND>_CALLER) from the
+    settings, make the call, return its display fields."""
+    from wxrecon.callers import profiles_of, resolve
+    from wxrecon.cli.errors import bad_input
+    from wxrecon.wechatpay.errors import InvalidRequest
+
+    settings = get_settings()
+    profiles = profiles_of(settings)
+    try:
+        name = resolve(kind, caller, profiles, settings)
+    except InvalidRequest as exc:
+        raise bad_input(f"--caller: {exc}") from None
+    client = build_client(settings, profiles[name])
     with client:
         return record(fn(client))
 
 
-def balance(mchid: MchidOpt, bal_account_no: LedgerOpt, json_out: JsonOpt = False) -> None:
+def balance(
+    mchid: MchidOpt,
+    bal_account_no: LedgerOpt,
+    caller: CallerOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Query a quota ledger's channel balance now, from the provider."""
-    result = call(lambda c: c.query_balance(mchid=mchid, bal_account_no=bal_account_no))
+    result = call(
+        lambda c: c.query_balance(mchid=mchid, bal_account_no=bal_account_no), caller=caller
+    )
     data = {"mchid": mchid, "bal_account_no": mask(bal_account_no), **result}
     if not json_out:  # JSON keeps null; the table never shows a field not sent as 0 or "no"
         data.update(not_sent(result))

@@ -10,7 +10,7 @@ from wxrecon.cli.database import database
 from wxrecon.cli.kinds import REDUCTION
 from wxrecon.cli.orders import ActorOpt, add_common_commands
 from wxrecon.cli.output import JsonOpt, default_actor, fen
-from wxrecon.cli.params import FenAmount, reduction_request
+from wxrecon.cli.params import CallerOpt, FenAmount, reduction_request
 from wxrecon.cli.waiting import Sender, TimeoutOpt, WaitOpt, report_intake
 
 app = typer.Typer(no_args_is_help=True)
@@ -28,6 +28,7 @@ def submit(
         ..., "--amount", help="Integer fen (1500 = ¥15.00).", parser=FenAmount()
     ),
     reason: str | None = typer.Option(None, "--reason", help="Up to 512 characters."),
+    caller: CallerOpt = None,
     actor: ActorOpt = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 600.0,
@@ -52,7 +53,9 @@ def submit(
     sender = Sender()
     with db.transaction() as session:
         who = actor or default_actor()
-        result = intake.submit_reduction(session, **fields, enqueue=sender, actor=who)
+        result = intake.submit_reduction(
+            session, **fields, caller=caller, enqueue=sender, actor=who
+        )
     verb = "submitted" if result.created else "already known (same parameters)"
     report_intake(
         REDUCTION,

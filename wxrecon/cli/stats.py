@@ -45,6 +45,7 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
     with db.read() as session:
         base = reads.stats(session, now=now)
         by_merchant = reads.reductions_by_merchant(session)
+        by_caller = reads.orders_by_caller(session)
         oldest = reads.oldest_overdue(session, now)
         finalised = reads.finalised_since(session, now - timedelta(hours=1))
     return {
@@ -52,6 +53,7 @@ def collect(db: Any, metrics_dir: str | None, now: datetime | None = None) -> di
         "reduction_amounts": base.reduction_amounts,
         "bills": base.bills,
         "by_merchant": by_merchant,
+        "by_caller": by_caller,
         "due_now": {"reductions": base.reductions_due, "bills": base.bills_due},
         "oldest_overdue": oldest,
         "finalised_last_hour": finalised,
@@ -93,6 +95,14 @@ def render(data: dict[str, Any]) -> Group:
         ["mchid", *states],
         ([m, *(row.get(s, 0) for s in states)] for m, row in sorted(data["by_merchant"].items())),
     )
+    callers = table(
+        "orders by caller",
+        ["caller", "reductions", "bills"],
+        (
+            [c, row.get("reduction", 0), row.get("bill", 0)]
+            for c, row in sorted(data.get("by_caller", {}).items())
+        ),
+    )
     errors = data["provider_errors"]
     if errors is None:
         error_view: Any = Text("provider errors: set PROMETHEUS_MULTIPROC_DIR to see them", "dim")
@@ -118,7 +128,13 @@ def render(data: dict[str, Any]) -> Group:
         f"due now: {due['reductions']} reductions, {due['bills']} bills · finalised in the "
         f"last hour: {fin.get('reduction', 0)} reductions, {fin.get('bill', 0)} bills"
     )
-    parts: list[Any] = [Columns([reductions, bills]), merchants, error_view, line, summary]
+    parts: list[Any] = [
+        Columns([reductions, bills]),
+        Columns([merchants, callers]),
+        error_view,
+        line,
+        summary,
+    ]
     for queue, count in sorted((data.get("stray_tasks") or {}).items()):
         parts.append(
             Text(

@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from wxrecon import metrics
+from wxrecon.callers import DEFAULT
 from wxrecon.config import Settings
 from wxrecon.domain.answers import request_differences
 from wxrecon.domain.errors import Conflict
@@ -69,8 +70,9 @@ def _new_row(kind: OrderKind, token: str, lease: float, now: datetime) -> dict[s
     }
 
 
-def reduction_values(request: SpecialReductionRequest) -> dict[str, Any]:
+def reduction_values(request: SpecialReductionRequest, caller: str = DEFAULT) -> dict[str, Any]:
     return {
+        "caller": caller,
         "mchid": request.mchid,
         "bal_account_no": request.bal_account_no,
         "out_request_no": request.out_request_no,
@@ -168,10 +170,12 @@ def intake_reductions(
     lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
+    caller: str = DEFAULT,
 ) -> list[IntakeResult]:
-    """Validated requests as new RECEIVED orders (Conflict when one exists with other
-    parameters: roll back, nothing is kept)."""
-    orders = [reduction_values(r) for r in requests]
+    """Validated requests as new RECEIVED orders signed by ``caller`` (a known profile: the
+    caller of this function checks it). Conflict when one exists with other parameters,
+    its caller included: roll back, nothing is kept."""
+    orders = [reduction_values(r, caller) for r in requests]
     by_key = {(r.mchid, r.out_request_no): r for r in requests}
     return intake(
         session,
@@ -181,10 +185,16 @@ def intake_reductions(
         lease=lease,
         now=now,
         actor=actor,
-        same=lambda stored, order: request_differences(
-            stored, by_key[(order["mchid"], order["out_request_no"])]
+        same=lambda stored, order: (
+            request_differences(stored, by_key[(order["mchid"], order["out_request_no"])])
+            + _other_caller(stored, order)
         ),
     )
+
+
+def _other_caller(stored: Any, order: Mapping[str, Any]) -> list[str]:
+    """An order's caller never changes: the same order with another one is a Conflict."""
+    return ["caller"] if stored.caller != order["caller"] else []
 
 
 def intake_reduction(
@@ -195,10 +205,13 @@ def intake_reduction(
     lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
+    caller: str = DEFAULT,
 ) -> IntakeResult:
     """One new RECEIVED order (see :func:`intake_reductions`)."""
     token = token or new_token()
-    return intake_reductions(session, [request], token=token, lease=lease, now=now, actor=actor)[0]
+    return intake_reductions(
+        session, [request], token=token, lease=lease, now=now, actor=actor, caller=caller
+    )[0]
 
 
 def intake_bill(
@@ -209,9 +222,13 @@ def intake_bill(
     lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
+    caller: str = DEFAULT,
 ) -> IntakeResult:
-    """Start tracking a compensation bill (idempotent: an existing one is returned).
-    Raises InvalidRequest, writing nothing, when ``out_bill_no`` is not a valid number."""
-    order = {"out_bill_no": check_order_no(out_bill_no, "out_bill_no")}
+    """Start tracking a compensation bill, queried as ``caller`` (idempotent: an existing
+    one is returned; Conflict when it is tracked with another caller). Raises
+    InvalidRequest, writing nothing, when ``out_bill_no`` is not a valid number."""
+    order = {"out_bill_no": check_order_no(out_bill_no, "out_bill_no"), "caller": caller}
     token = token or new_token()
-    return intake(session, BILL, [order], token=token, lease=lease, now=now, actor=actor)[0]
+    return intake(
+        session, BILL, [order], token=token, lease=lease, now=now, actor=actor, same=_other_caller
+    )[0]

@@ -127,11 +127,20 @@ class Reconciler:
     """Works on claimed orders: I/O with the provider, compare-and-set writes to the DB."""
 
     db: Database
-    client: Provider
+    client: Provider | None  # every order's provider, unless ``clients`` routes by caller
     settings: PolicySettings  # wxrecon.config.Settings, or anything with its attributes
     clock: Clock | None = None  # None: the database's clock (tests pass their own)
     rng: random.Random = field(default_factory=random.Random)
     actor: str = ENGINE_ACTOR
+    # caller -> the client signing as it (Runtime.client): an order's calls are signed by
+    # the caller it was taken in with, e.g. bills by a platform merchant.
+    clients: Callable[[str], Provider] | None = None
+
+    def provider_for(self, row: Row) -> Provider:
+        if self.clients is not None:
+            return self.clients(getattr(row, "caller", "default"))
+        assert self.client is not None, "a Reconciler needs client or clients"
+        return self.client
 
     def now(self) -> datetime:
         return self.db.now() if self.clock is None else self.clock()
@@ -233,10 +242,11 @@ class Reconciler:
     def _ask(self, kind: OrderKind, row: Row, call: Call) -> Any:
         """The provider's answer to ``call``, or the WeChatPayError it raised."""
         try:
+            client = self.provider_for(row)
             if call.endpoint is Endpoint.SUBMIT:
                 assert kind.request is not None
-                return self.client.submit_special_reduction(kind.request(row))
-            return kind.query(self.client, row)
+                return client.submit_special_reduction(kind.request(row))
+            return kind.query(client, row)
         except errors.WeChatPayError as exc:
             return exc
 

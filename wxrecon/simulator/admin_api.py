@@ -120,7 +120,8 @@ class AdminApi:
 
     def seed_bills(self, now: float, params: dict[str, str], data: Any) -> Answer:
         rows = _rows(data, "bills", "bill")
-        mchid = self.sim.keys.merchant_mchid
+        # A seeded bill is the platform merchant's, when there is one (its sp_mchid).
+        mchid = self.sim.dir.sp_mchid or self.sim.keys.merchant_mchid
         return 200, {"bills": [self.sim.books.seed_bill(now, r, mchid) for r in rows]}
 
     def get_faults(self, now: float, params: dict[str, str], data: Any) -> Answer:

@@ -17,6 +17,7 @@ from wxrecon.simulator.faults import FaultRule, FaultSpecError
 from wxrecon.simulator.material import (
     DEFAULT_MCHID,
     DEFAULT_PORT,
+    DEFAULT_SP_MCHID,
     LedgerSeed,
     SimDirError,
     init_dir,
@@ -62,7 +63,13 @@ def init(
     port: Annotated[
         int, typer.Option(help="Port written into client.env and used by serve.")
     ] = DEFAULT_PORT,
-    mchid: Annotated[str, typer.Option(help="The simulated merchant's mchid.")] = DEFAULT_MCHID,
+    mchid: Annotated[
+        str, typer.Option(help="The ordinary merchant's mchid (reductions, balances).")
+    ] = DEFAULT_MCHID,
+    sp_mchid: Annotated[
+        str,
+        typer.Option(help="The platform merchant's mchid (bill queries; its own keys)."),
+    ] = DEFAULT_SP_MCHID,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing simulator directory.")
     ] = False,
@@ -72,7 +79,13 @@ def init(
     try:
         seeds = [LedgerSeed.parse(spec) for spec in ledger or []]
         sim = init_dir(
-            directory, mchid=mchid, port=port, cert_mode=cert_mode, ledgers=seeds, force=force
+            directory,
+            mchid=mchid,
+            sp_mchid=sp_mchid,
+            port=port,
+            cert_mode=cert_mode,
+            ledgers=seeds,
+            force=force,
         )
     except SimDirError as exc:
         raise _fail(str(exc)) from None
@@ -82,6 +95,8 @@ def init(
         "dir": str(sim.path),
         "mchid": sim.mchid,
         "mch_cert_serial": sim.mch_cert_serial,
+        "sp_mchid": sim.sp_mchid,
+        "sp_cert_serial": sim.sp_cert_serial,
         "wechatpay_public_key_id": sim.wechatpay_public_key_id,
         "platform_cert_serial": sim.platform_cert_serial,
         "cert_mode": sim.cert_mode,
@@ -93,7 +108,8 @@ def init(
         typer.echo(json.dumps(summary))
         return
     typer.echo(f"simulator directory {sim.path}")
-    typer.echo(f"  merchant {sim.mchid}, API certificate serial {sim.mch_cert_serial}")
+    typer.echo(f"  ordinary merchant {sim.mchid}, API certificate serial {sim.mch_cert_serial}")
+    typer.echo(f"  platform merchant {sim.sp_mchid}, API certificate serial {sim.sp_cert_serial}")
     mode = (
         f"platform certificate {sim.platform_cert_serial}"
         if cert_mode

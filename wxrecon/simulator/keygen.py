@@ -58,6 +58,20 @@ class KeyMaterial:
     platform_private_key: bytes = field(repr=False)
     platform_cert: bytes
 
+    @staticmethod
+    def merchant(mchid: str) -> tuple[bytes, bytes]:
+        """Another merchant's API key and certificate (PEM): e.g. a platform merchant."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = _certificate(
+            key,
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, mchid),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "wxrecon simulated merchant"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Tenpay.com CA Center"),
+            ],
+        )
+        return _pkcs8(key), cert.public_bytes(serialization.Encoding.PEM)
+
     @classmethod
     def generate(cls, mchid: str = DEFAULT_MCHID) -> KeyMaterial:
         merchant = rsa.generate_private_key(public_exponent=65537, key_size=2048)

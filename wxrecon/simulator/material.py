@@ -12,8 +12,16 @@ Layout (private keys are mode 0600)::
     wechatpay_private_key.pem   its private half (the simulator's)
     platform_cert.pem           platform certificate (the client's, certificate mode)
     platform_private_key.pem    its private half (the simulator's)
+    sp_apiclient_key.pem        the platform merchant's API private key (a second identity)
+    sp_apiclient_cert.pem       its API certificate
     ledgers.json                optional ledger seed
+    callers.toml                the client's platform caller profile (WXRECON_CALLERS_FILE)
     client.env                  every WXRECON_* setting a client needs
+
+With a platform merchant (``sim init`` makes one) the first merchant is an ordinary one:
+like the provider, the simulator answers ``403 NO_AUTH`` to a bill query from it and to a
+reduction, its query or a balance query from the platform merchant. A directory without one
+(``sp_mchid=None``) has a single merchant allowed everything (role ``any``).
 """
 
 from __future__ import annotations
@@ -29,15 +37,19 @@ from typing import Any
 from wxrecon.filemodes import private_dir
 from wxrecon.simulator.keygen import KeyMaterial
 from wxrecon.simulator.layout import (
+    CALLERS_TOML,
     CLIENT_ENV,
     DEFAULT_MCHID,
     DEFAULT_PORT,
+    DEFAULT_SP_MCHID,
     LEDGERS_JSON,
     MERCHANT_CERT,
     MERCHANT_KEY,
     PLATFORM_CERT,
     PLATFORM_PRIVATE_KEY,
     SIM_JSON,
+    SP_MERCHANT_CERT,
+    SP_MERCHANT_KEY,
     WECHATPAY_PRIVATE_KEY,
     WECHATPAY_PUBLIC_KEY,
     SimDirError,
@@ -121,12 +133,20 @@ def init_dir(
     ledgers: Iterable[LedgerSeed] = (),
     material: KeyMaterial | None = None,
     force: bool = False,
+    sp_mchid: str | None = DEFAULT_SP_MCHID,
+    sp_material: tuple[bytes, bytes] | None = None,
 ) -> SimDir:
-    """Create a simulator directory; refuses to overwrite one unless ``force``."""
+    """Create a simulator directory; refuses to overwrite one unless ``force``.
+    ``sp_mchid``: also a platform merchant (its own key, ``sp_material`` to reuse one), the
+    first one then an ordinary merchant; None: one merchant allowed everything."""
     try:
         check_mchid(mchid)
+        if sp_mchid is not None:
+            check_mchid(sp_mchid)
     except InvalidRequest as exc:
         raise SimDirError(str(exc)) from None
+    if sp_mchid == mchid:
+        raise SimDirError("the platform merchant needs its own mchid")
     if not 0 <= port <= 65535:
         raise SimDirError(f"port {port} is out of range")
     root = Path(directory).expanduser().resolve()
@@ -146,7 +166,16 @@ def init_dir(
     _write(root / PLATFORM_CERT, material.platform_cert)
     merchant_cert = keys.parse_certificate(material.merchant_cert)
     platform_cert = keys.parse_certificate(material.platform_cert)
+    platform_merchant: dict[str, Any] = {}
+    if sp_mchid is not None:
+        sp_key, sp_cert = sp_material or KeyMaterial.merchant(sp_mchid)
+        _write(root / SP_MERCHANT_KEY, sp_key, private=True)
+        _write(root / SP_MERCHANT_CERT, sp_cert)
+        serial = keys.certificate_serial(keys.parse_certificate(sp_cert))
+        platform_merchant = {"sp_mchid": sp_mchid, "sp_cert_serial": serial}
     meta = {
+        **platform_merchant,
+        "role": "ordinary" if sp_mchid is not None else "any",
         "mchid": mchid,
         "mch_cert_serial": keys.certificate_serial(merchant_cert),
         "wechatpay_public_key_id": material.public_key_id,
@@ -179,6 +208,9 @@ class SimDir:
     cert_mode: bool
     host: str
     port: int
+    role: str = "any"  # the first merchant's (layout.ROLES)
+    sp_mchid: str | None = None  # the platform merchant, if any
+    sp_cert_serial: str | None = None
 
     @classmethod
     def load(cls, directory: str | Path) -> SimDir:
@@ -201,6 +233,9 @@ class SimDir:
                 cert_mode=bool(meta.get("cert_mode", False)),
                 host=str(meta.get("host", "127.0.0.1")),
                 port=int(meta.get("port", DEFAULT_PORT)),
+                role=str(meta.get("role", "any")),
+                sp_mchid=str(meta["sp_mchid"]) if meta.get("sp_mchid") else None,
+                sp_cert_serial=str(meta["sp_cert_serial"]) if meta.get("sp_mchid") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SimDirError(f"{root / SIM_JSON}: missing or bad field {exc}") from None
@@ -214,6 +249,8 @@ class SimDir:
         ):
             if not (root / name).is_file():
                 raise SimDirError(f"{root} lacks {name} (run `sim init --force` to recreate it)")
+        if sim.sp_mchid is not None and not (root / SP_MERCHANT_KEY).is_file():
+            raise SimDirError(f"{root} lacks {SP_MERCHANT_KEY} (run `sim init --force`)")
         return sim
 
     def file(self, name: str) -> Path:
@@ -239,7 +276,29 @@ class SimDir:
             env["WXRECON_WECHATPAY_PUBLIC_KEY_PATH"] = str(self.file(WECHATPAY_PUBLIC_KEY))
         env["WXRECON_WECHATPAY_BASE_URL"] = base_url or self.base_url
         env["WXRECON_WECHATPAY_BACKUP_URL"] = ""
+        if self.sp_mchid is not None:  # two identities: bills are the platform merchant's
+            env["WXRECON_CALLERS_FILE"] = str(self.file(CALLERS_TOML))
+            env["WXRECON_REDUCTION_CALLER"] = "default"
+            env["WXRECON_BILL_CALLER"] = "platform"
         return env
+
+    def callers_toml(self) -> str:
+        """The platform merchant as a caller profile (wxrecon/callers.py)."""
+        lines = [
+            "# Written by `wxrecon sim`: the platform merchant, which queries compensation bills.",
+            "[callers.platform]",
+            f'mchid = "{self.sp_mchid}"',
+            f'cert_serial = "{self.sp_cert_serial}"',
+            f"private_key_path = {json.dumps(str(self.file(SP_MERCHANT_KEY)))}",
+            f"cert_path = {json.dumps(str(self.file(SP_MERCHANT_CERT)))}",
+        ]
+        if self.cert_mode:
+            lines.append(f"platform_cert_paths = [{json.dumps(str(self.file(PLATFORM_CERT)))}]")
+        else:
+            lines.append(f'wechatpay_public_key_id = "{self.wechatpay_public_key_id}"')
+            path = json.dumps(str(self.file(WECHATPAY_PUBLIC_KEY)))
+            lines.append(f"wechatpay_public_key_path = {path}")
+        return "\n".join(lines) + "\n"
 
     def write_client_env(self, base_url: str | None = None) -> Path:
         lines = [
@@ -247,6 +306,8 @@ class SimDir:
             *(f"{k}={v}" for k, v in self.client_env(base_url).items()),
         ]
         target = self.file(CLIENT_ENV)
+        if self.sp_mchid is not None:
+            _write(self.file(CALLERS_TOML), self.callers_toml().encode())
         _write(target, ("\n".join(lines) + "\n").encode())
         return target
 
@@ -261,6 +322,21 @@ class SimDir:
             public_key_path=None if use_cert else self.file(WECHATPAY_PUBLIC_KEY),
             platform_cert_paths=[str(self.file(PLATFORM_CERT))] if use_cert else None,
             mch_cert_path=self.file(MERCHANT_CERT),
+        )
+
+    def platform_credentials(self, *, cert_mode: bool | None = None) -> Credentials:
+        """The platform merchant's credentials (SimDirError when there is none)."""
+        if self.sp_mchid is None or self.sp_cert_serial is None:
+            raise SimDirError(f"{self.path} has no platform merchant")
+        use_cert = self.cert_mode if cert_mode is None else cert_mode
+        return Credentials.load(
+            mchid=self.sp_mchid,
+            cert_serial=self.sp_cert_serial,
+            private_key_path=self.file(SP_MERCHANT_KEY),
+            public_key_id=None if use_cert else self.wechatpay_public_key_id,
+            public_key_path=None if use_cert else self.file(WECHATPAY_PUBLIC_KEY),
+            platform_cert_paths=[str(self.file(PLATFORM_CERT))] if use_cert else None,
+            mch_cert_path=self.file(SP_MERCHANT_CERT),
         )
 
     def ledger_seed(self) -> list[LedgerSeed]:

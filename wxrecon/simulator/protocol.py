@@ -148,9 +148,11 @@ def verify_authorization(
         auth = signing.parse_authorization(header)
     except signing.AuthorizationParseError as exc:
         raise _sign_error("Authorization header is malformed", str(exc)) from None
-    if auth.mchid != pk.merchant_mchid:
+    merchant = pk.merchant(auth.mchid)
+    if merchant is None:
         raise _sign_error("mchid in Authorization is not a known merchant", "unknown mchid")
-    if auth.serial_no.upper() != pk.merchant_serial:
+    serial, public, _role = merchant
+    if auth.serial_no.upper() != serial:
         raise _sign_error(
             "serial_no in Authorization is not a valid API certificate of this merchant",
             "unknown serial_no",
@@ -165,7 +167,7 @@ def verify_authorization(
             "timestamp expired",
         )
     message = signing.request_message(method, raw_target, auth.timestamp, auth.nonce_str, body)
-    if not signing.verify(pk.merchant_public, message, auth.signature):
+    if not signing.verify(public, message, auth.signature):
         raise _sign_error(
             "signature does not verify",
             "sign not match",
@@ -177,6 +179,27 @@ def verify_authorization(
             },
         )
     return auth
+
+
+# Who may call each endpoint (the pages' 支持商户): bills for a platform merchant, the
+# reduction, its query and the balance for an ordinary one.
+PLATFORM_ONLY = frozenset({Endpoint.QUERY_BILL})
+
+
+def check_role(pk: ProviderKeys, endpoint: Endpoint, mchid: str) -> None:
+    """403 NO_AUTH when the verified caller's role may not call ``endpoint``."""
+    merchant = pk.merchant(mchid)
+    role = merchant[2] if merchant is not None else "none"
+    if role == "any":
+        return
+    wanted = "platform" if endpoint in PLATFORM_ONLY else "ordinary"
+    if role != wanted:
+        who = (
+            "平台商户 (platform merchant)"
+            if wanted == "platform"
+            else "普通商户 (ordinary merchant)"
+        )
+        raise ApiError(403, "NO_AUTH", f"商户无权限: this API is for a {who} merchant")
 
 
 def encryption_key(

@@ -131,11 +131,14 @@ class Provider:
         signer: tuple[str, rsa.RSAPrivateKey] | None = None
         try:
             protocol.check_http_headers(method, rt, headers)
-            protocol.verify_authorization(self.keys, method, raw_target, headers, body, now)
+            auth = protocol.verify_authorization(self.keys, method, raw_target, headers, body, now)
+            protocol.check_role(self.keys, rt.endpoint, auth.mchid)
             named = protocol.encryption_key(self.keys, rt, headers)
             signer = named or self.keys.default_signer()
             reached_business = True
-            data = self._shaped(rt.endpoint, self._business(rt, query, body, signer[1], now))
+            data = self._shaped(
+                rt.endpoint, self._business(rt, query, body, signer[1], now, auth.mchid)
+            )
             reply = Reply(200, _json(data), endpoint=ep)
         except ApiError as exc:
             reply = self._error(exc, request_id, ep)
@@ -156,7 +159,13 @@ class Provider:
         return reply
 
     def _business(
-        self, rt: protocol.Route, query: str, body: bytes, key: rsa.RSAPrivateKey, now: float
+        self,
+        rt: protocol.Route,
+        query: str,
+        body: bytes,
+        key: rsa.RSAPrivateKey,
+        now: float,
+        caller: str,
     ) -> Any:
         if rt.endpoint is Endpoint.SUBMIT_REDUCTION:
             params = protocol.submit_params(protocol.parse_body(body), key)
@@ -172,7 +181,7 @@ class Provider:
             return self.books.balance(now, mchid, bal)
         out_bill_no = protocol.check_path_order_no(rt.path_param, "out_bill_no")
         # Only the calling merchant's bills are visible: the caller is the verified mchid.
-        return self.books.bill(now, self.keys.merchant_mchid, out_bill_no)
+        return self.books.bill(now, caller, out_bill_no)
 
     def _shaped(self, endpoint: Endpoint, data: Any) -> Any:
         """The true answer, or its docs-literal form in that mode or when a rule fires."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,7 @@ from wxrecon.simulator.layout import (
     MERCHANT_CERT,
     PLATFORM_PRIVATE_KEY,
     SIM_JSON,
+    SP_MERCHANT_CERT,
     WECHATPAY_PRIVATE_KEY,
     SimDirError,
 )
@@ -48,6 +50,16 @@ class ProviderKeys:
     platform_serial: str
     platform_private: rsa.RSAPrivateKey = field(repr=False)
     cert_mode: bool
+    role: str = "any"  # the first merchant's
+    # Every merchant that may sign: mchid -> (certificate serial, public key, role).
+    merchants: Mapping[str, tuple[str, rsa.RSAPublicKey, str]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def merchant(self, mchid: str) -> tuple[str, rsa.RSAPublicKey, str] | None:
+        if mchid == self.merchant_mchid:
+            return self.merchant_serial, self.merchant_public, self.role
+        return self.merchants.get(mchid)
 
     @classmethod
     def load(cls, sim: SimDir) -> ProviderKeys:
@@ -55,7 +67,16 @@ class ProviderKeys:
         serial = keys.certificate_serial(cert)
         if serial != sim.mch_cert_serial.upper():
             raise SimDirError(f"{SIM_JSON}: mch_cert_serial does not match {MERCHANT_CERT}")
+        merchants: dict[str, tuple[str, rsa.RSAPublicKey, str]] = {}
+        if sim.sp_mchid is not None and sim.sp_cert_serial is not None:
+            sp_cert = keys.load_certificate(sim.file(SP_MERCHANT_CERT), SP_MERCHANT_CERT)
+            if keys.certificate_serial(sp_cert) != sim.sp_cert_serial.upper():
+                raise SimDirError(f"{SIM_JSON}: sp_cert_serial does not match {SP_MERCHANT_CERT}")
+            public = keys.certificate_key(sp_cert, SP_MERCHANT_CERT)
+            merchants[sim.sp_mchid] = (sim.sp_cert_serial.upper(), public, "platform")
         return cls(
+            role=sim.role,
+            merchants=merchants,
             merchant_mchid=sim.mchid,
             merchant_serial=serial,
             merchant_public=keys.certificate_key(cert, MERCHANT_CERT),

@@ -125,6 +125,8 @@ class SpecialReduction(PollingColumns, Base):
     # The provider refused a POST (4xx): not proof that nothing moved, since an earlier
     # attempt may have landed; kept until a signed query settles the order.
     refusal: Mapped[str | None] = mapped_column(Text)
+    # The caller profile that signs this order's calls; never changes (wxrecon/callers.py).
+    caller: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
 
     __table_args__ = (
         UniqueConstraint("mchid", "out_request_no"),
@@ -162,6 +164,7 @@ class CompensationBill(PollingColumns, Base):
     close_time: Mapped[datetime | None]
     # receiver_detail.receiver, flat: {"type", "transaction_id", "transaction_type"} as sent
     receiver_detail: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    caller: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
 
     __table_args__ = (
         Index("ix_compensation_bills_state", "state"),

@@ -179,6 +179,17 @@ def reductions_by_merchant(session: Session) -> dict[str, dict[str, int]]:
     return out
 
 
+def orders_by_caller(session: Session) -> dict[str, dict[str, int]]:
+    """``caller -> kind -> count`` (which merchant profile signs how many orders)."""
+    out: dict[str, dict[str, int]] = {}
+    for kind, model in (("reduction", SpecialReduction), ("bill", CompensationBill)):
+        for caller, count in session.execute(
+            select(model.caller, func.count()).group_by(model.caller)
+        ):
+            out.setdefault(caller, {})[kind] = count
+    return out
+
+
 def oldest_overdue(session: Session, now: datetime) -> dict[str, Any] | None:
     """The in-flight order of any kind whose next query is the most overdue, or None."""
     from wxrecon.domain.kinds import KINDS
@@ -230,6 +241,7 @@ def reduction_dict(row: SpecialReduction) -> dict[str, Any]:
     return {
         "id": row.id,
         "mchid": row.mchid,
+        "caller": row.caller,
         "bal_account_no": mask(row.bal_account_no),
         "out_request_no": row.out_request_no,
         "reduction_type": row.reduction_type,
@@ -255,6 +267,7 @@ def bill_dict(row: CompensationBill) -> dict[str, Any]:
     return {
         "id": row.id,
         "out_bill_no": row.out_bill_no,
+        "caller": row.caller,
         "state": row.state,
         "provider_state": row.provider_state,
         "amount": row.amount,

@@ -50,6 +50,7 @@ class ReductionRow(Row):
     submitted_at: datetime | None
     last_submit_at: datetime | None
     refusal: str | None  # the provider's refusal of a POST, until a query settles it
+    caller: str = "default"  # the profile that signs its calls (never changes)
 
 
 @dataclass(eq=False)
@@ -68,6 +69,7 @@ class BillRow(Row):
     close_reason: str | None
     close_time: datetime | None
     receiver_detail: dict[str, str] | None = None  # as sent: type, transaction_id/_type
+    caller: str = "default"  # the profile that signs its calls (never changes)
 
 
 R = TypeVar("R", bound=Row)
