@@ -350,7 +350,8 @@ def snapshot_ledgers(mchid: Any = None) -> dict[str, int]:
         return {"taken": 0}
     rt = runtime.get()
     try:
-        client: Any = rt.client  # the WeChatPayClient (it has query_balance)
+        # the balance query is an ordinary merchant's: the reductions' default caller signs
+        client: Any = rt.client(rt.settings.reduction_caller)
         done = ledger.run(rt.db, client, rt.settings, mchid)
     except SealError as exc:
         log.warning("ledger snapshots skipped: %s", exc)

@@ -62,6 +62,7 @@ def _discrepancy(d: dict[str, Any]) -> dict[str, Any]:
 @app.command("snapshot")
 def snapshot(mchid: MchidOpt = None, json_out: JsonOpt = False) -> None:
     """Snapshot (and check) now every ledger with recent activity."""
+    from wxrecon.callers import profiles_of
     from wxrecon.config import get_settings
     from wxrecon.engine import ledger
     from wxrecon.runtime import build_client
@@ -70,7 +71,8 @@ def snapshot(mchid: MchidOpt = None, json_out: JsonOpt = False) -> None:
     db = database()
     settings = get_settings()
     keyring(settings)  # the keys before the client: the first missing thing is named first
-    client: Any = build_client(settings)  # with the shared rate limiter, as the worker's
+    # with the shared rate limiter, as the worker's; an ordinary merchant's query
+    client: Any = build_client(settings, profiles_of(settings)[settings.reduction_caller])
     try:
         done = ledger.run(db, client, settings, mchid)
     finally:

@@ -110,11 +110,16 @@ def add_resolution_commands(app: typer.Typer, kind: Kind) -> None:
             json_out,
             "nothing proposed",
         )
+        from wxrecon.callers import profiles_of
         from wxrecon.config import get_settings
         from wxrecon.engine import resolution
-        from wxrecon.provider import build_client
+        from wxrecon.runtime import build_client
 
-        client = build_client(get_settings())
+        settings = get_settings()
+        profile = profiles_of(settings).get(order.caller)  # the order's own merchant signs
+        if profile is None:
+            raise bad_input(f"the order's caller {order.caller!r} is not configured")
+        client: Any = build_client(settings, profile)
         with client:
             res = resolution.resolve(
                 db,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_callers"
-down_revision = "0006"
+down_revision = "0007_resolutions"
 branch_labels = None
 depends_on = None
 
