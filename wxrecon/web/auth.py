@@ -22,6 +22,9 @@ from wxrecon.store.web_tokens import Holder
 
 SESSION = "wxr_session"
 CSRF = "wxr_csrf"
+# Each role can do what the one before it can: an approver may also retry and propose, which
+# is why the engine (not the role) refuses an approval by the resolution's own proposer.
+RANK = {"viewer": 0, "operator": 1, "approver": 2}
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -75,9 +78,9 @@ async def holder_of(request: Request) -> Holder:
     return found
 
 
-def need(holder: Holder, *roles: str) -> None:
-    if holder.role not in roles:
-        raise HTTPException(403, f"role {holder.role} may not do this (needs {'/'.join(roles)})")
+def need(holder: Holder, role: str) -> None:
+    if RANK.get(holder.role, -1) < RANK[role]:
+        raise HTTPException(403, f"role {holder.role} may not do this (needs {role})")
 
 
 def cookie_flags(request: Request) -> dict[str, Any]:
