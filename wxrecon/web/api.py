@@ -22,7 +22,19 @@ from wxrecon.web.auth import holder_of
 KindName = StrEnum("KindName", {k: k for k in KINDS})  # type: ignore[misc]
 Who = Annotated[Holder, Depends(holder_of)]
 
-router = APIRouter(prefix="/api/v1")
+
+
+class Problem(BaseModel):
+    detail: Any
+
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no live token"},
+    403: {"model": Problem, "description": "the token's role may not do this, or cross-site"},
+    404: {"model": Problem, "description": "no such order"},
+    409: {"model": Problem, "description": "the action is not allowed in the order's state"},
+}
+router = APIRouter(prefix="/api/v1", responses=_PROBLEMS)
 
 
 class Order(BaseModel):
