@@ -19,9 +19,9 @@ from wxrecon.web.app import create_app
 
 @pytest.fixture
 def web(db: Database, sim_client: Any) -> Iterator[tuple[TestClient, dict[str, str], Database]]:
-    tokens = {
-        role: web_tokens.create(db, f"{role}-1", role) for role in web_tokens.ROLES
-    } | {"approver2": web_tokens.create(db, "approver-2", "approver")}
+    tokens = {role: web_tokens.create(db, f"{role}-1", role) for role in web_tokens.ROLES} | {
+        "approver2": web_tokens.create(db, "approver-2", "approver")
+    }
     with TestClient(create_app(Rt(db, sim_client)), base_url="http://127.0.0.1") as client:
         yield client, tokens, db
 
@@ -40,7 +40,7 @@ READS = [
 
 
 def test_health_is_open_and_everything_else_needs_a_token(web: Any) -> None:
-    client, tokens, db = web
+    client, _tokens, db = web
     rid = reduction(db, "WEBANON")
     assert client.get("/healthz").json() == {"status": "ok"}
     for url in [*READS, f"/api/v1/orders/reduction/{rid}"]:
@@ -71,7 +71,9 @@ def test_reads_filters_and_pages(web: Any) -> None:
     assert m["total"] == 0
     since = client.get("/api/v1/orders/reduction?since=2999-01-01T00:00:00Z", headers=h).json()
     assert since["total"] == 0
-    assert client.get("/api/v1/orders/reduction?since=2020-01-01T00:00", headers=h).status_code == 422
+    assert (
+        client.get("/api/v1/orders/reduction?since=2020-01-01T00:00", headers=h).status_code == 422
+    )
     bills = client.get("/api/v1/orders/bill?q=WEBBILL", headers=h).json()
     assert [o["number"] for o in bills["orders"]] == ["WEBBILL1"]
     detail = client.get(f"/api/v1/orders/bill/{bid}", headers=h).json()
@@ -89,19 +91,32 @@ def test_viewer_cannot_act_operator_retries_and_requeries_as_itself(web: Any) ->
     client, tokens, db = web
     rid = reduction(db, "WEBRETRY")
     to_review(db, REDUCTION, rid)
-    for action, body in (("retry", {}), ("requery", {}), ("resolve", {"state": "FAILED", "evidence": EVIDENCE}), ("approve", None)):
-        r = client.post(f"/api/v1/orders/reduction/{rid}/{action}", json=body, headers=auth(tokens["viewer"]))
+    for action, body in (
+        ("retry", {}),
+        ("requery", {}),
+        ("resolve", {"state": "FAILED", "evidence": EVIDENCE}),
+        ("approve", None),
+    ):
+        r = client.post(
+            f"/api/v1/orders/reduction/{rid}/{action}", json=body, headers=auth(tokens["viewer"])
+        )
         assert r.status_code == 403, action
     r = client.post(f"/api/v1/orders/reduction/{rid}/approve", headers=auth(tokens["operator"]))
     assert r.status_code == 403  # an operator proposes, never approves
     r = client.post(
-        f"/api/v1/orders/reduction/{rid}/retry", json={"why": "checked"}, headers=auth(tokens["operator"])
+        f"/api/v1/orders/reduction/{rid}/retry",
+        json={"why": "checked"},
+        headers=auth(tokens["operator"]),
     )
     assert r.status_code == 200 and r.json()["state"] == "RECEIVED"
-    r = client.post(f"/api/v1/orders/reduction/{rid}/requery", json={}, headers=auth(tokens["operator"]))
+    r = client.post(
+        f"/api/v1/orders/reduction/{rid}/requery", json={}, headers=auth(tokens["operator"])
+    )
     assert r.status_code == 200
     # Retrying an order not in review is a conflict, said in one line.
-    r = client.post(f"/api/v1/orders/reduction/{rid}/retry", json={}, headers=auth(tokens["operator"]))
+    r = client.post(
+        f"/api/v1/orders/reduction/{rid}/retry", json={}, headers=auth(tokens["operator"])
+    )
     assert r.status_code == 409
     with db.read() as s:
         actors = [e.actor for e in s.execute(select(Event).where(Event.order_id == rid)).scalars()]
@@ -147,7 +162,9 @@ def test_browser_session_and_cross_site_posts_refused(web: Any) -> None:
     assert csrf and csrf in page.text
     bad = client.post("/signin", data={"token": "wxr_nope", "csrf": csrf})
     assert bad.status_code == 401
-    r = client.post("/signin", data={"token": tokens["operator"], "csrf": csrf}, follow_redirects=False)
+    r = client.post(
+        "/signin", data={"token": tokens["operator"], "csrf": csrf}, follow_redirects=False
+    )
     assert r.status_code == 303
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
@@ -163,7 +180,9 @@ def test_browser_session_and_cross_site_posts_refused(web: Any) -> None:
     assert api.status_code == 403
     with db.read() as s:
         assert s.get(REDUCTION.model, rid).state == "NEEDS_REVIEW"
-    ok = client.post(url, data={"why": "x", "csrf": csrf}, headers={"Sec-Fetch-Site": "same-origin"})
+    ok = client.post(
+        url, data={"why": "x", "csrf": csrf}, headers={"Sec-Fetch-Site": "same-origin"}
+    )
     assert ok.status_code == 200 and "done: now RECEIVED" in ok.text
 
 

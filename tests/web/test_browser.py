@@ -28,7 +28,9 @@ def served(sqlite_url: str, sim_client: Any) -> Iterator[tuple[str, Database]]:
     db = Database(sqlite_url)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(Rt(db, sim_client)), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(Rt(db, sim_client)), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

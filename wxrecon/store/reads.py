@@ -348,7 +348,7 @@ def hourly(session: Session, now: datetime, hours: int = 12) -> list[dict[str, A
     finals = {s for k in KINDS.values() for s in k.final}
     reviews = {k.review for k in KINDS.values()}
     start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
-    buckets = [
+    buckets: list[dict[str, Any]] = [
         {"hour": (start + timedelta(hours=i)).isoformat(), "finalised": 0, "errors": 0}
         for i in range(hours)
     ]

@@ -64,7 +64,9 @@ def holder(db: Database, token: str) -> Holder | None:
         return None
     with db.read() as s:
         row = s.execute(
-            select(WebToken).where(WebToken.token_hash == digest(token), WebToken.revoked_at.is_(None))
+            select(WebToken).where(
+                WebToken.token_hash == digest(token), WebToken.revoked_at.is_(None)
+            )
         ).scalar_one_or_none()
         return Holder(row.id, row.name, row.role) if row is not None else None
 
@@ -85,7 +87,7 @@ def listing(db: Database) -> list[dict[str, object]]:
 
 def revoke(db: Database, name: str, *, now: datetime | None = None) -> None:
     with db.transaction() as s:
-        done = s.execute(
+        done = s.execute(  # type: ignore[attr-defined]
             update(WebToken)
             .where(WebToken.name == name, WebToken.revoked_at.is_(None))
             .values(revoked_at=now or utcnow())

@@ -23,7 +23,6 @@ KindName = StrEnum("KindName", {k: k for k in KINDS})  # type: ignore[misc]
 Who = Annotated[Holder, Depends(holder_of)]
 
 
-
 class Problem(BaseModel):
     detail: Any
 

@@ -71,9 +71,9 @@ async def holder_of(request: Request) -> Holder:
     found = web_tokens.holder(db, token) if token else None
     if found is None:
         raise HTTPException(401, "a valid token is needed", {"WWW-Authenticate": "Bearer"})
-    if via_cookie and request.method in UNSAFE:
-        if not same_origin(request) or not await csrf_ok(request):
-            raise HTTPException(403, "cross-site request refused")
+    unsafe = via_cookie and request.method in UNSAFE
+    if unsafe and (not same_origin(request) or not await csrf_ok(request)):
+        raise HTTPException(403, "cross-site request refused")
     request.state.holder = found
     return found
 

@@ -15,7 +15,8 @@ def bars(buckets: list[dict[str, Any]], series: tuple[str, ...], height: int = 1
     top = max([1] + [int(b[s]) for b in buckets for s in series])
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="chart" '
-        f'width="{width}" height="{height + 30}" aria-label="{escape(" and ".join(series))} per hour">',
+        f'width="{width}" height="{height + 30}" '
+        f'aria-label="{escape(" and ".join(series))} per hour">',
         f'<text x="0" y="12" font-size="10">max {top}</text>',
     ]
     for i, b in enumerate(buckets):

@@ -20,13 +20,17 @@ def _host(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise typer.BadParameter("give an IP address (127.0.0.1, ::1, 0.0.0.0) or localhost") from None
+        raise typer.BadParameter(
+            "give an IP address (127.0.0.1, ::1, 0.0.0.0) or localhost"
+        ) from None
 
 
 @app.callback()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option("--host", callback=_host, help="Bind address.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", callback=_host, help="Bind address.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8700,
 ) -> None:
     """Serve the web console and the JSON API (/api/v1, OpenAPI at /api/v1/openapi.json)."""
@@ -39,7 +43,9 @@ def serve(
 
     database()  # one line, not a traceback, when the database is missing or behind
     if host not in ("127.0.0.1", "::1", "localhost"):
-        typer.echo(f"warning: serving on {host}; put TLS in front (cookies are Secure there)", err=True)
+        typer.echo(
+            f"warning: serving on {host}; put TLS in front (cookies are Secure there)", err=True
+        )
     # access_log off: a URL never carries a token, but keep request lines out of logs anyway.
     uvicorn.run(create_app(), host=host, port=port, access_log=False, log_level="info")
 

@@ -154,7 +154,11 @@ def _do(kind: str, order_id: int, fn: Any, *args: Any) -> Response:
 
 @router.post("/orders/{kind}/{order_id}/retry")
 def retry(
-    request: Request, who: Who, kind: str, order_id: int, why: Annotated[str, Form(max_length=500)] = ""
+    request: Request,
+    who: Who,
+    kind: str,
+    order_id: int,
+    why: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     rt = request.app.state.runtime
     return _do(kind, order_id, actions.retry, rt, who, _kind(kind), order_id, why, False)
@@ -162,7 +166,11 @@ def retry(
 
 @router.post("/orders/{kind}/{order_id}/requery")
 def requery(
-    request: Request, who: Who, kind: str, order_id: int, why: Annotated[str, Form(max_length=500)] = ""
+    request: Request,
+    who: Who,
+    kind: str,
+    order_id: int,
+    why: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     rt = request.app.state.runtime
     return _do(kind, order_id, actions.requery, rt, who, _kind(kind), order_id, why)
