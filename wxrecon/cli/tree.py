@@ -60,6 +60,9 @@ def _register(root: typer.Typer) -> None:
     root.command("import")(csv_import.import_csv)
     register_demo(root)
     root.add_typer(sim_app, name="sim", help="The provider simulator (development, tests, demo).")
+    from wxrecon.web.cli import app as web_app
+
+    root.add_typer(web_app, name="web", help="The web console and admin API, and its tokens.")
     root.add_typer(
         api_app, name="api", help="Call the provider directly; print the verified answer."
     )

@@ -346,6 +346,22 @@ class LedgerDiscrepancy(Base):
     )
 
 
+class WebToken(Base):
+    """A web console token (``wxrecon web token create``): only its SHA-256 is kept."""
+
+    __tablename__ = "web_tokens"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # the actor of its actions
+    role: Mapped[str] = mapped_column(String(16))  # viewer | operator | approver
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"<WebToken {self.name} {self.role}>"
+
+
 __all__ = [
     "Base",
     "CompensationBill",
@@ -356,5 +372,6 @@ __all__ = [
     "Resolution",
     "SpecialReduction",
     "UTCDateTime",
+    "WebToken",
     "utcnow",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -301,3 +301,97 @@ def event_dict(event: Event) -> dict[str, Any]:
         "actor": event.actor,
         "at": _iso(event.at),
     }
+
+
+# -- the web console's reads (any kind: the kind is data) ----------------------------------------
+
+
+def _mchid_column(model: Any) -> Any:
+    return model.mchid if hasattr(model, "mchid") else model.sp_mchid
+
+
+def list_orders(
+    session: Session,
+    kind: Any,
+    *,
+    states: Sequence[str] | None = None,
+    mchid: str | None = None,
+    since: datetime | None = None,
+    search: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Any], int]:
+    """One page of ``kind``'s orders (newest first) and the total that match. ``search`` is
+    a prefix of the order's number (out_request_no / out_bill_no)."""
+    model = kind.model
+    where = []
+    if states:
+        where.append(model.state.in_([str(s) for s in states]))
+    if mchid is not None:
+        where.append(_mchid_column(model) == mchid)
+    if since is not None:
+        where.append(model.created_at >= since)
+    if search:
+        column = getattr(model, kind.number_fields[-1])
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(column.like(escaped + "%", escape="\\"))
+    total = session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+    rows = session.execute(
+        select(model).where(*where).order_by(model.id.desc()).limit(limit).offset(offset)
+    ).scalars()
+    return list(rows), int(total)
+
+
+def get_order(session: Session, kind: Any, order_id: int) -> Any:
+    row = session.get(kind.model, order_id)
+    if row is None:
+        raise OrderNotFound(f"no {kind} #{order_id}")
+    return row
+
+
+def order_dict(kind: Any, row: Any) -> dict[str, Any]:
+    return reduction_dict(row) if str(kind) == str(Kind.REDUCTION) else bill_dict(row)
+
+
+def hourly(session: Session, now: datetime, hours: int = 12) -> list[dict[str, Any]]:
+    """Per hour over the last ``hours``: orders finalised and error events (an event into a
+    review state, or whose reason names an error), from the events table, oldest first."""
+    from wxrecon.domain.kinds import KINDS
+
+    finals = {s for k in KINDS.values() for s in k.final}
+    reviews = {k.review for k in KINDS.values()}
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    buckets: list[dict[str, Any]] = [
+        {"hour": (start + timedelta(hours=i)).isoformat(), "finalised": 0, "errors": 0}
+        for i in range(hours)
+    ]
+    rows = session.execute(
+        select(Event.at, Event.to_state, Event.reason).where(Event.at >= start)
+    ).all()
+    for at, to_state, reason in rows:
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        i = int((at - start).total_seconds() // 3600)
+        if not 0 <= i < hours:
+            continue
+        if to_state in finals:
+            buckets[i]["finalised"] += 1
+        if to_state in reviews or "error" in (reason or "").lower():
+            buckets[i]["errors"] += 1
+    return buckets
+
+
+def provider_errors(session: Session) -> dict[str, int]:
+    """The last provider error of orders still open, by its first word (its code)."""
+    from wxrecon.domain.kinds import KINDS
+
+    out: dict[str, int] = {}
+    for kind in KINDS.values():
+        open_states = sorted(set(kind.active) | {kind.review})
+        for (err,) in session.execute(
+            select(kind.model.last_error).where(
+                kind.model.state.in_(open_states), kind.model.last_error.is_not(None)
+            )
+        ):
+            code = (str(err).split() or ["?"])[0].rstrip(":")[:40]
+            out[code] = out.get(code, 0) + 1
+    return out
