@@ -177,14 +177,22 @@ def _refuse_old_schema(**_: Any) -> None:
     """The worker does not start on a missing or old schema, nor without credentials."""
     from wxrecon.filemodes import warn_loose_keys
     from wxrecon.provider import load_credentials
-    from wxrecon.store.db import SchemaError, check_schema
+    from wxrecon.store import sealing
+    from wxrecon.store.db import Database, SchemaError, check_schema
+    from wxrecon.store.sealed import SealError, keyring
     from wxrecon.wechatpay.keys import CredentialError
 
     settings = get_settings()
     try:
+        keys = keyring(settings)  # ledger numbers are sealed at rest: no keys, no worker
         check_schema(settings.database_url)
+        db = Database(settings.database_url, keyring=keys)
+        try:
+            sealing.ready(db, keys)  # none left unsealed; the current key is the right one
+        finally:
+            db.dispose()
         load_credentials(settings)
-    except (SchemaError, CredentialError) as exc:
+    except (SchemaError, CredentialError, SealError) as exc:
         log.critical("wxrecon worker refuses to start: %s", exc)
         raise SystemExit(1) from None
     warn_loose_keys(settings.mch_private_key_path)

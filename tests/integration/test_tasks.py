@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from tests.fixtures_db import FakeProvider, reduction
+from tests.services import SEALING_ENV
 from wxrecon import runtime, tasks
 from wxrecon.config import Settings
 from wxrecon.domain.decisions import Policy
@@ -268,6 +269,7 @@ def test_worker_refuses_to_start_without_schema(tmp_path: Path) -> None:
             "WXRECON_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
             "WXRECON_DATA_DIR": str(tmp_path / "data"),
             "WXRECON_BROKER_URL": "filesystem://",
+            **SEALING_ENV,
         }
     )
     proc = subprocess.run(

@@ -25,8 +25,9 @@ from wxrecon.domain.answers import request_differences
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.store import sql
-from wxrecon.store.db import database_now
+from wxrecon.store.db import database_now, keyring_of
 from wxrecon.store.rows import row_from
+from wxrecon.store.sealed import Keyring
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,13 @@ def _new_row(kind: OrderKind, token: str, lease: float, now: datetime) -> dict[s
     }
 
 
-def reduction_values(request: SpecialReductionRequest) -> dict[str, Any]:
+def reduction_values(request: SpecialReductionRequest, keys: Keyring) -> dict[str, Any]:
+    """A request's columns, its ledger number sealed to the row (the plaintext is never
+    stored) with its keyed look-up hash."""
     return {
         "mchid": request.mchid,
-        "bal_account_no": request.bal_account_no,
+        "bal_account_no": keys.seal(request.bal_account_no, request.mchid, request.out_request_no),
+        "bal_account_hash": keys.lookup_hash(request.bal_account_no),
         "out_request_no": request.out_request_no,
         "reduction_type": str(request.reduction_type),
         "amount": request.amount,
@@ -168,11 +172,23 @@ def intake_reductions(
     lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
+    keys: Keyring | None = None,
 ) -> list[IntakeResult]:
     """Validated requests as new RECEIVED orders (Conflict when one exists with other
-    parameters: roll back, nothing is kept)."""
-    orders = [reduction_values(r) for r in requests]
+    parameters: roll back, nothing is kept). ``keys``: by default those of the Database the
+    session came from, else the process's (SealError, one line, when missing)."""
+    keys = keys or keyring_of(session)
+    orders = [reduction_values(r, keys) for r in requests]
     by_key = {(r.mchid, r.out_request_no): r for r in requests}
+
+    def differences(stored: Any, order: Mapping[str, Any]) -> list[str]:
+        # Each seal has a fresh nonce: the ledger numbers are compared by their hashes.
+        request = by_key[(order["mchid"], order["out_request_no"])]
+        differs = [n for n in request_differences(stored, request) if n != "bal_account_no"]
+        if stored.bal_account_hash != keys.lookup_hash(request.bal_account_no):
+            differs.insert(0, "bal_account_no")
+        return differs
+
     return intake(
         session,
         REDUCTION,
@@ -181,9 +197,7 @@ def intake_reductions(
         lease=lease,
         now=now,
         actor=actor,
-        same=lambda stored, order: request_differences(
-            stored, by_key[(order["mchid"], order["out_request_no"])]
-        ),
+        same=differences,
     )
 
 

@@ -13,7 +13,9 @@ Layout (private keys are mode 0600)::
     platform_cert.pem           platform certificate (the client's, certificate mode)
     platform_private_key.pem    its private half (the simulator's)
     ledgers.json                optional ledger seed
-    client.env                  every WXRECON_* setting a client needs
+    sealing.json                the client's keys sealing bal_account_no at rest (kept by
+                                ``--force``: a database sealed with them stays readable)
+    client.env                  every WXRECON_* setting a client needs (0600: holds those keys)
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from wxrecon.simulator.layout import (
     MERCHANT_KEY,
     PLATFORM_CERT,
     PLATFORM_PRIVATE_KEY,
+    SEALING_JSON,
     SIM_JSON,
     WECHATPAY_PRIVATE_KEY,
     WECHATPAY_PUBLIC_KEY,
     SimDirError,
 )
 from wxrecon.simulator.provider_keys import ProviderKeys
+from wxrecon.store.sealed import key_setting
 from wxrecon.wechatpay import keys
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.keys import Credentials
@@ -162,6 +166,8 @@ def init_dir(
         _write(root / LEDGERS_JSON, data.encode(), private=True)
     elif (root / LEDGERS_JSON).exists():
         (root / LEDGERS_JSON).unlink()
+    if not (root / SEALING_JSON).exists():
+        _write(root / SEALING_JSON, (json.dumps(key_setting()) + "\n").encode(), private=True)
     sim = SimDir.load(root)
     sim.write_client_env()
     return sim
@@ -239,7 +245,23 @@ class SimDir:
             env["WXRECON_WECHATPAY_PUBLIC_KEY_PATH"] = str(self.file(WECHATPAY_PUBLIC_KEY))
         env["WXRECON_WECHATPAY_BASE_URL"] = base_url or self.base_url
         env["WXRECON_WECHATPAY_BACKUP_URL"] = ""
+        env.update(self.sealing_keys())
         return env
+
+    def sealing_keys(self) -> dict[str, str]:
+        """WXRECON_DATA_KEYS and WXRECON_LOOKUP_KEY made by ``init`` (none in an older dir)."""
+        try:
+            keys = json.loads(self.file(SEALING_JSON).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise SimDirError(
+                f"{self.file(SEALING_JSON)}: unreadable ({type(exc).__name__})"
+            ) from None
+        names = ("WXRECON_DATA_KEYS", "WXRECON_LOOKUP_KEY")
+        if not isinstance(keys, dict) or not all(isinstance(keys.get(n), str) for n in names):
+            raise SimDirError(f"{self.file(SEALING_JSON)}: missing or bad keys")
+        return {n: keys[n] for n in names}
 
     def write_client_env(self, base_url: str | None = None) -> Path:
         lines = [
@@ -247,7 +269,7 @@ class SimDir:
             *(f"{k}={v}" for k, v in self.client_env(base_url).items()),
         ]
         target = self.file(CLIENT_ENV)
-        _write(target, ("\n".join(lines) + "\n").encode())
+        _write(target, ("\n".join(lines) + "\n").encode(), private=True)  # holds data keys
         return target
 
     def credentials(self, *, cert_mode: bool | None = None) -> Credentials:
