@@ -129,7 +129,7 @@ def start(kind: OrderKind, row: Any, now: datetime, policy: Policy, marked: bool
     from another row) can be neither sent nor queried: a person looks."""
     problem = getattr(row, "unopened", None)
     if problem is not None:
-        return review(kind, row, f"the stored ledger number does not open: {problem}")
+        return review(kind, row, f"the stored ledger number cannot be used: {problem}")
     if kind.request is not None and (row.state == kind.initial or marked):
         return submit(kind, row, now, policy, marked=marked)
     return Call(Endpoint.QUERY, "query")
