@@ -21,6 +21,7 @@ Stable interface, used beyond the simulator's own tests:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.services import SEALING_ENV
 from wxrecon.simulator import (
     AdminClient,
     BusinessConfig,
@@ -40,6 +42,7 @@ from wxrecon.simulator import (
     init_dir,
     start_subprocess,
 )
+from wxrecon.simulator.layout import SEALING_JSON
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.resources import SpecialReduction, SpecialReductionRequest
 
@@ -71,9 +74,14 @@ def make_sim_dir(
     mchid: str = SIM_MCHID,
 ) -> SimDir:
     seeds = ledgers if ledgers is not None else [LedgerSeed(mchid, SIM_BAL_ACCOUNT_NO, SIM_BALANCE)]
-    return init_dir(
+    sim = init_dir(
         path, mchid=mchid, cert_mode=cert_mode, ledgers=seeds, material=sim_material(mchid)
     )
+    # The suite's sealing keys, so child processes configured from client.env and this
+    # process (conftest) seal and open with the same ones.
+    sim.file(SEALING_JSON).write_text(json.dumps(SEALING_ENV))
+    sim.write_client_env()
+    return sim
 
 
 def start_simulator(directory: SimDir, **kw: Any) -> Simulator:
