@@ -90,3 +90,32 @@ def test_missing_or_bad_keys_are_one_line_without_key_material(cli: Cli) -> None
     cli.setenv(WXRECON_DATA_KEYS=CURRENT, WXRECON_LOOKUP_KEY=short)
     line = cli.fails("reduction", "list")
     assert "WXRECON_LOOKUP_KEY" in line and short not in line
+
+
+def test_rotate_key_shows_progress_lines_and_resumes_after_ctrl_c(cli: Cli) -> None:
+    import contextlib
+
+    from wxrecon.cli import db as db_cli
+
+    for n in range(3):
+        add_reduction(cli, f"P{n}")
+    cli.setenv(WXRECON_DATA_KEYS=f"next:{generate_key()},{CURRENT}")
+    real = db_cli._progress
+
+    @contextlib.contextmanager
+    def ctrl_c_after_first(out, what):  # type: ignore[no-untyped-def]
+        def report(done: int, total: int) -> None:
+            raise KeyboardInterrupt  # as if Ctrl-C came between two batches
+
+        yield report
+
+    cli.monkeypatch.setattr(db_cli, "_progress", ctrl_c_after_first)
+    line = cli.fails("db", "rotate-key", "--batch", "1", code=130)
+    assert "interrupted" in line and "run it again" in line
+    assert sorted(key_id_of(v) for v in values(cli)) == ["next", "test1", "test1"]
+    cli.monkeypatch.setattr(db_cli, "_progress", real)
+    cli.monkeypatch.setattr(db_cli, "EVERY", 0.0)  # not a terminal: a line per batch
+    result = cli.ok("db", "rotate-key", "--batch", "1")
+    assert "re-sealing: 1/2" in result.stderr and "re-sealing: 2/2" in result.stderr
+    assert "2 ledger number(s) re-sealed" in result.stdout
+    assert {key_id_of(v) for v in values(cli)} == {"next"}
