@@ -27,6 +27,7 @@ from benchmarks import baselines, claim, e2e, harness
 from wxrecon.demo.procs import Supervisor
 from wxrecon.simulator import LedgerSeed, init_dir, start_subprocess
 from wxrecon.store.db import Database
+from wxrecon.store.sealed import Keyring
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POSTGRES_URL = os.environ.get(
@@ -154,7 +155,13 @@ def run_processes(
             sim = start_subprocess(
                 sim_dir, args=["--settle-delay", "50ms:150ms"], log_path=logs / "simulator.log"
             )
-            db = Database(db_url)
+            keys = sim_dir.sealing_keys()  # the workers' keys (client.env): intake seals with them
+            db = Database(
+                db_url,
+                keyring=Keyring.from_settings(
+                    keys["WXRECON_DATA_KEYS"], keys["WXRECON_LOOKUP_KEY"]
+                ),
+            )
             app, enqueue = harness.producer(redis_server.url)
             try:
                 env = harness.engine_env(

@@ -11,13 +11,16 @@ renames ``item._nodeid``, which pytest 9 no longer reads.)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.services import PrivateRedis, need_postgres, redis_database_url
+from tests.services import SEALING_ENV, PrivateRedis, need_postgres, redis_database_url
+
+os.environ.update(SEALING_ENV)  # sealing is always on: so it is in every test
 
 pytest_plugins = [f"tests.{p.stem}" for p in sorted(Path(__file__).parent.glob("fixtures_*.py"))]
 

@@ -12,6 +12,7 @@ from click.testing import Result
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from tests.services import SEALING_ENV
 from wxrecon import config
 from wxrecon.cli import app, waiting
 from wxrecon.store.db import Database
@@ -62,6 +63,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("WXRECON_") and not key.startswith(keep):
             monkeypatch.delenv(key)
+    for key, value in SEALING_ENV.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setenv("COLUMNS", "200")  # wide tables: whole values on one line
 

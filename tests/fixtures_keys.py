@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.services import SEALING_ENV
 from wxrecon.wechatpay import signing
 from wxrecon.wechatpay.client import RetryPolicy, WeChatPayClient
 from wxrecon.wechatpay.keys import Credentials, certificate_serial
@@ -142,6 +143,7 @@ class KeySet:
             "WXRECON_MCH_CERT_PATH": str(self.merchant_cert_path),
             "WXRECON_WECHATPAY_PUBLIC_KEY_ID": PUB_KEY_ID,
             "WXRECON_WECHATPAY_PUBLIC_KEY_PATH": str(self.wechatpay_public_key_path),
+            **SEALING_ENV,
         }
 
     def signer(self, serial: str) -> rsa.RSAPrivateKey:

@@ -21,6 +21,7 @@ Stable interface, used beyond the simulator's own tests:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.services import SEALING_ENV
 from wxrecon.simulator import (
     AdminClient,
     BusinessConfig,
@@ -40,6 +42,7 @@ from wxrecon.simulator import (
     init_dir,
     start_subprocess,
 )
+from wxrecon.simulator.layout import SEALING_JSON
 from wxrecon.wechatpay.client import RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.resources import SpecialReduction, SpecialReductionRequest
 
@@ -77,7 +80,7 @@ def make_sim_dir(
     """``roles``: an ordinary and a platform merchant, as ``sim init`` makes; else one merchant
     allowed everything (the single-identity tests)."""
     seeds = ledgers if ledgers is not None else [LedgerSeed(mchid, SIM_BAL_ACCOUNT_NO, SIM_BALANCE)]
-    return init_dir(
+    sim = init_dir(
         path,
         mchid=mchid,
         cert_mode=cert_mode,
@@ -86,6 +89,11 @@ def make_sim_dir(
         sp_mchid=SIM_SP_MCHID if roles else None,
         sp_material=sp_material() if roles else None,
     )
+    # The suite's sealing keys, so child processes configured from client.env and this
+    # process (conftest) seal and open with the same ones.
+    sim.file(SEALING_JSON).write_text(json.dumps(SEALING_ENV))
+    sim.write_client_env()
+    return sim
 
 
 @cache

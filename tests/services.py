@@ -20,6 +20,7 @@ suite.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -35,6 +36,13 @@ POSTGRES_URL = os.environ.get(
 )
 EXTERNAL_REDIS_URL = os.environ.get("WXRECON_TEST_REDIS_URL")
 REDIS_DATABASES = 16  # redis-server's default ``databases``
+
+# The whole suite runs with ledger numbers sealed at rest: the process environment (conftest),
+# the CLI fixture and every child process get these test-only keys.
+SEALING_ENV = {
+    "WXRECON_DATA_KEYS": "test1:" + base64.b64encode(bytes(range(100, 132))).decode(),
+    "WXRECON_LOOKUP_KEY": base64.b64encode(bytes(range(132, 164))).decode(),
+}
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 # Each xdist worker is its own process and imports this module itself: one id per session.

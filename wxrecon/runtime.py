@@ -17,6 +17,7 @@ from wxrecon.callers import DEFAULT, Profile, default_profile, profiles_of
 from wxrecon.config import Settings, get_settings
 from wxrecon.engine.steps import Provider, Reconciler
 from wxrecon.store.db import Database
+from wxrecon.store.sealed import keyring
 from wxrecon.wechatpay.keys import CredentialError
 
 
@@ -34,7 +35,7 @@ class Runtime:
     def db(self) -> Database:
         with self._lock:
             if self._db is None:
-                self._db = Database(self.settings.database_url)
+                self._db = Database(self.settings.database_url, keyring=keyring(self.settings))
             return self._db
 
     @property

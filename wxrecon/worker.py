@@ -184,14 +184,22 @@ def _refuse_old_schema(**_: Any) -> None:
     from wxrecon.config import SettingsError
     from wxrecon.filemodes import warn_loose_keys
     from wxrecon.provider import load_all
-    from wxrecon.store.db import SchemaError, check_schema
+    from wxrecon.store import sealing
+    from wxrecon.store.db import Database, SchemaError, check_schema
+    from wxrecon.store.sealed import SealError, keyring
     from wxrecon.wechatpay.keys import CredentialError
 
     settings = get_settings()
     try:
+        keys = keyring(settings)  # ledger numbers are sealed at rest: no keys, no worker
         check_schema(settings.database_url)
+        db = Database(settings.database_url, keyring=keys)
+        try:
+            sealing.ready(db, keys)  # none left unsealed; the current key is the right one
+        finally:
+            db.dispose()
         load_all(settings)  # every caller profile, not only the default one
-    except (SchemaError, CredentialError, SettingsError) as exc:
+    except (SchemaError, CredentialError, SettingsError, SealError) as exc:
         log.critical("wxrecon worker refuses to start: %s", exc)
         raise SystemExit(1) from None
     warn_loose_keys(settings.mch_private_key_path)

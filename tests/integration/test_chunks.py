@@ -440,8 +440,10 @@ def test_a_chunk_ends_where_one_order_at_a_time_ends(
         pairs = list(zip(sorted(a_all), sorted(b_all), strict=True))
     ends = {}
     for no, (a, b) in zip(NOS, pairs, strict=True):
-        assert snapshot(db, SpecialReduction, a, skip=("id", "mchid")) == snapshot(
-            db, SpecialReduction, b, skip=("id", "mchid")
+        # The sealed ledger numbers differ (a fresh nonce, bound to the row); their hashes not.
+        skip = ("id", "mchid", "bal_account_no")
+        assert snapshot(db, SpecialReduction, a, skip=skip) == snapshot(
+            db, SpecialReduction, b, skip=skip
         ), no
         assert history(db, SpecialReduction, a) == history(db, SpecialReduction, b), no
         ends[no] = state(db, SpecialReduction, a)

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from tests.fixtures_cli import Cli
 from tests.fixtures_db import pg_admin
 from tests.integration.test_cli import BAL, HEADER, submit_args
+from tests.services import SEALING_ENV
 from wxrecon.cli.csv_import import SHOWN_REFUSALS
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 
@@ -222,6 +223,7 @@ def test_an_invalid_setting_is_one_line(cli: Cli, name: str, value: str, says: s
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WXRECON_")}
+    clean.update(SEALING_ENV)
     return subprocess.run(
         args, cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=120
     )

@@ -86,6 +86,8 @@ def test_simulator_directory_and_state_are_private(tmp_path: Path) -> None:
         tmp_path / "sim", ledgers=[LedgerSeed("1900000001", "6222000011112222", 100)]
     ).path
     assert mode(root) == 0o700
+    # The data keys sealing bal_account_no, and client.env that carries them.
+    assert mode(root / "sealing.json") == 0o600 and mode(root / "client.env") == 0o600
     state = root / "state.json"
     Books().save(state)
     assert mode(state) == 0o600

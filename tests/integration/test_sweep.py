@@ -24,11 +24,14 @@ def seed(
 ) -> list[int]:
     """``n`` reductions in ``state``, due ``due_in`` seconds from now (negative: overdue)."""
     now = clock()
+    keys = db.keyring
+    numbers = [f"S{uuid.uuid4().hex[:24]}" for _ in range(n)]
     rows = [
         {
             "mchid": "1900000109",
-            "bal_account_no": "ACC",
-            "out_request_no": f"S{uuid.uuid4().hex[:24]}",
+            "bal_account_no": keys.seal("6222000011112222", "1900000109", numbers[i]),
+            "bal_account_hash": keys.lookup_hash("6222000011112222"),
+            "out_request_no": numbers[i],
             "reduction_type": "FINANCIAL_PENALTY",
             "amount": 100 + i,
             "state": state,

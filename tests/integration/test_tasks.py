@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from tests.fixtures_db import FakeProvider, reduction
+from tests.services import SEALING_ENV
 from wxrecon import runtime, tasks
 from wxrecon.config import Settings
 from wxrecon.domain.decisions import Policy
@@ -277,6 +278,7 @@ def test_worker_refuses_to_start_without_schema(tmp_path: Path) -> None:
             "WXRECON_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
             "WXRECON_DATA_DIR": str(tmp_path / "data"),
             "WXRECON_BROKER_URL": "filesystem://",
+            **SEALING_ENV,
         }
     )
     proc = subprocess.run(
@@ -289,6 +291,30 @@ def test_worker_refuses_to_start_without_schema(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "wxrecon db upgrade" in proc.stdout + proc.stderr
+
+
+def test_worker_refuses_to_start_without_sealing_keys(sqlite_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WXRECON_")}
+    env.update(
+        {
+            "WXRECON_DATABASE_URL": sqlite_url,
+            "WXRECON_DATA_DIR": str(tmp_path / "data"),
+            "WXRECON_BROKER_URL": "filesystem://",
+            "WXRECON_LOOKUP_KEY": SEALING_ENV["WXRECON_LOOKUP_KEY"],
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "wxrecon.worker", "worker", "-c", "1", "-P", "solo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert "refuses to start: WXRECON_DATA_KEYS and WXRECON_LOOKUP_KEY must both be set" in output
+    assert SEALING_ENV["WXRECON_LOOKUP_KEY"] not in output
 
 
 # -- the per-process runtime ---------------------------------------------------------------------

@@ -478,7 +478,6 @@ STORED_IN = {
     "reason": ("special_reductions", "reason"),
     "fail_reason": ("special_reductions", "fail_reason"),
     "quota_change_no": ("special_reductions", "quota_change_no"),
-    "bal_account_no_plaintext": ("special_reductions", "bal_account_no"),
     "request_id": ("special_reductions", "last_request_id"),
     "out_bill_no": ("compensation_bills", "out_bill_no"),
     "state": ("compensation_bills", "provider_state"),
@@ -488,6 +487,16 @@ STORED_IN = {
     "transfer_remark": ("compensation_bills", "transfer_remark"),
     "close_reason": ("compensation_bills", "close_reason"),
 }
+
+
+def test_the_longest_ledger_number_sealed_under_the_longest_key_id_fits_its_column() -> None:
+    from wxrecon.store.models import Base
+    from wxrecon.store.sealed import MAX_PLAINTEXT, Keyring, generate_key
+
+    assert FIELD_LIMITS["bal_account_no_plaintext"] == MAX_PLAINTEXT  # what may be sealed
+    keys = Keyring.from_settings(f"{'k' * 32}:{generate_key()}", generate_key())
+    sealed = keys.seal("6" * MAX_PLAINTEXT, "1" * 32, "R" * 32)
+    assert len(sealed) <= Base.metadata.tables["special_reductions"].c["bal_account_no"].type.length
 
 
 @pytest.mark.parametrize("name", sorted(STORED_IN))

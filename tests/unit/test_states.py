@@ -16,6 +16,7 @@ B = BState
 REDUCTION_ALLOWED = {
     (R.RECEIVED, R.SUBMITTED),
     (R.RECEIVED, R.REJECTED),
+    (R.RECEIVED, R.NEEDS_REVIEW),  # its sealed ledger number does not open
     (R.SUBMITTED, R.PROCESSING),
     (R.SUBMITTED, R.SUCCESS),
     (R.SUBMITTED, R.FAILED),

@@ -105,11 +105,18 @@ def probe(database_url: str, *, create: bool = False) -> None:
         engine.dispose()
 
 
-def database() -> Any:
-    """The engine's Database for the configured URL, reachable and at the code's schema."""
-    from wxrecon.store import db
+def database(*, sealed: bool = True) -> Any:
+    """The engine's Database for the configured URL, reachable and at the code's schema,
+    with the keys that seal ledger numbers (SealError, one line, when missing or bad) and,
+    with ``sealed``, none left unsealed (else: run `wxrecon db seal`)."""
+    from wxrecon.store import db, sealing
+    from wxrecon.store.sealed import keyring
 
-    url = settings().database_url
-    probe(url)
-    db.check_schema(url)  # SchemaError: one line that says to run `wxrecon db upgrade`
-    return db.Database(url)
+    s = settings()
+    keys = keyring(s)
+    probe(s.database_url)
+    db.check_schema(s.database_url)  # SchemaError: one line that says to run `db upgrade`
+    database = db.Database(s.database_url, keyring=keys)
+    if sealed:
+        sealing.ready(database, keys)
+    return database

@@ -55,8 +55,10 @@ def cell(field: str, order: Any, now: datetime) -> Any:
         return state_text(value)
     if field == "amount":
         return fen(value)
-    if field == "bal_account_no":
-        return mask(value)
+    if field == "bal_account_no":  # sealed: opened only to be masked
+        from wxrecon.store.reads import shown_ledger
+
+        return shown_ledger(order) if hasattr(order, "bal_account_hash") else mask(value)
     if field == "receiver_detail":  # a JSON record: key=value pairs
         return record_cell(field, value)
     if field in ("updated_at", "created_at"):

@@ -45,18 +45,10 @@ def _format(text: str) -> str:
 
 
 def _labeller() -> Any:
-    """An order's ledger number -> the ledger's label (a prefix of its keyed hash, as in
-    ``ledger list``); the masked number when the keys are not configured."""
-    from wxrecon.config import get_settings
+    """An order's keyed ledger hash -> the ledger's label (a prefix, as ``ledger list``)."""
     from wxrecon.domain.outcomes import ledger_label
-    from wxrecon.store.sealed import SealError, keyring
-    from wxrecon.wechatpay.keys import mask
 
-    try:
-        keys = keyring(get_settings())
-    except SealError:
-        return mask
-    return lambda number: ledger_label(keys.lookup_hash(number))
+    return ledger_label
 
 
 @app.command("daily")

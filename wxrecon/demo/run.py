@@ -315,7 +315,9 @@ def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
     settings = demo.adopt_settings()
     demo.phase = "db upgrade"
     dbmod.upgrade(settings.database_url)
-    db = dbmod.Database(settings.database_url)
+    from wxrecon.store.sealed import keyring
+
+    db = dbmod.Database(settings.database_url, keyring=keyring(settings))  # the sim's keys
     demo.start_workers(sup)
     _track(demo)
     slow = [r for r in demo.plan.reductions if r.category == mix.SLOW_SETTLE]

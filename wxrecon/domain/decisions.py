@@ -125,7 +125,11 @@ def _due(at: datetime) -> dict[str, Any]:
 
 def start(kind: OrderKind, row: Any, now: datetime, policy: Policy, marked: bool) -> Decision:
     """A claimed active order's first move: submit what was never sent (or was marked with
-    its chunk), else query."""
+    its chunk), else query. One whose sealed ledger number did not open (altered, or copied
+    from another row) can be neither sent nor queried: a person looks."""
+    problem = getattr(row, "unopened", None)
+    if problem is not None:
+        return review(kind, row, f"the stored ledger number cannot be used: {problem}")
     if kind.request is not None and (row.state == kind.initial or marked):
         return submit(kind, row, now, policy, marked=marked)
     return Call(Endpoint.QUERY, "query")

@@ -37,8 +37,8 @@ def build(
     label: Callable[[str], str],
     now: datetime,
 ) -> dict[str, Any]:
-    """The statement document. ``label`` turns an order's ledger number into the ledger's
-    label; snapshots and discrepancies come labelled (``ledger`` key) already."""
+    """The statement document. ``label`` turns an order's ledger (its keyed hash) into the
+    ledger's label; snapshots and discrepancies come labelled (``ledger`` key) already."""
     ledgers: dict[Key, dict[str, Any]] = defaultdict(_empty)
     for f in finals:
         by = ledgers[(f["mchid"], label(f["ledger"]))]["final"]

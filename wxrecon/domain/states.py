@@ -60,8 +60,9 @@ BILL_TERMINAL = frozenset(set(BState) - BILL_ACTIVE)
 
 # Allowed automatic transitions (the engine's own). Staying in a state is not a transition.
 REDUCTION_TRANSITIONS: dict[RState, frozenset[RState]] = {
-    # Nothing was sent: the only ways out are sending it, or refusing it before sending.
-    RState.RECEIVED: frozenset({RState.SUBMITTED, RState.REJECTED}),
+    # Nothing was sent: the ways out are sending it, refusing it before sending, or a person
+    # (its stored ledger number does not open: altered, or copied from another row).
+    RState.RECEIVED: frozenset({RState.SUBMITTED, RState.REJECTED, RState.NEEDS_REVIEW}),
     RState.SUBMITTED: frozenset(
         {
             RState.PROCESSING,

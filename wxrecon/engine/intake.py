@@ -26,8 +26,9 @@ from wxrecon.domain.answers import request_differences
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.store import sql
-from wxrecon.store.db import database_now
+from wxrecon.store.db import database_now, keyring_of
 from wxrecon.store.rows import row_from
+from wxrecon.store.sealed import Keyring
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,16 @@ def _new_row(kind: OrderKind, token: str, lease: float, now: datetime) -> dict[s
     }
 
 
-def reduction_values(request: SpecialReductionRequest, caller: str = DEFAULT) -> dict[str, Any]:
+def reduction_values(
+    request: SpecialReductionRequest, keys: Keyring, caller: str = DEFAULT
+) -> dict[str, Any]:
+    """A request's columns, its ledger number sealed to the row (the plaintext is never
+    stored) with its keyed look-up hash."""
     return {
         "caller": caller,
         "mchid": request.mchid,
-        "bal_account_no": request.bal_account_no,
+        "bal_account_no": keys.seal(request.bal_account_no, request.mchid, request.out_request_no),
+        "bal_account_hash": keys.lookup_hash(request.bal_account_no),
         "out_request_no": request.out_request_no,
         "reduction_type": str(request.reduction_type),
         "amount": request.amount,
@@ -170,13 +176,25 @@ def intake_reductions(
     lease: float = DEFAULT_LEASE,
     now: datetime | None = None,
     actor: str = "intake",
+    keys: Keyring | None = None,
     caller: str = DEFAULT,
 ) -> list[IntakeResult]:
     """Validated requests as new RECEIVED orders signed by ``caller`` (a known profile: the
     caller of this function checks it). Conflict when one exists with other parameters,
-    its caller included: roll back, nothing is kept."""
-    orders = [reduction_values(r, caller) for r in requests]
+    its caller included: roll back, nothing is kept. ``keys``: by default those of the
+    Database the session came from, else the process's (SealError, one line, when missing)."""
+    keys = keys or keyring_of(session)
+    orders = [reduction_values(r, keys, caller) for r in requests]
     by_key = {(r.mchid, r.out_request_no): r for r in requests}
+
+    def differences(stored: Any, order: Mapping[str, Any]) -> list[str]:
+        # Each seal has a fresh nonce: the ledger numbers are compared by their hashes.
+        request = by_key[(order["mchid"], order["out_request_no"])]
+        differs = [n for n in request_differences(stored, request) if n != "bal_account_no"]
+        if stored.bal_account_hash != keys.lookup_hash(request.bal_account_no):
+            differs.insert(0, "bal_account_no")
+        return differs
+
     return intake(
         session,
         REDUCTION,
@@ -185,10 +203,7 @@ def intake_reductions(
         lease=lease,
         now=now,
         actor=actor,
-        same=lambda stored, order: (
-            request_differences(stored, by_key[(order["mchid"], order["out_request_no"])])
-            + _other_caller(stored, order)
-        ),
+        same=lambda stored, order: differences(stored, order) + _other_caller(stored, order),
     )
 
 

@@ -48,7 +48,7 @@ def ledgers_to_snapshot(
 ) -> list[Ledger]:
     """Ledgers with recent order activity, and those snapshotted recently (so a ledger stays
     watched for the activity window after its last order)."""
-    found = {(x.mchid, x.bal_account_no): x for x in store.recent_ledgers(db, since, mchid)}
+    found = {(x.mchid, x.bal_account_no): x for x in store.recent_ledgers(db, keys, since, mchid)}
     for row in store.recent_snapshot_ledgers(db, since, mchid):
         number = store.open_ledger(keys, row["mchid"], row["ledger_sealed"])
         found.setdefault((row["mchid"], number), Ledger(row["mchid"], number))
@@ -110,7 +110,7 @@ def check_latest(
     start = store.snapshot_of(before)
     if end.taken_at <= start.taken_at:
         return None
-    found = store.successes(db, item.mchid, item.bal_account_no, start.taken_at, end.taken_at)
+    found = store.successes(db, item.mchid, digest, start.taken_at, end.taken_at)
     result = ledger.check(start, end, found)
     return result, record(db, item.mchid, digest, result)
 

@@ -32,6 +32,7 @@ from wxrecon.domain.kinds import OrderKind, kind_of
 from wxrecon.store import sql, unit
 from wxrecon.store.db import Database
 from wxrecon.store.rows import Row
+from wxrecon.store.sealed import UnknownKey
 from wxrecon.store.unit import ENGINE_ACTOR, Cas, Unit
 from wxrecon.wechatpay import errors
 from wxrecon.wechatpay.resources import CompensationBill as ProviderBill
@@ -218,6 +219,11 @@ class Reconciler:
             return None
         if row.state not in kind.active:
             return row.state
+        unopened = getattr(row, "unopened", None)
+        if isinstance(unopened, UnknownKey):
+            # A configuration matter, not the order's: left for a process holding that key.
+            log.warning("%s %s left alone: %s", kind, order_id, unopened)
+            return None
         if marked is False:
             return row.state
         decision: Decision = decisions.start(kind, row, self.now(), self.policy, bool(marked))

@@ -8,6 +8,7 @@ DEFAULT_PORT = 8000
 SIM_JSON = "sim.json"
 CLIENT_ENV = "client.env"
 LEDGERS_JSON = "ledgers.json"
+SEALING_JSON = "sealing.json"  # the client's data and look-up keys (bal_account_no at rest)
 
 MERCHANT_KEY = "apiclient_key.pem"
 MERCHANT_CERT = "apiclient_cert.pem"

@@ -16,7 +16,9 @@ Layout (private keys are mode 0600)::
     sp_apiclient_cert.pem       its API certificate
     ledgers.json                optional ledger seed
     callers.toml                the client's platform caller profile (WXRECON_CALLERS_FILE)
-    client.env                  every WXRECON_* setting a client needs
+    sealing.json                the client's keys sealing bal_account_no at rest (kept by
+                                ``--force``: a database sealed with them stays readable)
+    client.env                  every WXRECON_* setting a client needs (0600: holds those keys)
 
 With a platform merchant (``sim init`` makes one) the first merchant is an ordinary one:
 like the provider, the simulator answers ``403 NO_AUTH`` to a bill query from it and to a
@@ -47,6 +49,7 @@ from wxrecon.simulator.layout import (
     MERCHANT_KEY,
     PLATFORM_CERT,
     PLATFORM_PRIVATE_KEY,
+    SEALING_JSON,
     SIM_JSON,
     SP_MERCHANT_CERT,
     SP_MERCHANT_KEY,
@@ -55,6 +58,7 @@ from wxrecon.simulator.layout import (
     SimDirError,
 )
 from wxrecon.simulator.provider_keys import ProviderKeys
+from wxrecon.store.sealed import key_setting
 from wxrecon.wechatpay import keys
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.keys import Credentials
@@ -191,6 +195,8 @@ def init_dir(
         _write(root / LEDGERS_JSON, data.encode(), private=True)
     elif (root / LEDGERS_JSON).exists():
         (root / LEDGERS_JSON).unlink()
+    if not (root / SEALING_JSON).exists():
+        _write(root / SEALING_JSON, (json.dumps(key_setting()) + "\n").encode(), private=True)
     sim = SimDir.load(root)
     sim.write_client_env()
     return sim
@@ -280,6 +286,7 @@ class SimDir:
             env["WXRECON_CALLERS_FILE"] = str(self.file(CALLERS_TOML))
             env["WXRECON_REDUCTION_CALLER"] = "default"
             env["WXRECON_BILL_CALLER"] = "platform"
+        env.update(self.sealing_keys())
         return env
 
     def callers_toml(self) -> str:
@@ -300,6 +307,21 @@ class SimDir:
             lines.append(f"wechatpay_public_key_path = {path}")
         return "\n".join(lines) + "\n"
 
+    def sealing_keys(self) -> dict[str, str]:
+        """WXRECON_DATA_KEYS and WXRECON_LOOKUP_KEY made by ``init`` (none in an older dir)."""
+        try:
+            keys = json.loads(self.file(SEALING_JSON).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise SimDirError(
+                f"{self.file(SEALING_JSON)}: unreadable ({type(exc).__name__})"
+            ) from None
+        names = ("WXRECON_DATA_KEYS", "WXRECON_LOOKUP_KEY")
+        if not isinstance(keys, dict) or not all(isinstance(keys.get(n), str) for n in names):
+            raise SimDirError(f"{self.file(SEALING_JSON)}: missing or bad keys")
+        return {n: keys[n] for n in names}
+
     def write_client_env(self, base_url: str | None = None) -> Path:
         lines = [
             "# Written by `wxrecon sim`: the settings a client needs to talk to this simulator.",
@@ -308,7 +330,7 @@ class SimDir:
         target = self.file(CLIENT_ENV)
         if self.sp_mchid is not None:
             _write(self.file(CALLERS_TOML), self.callers_toml().encode())
-        _write(target, ("\n".join(lines) + "\n").encode())
+        _write(target, ("\n".join(lines) + "\n").encode(), private=True)  # holds data keys
         return target
 
     def credentials(self, *, cert_mode: bool | None = None) -> Credentials:

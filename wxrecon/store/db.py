@@ -27,10 +27,12 @@ from sqlalchemy.pool import NullPool
 
 from wxrecon.domain.errors import SchemaError
 from wxrecon.filemodes import tighten_sqlite
+from wxrecon.store import sealed
 
 log = logging.getLogger(__name__)
 
 AFTER_COMMIT_KEY = "wxrecon_after_commit"
+SESSION_DB_KEY = "wxrecon_database"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 CLOCK_REFRESH = 60.0  # seconds between two readings of the database's clock
 
@@ -93,6 +95,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def keyring_of(session: Session) -> sealed.Keyring:
+    """The keys of the Database ``session`` came from; an app's own session: the process's."""
+    db = session.info.get(SESSION_DB_KEY)
+    return db.keyring if isinstance(db, Database) else sealed.current()
+
+
 # -- after-commit hooks (registered once, for every Session in the process) ----------------
 
 
@@ -128,10 +136,21 @@ def _drop_after_commit(session: Session, previous_transaction: SessionTransactio
 class Database:
     """An engine plus a session factory for one URL."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None, **engine_kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        engine: Engine | None = None,
+        keyring: sealed.Keyring | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
         self.url = normalize_url(url)
+        self._keyring = keyring
         self.engine = engine or make_engine(self.url, **engine_kwargs)
-        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # A session remembers its Database, so intake in it seals with this one's keys.
+        self.sessionmaker = sessionmaker(
+            self.engine, expire_on_commit=False, info={SESSION_DB_KEY: self}
+        )
         self._read_engine = self.engine.execution_options(wxrecon_readonly=True)
         self._pin = threading.local()
         self._offset: timedelta | None = None  # the database's clock minus this host's
@@ -152,6 +171,12 @@ class Database:
             self._offset = server - (before + (after - before) / 2)
             self._offset_read_at = time.monotonic()
         return datetime.now(UTC) + self._offset
+
+    @property
+    def keyring(self) -> sealed.Keyring:
+        """The keys that seal and open ledger numbers: the ones given, else the process's
+        (from WXRECON_DATA_KEYS / WXRECON_LOOKUP_KEY; SealError when missing or bad)."""
+        return self._keyring if self._keyring is not None else sealed.current()
 
     @property
     def is_sqlite(self) -> bool:

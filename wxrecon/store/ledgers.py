@@ -40,24 +40,32 @@ class Ledger:
 # -- the orders' table --------------------------------------------------------------------------
 
 
-def recent_ledgers(db: Database, since: datetime, mchid: str | None = None) -> list[Ledger]:
-    """The ledgers of reductions created or updated since ``since`` (recent activity)."""
-    stmt = select(R.c.mchid, R.c.bal_account_no).where(R.c.updated_at >= since).distinct()
+def recent_ledgers(
+    db: Database, keys: Keyring, since: datetime, mchid: str | None = None
+) -> list[Ledger]:
+    """The ledgers of reductions created or updated since ``since`` (recent activity): one
+    order per ledger (by its keyed hash) is opened for the number the query needs."""
+    last = select(func.max(R.c.id).label("id")).where(R.c.updated_at >= since)
     if mchid is not None:
-        stmt = stmt.where(R.c.mchid == mchid)
+        last = last.where(R.c.mchid == mchid)
+    ids = last.group_by(R.c.mchid, R.c.bal_account_hash).limit(MAX_LEDGERS).subquery()
+    stmt = select(R.c.mchid, R.c.out_request_no, R.c.bal_account_no).where(
+        R.c.id.in_(select(ids.c.id))
+    )
     with db.read() as s:
-        rows = s.execute(stmt.order_by(R.c.mchid, R.c.bal_account_no).limit(MAX_LEDGERS)).all()
-    return [Ledger(r.mchid, r.bal_account_no) for r in rows]
+        rows = s.execute(stmt).all()
+    return [Ledger(r.mchid, keys.open(r.bal_account_no, r.mchid, r.out_request_no)) for r in rows]
 
 
 def successes(
-    db: Database, mchid: str, bal_account_no: str, start: datetime, end: datetime
+    db: Database, mchid: str, ledger_hash: str, start: datetime, end: datetime
 ) -> list[ledger.Reduction]:
-    """The reductions of one ledger recorded SUCCESS with ``success_time`` at or before
-    ``end`` and after ``start`` (or first submitted after it: domain/ledger.within)."""
+    """The reductions of one ledger (its keyed hash) recorded SUCCESS with ``success_time``
+    at or before ``end`` and after ``start`` (or first submitted after it:
+    domain/ledger.within)."""
     stmt = select(R.c.id, R.c.amount, R.c.success_time, R.c.submitted_at).where(
         R.c.mchid == mchid,
-        R.c.bal_account_no == bal_account_no,
+        R.c.bal_account_hash == ledger_hash,
         R.c.state == RState.SUCCESS,
         R.c.success_time <= end,
         or_(R.c.success_time > start, R.c.submitted_at > start),
@@ -296,13 +304,13 @@ def recent_snapshot_ledgers(
 
 def day_finals(db: Database, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """Each (reduction, final state) an event moved it to in [start, end): mchid, ledger
-    number (plaintext, in memory only), order id, state, amount (fen)."""
+    ledger (its keyed hash), order id, state, amount (fen)."""
     from wxrecon.store.models import Event
 
     E = cast(Table, Event.__table__)
     finals = (RState.SUCCESS, RState.FAILED, RState.REJECTED)
     stmt = (
-        select(R.c.mchid, R.c.bal_account_no, R.c.id, E.c.to_state, R.c.amount)
+        select(R.c.mchid, R.c.bal_account_hash, R.c.id, E.c.to_state, R.c.amount)
         .join(E, and_(E.c.kind == "reduction", E.c.order_id == R.c.id))
         .where(E.c.to_state.in_(finals), E.c.at >= start, E.c.at < end)
         .distinct()
@@ -318,7 +326,7 @@ def open_reductions(db: Database, states: Sequence[str]) -> list[dict[str, Any]]
     """Reductions in ``states`` now (in flight, or in review): with their last change."""
     stmt = select(
         R.c.mchid,
-        R.c.bal_account_no,
+        R.c.bal_account_hash,
         R.c.id,
         R.c.out_request_no,
         R.c.state,

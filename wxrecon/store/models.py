@@ -1,8 +1,9 @@
 """SQLAlchemy 2.0 typed models: special reductions, compensation bills, events.
 
 Times are stored in UTC (``timestamptz`` on PostgreSQL, naive UTC text on SQLite) and always
-come back as aware UTC datetimes. Amounts are integer fen. ``bal_account_no`` is stored in
-plaintext because every re-entry must send it again; it is never logged or shown unmasked.
+come back as aware UTC datetimes. Amounts are integer fen. ``bal_account_no`` is stored
+sealed (AES-256-GCM bound to its row, ``store/sealed.py``): every re-entry must send it again,
+so it is opened in memory only; ``bal_account_hash`` (a keyed hash) serves look-ups.
 """
 
 from __future__ import annotations
@@ -108,7 +109,11 @@ class SpecialReduction(PollingColumns, Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     mchid: Mapped[str] = mapped_column(String(32))
-    bal_account_no: Mapped[str] = mapped_column(String(128))
+    # Sealed: ``v1:<key id>:<base64>`` (a row from before 0007 holds plaintext until
+    # ``wxrecon db seal``; its hash is NULL then).
+    bal_account_no: Mapped[str] = mapped_column(String(256))
+    # HMAC-SHA256 of the plaintext under WXRECON_LOOKUP_KEY: finding one ledger's orders.
+    bal_account_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     out_request_no: Mapped[str] = mapped_column(String(32))
     reduction_type: Mapped[str] = mapped_column(String(32))
     amount: Mapped[int] = mapped_column(BigInteger)

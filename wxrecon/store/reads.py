@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from wxrecon.domain.errors import Ambiguous, OrderNotFound
 from wxrecon.domain.states import BILL_ACTIVE, REDUCTION_ACTIVE, Kind
+from wxrecon.store import sealed
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction, utcnow
 from wxrecon.wechatpay.keys import mask
 
@@ -237,12 +238,23 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def shown_ledger(row: Any) -> str:
+    """The ledger number as the CLI shows it: opened (the process's keys) only to be
+    masked to ``6222…1234``; one that does not open says so, never its sealed text."""
+    if row.bal_account_hash is None:  # stored before sealing (``wxrecon db seal``)
+        return mask(row.bal_account_no)
+    try:
+        return mask(sealed.current().open(row.bal_account_no, row.mchid, row.out_request_no))
+    except sealed.SealError:
+        return "(sealed; does not open)"
+
+
 def reduction_dict(row: SpecialReduction) -> dict[str, Any]:
     return {
         "id": row.id,
         "mchid": row.mchid,
         "caller": row.caller,
-        "bal_account_no": mask(row.bal_account_no),
+        "bal_account_no": shown_ledger(row),
         "out_request_no": row.out_request_no,
         "reduction_type": row.reduction_type,
         "amount": row.amount,

@@ -37,7 +37,9 @@ class ReductionRow(Row):
     KIND: ClassVar[str] = "reduction"
 
     mchid: str
-    bal_account_no: str = field(repr=False)  # plaintext in memory only; never shown
+    # Opened by the engine's read (store/sql.py ``load_rows``): plaintext in memory only,
+    # never shown. Other reads (operator writes, the CLI) hold the sealed value.
+    bal_account_no: str = field(repr=False)
     out_request_no: str
     reduction_type: str
     amount: int
@@ -51,6 +53,10 @@ class ReductionRow(Row):
     last_submit_at: datetime | None
     refusal: str | None  # the provider's refusal of a POST, until a query settles it
     caller: str = "default"  # the profile that signs its calls (never changes)
+    bal_account_hash: str | None = field(default=None, repr=False)  # the keyed look-up hash
+    # Not a column: why the sealed ledger number did not open on load (the engine then
+    # leaves the order to a person, or to a process holding its key); None when it opened.
+    unopened: Exception | None = field(default=None, repr=False, metadata={"column": False})
 
 
 @dataclass(eq=False)
@@ -81,7 +87,7 @@ _FIELDS: dict[type[Row], tuple[str, ...]] = {}
 def field_names(cls: type[Row]) -> tuple[str, ...]:
     names = _FIELDS.get(cls)
     if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls) if f.metadata.get("column", True))
     return names
 
 

@@ -21,8 +21,9 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -42,6 +43,11 @@ _AAD_PREFIX = b"wxrecon/bal_account_no/v1\0"
 
 class SealError(WxreconError):
     """A sealed value that does not open, or a bad key setting (one line, no secret in it)."""
+
+
+class UnknownKey(SealError):
+    """Sealed under a key id this process does not hold (a configuration matter, not the
+    row's fault: the engine leaves such an order alone rather than sending it to review)."""
 
 
 def generate_key() -> str:
@@ -100,7 +106,7 @@ class Keyring:
         for kid, key in self.keys:
             if kid == key_id:
                 return key
-        raise SealError(f"sealed under key {key_id!r}, which WXRECON_DATA_KEYS does not hold")
+        raise UnknownKey(f"sealed under key {key_id!r}, which WXRECON_DATA_KEYS does not hold")
 
     def seal(self, plaintext: str, mchid: str, out_request_no: str) -> str:
         if not plaintext or len(plaintext) > MAX_PLAINTEXT:
@@ -138,6 +144,17 @@ class Keyring:
         return hmac.new(self.lookup_key, plaintext.encode(), hashlib.sha256).hexdigest()
 
 
+def open_rows(keys: Keyring, rows: Iterable[Any]) -> None:
+    """Open each reduction row's ledger number in place; one that does not open keeps an
+    empty number and the reason in ``unopened`` (the engine decides what follows)."""
+    for row in rows:
+        try:
+            row.bal_account_no = keys.open(row.bal_account_no, row.mchid, row.out_request_no)
+        except SealError as exc:
+            row.bal_account_no = ""
+            row.unopened = exc
+
+
 def is_sealed(value: str) -> bool:
     return value.startswith(VERSION + ":")
 
@@ -163,7 +180,34 @@ def _split(sealed: str) -> tuple[str, bytes]:
 def keyring(settings: Settings) -> Keyring:
     """The keyring the settings name; SealError (one line) when either key is missing or bad."""
     if settings.data_keys is None or settings.lookup_key is None:
-        raise SealError("WXRECON_DATA_KEYS and WXRECON_LOOKUP_KEY must both be set")
+        raise SealError(
+            "WXRECON_DATA_KEYS and WXRECON_LOOKUP_KEY must both be set (ledger numbers are "
+            "sealed at rest; `wxrecon db keygen` prints fresh ones)"
+        )
     return Keyring.from_settings(
         settings.data_keys.get_secret_value(), settings.lookup_key.get_secret_value()
     )
+
+
+_process: tuple[object, Keyring] | None = None
+
+
+def current() -> Keyring:
+    """The process's keyring, from :func:`wxrecon.config.get_settings` (rebuilt when those
+    are reloaded); SealError (one line) when the keys are missing or bad."""
+    global _process
+    from wxrecon.config import get_settings
+
+    settings = get_settings()
+    if _process is None or _process[0] is not settings:
+        _process = (settings, keyring(settings))
+    return _process[1]
+
+
+def key_setting(key_id: str = "k1") -> dict[str, str]:
+    """Fresh settings for a new installation: one data key named ``key_id`` and a look-up
+    key, as environment variables (``wxrecon db keygen``, the demo, ``wxrecon sim init``)."""
+    return {
+        "WXRECON_DATA_KEYS": f"{key_id}:{generate_key()}",
+        "WXRECON_LOOKUP_KEY": generate_key(),
+    }

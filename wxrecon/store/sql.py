@@ -16,7 +16,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from wxrecon.store.db import Database
 from wxrecon.store.models import Base, Event, Outcome, active_predicate
-from wxrecon.store.rows import Row, row_from
+from wxrecon.store.rows import Row, field_names, row_from
+from wxrecon.store.sealed import open_rows
 
 EVENTS = cast(Table, Event.__table__)
 EVENT_COLUMNS = (
@@ -185,10 +186,15 @@ def _rows_select(table_name: str) -> Any:
 
 
 def load_rows(db: Database, model: type[Any], row: type[Row], ids: Sequence[int]) -> dict[int, Any]:
-    """The orders' rows by id, read with one select; ids with no row are absent."""
+    """The orders' rows by id, read with one select; ids with no row are absent. A sealed
+    ledger number is opened here, for the POST's encryption: plaintext in memory only (one
+    that does not open is marked ``unopened``)."""
     with db.connect() as conn:
         found = conn.execute(_rows_select(model.__tablename__), {"ids": list(ids)}).mappings().all()
-    return {m["id"]: row_from(row, m) for m in found}
+    rows = {m["id"]: row_from(row, m) for m in found}
+    if rows and "bal_account_no" in field_names(row):
+        open_rows(db.keyring, rows.values())
+    return rows
 
 
 def lock_row(conn: Connection, model: type[Any], order_id: int) -> RowMapping | None:

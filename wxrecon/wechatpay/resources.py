@@ -63,7 +63,7 @@ FIELD_LIMITS: Mapping[str, int] = MappingProxyType(
         "transfer_remark": 512,
         "request_id": 128,  # last_request_id, events.request_id
         "bal_account_no": 1024,  # the ciphertext: 344 characters under RSA-2048, 684 under 4096
-        "bal_account_no_plaintext": 128,  # special_reductions.bal_account_no
+        "bal_account_no_plaintext": 128,  # what store/sealed.py seals (MAX_PLAINTEXT)
         # Times are parsed, not stored as text; RFC 3339 needs about 35 characters.
         "success_time": 64,
         "fail_time": 64,

@@ -1,6 +1,6 @@
 """ledger_snapshots and ledger_discrepancies: the ledger reconciliation (README, "Ledgers")
 
-Revision ID: 0007_ledger
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-02 12:00:00
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_ledger"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None

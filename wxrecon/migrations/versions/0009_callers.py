@@ -1,6 +1,6 @@
 """caller on both order tables: the merchant profile an order is signed by (default: default)
 
-Revision ID: 0007_callers
+Revision ID: 0009
 Revises: 0006
 Create Date: 2026-12-02 12:30:00
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_callers"
-down_revision = "0007_resolutions"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """web_tokens: bearer tokens of the web console (stored as SHA-256, revocable)
 
-Revision ID: 0008_web_tokens
+Revision ID: 0010
 Revises: 0007_resolutions
 Create Date: 2026-12-02 12:30:00
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_web_tokens"
-down_revision = "0007_callers"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """resolutions: four-eyes resolutions of orders in review (proposed, pending, approved)
 
-Revision ID: 0007_resolutions
+Revision ID: 0008
 Revises: 0006
 Create Date: 2026-12-02 12:00:00
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_resolutions"
-down_revision = "0007_ledger"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
