@@ -56,12 +56,17 @@ def time_limits(settings: Settings) -> tuple[float, float]:
     return hard * 0.8, hard
 
 
+# The longest countdown any task is retried with (an intake waiting out a database outage).
+RETRY_BACKOFF_MAX = 30
+
+
 def visibility_timeout(settings: Settings) -> int:
     # How long Redis waits before handing a dead worker's unacknowledged message to another.
-    # Every task ends within its hard time limit (< claim_lease) and nothing is scheduled
-    # with a long countdown, so a few leases is safe; it bounds how long a by-name intake
-    # message held by a SIGKILLed worker node waits.
-    return int(max(300.0, settings.claim_lease * 3))
+    # Every task ends within its hard time limit (< claim_lease), and a retry waits at most
+    # RETRY_BACKOFF_MAX in the worker that holds it, so a few leases (and twice that wait) is
+    # safe; it bounds how long a by-name intake message held by a SIGKILLed worker waits, and
+    # a database outage with workers dying sends many such messages through dead workers.
+    return int(max(2.0 * RETRY_BACKOFF_MAX, settings.claim_lease * 3))
 
 
 def filesystem_folder(settings: Settings) -> Path:
