@@ -87,6 +87,12 @@ def test_demo_converges_to_the_ground_truth(demo_run):
     assert set(cats[BILL]) <= {"SUCCESS", "CLOSED", "CANCELLED"}
     assert sum(sum(c.values()) for c in cats.values()) == summary["orders"]
     assert summary["provider_requests"]["submit_reduction"]
+    # Outcome delivery on: the demo's own webhook receiver (signatures checked with the run's
+    # secret) was told every order's final state, each event counted once by its id.
+    told = summary["outcomes"]
+    assert told["final_orders_told"] == summary["orders"], told
+    assert told["events_received"] >= summary["orders"]
+    assert "wxrecon.relay_outcomes" in (work / "logs" / "relay.log").read_text(errors="replace")
     # on the embedded broker: the production transport, on loopback
     worker_log = (work / "logs" / "worker.log").read_text(errors="replace")
     assert re.search(r"transport:\s+redis://(:\*\*@)?127\.0\.0\.1:\d+/0", worker_log)
@@ -101,7 +107,7 @@ def test_demo_leaves_no_process_behind(demo_run):
 def test_demo_logs_hold_no_secrets(demo_run):
     work, _, _ = demo_run
     logs = {p.name: p.read_text(errors="replace") for p in (work / "logs").glob("*.log")}
-    assert {"worker.log", "beat.log", "simulator.log", "broker.log"} <= set(logs)
+    assert {"worker.log", "beat.log", "relay.log", "simulator.log", "broker.log"} <= set(logs)
     text = "\n".join(logs.values())
     # the logs do talk about orders, with their context fields
     assert "out_request_no=DEMO" in logs["worker.log"]
