@@ -74,7 +74,7 @@ CONCURRENCY = 2
 # each INTAKE_EVERY seconds a batch by name (~125 s for half the orders) and, while
 # PostgreSQL answers, a batch through the helpers (larger after the outage, to catch up).
 INTAKE_BATCH = 4
-CATCH_UP_BATCH = 16
+CATCH_UP_BATCH = 32
 INTAKE_EVERY = 0.5
 KILL_EVERY = 4.0
 FIRST_KILL = 2.0
@@ -83,6 +83,7 @@ PG_DOWN_FOR = 120.0
 REDIS_RESTART_AT = 70.0  # while PostgreSQL is down: by-name intakes wait in Redis
 BEAT_RESTART_AT = 90.0
 CHAOS_FOR = 170.0
+INTAKE_GRACE = 120.0  # on a loaded machine the catch-up after the outage may take longer
 CONVERGE_WITHIN = 300.0
 # The business app's view of wxrecon: a task name and a queue, nothing imported.
 SUBMIT_TASK = "wxrecon.submit_special_reduction"
@@ -339,8 +340,12 @@ def run_chaos(rig: Rig, orders: list[Order], db_url: str, figures: Counter[str])
                     if not helped:
                         bills = []
                 next_intake += INTAKE_EVERY
-            if t >= CHAOS_FOR:
-                break
+            if t >= CHAOS_FOR and not (by_name or helped or bills):
+                break  # the blows go on until every order has been handed in
+            assert t < CHAOS_FOR + INTAKE_GRACE, (
+                f"intake not finished {t:.0f}s in: {len(by_name)} by name, {len(helped)} "
+                f"through the helpers, {len(bills)} bills left"
+            )
             if now >= next_kill:
                 name = victims[victim % len(victims)]
                 victim += 1
@@ -370,7 +375,6 @@ def run_chaos(rig: Rig, orders: list[Order], db_url: str, figures: Counter[str])
             rig.check_alive()
             time.sleep(0.1)
         assert done["pg up"], "PostgreSQL was not started again"
-        assert not by_name and not helped and not bills, "intake did not finish in the chaos"
         with rig.sim.admin() as admin:
             figures["faults injected"] = int(admin.stats()["faults_total"])
             admin.clear_faults()
