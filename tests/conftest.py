@@ -22,8 +22,8 @@ from tests.services import PrivateRedis, need_postgres, redis_database_url
 pytest_plugins = [f"tests.{p.stem}" for p in sorted(Path(__file__).parent.glob("fixtures_*.py"))]
 
 # Longest first. xdist gives each worker one file, then another whenever it has two tests or
-# fewer left: scripts/test runs the chaos suite in a pytest of its own, so there the demo goes to one
-# worker and the benchmark smoke then the e2e test to the other.
+# fewer left: scripts/test runs the chaos suite in a pytest of its own, so there the demo
+# goes to one worker and the benchmark smoke then the e2e test to the other.
 HEAVY = ["test_chaos.py", "test_demo.py", "test_benchmarks_smoke.py", "test_e2e_engine.py"]
 
 
