@@ -177,17 +177,42 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(get_settings())
 
 
+# A worker (re)started while the database is down waits for it this long before refusing:
+# an outage must not leave the node dead when the database comes back.
+DATABASE_WAIT = 600.0
+
+
+def _wait_for_database(url: str, wait: float = DATABASE_WAIT) -> None:
+    """check_schema, waiting with capped backoff while the database does not answer."""
+    import time
+
+    from wxrecon.store.db import DatabaseDown, check_schema
+
+    deadline = time.monotonic() + wait
+    pause = 0.5
+    while True:
+        try:
+            check_schema(url)
+            return
+        except DatabaseDown as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("wxrecon worker waiting for the database: %s", exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
 @signals.worker_init.connect
 def _refuse_old_schema(**_: Any) -> None:
     """The worker does not start on a missing or old schema, nor without credentials."""
     from wxrecon.filemodes import warn_loose_keys
     from wxrecon.provider import load_credentials
-    from wxrecon.store.db import SchemaError, check_schema
+    from wxrecon.store.db import SchemaError
     from wxrecon.wechatpay.keys import CredentialError
 
     settings = get_settings()
     try:
-        check_schema(settings.database_url)
+        _wait_for_database(settings.database_url)
         load_credentials(settings)
     except (SchemaError, CredentialError) as exc:
         log.critical("wxrecon worker refuses to start: %s", exc)

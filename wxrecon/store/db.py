@@ -30,6 +30,12 @@ from wxrecon.filemodes import tighten_sqlite
 
 log = logging.getLogger(__name__)
 
+
+class DatabaseDown(SchemaError):
+    """The schema could not be read because the database does not answer (it may be back
+    soon: a worker waits for it at start-up instead of exiting)."""
+
+
 AFTER_COMMIT_KEY = "wxrecon_after_commit"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 CLOCK_REFRESH = 60.0  # seconds between two readings of the database's clock
@@ -276,8 +282,14 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def check_schema(url: str) -> None:
     """Raise SchemaError (one line) unless the database is at the code's schema head."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     try:
         current = current_revisions(url)
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseDown(
+            f"the database does not answer ({type(exc).__name__}); check WXRECON_DATABASE_URL"
+        ) from None
     except Exception as exc:
         raise SchemaError(
             f"cannot read the database schema ({type(exc).__name__}); "
