@@ -209,7 +209,7 @@ def test_ctrl_c_stops_every_child_and_says_what_it_kept(tmp_path: Path):
     )
     try:
         work = wait_for_ready_worker(proc, tmp_path, "wxrecon-demo-*/logs/worker.log")
-        assert len(processes_mentioning(str(work))) >= 4  # broker, simulator, worker, beat
+        assert len(processes_mentioning(str(work))) >= 5  # broker, simulator, worker, relay, beat
         proc.send_signal(signal.SIGINT)
         # the bound the README promises (3 s), checked on what is alive, not on a clock
         assert gone_within(3.0, str(work)) == []
@@ -221,7 +221,7 @@ def test_ctrl_c_stops_every_child_and_says_what_it_kept(tmp_path: Path):
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: interrupted after"), err
-    assert "stopped beat, worker, simulator, broker" in line
+    assert "stopped beat, relay, worker, simulator, broker" in line
     assert f"kept {work} " in line and "database, logs, metric samples" in line
     assert (work / "wxrecon-demo.db").is_file() and (work / "logs" / "worker.log").is_file()
 
