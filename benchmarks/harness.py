@@ -88,6 +88,8 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     child: Child | None = None
     starts: int = 0
+    # appendonly: every write fsynced to an AOF file, so a restart keeps the queued messages.
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -105,7 +107,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.work),
         ]
@@ -120,7 +124,8 @@ class RedisServer:
         return self
 
     def restart(self, down_for: float = 0.5) -> None:
-        """Kill the server (every queued message is lost: no persistence) and start it again."""
+        """Kill the server and start it again (every queued message is lost unless
+        ``appendonly``)."""
         if self.child is not None:
             kill9(self.sup, self.child)
         time.sleep(down_for)

@@ -25,8 +25,8 @@ os.environ.update(SEALING_ENV)  # sealing is always on: so it is in every test
 pytest_plugins = [f"tests.{p.stem}" for p in sorted(Path(__file__).parent.glob("fixtures_*.py"))]
 
 # Longest first. xdist gives each worker one file, then another whenever it has two tests or
-# fewer left: scripts/test runs the chaos suite on its own, so there the demo goes to one
-# worker and the benchmark smoke then the e2e test to the other.
+# fewer left: scripts/test runs the chaos suite in a pytest of its own, so there the demo
+# goes to one worker and the benchmark smoke then the e2e test to the other.
 HEAVY = ["test_chaos.py", "test_demo.py", "test_benchmarks_smoke.py", "test_e2e_engine.py"]
 
 

@@ -45,7 +45,7 @@ from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.logs import safe_reprs
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
-from wxrecon.worker import INTAKE_QUEUE, OUTCOME_QUEUE, POLL_QUEUE, app
+from wxrecon.worker import INTAKE_QUEUE, OUTCOME_QUEUE, POLL_QUEUE, RETRY_BACKOFF_MAX, app
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ DB_DOWN = (OperationalError, InterfaceError)
 RETRY_WHILE_DB_DOWN: dict[str, Any] = {
     "autoretry_for": DB_DOWN,
     "retry_backoff": 2,
-    "retry_backoff_max": 60,
+    "retry_backoff_max": RETRY_BACKOFF_MAX,
     "max_retries": 30,
 }
 # Intake never gives up: until its row is written the order exists nowhere else, and an

@@ -57,12 +57,17 @@ def time_limits(settings: Settings) -> tuple[float, float]:
     return hard * 0.8, hard
 
 
+# The longest countdown any task is retried with (an intake waiting out a database outage).
+RETRY_BACKOFF_MAX = 30
+
+
 def visibility_timeout(settings: Settings) -> int:
     # How long Redis waits before handing a dead worker's unacknowledged message to another.
-    # Every task ends within its hard time limit (< claim_lease) and nothing is scheduled
-    # with a long countdown, so a few leases is safe; it bounds how long a by-name intake
-    # message held by a SIGKILLed worker node waits.
-    return int(max(300.0, settings.claim_lease * 3))
+    # Every task ends within its hard time limit (< claim_lease), and a retry waits at most
+    # RETRY_BACKOFF_MAX in the worker that holds it, so a few leases (and twice that wait) is
+    # safe; it bounds how long a by-name intake message held by a SIGKILLed worker waits, and
+    # a database outage with workers dying sends many such messages through dead workers.
+    return int(max(2.0 * RETRY_BACKOFF_MAX, settings.claim_lease * 3))
 
 
 def filesystem_folder(settings: Settings) -> Path:
@@ -178,6 +183,31 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(get_settings())
 
 
+# A worker (re)started while the database is down waits for it this long before refusing:
+# an outage must not leave the node dead when the database comes back.
+DATABASE_WAIT = 600.0
+
+
+def _wait_for_database(url: str, wait: float = DATABASE_WAIT) -> None:
+    """check_schema, waiting with capped backoff while the database does not answer."""
+    import time
+
+    from wxrecon.store.db import DatabaseDown, check_schema
+
+    deadline = time.monotonic() + wait
+    pause = 0.5
+    while True:
+        try:
+            check_schema(url)
+            return
+        except DatabaseDown as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("wxrecon worker waiting for the database: %s", exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
 @signals.worker_init.connect
 def _refuse_old_schema(**_: Any) -> None:
     """The worker does not start on a missing or old schema, nor without credentials."""
@@ -185,14 +215,14 @@ def _refuse_old_schema(**_: Any) -> None:
     from wxrecon.filemodes import warn_loose_keys
     from wxrecon.provider import load_all
     from wxrecon.store import sealing
-    from wxrecon.store.db import Database, SchemaError, check_schema
+    from wxrecon.store.db import Database, SchemaError
     from wxrecon.store.sealed import SealError, keyring
     from wxrecon.wechatpay.keys import CredentialError
 
     settings = get_settings()
     try:
         keys = keyring(settings)  # ledger numbers are sealed at rest: no keys, no worker
-        check_schema(settings.database_url)
+        _wait_for_database(settings.database_url)
         db = Database(settings.database_url, keyring=keys)
         try:
             sealing.ready(db, keys)  # none left unsealed; the current key is the right one

@@ -1,24 +1,32 @@
 """Chaos: every order stays safe while the processes around it break.
 
 Real processes: the simulator (faults on: 500s, 429s, hangs, resets, bad and SIGNTEST
-signatures, stale timestamps, malformed bodies, apply-then-fail), two Celery workers, beat,
-a private redis-server and a dedicated PostgreSQL database. 2,000 special reductions over 10
-target merchants and 100 compensation bills. While they run: a worker's whole process group is
-SIGKILLed every four seconds (and restarted), Redis is killed and restarted once (losing every
-queued message), every PostgreSQL connection of the database is terminated once, and beat is
+signatures, stale timestamps, malformed bodies, apply-then-fail), two Celery workers, the
+outcome relay worker (``-Q wxrecon.outcomes``), beat, a webhook receiver that answers 500 to
+every tenth delivery, a private redis-server (append-only file, fsync always) and a private
+PostgreSQL cluster of its own (stopping the machine's shared server would break everything
+else on it). 2,000 special reductions over 10 target merchants and 100 compensation bills:
+half sent by name (``send_task`` through a plain Celery app, as a business app does), half
+through wxrecon's intake helpers. While they run: a worker's whole process group (the relay's
+in turn) is SIGKILLed every four seconds and restarted, PostgreSQL is stopped (a crash) for two
+minutes while by-name orders keep arriving, Redis is killed and restarted once, and beat is
 restarted once. Then the faults stop and the orders must converge.
 
-Afterwards: every order final and equal to the simulator's ground truth; nothing applied
-twice; every POST of one out_request_no with the same parameters; no claim left behind; an
-unbroken event story for each order; no secret in any log.
+Afterwards: every order, by-name ones included, final and equal to the simulator's ground
+truth; nothing applied twice; every POST of one out_request_no with the same parameters; no
+claim left behind; an unbroken event story for each order; no secret in any log; every
+outbox event delivered (none dead), every final order's final event received by the webhook
+at least once, and, deduplicated by event_id, each exactly once.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import re
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -29,18 +37,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 from sqlalchemy import select
 
 from benchmarks import harness
 from tests.fixtures_chaos import report_figures
 from tests.fixtures_sim import make_sim_dir, sim_material, start_sim_process
+from tests.services import PrivatePostgres
 from tests.workload import FAULTS, Order, all_in, make_orders, order_states
 from wxrecon import intake
+from wxrecon.demo.env import free_port
 from wxrecon.demo.procs import Child, Supervisor
 from wxrecon.domain.states import BILL_FINAL, REDUCTION_FINAL, BState, RState
 from wxrecon.simulator import LedgerSeed, SimulatorProcess
 from wxrecon.store.db import Database
-from wxrecon.store.models import CompensationBill, Event, SpecialReduction
+from wxrecon.store.models import CompensationBill, Event, Outcome, SpecialReduction
 
 pytestmark = [
     pytest.mark.chaos,
@@ -59,16 +70,28 @@ BILLS = 100
 WORKERS = 2
 CONCURRENCY = 2
 
-# Intake is spread over most of the chaos period, so every blow lands on work in flight.
-INTAKE_BATCH = 8  # orders per transaction, one batch every INTAKE_EVERY seconds (~125 s)
+# Intake is spread over most of the chaos period, so every blow lands on work in flight:
+# each INTAKE_EVERY seconds a batch by name (~125 s for half the orders) and, while
+# PostgreSQL answers, a batch through the helpers (larger after the outage, to catch up).
+INTAKE_BATCH = 4
+CATCH_UP_BATCH = 32
 INTAKE_EVERY = 0.5
 KILL_EVERY = 4.0
 FIRST_KILL = 2.0
-PG_TERMINATE_AT = 30.0
-REDIS_RESTART_AT = 60.0
-BEAT_RESTART_AT = 80.0
-CHAOS_FOR = 140.0
+PG_STOP_AT = 10.0
+PG_DOWN_FOR = 120.0
+REDIS_RESTART_AT = 70.0  # while PostgreSQL is down: by-name intakes wait in Redis
+BEAT_RESTART_AT = 90.0
+CHAOS_FOR = 170.0
+INTAKE_GRACE = 120.0
+FAULTS_WANTED = 100
+FAULTS_WAIT = 120.0  # on a loaded machine the catch-up after the outage may take longer
 CONVERGE_WITHIN = 300.0
+# The business app's view of wxrecon: a task name and a queue, nothing imported.
+SUBMIT_TASK = "wxrecon.submit_special_reduction"
+BY_NAME_QUEUE = "wxrecon.intake"
+WEBHOOK_SECRET = f"chaos-{uuid.uuid4().hex}"
+WEBHOOK_FAIL_EVERY = 10
 
 
 ENGINE_SETTINGS = {
@@ -83,7 +106,11 @@ ENGINE_SETTINGS = {
     "HTTP_CONNECT_TIMEOUT": "1",
     "HTTP_RETRIES": "2",
     "LOG_LEVEL": "INFO",
+    "WEBHOOK_TIMEOUT": "2",
+    "OUTCOME_RETRY_SCHEDULE": "200ms,500ms,1s",
+    "OUTCOME_RELAY_INTERVAL": "0.5",
 }
+RELAY = "relay"
 
 
 def account(mchid: str) -> str:
@@ -98,6 +125,7 @@ class Rig:
     work: Path
     logs: Path
     redis: harness.RedisServer
+    pg: PrivatePostgres
     sim: SimulatorProcess
     env: dict[str, str]
     workers: dict[str, Child]
@@ -106,12 +134,31 @@ class Rig:
 
     def start_worker(self, name: str) -> None:
         self.starts[name] += 1
+        log_path = self.logs / f"{name}.{self.starts[name]}.log"
+        if name == RELAY:  # the outcome relay: its own queue, one process
+            self.workers[name] = self.sup.start(
+                name,
+                [
+                    *harness.CELERY,
+                    "worker",
+                    "-Q",
+                    "wxrecon.outcomes",
+                    "--concurrency",
+                    "1",
+                    "--hostname",
+                    f"{name}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--loglevel",
+                    "INFO",
+                ],
+                env=self.env,
+                log_path=log_path,
+            )
+            return
         self.workers[name] = harness.start_worker(
-            self.sup,
-            name,
-            self.env,
-            self.logs / f"{name}.{self.starts[name]}.log",
-            concurrency=CONCURRENCY,
+            self.sup, name, self.env, log_path, concurrency=CONCURRENCY
         )
 
     def start_beat(self) -> None:
@@ -129,13 +176,21 @@ class Rig:
 
 
 @pytest.fixture
-def chaos_db(postgres_url: str) -> Iterator[str]:
-    url = harness.fresh_database(postgres_url, DB_NAME)
-    yield url
-    harness.drop_database(postgres_url, DB_NAME)
+def private_pg() -> Iterator[PrivatePostgres]:
+    """The chaos suite's own PostgreSQL cluster: it is stopped for two minutes."""
+    pg = PrivatePostgres()
+    try:
+        yield pg.start()
+    finally:
+        pg.close()
 
 
-def test_chaos(tmp_path: Path, postgres_url: str, chaos_db: str) -> None:
+@pytest.fixture
+def chaos_db(private_pg: PrivatePostgres) -> str:
+    return harness.fresh_database(private_pg.url, DB_NAME)
+
+
+def test_chaos(tmp_path: Path, private_pg: PrivatePostgres, chaos_db: str) -> None:
     orders, balances = make_orders(
         random.Random(20261125),
         prefix="CHAOS",
@@ -155,7 +210,21 @@ def test_chaos(tmp_path: Path, postgres_url: str, chaos_db: str) -> None:
     figures: Counter[str] = Counter()
 
     with Supervisor(stop_timeout=10) as sup:
-        redis_server = harness.RedisServer(sup, work / "redis").start()
+        redis_server = harness.RedisServer(sup, work / "redis", appendonly=True).start()
+        hook_port = free_port()
+        hooks = sup.start(
+            "webhook",
+            [
+                sys.executable,
+                str(Path(__file__).parent.parent / "webhook_receiver.py"),
+                str(hook_port),
+                WEBHOOK_SECRET,
+                str(work / "webhook.jsonl"),
+                str(WEBHOOK_FAIL_EVERY),
+            ],
+            env=harness.base_env(),
+            log_path=logs / "webhook.log",
+        )
         sim = start_sim_process(
             sim_dir,
             *(f"--fault={f}" for f in FAULTS),
@@ -178,13 +247,17 @@ def test_chaos(tmp_path: Path, postgres_url: str, chaos_db: str) -> None:
                     redis_server.url,
                     work / "data",
                     **ENGINE_SETTINGS,
+                    WEBHOOK_URL=f"http://127.0.0.1:{hook_port}/hooks/wxrecon",
+                    WEBHOOK_SECRET=WEBHOOK_SECRET,
                 ),
+                pg=private_pg,
                 workers={},
                 beat=None,  # type: ignore[arg-type]
                 starts=Counter(),
             )
             for w in range(WORKERS):
                 rig.start_worker(f"chaos{w}")
+            rig.start_worker(RELAY)
             rig.start_beat()
             harness.wait_for(
                 lambda: all(harness.worker_ready(c) for c in rig.workers.values()),
@@ -192,17 +265,30 @@ def test_chaos(tmp_path: Path, postgres_url: str, chaos_db: str) -> None:
                 "the workers",
                 every=0.2,
             )
-            run_chaos(rig, orders, chaos_db, postgres_url, figures)
+            run_chaos(rig, orders, chaos_db, figures)
+            assert hooks.alive(), hooks.log_tail(20)
             check_outcome(rig, orders, balances, chaos_db, figures)
+            check_delivery(work / "webhook.jsonl", chaos_db, figures)
         finally:
             sim.stop()
 
 
-def run_chaos(
-    rig: Rig, orders: list[Order], db_url: str, postgres_url: str, figures: Counter[str]
-) -> None:
+def business_app(broker: str) -> Celery:
+    """What a business app has: a plain Celery app (JSON), wxrecon's task name and queue; it
+    retries a publish while the broker restarts, as its own code would."""
+    app = Celery("business-app", broker=broker)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+def run_chaos(rig: Rig, orders: list[Order], db_url: str, figures: Counter[str]) -> None:
     db = Database(db_url)
     app, enqueue = harness.producer(rig.redis.url)
+    business = business_app(rig.redis.url)
     outcomes = ["SUCCESS", "CLOSED", "CANCELLED", "SUCCESS"]
     with rig.sim.admin() as admin:
         for b in range(BILLS):
@@ -215,54 +301,74 @@ def run_chaos(
                 final_after=2.0 + 0.1 * b,
                 **({"close_reason": "USER_REJECTED"} if outcome == "CLOSED" else {}),
             )
-    pending = list(orders)
+    by_name, helped = orders[::2], orders[1::2]
     bills = [f"CHAOSBILL{b:03d}" for b in range(BILLS)]
     started = time.monotonic()
     next_intake = started
     next_kill = started + FIRST_KILL
     victim = 0
-    done = {"pg": False, "redis": False, "beat": False}
+    victims = [*(f"chaos{w}" for w in range(WORKERS)), RELAY]
+    done = {"pg down": False, "pg up": False, "redis": False, "beat": False}
     try:
         while True:
             now = time.monotonic()
             t = now - started
-            if (pending or bills) and now >= next_intake:
-                batch, pending = pending[:INTAKE_BATCH], pending[INTAKE_BATCH:]
-                with db.transaction() as session:
-                    # Alternate the two helpers: one message per order, one per chunk.
-                    if len(pending) // INTAKE_BATCH % 2:
-                        kwargs = [order.kwargs() for order in batch]
-                        intake.submit_reductions(
-                            session, kwargs, enqueue=enqueue, lease=15, chunk=4
-                        )
-                    else:
-                        for order in batch:
-                            intake.submit_reduction(
-                                session, **order.kwargs(), enqueue=enqueue, lease=15
-                            )
-                    if not pending:
-                        for number in bills:
-                            intake.track_bill(session, number, enqueue=enqueue, lease=15)
+            pg_down = done["pg down"] and not done["pg up"]
+            if now >= next_intake:
+                batch, by_name = by_name[:INTAKE_BATCH], by_name[INTAKE_BATCH:]
+                for order in batch:
+                    business.send_task(
+                        SUBMIT_TASK,
+                        kwargs=order.kwargs(),
+                        queue=BY_NAME_QUEUE,
+                        retry=True,
+                        retry_policy={
+                            "max_retries": 30,
+                            "interval_start": 0.2,
+                            "interval_step": 0.2,
+                            "interval_max": 1,
+                        },
+                    )
+                    figures["orders sent by name"] += 1
+                    if pg_down:
+                        figures["orders sent by name while PostgreSQL was down"] += 1
+                if (helped or bills) and not pg_down:
+                    size = CATCH_UP_BATCH if done["pg up"] else INTAKE_BATCH
+                    last = len(helped) <= size
+                    chunked = bool(figures["helper transactions"] % 2)
+                    submit_batch(db, helped[:size], enqueue, chunked, bills if last else [])
+                    figures["helper transactions"] += 1
+                    helped = helped[size:]
+                    if not helped:
                         bills = []
                 next_intake += INTAKE_EVERY
-            if t >= CHAOS_FOR:
-                break
+            if t >= CHAOS_FOR and not (by_name or helped or bills):
+                break  # the blows go on until every order has been handed in
+            assert t < CHAOS_FOR + INTAKE_GRACE, (
+                f"intake not finished {t:.0f}s in: {len(by_name)} by name, {len(helped)} "
+                f"through the helpers, {len(bills)} bills left"
+            )
             if now >= next_kill:
-                name = f"chaos{victim % WORKERS}"
+                name = victims[victim % len(victims)]
                 victim += 1
                 harness.kill9(rig.sup, rig.workers[name])
-                figures["worker kills (SIGKILL)"] += 1
+                figures["relay kills (SIGKILL)" if name == RELAY else "worker kills (SIGKILL)"] += 1
+                if pg_down:
+                    figures["kills while PostgreSQL was down"] += 1
                 rig.start_worker(name)
                 next_kill += KILL_EVERY
-            if t >= PG_TERMINATE_AT and not done["pg"]:
-                done["pg"] = True
-                figures["PostgreSQL connections terminated"] += harness.terminate_backends(
-                    postgres_url, DB_NAME
-                )
+            if t >= PG_STOP_AT and not done["pg down"]:
+                done["pg down"] = True
+                rig.pg.stop()
+                down_at = time.monotonic()
+            if done["pg down"] and not done["pg up"] and now - down_at >= PG_DOWN_FOR:
+                done["pg up"] = True
+                rig.pg.start()
+                figures["seconds PostgreSQL was down"] = round(time.monotonic() - down_at)
             if t >= REDIS_RESTART_AT and not done["redis"]:
                 done["redis"] = True
                 rig.redis.restart()
-                figures["Redis restarts"] += 1
+                figures["Redis restarts (append-only file)"] += 1
             if t >= BEAT_RESTART_AT and not done["beat"]:
                 done["beat"] = True
                 harness.stop_child(rig.sup, rig.beat)
@@ -270,8 +376,15 @@ def run_chaos(
                 figures["beat restarts"] += 1
             rig.check_alive()
             time.sleep(0.1)
-        assert not pending and not bills, "intake did not finish during the chaos period"
+        assert done["pg up"], "PostgreSQL was not started again"
         with rig.sim.admin() as admin:
+            # The outage leaves the provider idle for two minutes: the faults stay on, while
+            # the backlog is worked off, until FAULTS_WANTED have landed (on a loaded machine
+            # fewer requests fit in the chaos period), then stop so the orders can converge.
+            faults_by = time.monotonic() + FAULTS_WAIT
+            while admin.stats()["faults_total"] < FAULTS_WANTED and time.monotonic() < faults_by:
+                rig.check_alive()
+                time.sleep(0.5)
             figures["faults injected"] = int(admin.stats()["faults_total"])
             admin.clear_faults()
         chaos_end = time.monotonic()
@@ -281,6 +394,23 @@ def run_chaos(
     finally:
         db.dispose()
         app.close()
+        business.close()
+
+
+def submit_batch(
+    db: Database, batch: list[Order], enqueue: Any, chunked: bool, bills: list[str]
+) -> None:
+    """One transaction through wxrecon's helpers: one message per chunk of orders, or one per
+    order; the bills with the last batch."""
+    with db.transaction() as session:
+        if chunked:
+            kwargs = [order.kwargs() for order in batch]
+            intake.submit_reductions(session, kwargs, enqueue=enqueue, lease=15, chunk=4)
+        else:
+            for order in batch:
+                intake.submit_reduction(session, **order.kwargs(), enqueue=enqueue, lease=15)
+        for number in bills:
+            intake.track_bill(session, number, enqueue=enqueue, lease=15)
 
 
 def wait_converged(rig: Rig, db: Database, expected: int, since: float) -> None:
@@ -416,7 +546,7 @@ def check_outcome(
     assert len(log_files) >= 2 + WORKERS
 
     # The faults and the chaos really happened.
-    assert stats["faults_total"] >= 100, stats["faults"]
+    assert stats["faults_total"] >= FAULTS_WANTED, stats["faults"]
     assert any(k.startswith("apply_then") for k in stats["faults"]), stats["faults"]
     resubmitted = sum(t["submit_count"] - 1 for t in truth.values())
     assert resubmitted > 0
@@ -439,6 +569,53 @@ def check_outcome(
         f"POST re-entries {resubmitted}, closed at submit "
         f"{sum(1 for t in truth.values() if t['closed_at_submit'])}, "
         f"events {len(events)}"
+    )
+
+
+def check_delivery(hooks_log: Path, db_url: str, figures: Counter[str]) -> None:
+    """Every outbox event delivered (none dead); the webhook received each at least once,
+    every final order's final event among them; deduplicated by event_id, exactly once."""
+    db = Database(db_url)
+    deadline = time.monotonic() + CONVERGE_WITHIN
+    try:
+        while True:
+            with db.read() as session:
+                deliveries = Counter(session.execute(select(Outcome.delivery)).scalars())
+            if set(deliveries) == {"delivered"}:
+                break
+            assert "dead" not in deliveries, deliveries
+            assert time.monotonic() < deadline, f"outcomes not delivered: {deliveries}"
+            time.sleep(0.5)
+        with db.read() as session:
+            stored = list(session.execute(select(Outcome).order_by(Outcome.id)).scalars())
+            finals = {
+                ("reduction", r.id): r.state
+                for r in session.execute(select(SpecialReduction)).scalars()
+            } | {
+                ("bill", b.id): b.state for b in session.execute(select(CompensationBill)).scalars()
+            }
+    finally:
+        db.dispose()
+    lines = [json.loads(line) for line in hooks_log.read_text().splitlines() if line.strip()]
+    received = Counter(line["event"]["event_id"] for line in lines)
+    expected = {o.event_id for o in stored}
+    # At least once each, and nothing the outbox does not hold.
+    assert set(received) == expected, (len(expected - set(received)), len(set(received) - expected))
+    # Each final order's last event says its final state, and it arrived.
+    last = {(o.kind, o.order_id): o for o in stored if o.order_id is not None}
+    assert set(last) == set(finals), "an order without an outcome event"
+    wrong = [k for k, state in finals.items() if last[k].state != state]
+    assert not wrong, f"{len(wrong)} orders whose last event is not their final state"
+    # A receiver deduplicating by event_id sees each exactly once.
+    first = [line["event"]["event_id"] for line in lines if not line["duplicate"]]
+    assert sorted(first) == sorted(expected)
+    retried = sum(1 for o in stored if o.attempts)
+    assert retried > 0  # the receiver's 500s landed and were retried
+    assert not any("6217" + m in hooks_log.read_text() for m in MERCHANTS)
+    report_figures(
+        f"chaos: outcomes {len(stored)} events {dict(Counter(o.type for o in stored))}, "
+        f"webhook deliveries {len(lines)} accepted ({sum(received.values()) - len(received)} "
+        f"duplicates), events retried {retried}, all delivered, none dead"
     )
 
 

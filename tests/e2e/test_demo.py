@@ -87,6 +87,12 @@ def test_demo_converges_to_the_ground_truth(demo_run):
     assert set(cats[BILL]) <= {"SUCCESS", "CLOSED", "CANCELLED"}
     assert sum(sum(c.values()) for c in cats.values()) == summary["orders"]
     assert summary["provider_requests"]["submit_reduction"]
+    # Outcome delivery on: the demo's own webhook receiver (signatures checked with the run's
+    # secret) was told every order's final state, each event counted once by its id.
+    told = summary["outcomes"]
+    assert told["final_orders_told"] == summary["orders"], told
+    assert told["events_received"] >= summary["orders"]
+    assert "wxrecon.relay_outcomes" in (work / "logs" / "relay.log").read_text(errors="replace")
     # on the embedded broker: the production transport, on loopback
     worker_log = (work / "logs" / "worker.log").read_text(errors="replace")
     assert re.search(r"transport:\s+redis://(:\*\*@)?127\.0\.0\.1:\d+/0", worker_log)
@@ -101,7 +107,7 @@ def test_demo_leaves_no_process_behind(demo_run):
 def test_demo_logs_hold_no_secrets(demo_run):
     work, _, _ = demo_run
     logs = {p.name: p.read_text(errors="replace") for p in (work / "logs").glob("*.log")}
-    assert {"worker.log", "beat.log", "simulator.log", "broker.log"} <= set(logs)
+    assert {"worker.log", "beat.log", "relay.log", "simulator.log", "broker.log"} <= set(logs)
     text = "\n".join(logs.values())
     # the logs do talk about orders, with their context fields
     assert "out_request_no=DEMO" in logs["worker.log"]
@@ -204,7 +210,7 @@ def test_ctrl_c_stops_every_child_and_says_what_it_kept(tmp_path: Path):
     )
     try:
         work = wait_for_ready_worker(proc, tmp_path, "wxrecon-demo-*/logs/worker.log")
-        assert len(processes_mentioning(str(work))) >= 4  # broker, simulator, worker, beat
+        assert len(processes_mentioning(str(work))) >= 5  # broker, simulator, worker, relay, beat
         proc.send_signal(signal.SIGINT)
         # the bound the README promises (3 s), checked on what is alive, not on a clock
         assert gone_within(3.0, str(work)) == []
@@ -216,7 +222,7 @@ def test_ctrl_c_stops_every_child_and_says_what_it_kept(tmp_path: Path):
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: interrupted after"), err
-    assert "stopped beat, worker, simulator, broker" in line
+    assert "stopped beat, relay, worker, simulator, broker" in line
     assert f"kept {work} " in line and "database, logs, metric samples" in line
     assert (work / "wxrecon-demo.db").is_file() and (work / "logs" / "worker.log").is_file()
 

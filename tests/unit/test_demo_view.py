@@ -49,6 +49,7 @@ def render(width: int, items: list[view.Tracked]) -> str:
             phase="checking against the provider's ground truth",
             elapsed=152.0,
             faults_fired={"apply_then_500": 3, "system_error": 7, "malformed_json": 1},
+            outcomes=(12, 15, 2),
             width=width,
             now=150.0,
         )
@@ -73,6 +74,11 @@ def test_every_state_and_amount_is_whole_at_80_columns():
     assert "¥99,999.99" in text
     assert "WAIT_USER_CONFIRM" in text and "NEEDS_REVIEW" in text
     assert "… and 1 more" in text
+    # The demo's webhook receiver's count, on one line that fits.
+    final = sum(t.final for t in items)
+    told = [line for line in lines if "outcomes received" in line]
+    assert len(told) == 1 and f"12/{final} final orders told, 15 events" in told[0], told
+    assert "2 duplicates dropped" in told[0]
 
 
 def test_a_wider_terminal_also_shows_the_detail():

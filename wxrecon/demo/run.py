@@ -25,6 +25,7 @@ from wxrecon.cli.output import Output
 from wxrecon.demo import broker, mix, view
 from wxrecon.demo import verdict as verdicts
 from wxrecon.demo.env import demo_env, free_port
+from wxrecon.demo.hooks import Hooks
 from wxrecon.demo.procs import Supervisor
 from wxrecon.demo.view import Tracked
 
@@ -72,6 +73,7 @@ class Demo:
         self.broker_url = os.environ.get("WXRECON_BROKER_URL", "")
         self.env: dict[str, str] = {}
         self.faults_fired: dict[str, int] = {}
+        self.hooks: Hooks | None = None  # the demo's webhook receiver (outcome delivery)
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -135,6 +137,11 @@ class Demo:
         admin.set_faults(*DEMO_FAULTS)
         self.sim_url = sim_dir.base_url
         self.env = demo_env(dict(os.environ), self.work, sim_dir.client_env(), self.broker_url)
+        if self.hooks is not None:  # outcome delivery on: the relay posts to the demo's hooks
+            self.env["WXRECON_WEBHOOK_URL"] = self.hooks.url
+            self.env["WXRECON_WEBHOOK_SECRET"] = self.hooks.secret
+            self.env["WXRECON_OUTCOME_RETRY_SCHEDULE"] = "500ms,1s,2s"
+            self.env["WXRECON_OUTCOME_RELAY_INTERVAL"] = "0.5"
         return admin
 
     def base_env(self) -> dict[str, str]:
@@ -172,6 +179,25 @@ class Demo:
             ],
             env=self.env,
             log_path=logs / "worker.log",
+        )
+        sup.start(
+            "relay",
+            [
+                *celery,
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                "wxrecon.outcomes",
+                "--concurrency",
+                "1",
+                "--hostname",
+                f"demo-relay-{self.run_id}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=self.env,
+            log_path=logs / "relay.log",
         )
         sup.start(
             "beat",
@@ -260,6 +286,23 @@ class Demo:
     def all_final(self) -> bool:
         return all(t.final for t in self.tracked.values())
 
+    def undelivered(self) -> list[Tracked]:
+        """Final orders whose final state has not reached the demo's receiver yet."""
+        hooks = self.hooks
+        if hooks is None:
+            return []
+        return [
+            t for t in self.tracked.values() if t.final and hooks.told(t.kind, t.number) != t.state
+        ]
+
+    def outcomes(self) -> tuple[int, int, int] | None:
+        """(final orders told, distinct events received, duplicates), or None if off."""
+        if self.hooks is None:
+            return None
+        received, duplicates = self.hooks.counts()
+        told = sum(1 for t in self.tracked.values() if t.final) - len(self.undelivered())
+        return told, received, duplicates
+
     def stuck(self) -> list[Tracked]:
         return [t for t in self.tracked.values() if t.state in STUCK]
 
@@ -273,6 +316,7 @@ class Demo:
             phase=self.phase,
             elapsed=time.monotonic() - self.started,
             faults_fired=self.faults_fired,
+            outcomes=self.outcomes(),
             width=self.out.console.width,
         )
 
@@ -310,6 +354,7 @@ def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
 
     console = demo.out.console
     demo.phase = "starting the broker"
+    demo.hooks = Hooks().start()
     demo.start_broker(sup)
     admin = demo.start_simulator(sup)
     settings = demo.adopt_settings()
@@ -353,6 +398,11 @@ def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
             if demo.all_final() or demo.stuck():
                 break
             time.sleep(0.4)
+        demo.phase = "waiting for the outcomes to arrive"
+        told_by = min(time.monotonic() + 30, deadline + 30)
+        while demo.undelivered() and time.monotonic() < told_by:
+            tick()
+            time.sleep(0.3)
         tick()
         demo.phase = "checking against the provider's ground truth"
         if live is not None:
@@ -368,7 +418,22 @@ def run(demo: Demo, sup: Supervisor) -> dict[str, Any]:
             f"{len(left)} order(s) not final after {demo.timeout:g}s (e.g. {left[0].number} "
             f"{left[0].state})",
         )
+    untold = demo.undelivered()
+    if untold:
+        result.problems.append(
+            f"{len(untold)} final order(s) never told to the webhook receiver (e.g. "
+            f"{untold[0].number} {untold[0].state})"
+        )
     summary = verdicts.summary(demo, result, admin, time.monotonic() - demo.started)
+    told = demo.outcomes()
+    if told is not None:
+        summary["outcomes"] = {
+            "final_orders_told": told[0],
+            "events_received": told[1],
+            "duplicates": told[2],
+        }
+    if demo.hooks is not None:
+        demo.hooks.close()
     admin.close()
     db.dispose()
     return summary

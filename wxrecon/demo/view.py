@@ -107,6 +107,7 @@ def live_view(
     phase: str,
     elapsed: float,
     faults_fired: dict[str, int],
+    outcomes: tuple[int, int, int] | None = None,
     width: int = 80,
     now: float | None = None,
 ) -> Group:
@@ -133,12 +134,24 @@ def live_view(
         f"provider faults injected so far: {fired}" + (f" ({detail})" if fired else ""),
         style="dim",
     )
+    lines: list[Any] = [header, bar, tally, faults]
+    if outcomes is not None:
+        lines.append(outcome_line(*outcomes, done))
     hidden = len(items) - min(len(items), SHOWN_ROWS)
     footer = Text(f"… and {hidden} more" if hidden > 0 else "", style="dim")
     return Group(
-        Panel(Group(header, bar, tally, faults), expand=False),
+        Panel(Group(*lines), expand=False),
         order_table(items, run_id, now, width),
         footer,
+    )
+
+
+def outcome_line(told: int, received: int, duplicates: int, final: int) -> Text:
+    """The webhook receiver's count: how many final orders it has been told about."""
+    return Text(
+        f"outcomes received: {told}/{final} final orders told, {received} events"
+        + (f" ({duplicates} duplicates dropped)" if duplicates else ""),
+        style="green" if told == final else "yellow",
     )
 
 
@@ -161,6 +174,13 @@ def render_summary(console: Console, s: dict[str, Any]) -> None:
     if s["faults_injected"]:
         faults = ", ".join(f"{k} ×{n}" for k, n in sorted(s["faults_injected"].items()))
         console.print(f"provider faults injected and survived: {faults}")
+    if "outcomes" in s:
+        o = s["outcomes"]
+        console.print(
+            f"outcomes delivered to the webhook receiver: {o['final_orders_told']}/{s['orders']}"
+            f" orders told, {o['events_received']} events"
+            + (f", {o['duplicates']} duplicates dropped by event id" if o["duplicates"] else "")
+        )
     verdict = (
         f"[bold green]✓ all {s['orders']} orders converged and match the provider's ground "
         f"truth[/] in {s['elapsed_seconds']}s"

@@ -31,6 +31,12 @@ from wxrecon.store import sealed
 
 log = logging.getLogger(__name__)
 
+
+class DatabaseDown(SchemaError):
+    """The schema could not be read because the database does not answer (it may be back
+    soon: a worker waits for it at start-up instead of exiting)."""
+
+
 AFTER_COMMIT_KEY = "wxrecon_after_commit"
 SESSION_DB_KEY = "wxrecon_database"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -301,8 +307,14 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def check_schema(url: str) -> None:
     """Raise SchemaError (one line) unless the database is at the code's schema head."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     try:
         current = current_revisions(url)
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseDown(
+            f"the database does not answer ({type(exc).__name__}); check WXRECON_DATABASE_URL"
+        ) from None
     except Exception as exc:
         raise SchemaError(
             f"cannot read the database schema ({type(exc).__name__}); "

@@ -1,0 +1,56 @@
+"""A worker (re)started while the database is down waits for it instead of exiting (the chaos
+suite restarts workers through a two-minute PostgreSQL outage); a wrong schema still refuses
+at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wxrecon.demo.env import free_port
+from wxrecon.domain.errors import SchemaError
+from wxrecon.store.db import DatabaseDown, check_schema
+from wxrecon.worker import _wait_for_database
+
+
+def test_a_database_that_does_not_answer_is_waited_for_then_refused() -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+    with pytest.raises(DatabaseDown):
+        check_schema(url)
+    calls: list[float] = []
+    real = check_schema
+
+    def counting(u: str) -> None:
+        calls.append(time.monotonic())
+        real(u)
+
+    import wxrecon.store.db as dbmod
+
+    original = dbmod.check_schema
+    dbmod.check_schema = counting
+    try:
+        with pytest.raises(DatabaseDown):
+            _wait_for_database(url, wait=2.0)
+    finally:
+        dbmod.check_schema = original
+    assert len(calls) >= 2  # it asked again before giving up
+
+
+def test_a_missing_schema_is_refused_without_waiting(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    done: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _wait_for_database(url, wait=600.0)
+        except SchemaError as exc:
+            done.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert done and not isinstance(done[0], DatabaseDown), done
+    assert "wxrecon db upgrade" in str(done[0])
