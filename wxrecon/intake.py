@@ -15,7 +15,7 @@ Apps that do not import wxrecon send the public Celery tasks by name instead
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -123,10 +123,23 @@ def submit_reductions(
     Orders that already exist, or repeat within ``orders``, are returned and not enqueued.
     """
     requests = [_request(i, order) for i, order in enumerate(orders)]
+    return submit_requests(session, requests, enqueue=enqueue, lease=lease, chunk=chunk)
+
+
+def submit_requests(
+    session: Session,
+    requests: Sequence[SpecialReductionRequest],
+    *,
+    enqueue: Enqueue | None = None,
+    lease: float | None = None,
+    chunk: int | None = None,
+    actor: str = "intake",
+) -> list[IntakeResult]:
+    """:func:`submit_reductions` for requests already validated (the CSV import's batches)."""
     settings = get_settings()
     token = new_token()
     lease = settings.claim_lease if lease is None else lease
-    results = intake_reductions(session, requests, token=token, lease=lease)
+    results = intake_reductions(session, requests, token=token, lease=lease, actor=actor)
     # An order repeated in the batch is sent once: an ordered set of the claimed ids.
     claimed = dict.fromkeys(r.order_id for r in results if r.token is not None)
     if claimed:
