@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import baselines, claim, e2e, harness
+from benchmarks import baselines, bulk_import, claim, e2e, harness
 from wxrecon.demo.procs import Supervisor
 from wxrecon.simulator import LedgerSeed, init_dir, start_subprocess
 from wxrecon.store.db import Database
@@ -79,7 +79,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per phase, at most")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    p.add_argument("--skip", action="append", default=[], choices=["e2e", "baselines", "claim"])
+    p.add_argument(
+        "--skip", action="append", default=[], choices=["e2e", "baselines", "claim", "import"]
+    )
+    p.add_argument(
+        "--import-rows",
+        default="1000000,100000",
+        help="CSV sizes for the import phase, LARGE,SMALL",
+    )
+    p.add_argument("--import-batch", type=int, default=2000, help="import --batch-size")
+    p.add_argument("--import-kill-rows", type=int, default=100_000, help="kill-half-way file")
     return p.parse_args(argv)
 
 
@@ -119,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "small": results[str(small)],
                 "large": results[str(large)],
             }
+        if "import" not in args.skip:
+            run_import_phase(args, work, report, console)
         report["ratios"] = ratios(report)
         report["goals"] = goals(report["ratios"])
         ok = True
@@ -135,6 +146,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(f"written: {target}")
     report["json_path"] = str(target)
     return report
+
+
+IMPORT_GOALS = {"rows_per_second": ("≥", 5000.0), "peak_rss_mb": ("≤", 150.0)}
+
+
+def run_import_phase(
+    args: argparse.Namespace, work: Path, report: dict[str, Any], console: Console
+) -> None:
+    """``wxrecon import`` at two sizes (rows/s, peak RSS), and killed half-way then re-run."""
+    console.print("[bold]bulk import[/]")
+    sizes = [int(x) for x in args.import_rows.split(",")]
+    r = bulk_import.measure(
+        POSTGRES_URL, "wxrecon_bench_import", sizes, work, args.import_batch, args.import_kill_rows
+    )
+    large, small = (r["runs"][str(n)] for n in sizes)
+    growth = (
+        (large["peak_rss_mb"] / small["peak_rss_mb"] - 1) * 100 if small["peak_rss_mb"] else None
+    )
+    r["rss_large_vs_small_pct"] = None if growth is None else round(growth, 1)
+    goals = {
+        "rows_per_second": (large["rows_per_second"], *IMPORT_GOALS["rows_per_second"]),
+        "peak_rss_mb": (large["peak_rss_mb"], *IMPORT_GOALS["peak_rss_mb"]),
+        "rss_large_vs_small_pct": (growth, "≤", 10.0),
+    }
+    r["goals"] = {}
+    for name, (value, op, target) in goals.items():
+        met = value is not None and (value >= target if op == "≥" else value <= target)
+        r["goals"][name] = {"value": value, "goal": f"{op} {target:g}", "met": met}
+        console.print(f"  {name}: {value} (goal {op} {target:g}) {'met' if met else 'NOT met'}")
+    for n, run in r["runs"].items():
+        console.print(
+            f"  {int(n):>9,} rows: {run['rows_per_second']:,.0f} rows/s, "
+            f"peak RSS {run['peak_rss_mb']} MB, exit {run['exit_code']}"
+        )
+    k = r["kill_and_rerun"]
+    console.print(
+        f"  killed at {k['stored_when_killed']:,} of {k['rows']:,}; after the re-run "
+        f"{k['orders']:,} orders ({k['distinct_orders']:,} distinct): "
+        f"{'exact' if k['exact'] else 'NOT exact'}"
+    )
+    report["import"] = r
 
 
 def run_processes(

@@ -15,7 +15,7 @@ Apps that do not import wxrecon send the public Celery tasks by name instead
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -58,6 +58,11 @@ def _caller(kind: object, caller: object) -> str:
     """``caller`` or the kind's default, a known profile (InvalidRequest: nothing written)."""
     settings = get_settings()
     return callers.resolve(kind, caller, callers.profiles_of(settings), settings)
+
+
+def reduction_caller(caller: object = None) -> str:
+    """``caller`` (or WXRECON_REDUCTION_CALLER) checked to be a known profile."""
+    return _caller(REDUCTION, caller)
 
 
 def submit_reduction(
@@ -140,11 +145,34 @@ def submit_reductions(
     All are signed by ``caller`` (default WXRECON_REDUCTION_CALLER).
     """
     requests = [_request(i, order) for i, order in enumerate(orders)]
-    signer = _caller(REDUCTION, caller)
+    return submit_requests(
+        session,
+        requests,
+        enqueue=enqueue,
+        lease=lease,
+        chunk=chunk,
+        caller=_caller(REDUCTION, caller),
+    )
+
+
+def submit_requests(
+    session: Session,
+    requests: Sequence[SpecialReductionRequest],
+    *,
+    enqueue: Enqueue | None = None,
+    lease: float | None = None,
+    chunk: int | None = None,
+    actor: str = "intake",
+    caller: str = callers.DEFAULT,
+) -> list[IntakeResult]:
+    """:func:`submit_reductions` for requests already validated (the CSV import's batches),
+    signed by ``caller`` (a known profile: see :func:`reduction_caller`)."""
     settings = get_settings()
     token = new_token()
     lease = settings.claim_lease if lease is None else lease
-    results = intake_reductions(session, requests, token=token, lease=lease, caller=signer)
+    results = intake_reductions(
+        session, requests, token=token, lease=lease, actor=actor, caller=caller
+    )
     # An order repeated in the batch is sent once: an ordered set of the claimed ids.
     claimed = dict.fromkeys(r.order_id for r in results if r.token is not None)
     if claimed:

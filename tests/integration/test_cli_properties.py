@@ -125,4 +125,5 @@ def test_import_writes_the_valid_rows_only(cli: Cli, tmp_path: Path, rows):
     result = cli.run("import", str(path), "--json")
     assert result.exit_code == (1 if refused else 0), result.output
     assert cli.count(SpecialReduction) == before + created
-    assert len(cli.sent) == len(known)  # one enqueue per order ever created
+    sent = [i for _, kwargs in cli.sent for i in kwargs["ids"]]
+    assert len(sent) == len(set(sent)) == len(known)  # each order ever created enqueued once

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Group
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -314,18 +313,21 @@ def retry_all(
         return
     if not yes:
         _confirm(f"Retry {len(ids)} {kind.label}(s) in {state}{where}?")
+    from wxrecon.cli.progress import Reporter, stop_on_interrupt
     from wxrecon.domain.kinds import KINDS
     from wxrecon.engine import operator
     from wxrecon.logs import redact
 
-    with Progress(
-        TextColumn(f"retrying {kind.label}s"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=out.err,
-        disable=json_out or not out.err.is_terminal,
-    ) as bar:
-        task = bar.add_task("retry", total=len(ids))
+    counts = {"rows": 0, "refused": 0}
+
+    def done(_: int) -> None:
+        counts["rows"] += 1
+        bar.update(counts["rows"], **counts)
+
+    with (
+        stop_on_interrupt() as stop,
+        Reporter(out.err, f"retrying {kind.label}s", len(ids), quiet=json_out) as bar,
+    ):
         result = operator.retry_each(
             db,
             KINDS[kind.name],
@@ -333,16 +335,24 @@ def retry_all(
             actor=who,
             why=why,
             force=force,
-            done=lambda _: bar.advance(task),
+            done=done,
+            stop=lambda: bool(stop),
         )
+        where = bar.line(counts["rows"], **counts)
     retried = result.retried
     skipped = {i: redact(reason) for i, reason in result.skipped.items()}  # changed meanwhile
     if json_out:
         out.json({"retried": retried, "skipped": skipped})
     else:
-        out.print(f"[green]✓[/] retried {len(retried)} {kind.label}(s)")
+        mark = "[yellow]![/]" if result.stopped else "[green]✓[/]"
+        out.print(f"{mark} retried {len(retried)} {kind.label}(s)")
         for order_id, reason in skipped.items():
             out.print(f"[yellow]skipped[/] #{order_id}: {reason}")
+    if result.stopped:
+        raise CliError(
+            f"interrupted after {counts['rows']} of {len(ids)} ({where}); run the same command "
+            f"again to retry the rest (only what is still in {state})"
+        )
 
 
 def _confirm(question: str) -> None:

@@ -125,6 +125,7 @@ def requery(
 class BulkResult:
     retried: list[int] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # id -> why not
+    stopped: bool = False  # interrupted before the end
 
 
 def retry_each(
@@ -137,11 +138,17 @@ def retry_each(
     force: bool = False,
     now: datetime | None = None,
     done: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> BulkResult:
     """Retry each of ``ids`` in its own recorded transaction; an order that changed meanwhile
-    (or is gone) is skipped with why, and the rest go on. ``done(id)`` after each."""
+    (or is gone) is skipped with why, and the rest go on. ``done(id)`` after each; when
+    ``stop()`` turns true the loop ends before the next order (each one done stays done,
+    so running it again retries only what is still in the state)."""
     result = BulkResult()
     for order_id in ids:
+        if stop is not None and stop():
+            result.stopped = True
+            break
         try:
             retry(db, kind, order_id, actor=actor, why=why, force=force, now=now)
         except (IllegalTransition, OrderNotFound) as exc:

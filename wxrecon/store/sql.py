@@ -89,13 +89,15 @@ def insert_new(
     if not values:
         return []
     t = table(model)
+    # One cached single-row statement run as an executemany: SQLAlchemy's insertmanyvalues
+    # sends it as multi-row VALUES pages, with RETURNING, without compiling a statement of
+    # len(values) rows each time (that compile was most of a bulk import's time).
     stmt = (
         upsert(conn, model)
-        .values(list(values))
         .on_conflict_do_nothing(index_elements=list(unique))
         .returning(t.c.id, *(t.c[c] for c in unique))
     )
-    return [tuple(r) for r in conn.execute(stmt)]
+    return [tuple(r) for r in conn.execute(stmt, list(values))]
 
 
 def find_by_number(conn: Connection, model: type[Any], key: Mapping[str, Any]) -> RowMapping:
