@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select
 
 from tests.fixtures_cli import Cli
-from tests.integration.test_ledger_engine import LEDGER, MCHID, Balances
+from tests.integration.test_ledger_engine import KEYS, LEDGER, MCHID, Balances
 from wxrecon.engine import ledger as engine
 from wxrecon.store.models import Event, LedgerSnapshot, SpecialReduction
-from wxrecon.store.sealed import Keyring, generate_key
+from wxrecon.store.sealed import Keyring
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 DAY_START = datetime(2026, 1, 5, tzinfo=SHANGHAI)  # 2026-01-04 16:00 UTC
@@ -24,9 +24,7 @@ DAY_START = datetime(2026, 1, 5, tzinfo=SHANGHAI)  # 2026-01-04 16:00 UTC
 
 @pytest.fixture
 def keyed(cli: Cli) -> Keyring:
-    data, lookup = generate_key(), generate_key()
-    cli.setenv(WXRECON_DATA_KEYS=f"k1:{data}", WXRECON_LOOKUP_KEY=lookup)
-    return Keyring.from_settings(f"k1:{data}", lookup)
+    return KEYS  # the suite's keys, which the cli fixture carries
 
 
 def order(cli: Cli, no: str, amount: int, state: str, moves: list[tuple[str, datetime]]) -> int:
@@ -34,7 +32,8 @@ def order(cli: Cli, no: str, amount: int, state: str, moves: list[tuple[str, dat
     with cli.db.transaction() as s:
         row = SpecialReduction(
             mchid=MCHID,
-            bal_account_no=LEDGER,
+            bal_account_no=KEYS.seal(LEDGER, MCHID, no),
+            bal_account_hash=KEYS.lookup_hash(LEDGER),
             out_request_no=no,
             reduction_type="FINANCIAL_PENALTY",
             amount=amount,
@@ -161,5 +160,7 @@ def test_ledger_list_show_check(cli: Cli, keyed: Keyring) -> None:
 
 
 def test_ledger_snapshot_without_keys_is_one_line(cli: Cli) -> None:
+    cli.monkeypatch.delenv("WXRECON_DATA_KEYS")
+    cli.setenv()
     assert "WXRECON_DATA_KEYS" in cli.fails("ledger", "snapshot")
     assert cli.count(LedgerSnapshot) == 0

@@ -8,15 +8,15 @@ from collections import deque
 from datetime import datetime, timedelta
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
+from tests.services import SEALING_ENV
 from wxrecon.domain.ledger import OK, UNEXPLAINED_CREDIT, UNEXPLAINED_DEBIT
 from wxrecon.engine import ledger as engine
 from wxrecon.store import ledgers as store
 from wxrecon.store.db import Database
 from wxrecon.store.models import LedgerSnapshot, Outcome, SpecialReduction
-from wxrecon.store.sealed import Keyring, generate_key
+from wxrecon.store.sealed import Keyring
 from wxrecon.wechatpay.errors import NetworkError, Throttled
 from wxrecon.wechatpay.resources import ChannelBalance
 
@@ -44,9 +44,13 @@ class Balances:
         return self
 
 
+# The suite's keys (conftest sets them for every process): the task opens what tests seal.
+KEYS = Keyring.from_settings(SEALING_ENV["WXRECON_DATA_KEYS"], SEALING_ENV["WXRECON_LOOKUP_KEY"])
+
+
 @pytest.fixture
 def keys() -> Keyring:
-    return Keyring.from_settings(f"k1:{generate_key()}", generate_key())
+    return KEYS
 
 
 def add_reduction(
@@ -56,7 +60,8 @@ def add_reduction(
     with db.transaction() as s:
         row = SpecialReduction(
             mchid=MCHID,
-            bal_account_no=LEDGER,
+            bal_account_no=KEYS.seal(LEDGER, MCHID, no),
+            bal_account_hash=KEYS.lookup_hash(LEDGER),
             out_request_no=no,
             reduction_type="FINANCIAL_PENALTY",
             amount=amount,
@@ -200,15 +205,12 @@ def test_snapshot_task_runs_a_round_and_refuses_bad_input(
     db, _ = installed
     add_reduction(db, "R0", 100, state="PROCESSING")
     rt = runtime.get()
+    keyed = rt.settings
+    rt._clients = {"default": Balances().then(10_000)}
     # No keys configured: one line, nothing taken.
+    rt.settings = keyed.model_copy(update={"data_keys": None})
     assert tasks.snapshot_ledgers() == {"taken": 0}
-    rt.settings = rt.settings.model_copy(
-        update={
-            "data_keys": SecretStr(f"k1:{generate_key()}"),
-            "lookup_key": SecretStr(generate_key()),
-        }
-    )
-    rt._client = Balances().then(10_000)
+    rt.settings = keyed
     assert tasks.snapshot_ledgers(mchid=MCHID)["taken"] == 1
     assert tasks.snapshot_ledgers(mchid="1' OR 1=1") == {"taken": 0}
     assert tasks.snapshot_ledgers(mchid=["x"]) == {"taken": 0}
