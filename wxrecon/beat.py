@@ -100,7 +100,7 @@ class Leadership:
     ) -> None:
         self.lock, self.ttl, self.clock = lock, ttl, clock
         self.renewed_at: float | None = None
-        self._was_leader = False
+        self._was_leader: bool | None = None  # logs the first state too
 
     def check(self) -> bool:
         now = self.clock()
