@@ -64,3 +64,10 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         assert re.search(r"severity: (warning|critical)\n", block), name
         for key in ("summary:", "description:", 'runbook_url: "README.md#alerts"'):
             assert key in block, f"{name}: no {key}"
+
+
+def test_the_runbook_anchor_exists_and_names_every_alert() -> None:
+    readme = (DEPLOY.parents[1] / "README.md").read_text()
+    assert "\n## Alerts\n" in readme  # README.md#alerts
+    for alert in _alerts():
+        assert f"`{alert}`" in readme, alert
