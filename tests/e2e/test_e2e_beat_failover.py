@@ -1,10 +1,12 @@
-"""Two real beats on one Redis broker: only the lock holder sends sweeps; SIGKILL it and the
-standby's sweeps follow within the lock's bound (WXRECON_BEAT_LOCK_TTL + a third of it)."""
+"""Two real beats and a worker on one Redis broker: only the lock holder sends sweeps; SIGKILL
+it and the standby's sweeps follow, and the worker runs them, within the lock's bound
+(WXRECON_BEAT_LOCK_TTL + a third of it)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,8 +15,8 @@ import pytest
 import redis
 
 from tests.fixtures_e2e import Processes
+from tests.fixtures_sim import make_sim_dir
 from wxrecon.beat import LOCK_KEY
-from wxrecon.worker import POLL_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -22,6 +24,7 @@ TTL = 2.0
 # Takeover bound plus room for a loaded machine to start a tick; not a speed assertion.
 BOUND = TTL + TTL / 3 + 10.0
 SENT = "Sending due task sweep-reductions"
+RAN = "wxrecon.sweep_reductions["  # a worker line: then the task id, "succeeded"
 
 
 def _wait(what: str, check, processes: Processes, seconds: float = 60.0) -> None:  # type: ignore[no-untyped-def]
@@ -36,6 +39,8 @@ def test_standby_beat_takes_over_when_the_active_one_is_killed(
     tmp_path: Path, broker_url: str, processes: Processes
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WXRECON_")}
+    # the worker needs merchant keys to start; with no orders it never calls the provider
+    env.update(make_sim_dir(tmp_path / "sim").client_env("http://127.0.0.1:9"))
     env.update(
         {
             "WXRECON_BROKER_URL": broker_url,
@@ -48,6 +53,11 @@ def test_standby_beat_takes_over_when_the_active_one_is_killed(
         }
     )
     r = redis.Redis.from_url(broker_url)
+    wxrecon = [sys.executable, "-m", "wxrecon.cli"]
+    subprocess.run([*wxrecon, "db", "upgrade"], env=env, check=True, timeout=120, cwd=tmp_path)
+    worker = [sys.executable, "-m", "celery", "-A", "wxrecon.worker", "worker", "-P", "solo"]
+    worker += ["-n", "failover@%h", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    processes.start("worker", worker, env, tmp_path)
     celery = [sys.executable, "-m", "celery", "-A", "wxrecon.worker", "beat", "-l", "INFO"]
     for name in ("a", "b"):  # each its own schedule file, as on two machines
         work = tmp_path / name
@@ -59,15 +69,20 @@ def test_standby_beat_takes_over_when_the_active_one_is_killed(
     logs = {name: log for name, _, log in processes.procs}
     assert _holder(r) == pids["a"]
     _wait("beat b stands by", lambda: "beat: standby" in logs["b"].read_text(), processes)
-    _wait("sweeps on the broker", lambda: r.llen(POLL_QUEUE) >= 3, processes)
+
+    def swept() -> int:  # sweeps the worker ran
+        lines = logs["worker"].read_text().splitlines()
+        return sum(RAN in line and "succeeded" in line for line in lines)
+
+    _wait("the worker runs sweeps", lambda: swept() >= 3, processes)
     processes.check_alive()
     assert SENT not in logs["b"].read_text()  # two beats, one sender
 
     os.killpg(pids["a"], signal.SIGKILL)  # no clean stop: its key must expire
     killed = time.monotonic()
-    before = r.llen(POLL_QUEUE)
+    before = swept()
     _wait("b takes the lock", lambda: _holder(r) == pids["b"], processes, BOUND)
-    _wait("b sends sweeps", lambda: r.llen(POLL_QUEUE) >= before + 2, processes, BOUND)
+    _wait("sweeps go on", lambda: swept() >= before + 2, processes, BOUND)
     assert time.monotonic() - killed <= BOUND
     assert SENT in logs["b"].read_text()
     assert "beat: active" in logs["b"].read_text()
