@@ -163,6 +163,7 @@ def _from_settings() -> Leadership | None:
 
     settings = get_settings()
     if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        log.warning("beat: the broker is not Redis, so there is no leader lock: run one beat")
         return None
     ttl = settings.beat_lock_ttl
     return Leadership(RedisLock(settings.broker_url, beat_id(), ttl), ttl)

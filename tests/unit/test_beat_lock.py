@@ -88,3 +88,20 @@ def test_a_leader_that_cannot_renew_stops_sending_before_its_key_expires() -> No
     clock[0] = TTL * 2 / 3
     assert not a.check()
     assert clock[0] < TTL  # ... and the key, which nobody renewed, lasts until TTL
+
+
+@pytest.mark.parametrize("value", ["0.1", "0", "-1", "601", "soon"])
+def test_the_lock_ttl_setting_is_bounded(value: str) -> None:
+    from pydantic import ValidationError
+
+    from wxrecon.config import Settings
+
+    with pytest.raises(ValidationError):
+        Settings(beat_lock_ttl=value)  # type: ignore[arg-type]
+
+
+def test_the_lock_ttl_takes_a_duration() -> None:
+    from wxrecon.config import Settings
+
+    assert Settings(beat_lock_ttl="2s").beat_lock_ttl == 2.0  # type: ignore[arg-type]
+    assert Settings().beat_lock_ttl == 30.0
