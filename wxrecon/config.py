@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(2.0, gt=0)
     sweep_batch: int = Field(200, ge=1)
     claim_lease: float = Field(120.0, gt=0)
+    # The beat leader lock's time to live: a standby beat sends sweeps at most this long
+    # (plus a third of it) after the active beat died (wxrecon.beat).
+    beat_lock_ttl: float = Field(30.0, ge=0.5, le=600)
     poll_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [parse_duration(s) for s in DEFAULT_POLL_SCHEDULE.split(",")]
     )
@@ -158,6 +161,7 @@ class Settings(BaseSettings):
     @field_validator(
         "sweep_interval",
         "claim_lease",
+        "beat_lock_ttl",
         "failover_cooldown",
         "rate_limit_max_wait",
         "reentry_grace",

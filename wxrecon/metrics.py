@@ -7,10 +7,11 @@ files that the ``metrics`` process aggregates.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -55,6 +56,20 @@ OUTCOME_DELIVERIES = Counter(
     "Outcome event deliveries by target (task, webhook; all: dead) and result.",
     ["target", "result"],
 )
+
+
+# Set by each sweep task that finishes. "max" over the prefork children's files (dead ones'
+# included) is the newest sweep; the exporter reads those files, so no table is needed.
+LAST_SWEEP = Gauge(
+    "wxrecon_last_sweep_timestamp_seconds",
+    "Unix time the last sweep of due orders of this kind finished (alert: sweeps stopped).",
+    ["kind"],
+    multiprocess_mode="max",
+)
+
+
+def mark_sweep(kind: str, at: float | None = None) -> None:
+    LAST_SWEEP.labels(kind).set(time.time() if at is None else at)
 
 
 def count_outcome_delivery(target: str, result: str) -> None:

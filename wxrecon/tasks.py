@@ -294,6 +294,7 @@ def _poll_tasks(kind: OrderKind, one: str, chunk: str, sweeper: str) -> tuple[Ta
             dispatch = _Dispatcher(poll_chunk, rt.settings.poll_chunk, producer)
             count = sweep(rt.db, kind, rt.settings, dispatch)
             dispatch.flush()
+        metrics.mark_sweep(kind.name)
         return count
 
     return poll_one, poll_chunk, sweep_due

@@ -157,6 +157,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "options": {"queue": POLL_QUEUE, "expires": max(1.0, interval)},
             },
         },
+        # Only the beat holding the leader lock on the broker sends (wxrecon.beat).
+        "beat_scheduler": "wxrecon.beat:LeaderScheduler",
         "beat_schedule_filename": str(Path(settings.data_dir) / "celerybeat-schedule"),
         "timezone": "UTC",
         "enable_utc": True,

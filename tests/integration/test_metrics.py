@@ -79,3 +79,17 @@ def test_the_endpoint_serves_over_http(sqlite_url, monkeypatch):
         thread.join(timeout=10)
     assert "wxrecon_database_up 1.0" in body
     assert 'wxrecon_oldest_due_order_age_seconds{kind="bill"} 0.0' in body
+
+
+def test_last_sweep_is_the_newest_of_every_process(tmp_path, monkeypatch):
+    """Each prefork child stamps its own file; the exporter shows the newest (dead ones too)."""
+    import subprocess
+    import sys
+
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for at in (1000.0, 3000.0, 2000.0):
+        code = f"from wxrecon import metrics\nmetrics.mark_sweep('reduction', {at})\n"
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    text = generate_latest(build_registry(None)).decode()
+    assert 'wxrecon_last_sweep_timestamp_seconds{kind="reduction"} 3000.0' in text

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from tests.fixtures_db import FakeProvider, reduction
 from tests.services import SEALING_ENV
-from wxrecon import runtime, tasks
+from wxrecon import metrics, runtime, tasks
 from wxrecon.config import Settings
 from wxrecon.domain.decisions import Policy
 from wxrecon.domain.states import RState
@@ -205,10 +205,13 @@ def test_sweep_task_claims_and_dispatches_polls(installed: tuple[Database, FakeP
         row.next_poll_at = row.created_at
     provider.query_answers.append(reduction("T1", "SUCCESS"))
     app.conf.task_always_eager = True
+    metrics.mark_sweep("reduction", 0.0)
     try:
         assert tasks.sweep_reductions.apply().get() == 1
     finally:
         app.conf.task_always_eager = False
+    # the sweep stamped its kind's last-sweep gauge (the "sweeps not running" alert reads it)
+    assert metrics.LAST_SWEEP.labels("reduction")._value.get() > 0
     with db.read() as session:
         assert session.execute(select(SpecialReduction.state)).scalar_one() == RState.SUCCESS
 
