@@ -13,7 +13,6 @@ already answers there, or the URL is not a loopback Redis, it says so and just w
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -98,6 +97,46 @@ def wait_until_answers(url: str, timeout: float, check: Callable[[], None]) -> N
         time.sleep(0.05)
 
 
+DRAIN_WITHIN = 3.5  # seconds: inside honcho's 5 s before its SIGKILL
+
+
+def connected_clients(url: str) -> int | None:
+    try:
+        import redis
+
+        return int(
+            redis.Redis.from_url(url, socket_timeout=0.5).info("clients")["connected_clients"]
+        )
+    except Exception:  # gone or not answering: nothing to wait for
+        return None
+
+
+def serve_until_drained(argv: list[str], url: str, within: float = DRAIN_WITHIN) -> int:
+    """Run the server as a child; on SIGTERM/SIGINT stop it only once its other clients left
+    (or ``within`` seconds passed). honcho stops every entry at once: a broker gone first
+    leaves the worker's warm shutdown retrying its connection until honcho kills it."""
+    import subprocess
+
+    child = subprocess.Popen(argv, start_new_session=True)
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda n, _f: stop.append(n))
+    try:
+        while child.poll() is None and not stop:
+            time.sleep(0.1)
+        deadline = time.monotonic() + within
+        while child.poll() is None and time.monotonic() < deadline:
+            clients = connected_clients(url)
+            if clients is None or clients <= 1:  # only our own look
+                break
+            time.sleep(0.1)
+    finally:
+        if child.poll() is None:
+            child.terminate()
+        code = child.wait()
+    return 0 if stop else code
+
+
 def main() -> None:
     from wxrecon.config import get_settings
 
@@ -111,7 +150,7 @@ def main() -> None:
         except BrokerError as exc:
             sys.exit(f"error: {exc}")
         print(f"embedded broker: valkey-server on 127.0.0.1:{port}", flush=True)
-        os.execv(argv[0], argv)  # noqa: S606 (no shell: a fixed argv); honcho's SIGTERM reaches the server itself
+        sys.exit(serve_until_drained(argv, url))
     reason = "a server already answers there" if port is not None else "not a loopback Redis"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"broker {url.rsplit('@', 1)[-1]}: {reason}; nothing to run", flush=True)
