@@ -33,7 +33,7 @@ from contextlib import closing
 from typing import Any
 
 from celery import Task, signals
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from wxrecon import callers, metrics, runtime
@@ -89,6 +89,20 @@ class WxreconTask(Task):
         return super().apply_async(args, kwargs, *more, **options)
 
 
+class IntakeTask(WxreconTask):
+    """An intake task: its message is the order's only copy until the row is committed."""
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            # Celery could not publish the retry (the broker restarting while the database is
+            # down) and would drop the message (requeue=False): put it back instead. If even
+            # that cannot reach the broker, it stays unacknowledged and comes back after the
+            # visibility timeout.
+            raise Reject(getattr(exc, "reason", None), requeue=True) from None
+
+
 def _unknown_fields(unknown: dict[str, Any]) -> str:
     names = ", ".join(sorted(str(k)[:40] for k in unknown)[:5])
     return f"unknown argument(s): {names}"
@@ -126,7 +140,7 @@ def _token(task: Task) -> str | None:
 @app.task(
     name="wxrecon.submit_special_reduction",
     bind=True,
-    base=WxreconTask,
+    base=IntakeTask,
     queue=INTAKE_QUEUE,
     **INTAKE_RETRY,
 )
@@ -173,7 +187,7 @@ def submit_special_reduction(
 @app.task(
     name="wxrecon.track_compensation_bill",
     bind=True,
-    base=WxreconTask,
+    base=IntakeTask,
     queue=INTAKE_QUEUE,
     **INTAKE_RETRY,
 )

@@ -104,6 +104,30 @@ def test_public_task_names_and_routes() -> None:
     assert tasks.poll_reduction.max_retries == 30
 
 
+def test_intake_whose_retry_cannot_be_published_is_requeued_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Database down and broker restarting: Celery's retry cannot publish and rejects the
+    message without requeue, i.e. drops the order; an intake task puts it back instead."""
+    from celery.exceptions import Reject
+    from kombu.exceptions import OperationalError as BrokerDown
+
+    def broker_down(*_: Any, **__: Any) -> None:
+        raise BrokerDown("connection refused")
+
+    for task in (tasks.submit_special_reduction, tasks.track_compensation_bill):
+        monkeypatch.setattr(tasks.IntakeTask, "apply_async", broker_down)
+        task.push_request(id="m-1", called_directly=False, retries=0, kwargs={}, args=[])
+        try:
+            with pytest.raises(Reject) as caught:
+                task.retry(exc=OperationalError("SELECT 1", {}, Exception("db down")))
+        finally:
+            task.pop_request()
+        assert caught.value.requeue is True, task.name
+    # Other tasks keep Celery's rule (a poll's order is in the database; its lease brings it back).
+    assert not isinstance(tasks.poll_reduction, tasks.IntakeTask)
+
+
 # -- tasks over the domain -----------------------------------------------------------------------
 
 
