@@ -36,6 +36,8 @@ READS = [
     "/api/v1/orders/bill?state=TRACKING&limit=5",
     "/api/v1/stats",
     "/api/v1/outcomes",
+    "/api/v1/ledgers",
+    "/api/v1/ledgers/discrepancies",
 ]
 
 
@@ -85,6 +87,29 @@ def test_reads_filters_and_pages(web: Any) -> None:
     assert len(st["hourly"]) == 12
     assert client.get("/api/v1/outcomes?delivery=pending", headers=h).status_code == 200
     assert client.get("/api/v1/outcomes?delivery=bogus", headers=h).status_code == 422
+
+
+def test_ledger_checks_are_read_without_the_number(web: Any) -> None:
+    from tests.integration.test_ledger_engine import KEYS, LEDGER, MCHID, Balances
+    from wxrecon.engine import ledger as engine
+    from wxrecon.store.ledgers import Ledger
+
+    client, tokens, db = web
+    balances = Balances().then(10_000).then(9_700)  # a ¥3.00 debit nobody explains
+    for _ in range(2):
+        engine.snapshot(db, balances, KEYS, [Ledger(MCHID, LEDGER)])
+    h = auth(tokens["viewer"])
+    [line] = client.get("/api/v1/ledgers", headers=h).json()
+    assert (line["mchid"], line["snapshots"], line["balance"]) == (MCHID, 2, 9_700)
+    assert (line["unexplained_debits"], line["unexplained_debit_fen"]) == (1, 300)
+    [found] = client.get(f"/api/v1/ledgers/discrepancies?mchid={MCHID}", headers=h).json()
+    assert (found["kind"], found["amount"], found["ledger"]) == (
+        "unexplained_debit",
+        300,
+        line["ledger"],
+    )
+    assert LEDGER not in client.get("/api/v1/ledgers", headers=h).text
+    assert client.get("/api/v1/ledgers/discrepancies?limit=0", headers=h).status_code == 422
 
 
 def test_viewer_cannot_act_operator_retries_and_requeries_as_itself(web: Any) -> None:

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from wxrecon.domain.errors import IllegalTransition, OrderNotFound
@@ -21,6 +21,8 @@ from wxrecon.web.auth import holder_of
 
 KindName = StrEnum("KindName", {k: k for k in KINDS})  # type: ignore[misc]
 Who = Annotated[Holder, Depends(holder_of)]
+# An order id as the database holds it (BIGINT): larger is no such order, not an overflow.
+OrderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class Problem(BaseModel):
@@ -156,7 +158,7 @@ def list_orders(
 
 
 @router.get("/orders/{kind}/{order_id}", response_model=OrderDetail)
-def get_order(request: Request, who: Who, kind: KindName, order_id: int) -> OrderDetail:
+def get_order(request: Request, who: Who, kind: KindName, order_id: OrderId) -> OrderDetail:
     k = kind_of(kind)
     db = request.app.state.runtime.db
     with db.read() as s:
@@ -194,6 +196,74 @@ def outcomes(
     ]
 
 
+class Ledger(BaseModel):
+    mchid: str
+    ledger: str  # a prefix of the ledger's keyed hash, never its number
+    snapshots: int
+    balance: int | None
+    in_transit: bool | None
+    taken_at: str | None
+    unexplained_debits: int
+    unexplained_debit_fen: int
+
+
+class Discrepancy(BaseModel):
+    id: int
+    mchid: str
+    ledger: str
+    kind: str
+    amount: int
+    observed: int
+    explained: int
+    window_start: str | None
+    window_end: str | None
+    order_ids: list[int]
+
+
+@router.get("/ledgers", response_model=list[Ledger])
+def ledger_list(
+    request: Request, who: Who, mchid: Annotated[str | None, Query(max_length=32)] = None
+) -> list[Ledger]:
+    """Each ledger's latest snapshot and its unexplained debits (`wxrecon ledger list`)."""
+    from wxrecon.domain.outcomes import ledger_label
+    from wxrecon.store import ledgers
+
+    return [
+        Ledger(
+            **{f: r[f] for f in Ledger.model_fields if f not in ("ledger", "taken_at")},
+            ledger=ledger_label(r["ledger_hash"]),
+            taken_at=reads._iso(r["taken_at"]),
+        )
+        for r in ledgers.ledgers(request.app.state.runtime.db, mchid)
+    ]
+
+
+@router.get("/ledgers/discrepancies", response_model=list[Discrepancy])
+def ledger_discrepancies(
+    request: Request,
+    who: Who,
+    mchid: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[Discrepancy]:
+    """The ledger checks' findings, newest first (`wxrecon ledger show`)."""
+    from wxrecon.domain.outcomes import ledger_label
+    from wxrecon.store import ledgers
+
+    rows = ledgers.discrepancies(request.app.state.runtime.db, mchid=mchid, limit=limit)
+    return [
+        Discrepancy(
+            **{f: r[f] for f in Discrepancy.model_fields if f not in _DERIVED},
+            ledger=ledger_label(r["ledger_hash"]),
+            window_start=reads._iso(r["window_start"]),
+            window_end=reads._iso(r["window_end"]),
+        )
+        for r in rows
+    ]
+
+
+_DERIVED = ("ledger", "window_start", "window_end")
+
+
 def _act(fn: Any, *args: Any, **kw: Any) -> Any:
     try:
         return fn(*args, **kw)
@@ -204,28 +274,28 @@ def _act(fn: Any, *args: Any, **kw: Any) -> Any:
 
 
 @router.post("/orders/{kind}/{order_id}/retry", response_model=Done)
-def retry(request: Request, who: Who, kind: KindName, order_id: int, body: Why) -> Done:
+def retry(request: Request, who: Who, kind: KindName, order_id: OrderId, body: Why) -> Done:
     k = kind_of(kind)
     state = _act(actions.retry, request.app.state.runtime, who, k, order_id, body.why, body.force)
     return Done(kind=str(k), id=order_id, state=state, actor=who.name)
 
 
 @router.post("/orders/{kind}/{order_id}/requery", response_model=Done)
-def requery(request: Request, who: Who, kind: KindName, order_id: int, body: Why) -> Done:
+def requery(request: Request, who: Who, kind: KindName, order_id: OrderId, body: Why) -> Done:
     k = kind_of(kind)
     state = _act(actions.requery, request.app.state.runtime, who, k, order_id, body.why)
     return Done(kind=str(k), id=order_id, state=state, actor=who.name)
 
 
 @router.post("/orders/{kind}/{order_id}/resolve", response_model=Done)
-def resolve(request: Request, who: Who, kind: KindName, order_id: int, body: Resolve) -> Done:
+def resolve(request: Request, who: Who, kind: KindName, order_id: OrderId, body: Resolve) -> Done:
     k = kind_of(kind)
     res = _act(actions.resolve, request.app.state.runtime, who, k, order_id, body)
     return Done(kind=str(k), id=order_id, state=res["order_state"], actor=who.name, resolution=res)
 
 
 @router.post("/orders/{kind}/{order_id}/approve", response_model=Done)
-def approve(request: Request, who: Who, kind: KindName, order_id: int) -> Done:
+def approve(request: Request, who: Who, kind: KindName, order_id: OrderId) -> Done:
     k = kind_of(kind)
     res = _act(actions.approve, request.app.state.runtime, who, k, order_id)
     return Done(kind=str(k), id=order_id, state=res["order_state"], actor=who.name, resolution=res)

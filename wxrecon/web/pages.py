@@ -16,6 +16,7 @@ from wxrecon.domain.kinds import KINDS
 from wxrecon.store import reads, web_tokens
 from wxrecon.store.web_tokens import Holder
 from wxrecon.web import actions, charts
+from wxrecon.web.api import OrderId
 from wxrecon.web.auth import CSRF, SESSION, cookie_flags, holder_of, new_csrf, same_origin
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -110,7 +111,7 @@ def search(request: Request, who: Who, q: str = "", kind: str = "reduction") -> 
 
 
 @router.get("/orders/{kind}/{order_id}", response_class=HTMLResponse)
-def detail(request: Request, who: Who, kind: str, order_id: int, msg: str = "") -> Response:
+def detail(request: Request, who: Who, kind: str, order_id: OrderId, msg: str = "") -> Response:
     k = _kind(kind)
     db = request.app.state.runtime.db
     with db.read() as s:
@@ -157,7 +158,7 @@ def retry(
     request: Request,
     who: Who,
     kind: str,
-    order_id: int,
+    order_id: OrderId,
     why: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     rt = request.app.state.runtime
@@ -169,7 +170,7 @@ def requery(
     request: Request,
     who: Who,
     kind: str,
-    order_id: int,
+    order_id: OrderId,
     why: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     rt = request.app.state.runtime
@@ -181,7 +182,7 @@ def resolve(
     request: Request,
     who: Who,
     kind: str,
-    order_id: int,
+    order_id: OrderId,
     state: Annotated[str, Form(max_length=16)],
     evidence: Annotated[str, Form(max_length=2000)],
 ) -> Response:
@@ -196,6 +197,6 @@ def resolve(
 
 
 @router.post("/orders/{kind}/{order_id}/approve")
-def approve(request: Request, who: Who, kind: str, order_id: int) -> Response:
+def approve(request: Request, who: Who, kind: str, order_id: OrderId) -> Response:
     rt = request.app.state.runtime
     return _do(kind, order_id, actions.approve, rt, who, _kind(kind), order_id)
