@@ -104,7 +104,7 @@ def _wait_for(path: Path, needles: list[str], proc: subprocess.Popen[bytes]) -> 
 
 @pytest.mark.parametrize("json_lines", [True, False], ids=["json", "plain"])
 def test_worker_logs_never_carry_the_ledger_number(
-    tmp_path: Path, keys: KeySet, json_lines: bool
+    tmp_path: Path, keys: KeySet, json_lines: bool, redis_db: str
 ) -> None:
     db_path = tmp_path / "w.db"
     upgrade(f"sqlite:///{db_path}")
@@ -114,14 +114,16 @@ def test_worker_logs_never_carry_the_ledger_number(
         {
             "WXRECON_DATABASE_URL": f"sqlite:///{db_path}",
             "WXRECON_DATA_DIR": str(tmp_path / "data"),
-            "WXRECON_BROKER_URL": "filesystem://",
+            # Redis, not filesystem://: kombu's filesystem transport can read a message file
+            # before its sender finished writing it, and the worker then dies (issue 13).
+            "WXRECON_BROKER_URL": redis_db,
             "WXRECON_LOG_LEVEL": "DEBUG",
             "WXRECON_LOG_JSON": "true" if json_lines else "false",
             "PYTHONUNBUFFERED": "1",
         }
     )
     settings = Settings.model_validate(
-        {"broker_url": "filesystem://", "data_dir": env["WXRECON_DATA_DIR"]}
+        {"broker_url": redis_db, "data_dir": env["WXRECON_DATA_DIR"]}
     )
     sender = make_app(settings)  # a business app on the same broker, with Celery's default reprs
     good = {
