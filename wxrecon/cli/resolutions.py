@@ -55,6 +55,16 @@ def _confirm(question: str, yes: bool, json_out: bool, nothing: str) -> None:
         raise CliError(nothing)
 
 
+def _who(actor: str | None) -> str:
+    """The acting person (``--actor``, else the OS user), checked; bad input in one line."""
+    from wxrecon.domain import resolution as rules
+
+    try:
+        return rules.check_actor(actor or default_actor())
+    except rules.ResolutionRefused as exc:
+        raise bad_input(str(exc)) from None
+
+
 def _line(res: Any) -> str:
     amount = f" of {fen(res.amount)}" if res.amount is not None else ""
     return (
@@ -100,7 +110,7 @@ def add_resolution_commands(app: typer.Typer, kind: Kind) -> None:
             raise bad_input(f"--state: one of {', '.join(final)}, not {state[:20] or '(none)'}")
         try:
             rules.check_evidence(evidence)
-            who = rules.check_actor(actor or default_actor())
+            who = _who(actor)
         except rules.ResolutionRefused as exc:
             raise bad_input(str(exc)) from None
         db, order = _order(kind, ref, mchid)
@@ -160,13 +170,9 @@ def add_resolution_commands(app: typer.Typer, kind: Kind) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Confirm the order's pending resolution: its final state is written."""
-        from wxrecon.domain import resolution as rules
         from wxrecon.engine import resolution
 
-        try:
-            who = rules.check_actor(actor or default_actor())
-        except rules.ResolutionRefused as exc:
-            raise bad_input(str(exc)) from None
+        who = _who(actor)
         db, order = _order(kind, ref, mchid)
         _confirm(
             f"Approve the pending resolution of {kind.label} #{order.id}?",
@@ -200,10 +206,7 @@ def add_resolution_commands(app: typer.Typer, kind: Kind) -> None:
         from wxrecon.domain import resolution as rules
         from wxrecon.engine import resolution
 
-        try:
-            who = rules.check_actor(actor or default_actor())
-        except rules.ResolutionRefused as exc:
-            raise bad_input(str(exc)) from None
+        who = _who(actor)
         if len(why) > rules.MAX_EVIDENCE:
             raise bad_input(f"--why: at most {rules.MAX_EVIDENCE} characters")
         db, order = _order(kind, ref, mchid)
