@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.fixtures_cli import Cli
-from tests.integration.test_ledger_engine import KEYS, LEDGER, MCHID, Balances
+from tests.integration.test_ledger_engine import KEYS, LEDGER, MCHID, Balances, add_reduction
 from wxrecon.engine import ledger as engine
 from wxrecon.store.models import Event, LedgerSnapshot, SpecialReduction
 from wxrecon.store.sealed import Keyring
@@ -29,25 +29,16 @@ def keyed(cli: Cli) -> Keyring:
 
 def order(cli: Cli, no: str, amount: int, state: str, moves: list[tuple[str, datetime]]) -> int:
     """A reduction now in ``state``, with one event per (to_state, at)."""
+    order_id = add_reduction(
+        cli.db, no, amount, state, updated_at=moves[-1][1] if moves else datetime.now(UTC)
+    )
     with cli.db.transaction() as s:
-        row = SpecialReduction(
-            mchid=MCHID,
-            bal_account_no=KEYS.seal(LEDGER, MCHID, no),
-            bal_account_hash=KEYS.lookup_hash(LEDGER),
-            out_request_no=no,
-            reduction_type="FINANCIAL_PENALTY",
-            amount=amount,
-            state=state,
-            updated_at=moves[-1][1] if moves else datetime.now(UTC),
-        )
-        s.add(row)
-        s.flush()
         previous = "RECEIVED"
         for to, at in moves:
             s.add(
                 Event(
                     kind="reduction",
-                    order_id=row.id,
+                    order_id=order_id,
                     from_state=previous,
                     to_state=to,
                     reason="test",
@@ -55,7 +46,7 @@ def order(cli: Cli, no: str, amount: int, state: str, moves: list[tuple[str, dat
                 )
             )
             previous = to
-        return int(row.id)
+    return order_id
 
 
 def test_report_daily_sums_tie_to_the_events(cli: Cli, keyed: Keyring) -> None:

@@ -54,8 +54,14 @@ def keys() -> Keyring:
 
 
 def add_reduction(
-    db: Database, no: str, amount: int, state: str = "SUCCESS", success_time: datetime | None = None
+    db: Database,
+    no: str,
+    amount: int,
+    state: str = "SUCCESS",
+    success_time: datetime | None = None,
+    updated_at: datetime | None = None,
 ) -> int:
+    """A reduction of LEDGER in ``state``, its number sealed as intake seals it."""
     now = db.now()
     with db.transaction() as s:
         row = SpecialReduction(
@@ -68,7 +74,7 @@ def add_reduction(
             state=state,
             success_time=success_time,
             created_at=now,
-            updated_at=now,
+            updated_at=updated_at or now,
         )
         s.add(row)
         s.flush()
