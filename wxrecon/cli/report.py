@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
@@ -42,13 +42,6 @@ def _format(text: str) -> str:
     if text.lower() not in FORMATS:
         raise typer.BadParameter(f"one of {', '.join(FORMATS)}")
     return text.lower()
-
-
-def _labeller() -> Any:
-    """An order's keyed ledger hash -> the ledger's label (a prefix, as ``ledger list``)."""
-    from wxrecon.domain.outcomes import ledger_label
-
-    return ledger_label
 
 
 @app.command("daily")
@@ -89,7 +82,7 @@ def daily(
             {**d, "ledger": ledger_label(d["ledger_hash"])}
             for d in ledgers.discrepancies(db, start=start, end=end, limit=100_000)
         ],
-        label=_labeller(),
+        label=ledger_label,  # orders carry the ledger's keyed hash
         now=db.now(),
     )
     if fmt == "json":
