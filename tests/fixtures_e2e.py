@@ -27,7 +27,8 @@ class Processes:
         self.procs.append((name, proc, log))
 
     def children(self, name: str) -> list[int]:
-        """Child pids of the process we started as ``name`` (e.g. Celery's pool processes)."""
+        """Child pids of the process we started as ``name``: Celery's pool processes (a
+        worker's intake pump is a child too, and not one of them)."""
         [pid] = [proc.pid for n, proc, _ in self.procs if n == name]
         found = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -35,7 +36,13 @@ class Processes:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent pid
+            if int(fields[1]) != pid:  # field 4 of /proc/PID/stat: the parent pid
+                continue
+            try:
+                command = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"wxrecon.intake_pump" not in command:
                 found.append(int(stat.parent.name))
         return sorted(found)
 

@@ -41,14 +41,16 @@ Enqueue = Callable[[str, dict[str, Any]], None]
 
 def default_enqueue(name: str, kwargs: dict[str, Any]) -> None:
     from wxrecon.logs import safe_reprs
-    from wxrecon.worker import INTAKE_QUEUE, app
+    from wxrecon.worker import POLL_QUEUE, app
 
+    # Polls of orders whose rows exist (nothing is lost if one is: the sweep finds the row);
+    # wxrecon.intake is for orders sent by name, read by the worker's intake pump.
     # Celery logs the reprs (never the values) of what it runs: the ledger number masked.
     reprs = safe_reprs((), kwargs)
     app.send_task(
         name,
         kwargs=kwargs,
-        queue=INTAKE_QUEUE,
+        queue=POLL_QUEUE,
         argsrepr=reprs["argsrepr"],
         kwargsrepr=reprs["kwargsrepr"],
     )

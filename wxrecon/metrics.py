@@ -7,6 +7,7 @@ files that the ``metrics`` process aggregates.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ RATELIMIT_DEFERRALS = Counter(
     "Calls deferred by the shared rate limiter (not counted as attempts), by endpoint.",
     ["endpoint"],
 )
+INTAKE_WAITING = Gauge(
+    "wxrecon_intake_waiting",
+    "By-name intake messages not yet written: on wxrecon.intake or held by an intake pump "
+    "(each pump looks every few seconds; the newest look wins).",
+    multiprocess_mode="livemostrecent",
+)
 INTAKE_DB_RETRIES = Counter(
     "wxrecon_intake_db_retries_total",
     "Intake messages put back to wait for the database (never dropped), by task name.",
@@ -66,6 +73,14 @@ LAST_SWEEP = Gauge(
     ["kind"],
     multiprocess_mode="max",
 )
+
+
+def mark_process_dead(pid: int) -> None:
+    """A dead process's live gauges must leave the multiprocess aggregate."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 def mark_sweep(kind: str, at: float | None = None) -> None:

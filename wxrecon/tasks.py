@@ -39,7 +39,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from wxrecon import callers, metrics, runtime
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
-from wxrecon.engine.intake import intake_bill, intake_reduction
+from wxrecon.engine.intake import IntakeResult, intake_bill, intake_reduction
 from wxrecon.engine.steps import MAX_CHUNK, Steps
 from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.logs import safe_reprs
@@ -108,44 +108,40 @@ def _unknown_fields(unknown: dict[str, Any]) -> str:
     return f"unknown argument(s): {names}"
 
 
-def _refuse(what: str, why: str, context: dict[str, Any]) -> dict[str, Any]:
+class Refused(dict[str, Any]):
+    """What an intake task returns for bad input or a conflict: ``{"error": why}``."""
+
+
+def _refuse(what: str, why: str, context: dict[str, Any], message_id: str | None) -> Refused:
     """Bad input or a conflict: one log line, and a ``<kind>.refused`` outcome event for the
     app (its only record: there is no order row); the task ends, never retried (only a
     database that does not answer is, and the event id is the message's, so once)."""
     log.error("%s refused: %s", what, why, extra=context)
-    _record_refusal(BILL if "out_bill_no" in context else REDUCTION, why, context)
-    return {"error": why}
+    _record_refusal(BILL if "out_bill_no" in context else REDUCTION, why, context, message_id)
+    return Refused(error=why)
 
 
-def _record_refusal(kind: OrderKind, why: str, context: dict[str, Any]) -> None:
-    from celery import current_task
-
+def _record_refusal(
+    kind: OrderKind, why: str, context: dict[str, Any], message_id: str | None
+) -> None:
     from wxrecon.domain.outcomes import outbox_row, refusal_event
     from wxrecon.store.models import utcnow
     from wxrecon.store.outbox import insert_refusal
 
-    message_id = getattr(getattr(current_task, "request", None), "id", None) or uuid.uuid4().hex
     named = {k: v for k, v in context.items() if v != "None"}  # str(None): not given
     now = utcnow()
-    event = refusal_event(kind, str(message_id), named, why, now)
+    event = refusal_event(kind, message_id or uuid.uuid4().hex, named, why, now)
     insert_refusal(runtime.get().db, outbox_row(event, now))
 
 
-def _token(task: Task) -> str | None:
+def intake_token(message_id: str | None) -> str | None:
     # Deterministic per message: a redelivered intake recognises the claim it made before.
-    task_id = task.request.id
-    return f"intake-{task_id}" if task_id else None
+    return f"intake-{message_id}" if message_id else None
 
 
-@app.task(
-    name="wxrecon.submit_special_reduction",
-    bind=True,
-    base=IntakeTask,
-    queue=INTAKE_QUEUE,
-    **INTAKE_RETRY,
-)
-def submit_special_reduction(
-    self: Task,
+def take_reduction(
+    message_id: str | None,
+    /,
     mchid: Any = None,
     bal_account_no: Any = None,
     out_request_no: Any = None,
@@ -154,10 +150,13 @@ def submit_special_reduction(
     reason: Any = None,
     caller: Any = None,
     **unknown: Any,
-) -> dict[str, Any]:
+) -> IntakeResult | Refused:
+    """Check and write one by-name reduction (the row, its event, its claim when new); a
+    database that does not answer raises (DB_DOWN): the message must wait, never drop."""
     context = {"out_request_no": str(out_request_no)[:40], "mchid": str(mchid)[:40]}
+    what = "special reduction"
     if unknown:
-        return _refuse("special reduction", _unknown_fields(unknown), context)
+        return _refuse(what, _unknown_fields(unknown), context, message_id)
     rt = runtime.get()
     try:
         signer = callers.resolve(REDUCTION, caller, rt.profiles, rt.settings)
@@ -169,19 +168,70 @@ def submit_special_reduction(
             amount=amount,
             reason=reason,
         )
-    except InvalidRequest as exc:
-        return _refuse("special reduction", str(exc), context)
-    try:
         with rt.db.transaction() as session:
-            result = intake_reduction(
-                session, request, token=_token(self), lease=rt.settings.claim_lease, caller=signer
+            return intake_reduction(
+                session,
+                request,
+                token=intake_token(message_id),
+                lease=rt.settings.claim_lease,
+                caller=signer,
             )
-    except Conflict as exc:
-        return _refuse("special reduction", str(exc), context)
-    state: str | None = result.state
-    if result.token is not None:
-        state = rt.reconciler().process(REDUCTION, result.order_id, result.token) or state
-    return {"id": result.order_id, "created": result.created, "state": state}
+    except (InvalidRequest, Conflict) as exc:
+        return _refuse(what, str(exc), context, message_id)
+
+
+def take_bill(
+    message_id: str | None, /, out_bill_no: Any = None, caller: Any = None, **unknown: Any
+) -> IntakeResult | Refused:
+    """Check and write one by-name bill to track (as :func:`take_reduction`)."""
+    context = {"out_bill_no": str(out_bill_no)[:40]}
+    what = "bill tracking"
+    if unknown:
+        return _refuse(what, _unknown_fields(unknown), context, message_id)
+    rt = runtime.get()
+    try:
+        out_bill_no = check_order_no(out_bill_no, "out_bill_no")
+        signer = callers.resolve(BILL, caller, rt.profiles, rt.settings)
+        with rt.db.transaction() as session:
+            return intake_bill(
+                session,
+                out_bill_no,
+                token=intake_token(message_id),
+                lease=rt.settings.claim_lease,
+                caller=signer,
+            )
+    except (InvalidRequest, Conflict) as exc:
+        return _refuse(what, str(exc), context, message_id)
+
+
+# Each by-name intake task: its kind and the function that writes its row.
+TAKERS: dict[str, tuple[OrderKind, Any]] = {
+    "wxrecon.submit_special_reduction": (REDUCTION, take_reduction),
+    "wxrecon.track_compensation_bill": (BILL, take_bill),
+}
+
+
+def _taken(kind: OrderKind, taken: IntakeResult | Refused) -> dict[str, Any]:
+    """Run the new order's first step here (the task's own process) and say where it is."""
+    if isinstance(taken, Refused):
+        return dict(taken)
+    state: str | None = taken.state
+    if taken.token is not None:
+        state = runtime.get().reconciler().process(kind, taken.order_id, taken.token) or state
+    return {"id": taken.order_id, "created": taken.created, "state": state}
+
+
+# On a Redis broker the worker's intake pump (wxrecon/inbox.py) reads wxrecon.intake and
+# calls the takers itself; these tasks run on other brokers and when called directly.
+@app.task(
+    name="wxrecon.submit_special_reduction",
+    bind=True,
+    base=IntakeTask,
+    queue=INTAKE_QUEUE,
+    **INTAKE_RETRY,
+)
+def submit_special_reduction(self: Task, **kwargs: Any) -> dict[str, Any]:
+    return _taken(REDUCTION, take_reduction(self.request.id, **kwargs))
 
 
 @app.task(
@@ -191,33 +241,8 @@ def submit_special_reduction(
     queue=INTAKE_QUEUE,
     **INTAKE_RETRY,
 )
-def track_compensation_bill(
-    self: Task, out_bill_no: Any = None, caller: Any = None, **unknown: Any
-) -> dict[str, Any]:
-    context = {"out_bill_no": str(out_bill_no)[:40]}
-    if unknown:
-        return _refuse("bill tracking", _unknown_fields(unknown), context)
-    rt = runtime.get()
-    try:
-        out_bill_no = check_order_no(out_bill_no, "out_bill_no")
-        signer = callers.resolve(BILL, caller, rt.profiles, rt.settings)
-    except InvalidRequest as exc:
-        return _refuse("bill tracking", str(exc), context)
-    try:
-        with rt.db.transaction() as session:
-            result = intake_bill(
-                session,
-                out_bill_no,
-                token=_token(self),
-                lease=rt.settings.claim_lease,
-                caller=signer,
-            )
-    except Conflict as exc:
-        return _refuse("bill tracking", str(exc), context)
-    state: str | None = result.state
-    if result.token is not None:
-        state = rt.reconciler().process(BILL, result.order_id, result.token) or state
-    return {"id": result.order_id, "created": result.created, "state": state}
+def track_compensation_bill(self: Task, **kwargs: Any) -> dict[str, Any]:
+    return _taken(BILL, take_bill(self.request.id, **kwargs))
 
 
 def _claim_args(id: Any, token: Any) -> tuple[int, str] | None:
@@ -320,6 +345,8 @@ poll_reduction, poll_reductions, sweep_reductions = _poll_tasks(
 poll_bill, poll_bills, sweep_bills = _poll_tasks(
     BILL, "wxrecon.poll_bill", "wxrecon.poll_bills", "wxrecon.sweep_bills"
 )
+# The poll an intake pump sends for the order it just wrote and claimed, by kind.
+FIRST_POLL: dict[str, Task] = {REDUCTION.name: poll_reduction, BILL.name: poll_bill}
 
 
 @app.task(name="wxrecon.relay_outcomes", queue=OUTCOME_QUEUE)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 from kombu import Exchange, Queue
 
 from wxrecon.config import Settings, SettingsError, get_settings
@@ -29,6 +31,7 @@ from wxrecon.filemodes import private_dir
 log = logging.getLogger(__name__)
 
 INTAKE_QUEUE = "wxrecon.intake"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 POLL_QUEUE = "wxrecon.poll"
 # The relay's queue: consumed by its own worker (``-Q wxrecon.outcomes``), not the engine's.
 OUTCOME_QUEUE = "wxrecon.outcomes"
@@ -246,8 +249,64 @@ def _fresh_runtime(**_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 def _mark_process_dead(pid: int | None = None, **_: Any) -> None:
-    # Live gauges of a dead pool process must leave the multiprocess aggregate.
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+    from wxrecon import metrics
 
-        multiprocess.mark_process_dead(pid or os.getpid())
+    metrics.mark_process_dead(pid or os.getpid())
+
+
+def pump_wanted(broker_url: str, consumed: Any) -> bool:
+    """A worker reads wxrecon.intake through its intake pump (wxrecon/inbox.py), not kombu,
+    when the broker is Redis and the worker would consume that queue."""
+    return broker_url.startswith(REDIS_SCHEMES) and INTAKE_QUEUE in consumed
+
+
+class IntakePumpStep(bootsteps.StartStopStep):
+    """Starts the worker's intake pump process and takes wxrecon.intake away from kombu's
+    consumer (whose Redis transport can lose a message to a SIGKILL: see wxrecon/inbox.py)."""
+
+    label = "wxrecon intake pump"
+    STOP_WAIT = 15.0  # seconds for the pump to finish the intake it holds
+    WATCH_EVERY = 2.0
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        queues = worker.app.amqp.queues
+        self.enabled = pump_wanted(str(worker.app.conf.broker_url), queues.consume_from)
+        if self.enabled:  # before the consumer starts: it never subscribes to the queue
+            queues.deselect([INTAKE_QUEUE])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.watch: Any = None
+
+    def start(self, worker: Any) -> None:
+        self._spawn(worker.hostname)
+        self.watch = worker.timer.call_repeatedly(self.WATCH_EVERY, self._watch, (worker,))
+
+    def _spawn(self, hostname: str) -> None:
+        command = [sys.executable, "-m", "wxrecon.intake_pump", str(os.getpid()), hostname]
+        self.proc = subprocess.Popen(command)
+        log.info("wxrecon intake pump started (pid %d)", self.proc.pid)
+
+    def _watch(self, worker: Any) -> None:
+        """A pump that died (killed, crashed) is started again; what it held is recovered."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning("wxrecon intake pump exited (%s); starting another", self.proc.returncode)
+            self._spawn(worker.hostname)
+
+    def stop(self, worker: Any) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(self.STOP_WAIT)
+        except subprocess.TimeoutExpired:  # what it holds stays in flight, recovered later
+            proc.kill()
+            proc.wait()
+
+    shutdown = stop
+
+
+app.steps["worker"].add(IntakePumpStep)

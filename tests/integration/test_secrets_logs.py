@@ -161,7 +161,9 @@ def test_worker_logs_never_carry_the_ledger_number(
     command = [sys.executable, "-m", "celery", "-A", "wxrecon.worker", "worker", "-P", "solo"]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [*command, "-Q", INTAKE_QUEUE, "--without-gossip", "--without-mingle", "-l", "DEBUG"],
+            # Both queues: the intake pump reads wxrecon.intake and hands what is not an
+            # intake (the unregistered and invalid messages) to Celery on wxrecon.poll.
+            [*command, "--without-gossip", "--without-mingle", "-l", "DEBUG"],
             env=env,
             cwd=tmp_path,
             stdout=log_file,
