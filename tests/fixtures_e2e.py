@@ -51,6 +51,14 @@ class Processes:
             if proc.poll() is not None:
                 raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
 
+    def kill9(self, name: str) -> None:
+        """SIGKILL the whole process group of ``name`` (a worker with its pool and pump), as
+        the OOM killer or a lost machine would; it is forgotten, so start it again."""
+        [entry] = [e for e in self.procs if e[0] == name]
+        os.killpg(entry[1].pid, signal.SIGKILL)
+        entry[1].wait(10)
+        self.procs.remove(entry)
+
     def stop(self) -> None:
         for _, proc, _ in self.procs:
             if proc.poll() is None:

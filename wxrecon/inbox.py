@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 INFLIGHT = "wxrecon.intake.inflight."  # + pump id: the messages a pump holds
 ALIVE = "wxrecon.intake.alive."  # + pump id: set with a TTL while the pump runs
 DEAD = "wxrecon.intake.dead"  # an intake that failed for another reason than the database
-ALIVE_TTL = 30  # seconds a silent pump's messages stay its own
+ALIVE_TTL = 10  # seconds a silent pump's messages stay its own (it beats every second)
 RECOVER_EVERY = 5.0
 MAX_MESSAGE = 1 << 20  # bytes; larger is nobody's order: moved on for Celery to refuse
 # kombu's Redis keys for a queue's priority steps: the name, then name + "\x06\x16" + step.
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
-DB_WAIT_MAX = 30.0
+# Shorter than ALIVE_TTL: a pump waiting out an outage beats between its tries and keeps what
+# it holds (one connection attempt every few seconds costs nothing).
+DB_WAIT_MAX = 5.0
 
 
 # -- the rules (pure) --------------------------------------------------------------------------
