@@ -8,7 +8,7 @@ broker no Celery consumer reads ``wxrecon.intake``: each worker starts this pump
 process of its own (no thread in a parent that forks), which
 
 - moves each message atomically (BRPOPLPUSH) into its own in-flight list,
-- writes the order's row through the same takers as the tasks (``tasks.TAKERS``), waiting out
+- writes the order's row through the same takers as the tasks (``takers.TAKERS``), waiting out
   a database that does not answer for as long as it takes (the message stays in flight),
 - publishes the new order's first poll to ``wxrecon.poll`` after the commit, and only then
   removes the message from its in-flight list.

@@ -42,7 +42,7 @@ def napper(stopped: Callable[[], bool]) -> Callable[[float], None]:
 def run(ident: str, stopped: Callable[[], bool]) -> int:
     import redis
 
-    from wxrecon import metrics, tasks
+    from wxrecon import metrics, takers, tasks
     from wxrecon.config import get_settings
     from wxrecon.inbox import Inbox, Intake, Pump
     from wxrecon.logs import configure_logging
@@ -64,13 +64,13 @@ def run(ident: str, stopped: Callable[[], bool]) -> int:
             log.error(
                 "%s refused: %s (%d given)",
                 intake.task,
-                tasks.POSITIONAL_REFUSED,
+                takers.POSITIONAL_REFUSED,
                 len(intake.args),
             )
             return None
-        kind, taker = tasks.TAKERS[intake.task]
+        kind, taker = takers.TAKERS[intake.task]
         taken = taker(intake.id, **{str(k): v for k, v in intake.kwargs.items()})
-        return None if isinstance(taken, tasks.Refused) or taken.token is None else (kind, taken)
+        return None if isinstance(taken, takers.Refused) or taken.token is None else (kind, taken)
 
     def publish(follow: Any) -> None:
         kind, taken = follow
@@ -84,10 +84,10 @@ def run(ident: str, stopped: Callable[[], bool]) -> int:
 
     pump = Pump(
         Inbox(client, INTAKE_QUEUE, POLL_QUEUE, ident),
-        list(tasks.TAKERS),
+        list(takers.TAKERS),
         take,
         publish,
-        tasks.DB_DOWN,
+        takers.DB_DOWN,
         stopped,
         on_waiting=metrics.INTAKE_WAITING.set,
         sleep=napper(stopped),

@@ -28,28 +28,23 @@ nowhere else.
 from __future__ import annotations
 
 import logging
-import uuid
 from contextlib import closing
 from typing import Any
 
 from celery import Task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from wxrecon import callers, metrics, runtime
-from wxrecon.domain.errors import Conflict
+from wxrecon import metrics, runtime
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
-from wxrecon.engine.intake import IntakeResult, intake_bill, intake_reduction
+from wxrecon.engine.intake import IntakeResult
 from wxrecon.engine.steps import MAX_CHUNK, Steps
 from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.logs import safe_reprs
-from wxrecon.wechatpay.errors import InvalidRequest
-from wxrecon.wechatpay.resources import SpecialReductionRequest, check_order_no
+from wxrecon.takers import DB_DOWN, POSITIONAL_REFUSED, Refused, take_bill, take_reduction
 from wxrecon.worker import INTAKE_QUEUE, OUTCOME_QUEUE, POLL_QUEUE, RETRY_BACKOFF_MAX, app
 
 log = logging.getLogger(__name__)
 
-DB_DOWN = (OperationalError, InterfaceError)
 # Only a database that does not answer is retried (with backoff); nothing else is.
 RETRY_WHILE_DB_DOWN: dict[str, Any] = {
     "autoretry_for": DB_DOWN,
@@ -68,9 +63,6 @@ def _count_intake_retry(request: Any = None, **_: Any) -> None:
     name = getattr(request, "task", None)
     if name in INTAKE_TASKS:
         metrics.INTAKE_DB_RETRIES.labels(name).inc()
-
-
-POSITIONAL_REFUSED = "positional arguments are not accepted: send JSON kwargs"
 
 
 class WxreconTask(Task):
@@ -101,114 +93,6 @@ class IntakeTask(WxreconTask):
             # that cannot reach the broker, it stays unacknowledged and comes back after the
             # visibility timeout.
             raise Reject(getattr(exc, "reason", None), requeue=True) from None
-
-
-def _unknown_fields(unknown: dict[str, Any]) -> str:
-    names = ", ".join(sorted(str(k)[:40] for k in unknown)[:5])
-    return f"unknown argument(s): {names}"
-
-
-class Refused(dict[str, Any]):
-    """What an intake task returns for bad input or a conflict: ``{"error": why}``."""
-
-
-def _refuse(what: str, why: str, context: dict[str, Any], message_id: str | None) -> Refused:
-    """Bad input or a conflict: one log line, and a ``<kind>.refused`` outcome event for the
-    app (its only record: there is no order row); the task ends, never retried (only a
-    database that does not answer is, and the event id is the message's, so once)."""
-    log.error("%s refused: %s", what, why, extra=context)
-    _record_refusal(BILL if "out_bill_no" in context else REDUCTION, why, context, message_id)
-    return Refused(error=why)
-
-
-def _record_refusal(
-    kind: OrderKind, why: str, context: dict[str, Any], message_id: str | None
-) -> None:
-    from wxrecon.domain.outcomes import outbox_row, refusal_event
-    from wxrecon.store.models import utcnow
-    from wxrecon.store.outbox import insert_refusal
-
-    named = {k: v for k, v in context.items() if v != "None"}  # str(None): not given
-    now = utcnow()
-    event = refusal_event(kind, message_id or uuid.uuid4().hex, named, why, now)
-    insert_refusal(runtime.get().db, outbox_row(event, now))
-
-
-def intake_token(message_id: str | None) -> str | None:
-    # Deterministic per message: a redelivered intake recognises the claim it made before.
-    return f"intake-{message_id}" if message_id else None
-
-
-def take_reduction(
-    message_id: str | None,
-    /,
-    mchid: Any = None,
-    bal_account_no: Any = None,
-    out_request_no: Any = None,
-    reduction_type: Any = None,
-    amount: Any = None,
-    reason: Any = None,
-    caller: Any = None,
-    **unknown: Any,
-) -> IntakeResult | Refused:
-    """Check and write one by-name reduction (the row, its event, its claim when new); a
-    database that does not answer raises (DB_DOWN): the message must wait, never drop."""
-    context = {"out_request_no": str(out_request_no)[:40], "mchid": str(mchid)[:40]}
-    what = "special reduction"
-    if unknown:
-        return _refuse(what, _unknown_fields(unknown), context, message_id)
-    rt = runtime.get()
-    try:
-        signer = callers.resolve(REDUCTION, caller, rt.profiles, rt.settings)
-        request = SpecialReductionRequest.create(
-            mchid=mchid,
-            bal_account_no=bal_account_no,
-            out_request_no=out_request_no,
-            reduction_type=reduction_type,
-            amount=amount,
-            reason=reason,
-        )
-        with rt.db.transaction() as session:
-            return intake_reduction(
-                session,
-                request,
-                token=intake_token(message_id),
-                lease=rt.settings.claim_lease,
-                caller=signer,
-            )
-    except (InvalidRequest, Conflict) as exc:
-        return _refuse(what, str(exc), context, message_id)
-
-
-def take_bill(
-    message_id: str | None, /, out_bill_no: Any = None, caller: Any = None, **unknown: Any
-) -> IntakeResult | Refused:
-    """Check and write one by-name bill to track (as :func:`take_reduction`)."""
-    context = {"out_bill_no": str(out_bill_no)[:40]}
-    what = "bill tracking"
-    if unknown:
-        return _refuse(what, _unknown_fields(unknown), context, message_id)
-    rt = runtime.get()
-    try:
-        out_bill_no = check_order_no(out_bill_no, "out_bill_no")
-        signer = callers.resolve(BILL, caller, rt.profiles, rt.settings)
-        with rt.db.transaction() as session:
-            return intake_bill(
-                session,
-                out_bill_no,
-                token=intake_token(message_id),
-                lease=rt.settings.claim_lease,
-                caller=signer,
-            )
-    except (InvalidRequest, Conflict) as exc:
-        return _refuse(what, str(exc), context, message_id)
-
-
-# Each by-name intake task: its kind and the function that writes its row.
-TAKERS: dict[str, tuple[OrderKind, Any]] = {
-    "wxrecon.submit_special_reduction": (REDUCTION, take_reduction),
-    "wxrecon.track_compensation_bill": (BILL, take_bill),
-}
 
 
 def _taken(kind: OrderKind, taken: IntakeResult | Refused) -> dict[str, Any]:
