@@ -106,6 +106,25 @@ def db_wait(attempt: int) -> float:
     return float(min(DB_WAIT_MAX, 0.5 * 2 ** min(attempt, 16)))
 
 
+NAMED = ("out_request_no", "out_bill_no", "mchid", "caller")  # what a listing may show
+
+
+def describe(raw: bytes, tasks: Sequence[str]) -> dict[str, Any]:
+    """A message as an operator may see it: its id, task and order numbers, never its other
+    values (``bal_account_no`` above all)."""
+    found = read_intake(raw, tasks)
+    if found is None:
+        try:
+            headers = json.loads(raw).get("headers") or {}
+        except (ValueError, AttributeError):
+            headers = {}
+        task = headers.get("task") if isinstance(headers, dict) else None
+        ident = headers.get("id") if isinstance(headers, dict) else None
+        return {"id": str(ident)[:64] if ident else None, "task": str(task)[:80] if task else None}
+    shown = {k: str(found.kwargs[k])[:64] for k in NAMED if k in found.kwargs}
+    return {"id": found.id, "task": found.task, **shown}
+
+
 # -- the queue (Redis) -------------------------------------------------------------------------
 
 
@@ -166,6 +185,42 @@ class Inbox:
 
     def close(self) -> None:
         self.client.delete(self.alive)  # another pump may recover what is left at once
+
+
+def look(client: Any, queue: str) -> dict[str, Any]:
+    """What waits: on the queue, in each pump's hands (and whether that pump is alive), and
+    set aside on the dead list."""
+    pumps: dict[str, dict[str, Any]] = {}
+    for key in client.scan_iter(match=INFLIGHT + "*", count=100):
+        owner = (key.decode() if isinstance(key, bytes) else key)[len(INFLIGHT) :]
+        pumps[owner] = {"held": client.llen(key), "alive": bool(client.exists(ALIVE + owner))}
+    for key in client.scan_iter(match=ALIVE + "*", count=100):
+        owner = (key.decode() if isinstance(key, bytes) else key)[len(ALIVE) :]
+        pumps.setdefault(owner, {"held": 0, "alive": True})
+    queued = sum(client.llen(k) for k in queue_keys(queue))
+    return {"queued": queued, "pumps": pumps, "dead": client.llen(DEAD)}
+
+
+def dead_messages(client: Any, limit: int) -> list[bytes]:
+    """The set-aside messages, oldest first (they are pushed on the left)."""
+    return [bytes(m) for m in reversed(client.lrange(DEAD, -limit, -1))]
+
+
+# Move one message from the dead list to the queue's next place, only if it is still there.
+_REPLAY = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def replay(client: Any, queue: str, raws: Sequence[bytes]) -> int:
+    """Put set-aside messages back on the queue, each atomically; how many moved (one another
+    operator replayed first is not moved twice)."""
+    script = client.register_script(_REPLAY)
+    return sum(int(script(keys=[DEAD, queue_keys(queue)[0]], args=[raw])) for raw in raws)
 
 
 # -- the loop ----------------------------------------------------------------------------------

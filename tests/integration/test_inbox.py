@@ -231,3 +231,58 @@ def test_a_broker_that_fails_after_the_write_is_retried_until_the_message_is_don
     rec.pump().once()
     assert [i.id for i in rec.taken] == ["m1"]  # written once, not again
     assert rec.sleeps == [0.5, 1.0] and client.llen(box.inflight) == 0
+
+
+# -- what operators see and do: wxrecon intake -----------------------------------------------
+
+
+def test_a_listing_shows_ids_and_numbers_never_the_ledger_number(business: Celery) -> None:
+    client = redis.Redis.from_url(business.conf.broker_url)
+    business.send_task(SUBMIT, kwargs=ORDER, queue=INTAKE_QUEUE, task_id="m1")
+    [raw] = sent(client)
+    shown = inbox.describe(raw, TASKS)
+    assert shown == {"id": "m1", "task": SUBMIT, "out_request_no": "P1", "mchid": "1900000109"}
+    assert inbox.describe(b"garbage", TASKS) == {"id": None, "task": None}
+    client.close()
+
+
+def test_intake_cli_status_dead_and_replay(cli: Any, redis_db: str, business: Celery) -> None:
+    client = redis.Redis.from_url(redis_db)
+    cli.setenv(WXRECON_BROKER_URL=redis_db)
+    business.send_task(SUBMIT, kwargs=ORDER, queue=INTAKE_QUEUE, task_id="m1")
+    business.send_task(
+        SUBMIT, kwargs={**ORDER, "out_request_no": "P2"}, queue=INTAKE_QUEUE, task_id="m2"
+    )
+    box, rec = make(client)
+    rec.fail = [ValueError("a bug"), ValueError("a bug")]
+    pump = rec.pump()
+    pump.once()
+    pump.once()
+    assert client.llen(DEAD) == 2
+    status = json.loads(cli.ok("intake", "status", "--json").stdout)
+    assert status["queued"] == 0 and status["dead"] == 2
+    assert status["pumps"] == {box.id: {"held": 0, "alive": True}}
+    listing = cli.ok("intake", "dead").stdout
+    assert "m1" in listing and "P2" in listing and ORDER["bal_account_no"] not in listing
+    assert [m["id"] for m in json.loads(cli.ok("intake", "dead", "--json").stdout)["dead"]] == [
+        "m1",
+        "m2",
+    ]
+    assert "--id" in cli.fails("intake", "replay", code=2)
+    assert "not set aside: nope" in cli.fails("intake", "replay", "--id", "nope")
+    assert cli.run("intake", "replay", "--id", "m2", input="n\n").exit_code != 0  # asked, declined
+    assert client.llen(DEAD) == 2
+    assert json.loads(cli.ok("intake", "replay", "--id", "m2", "--json").stdout) == {"replayed": 1}
+    assert [inbox.describe(m, TASKS)["id"] for m in sent(client)] == ["m2"]
+    pump.once()  # taken again, and written this time
+    assert [i.id for i in rec.taken] == ["m2"] and client.llen(DEAD) == 1
+    assert "✓ 1 message(s)" in cli.ok("intake", "replay", "--all", "--yes").stdout
+    assert "nothing is set aside" in cli.fails("intake", "replay", "--all", "--yes")
+    client.close()
+
+
+def test_intake_cli_refuses_other_brokers_and_a_silent_one_in_one_line(cli: Any) -> None:
+    cli.setenv(WXRECON_BROKER_URL="filesystem://")
+    assert "Redis brokers only" in cli.fails("intake", "status")
+    cli.setenv(WXRECON_BROKER_URL="redis://127.0.0.1:1/0")
+    assert "the broker does not answer" in cli.fails("intake", "dead")

@@ -9,6 +9,7 @@ from wxrecon.cli.api import app as api_app
 from wxrecon.cli.bill import app as bill_app
 from wxrecon.cli.db import app as db_app
 from wxrecon.cli.errors import OneLineErrors
+from wxrecon.cli.intake import app as intake_app
 from wxrecon.cli.ledger import app as ledger_app
 from wxrecon.cli.outcomes import app as outcomes_app
 from wxrecon.cli.reduction import app as reduction_app
@@ -52,6 +53,7 @@ def _register(root: typer.Typer) -> None:
     root.add_typer(reduction_app, name="reduction", help="Special reductions.")
     root.add_typer(bill_app, name="bill", help="Compensation bills.")
     root.add_typer(outcomes_app, name="outcomes", help="Outcome events told to the apps.")
+    root.add_typer(intake_app, name="intake", help="Orders sent by name not written yet.")
     root.add_typer(ledger_app, name="ledger", help="Ledger balance snapshots and checks.")
     root.add_typer(report_app, name="report", help="Statements.")
     root.command("balance")(provider.balance)
