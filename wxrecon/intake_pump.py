@@ -70,7 +70,17 @@ def run(ident: str, stopped: Callable[[], bool]) -> int:
             return None
         kind, taker = takers.TAKERS[intake.task]
         taken = taker(intake.id, **{str(k): v for k, v in intake.kwargs.items()})
-        return None if isinstance(taken, takers.Refused) or taken.token is None else (kind, taken)
+        if isinstance(taken, takers.Refused):
+            return None  # the takers logged why and told the app
+        log.info(
+            "intake %s (%s): %s #%s %s",
+            intake.id,
+            intake.task,
+            kind.name,
+            taken.order_id,
+            "written" if taken.created else f"already known ({taken.state})",
+        )
+        return None if taken.token is None else (kind, taken)
 
     def publish(follow: Any) -> None:
         kind, taken = follow
