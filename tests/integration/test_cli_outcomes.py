@@ -111,3 +111,39 @@ def test_refusals(cli: Cli) -> None:
         "outcomes", "redeliver", "1", "--since", "2h", code=2
     )
     assert "--since" in cli.fails("outcomes", "list", "--since", "yesterday-ish", code=2)
+
+
+def deliver(cli: Cli, event_id: str, at: datetime) -> None:
+    with cli.db.begin() as conn:
+        conn.execute(
+            Outcome.__table__.update()
+            .where(Outcome.event_id == event_id)
+            .values(delivery="delivered", delivered_at=at)
+        )
+
+
+def test_prune_deletes_only_old_delivered_events_in_batches(cli: Cli) -> None:
+    now = datetime.now(UTC)
+    old = [add(cli, i, 1) for i in range(1, 6)]
+    for event_id in old:
+        deliver(cli, event_id, now - timedelta(days=40))
+    recent = add(cli, 10, 1)
+    deliver(cli, recent, now - timedelta(days=2))
+    pending, dead = add(cli, 11, 1), add(cli, 12, 1)  # occurred long ago, still owed
+    kill(cli, dead)
+    assert "at least 86400" in cli.fails("outcomes", "prune", "--delivered-before", "2h")
+    assert cli.run("outcomes", "prune", "--delivered-before", "30d", input="n\n").exit_code
+    assert cli.count(Outcome) == 8  # declined: nothing deleted
+    doc = json.loads(
+        cli.ok("outcomes", "prune", "--delivered-before", "30d", "--batch", "2", "--json").stdout
+    )
+    assert doc["pruned"] == 5 and doc["interrupted"] is False
+    left = {
+        o["event"]["event_id"]
+        for o in json.loads(cli.ok("outcomes", "list", "--json").stdout)["outcomes"]
+    }
+    assert left == {recent, pending, dead}
+    shown = cli.ok("outcomes", "prune", "--delivered-before", "1d", "--yes").stdout
+    assert "1 delivered outcome event(s) deleted" in shown  # the one delivered 2 days ago
+    assert cli.count(Outcome) == 2  # the pending and the dead one are never pruned
+    assert outbox.prune(cli.db, delivered_before=now, batch=10) == 0

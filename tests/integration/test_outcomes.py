@@ -333,3 +333,31 @@ def test_a_conflicting_intake_is_refused_with_an_event(
     tasks.submit_special_reduction.apply(kwargs={**GOOD, "amount": 1}, task_id="m-c").get()
     [out] = [r for r in rows(db) if r["type"] == "reduction.refused"]
     assert "already exists" in json.loads(out["payload"])["reason"]
+
+
+def test_prune_deletes_old_delivered_events_on_both_databases(db: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from wxrecon.store import outbox
+    from wxrecon.store.models import Outcome
+
+    now = datetime.now(UTC)
+    rows = []
+    for i, (delivery, age) in enumerate(
+        [("delivered", 40), ("delivered", 40), ("delivered", 40), ("delivered", 1), ("dead", 40)]
+    ):
+        event = dict.fromkeys(outcomes.FIELDS)
+        event.update(event_id=f"e{i}", type="reduction.succeeded", kind="reduction", order_id=i)
+        event.update(state="SUCCESS", occurred_at=now.isoformat())
+        row = outcomes.outbox_row(event, now - timedelta(days=age))
+        row.update(delivery=delivery, delivered_at=now - timedelta(days=age))
+        rows.append(row)
+    with db.begin() as conn:
+        conn.execute(insert(Outcome.__table__), rows)
+    cutoff = now - timedelta(days=30)
+    assert outbox.prune(db, delivered_before=cutoff, batch=2) == 2  # one batch
+    assert outbox.prune(db, delivered_before=cutoff, batch=2) == 1
+    assert outbox.prune(db, delivered_before=cutoff, batch=2) == 0
+    with db.connect() as conn:
+        left = set(conn.execute(select(Outcome.event_id)).scalars())
+    assert left == {"e3", "e4"}  # the recent one and the dead one

@@ -16,7 +16,7 @@ import typer
 from wxrecon.cli.database import database
 from wxrecon.cli.errors import CliError, bad_input
 from wxrecon.cli.output import JsonOpt, Output, ago, state_text, table
-from wxrecon.cli.params import Since, State
+from wxrecon.cli.params import Duration, Since, State
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -171,3 +171,47 @@ def redeliver(
         out.json({"redelivered": ids})
     else:
         out.print(f"{len(ids)} outcome(s) pending delivery again")
+
+
+@app.command("prune")
+def prune(
+    delivered_before: Annotated[
+        float,
+        typer.Option(
+            "--delivered-before",
+            help="Delete events delivered longer ago than this (at least 1d), e.g. 30d.",
+            parser=Duration(minimum=86_400),
+            metavar="AGE",
+        ),
+    ],
+    batch: Annotated[int, typer.Option("--batch", min=1, max=100_000)] = 5_000,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete delivered outcome events older than an age, in committed batches (the outbox
+    otherwise keeps every event forever); pending and dead ones are kept. Ctrl-C stops at a
+    batch boundary."""
+    from datetime import timedelta
+
+    from wxrecon.cli.progress import stop_on_interrupt
+    from wxrecon.store import outbox
+
+    db = database()
+    cutoff = datetime.now(UTC) - timedelta(seconds=delivered_before)
+    if not yes and not json_out:
+        typer.confirm(
+            f"delete outcome events delivered before {cutoff:%Y-%m-%d %H:%M} UTC?", abort=True
+        )
+    pruned = 0
+    with stop_on_interrupt() as stop:
+        while not stop:
+            done = outbox.prune(db, delivered_before=cutoff, batch=batch)
+            pruned += done
+            if done < batch:
+                break
+    out = Output(json_out)
+    if json_out:
+        out.json({"pruned": pruned, "delivered_before": cutoff, "interrupted": bool(stop)})
+    else:
+        tail = " (interrupted: run it again to go on)" if stop else ""
+        out.print(f"{pruned} delivered outcome event(s) deleted{tail}")

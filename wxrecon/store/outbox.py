@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, exists, func, select, update
+from sqlalchemy import Table, and_, delete, exists, func, select, update
 from sqlalchemy.orm import aliased
 
 from wxrecon.store.db import Database
@@ -148,6 +148,19 @@ def redeliver(
     )
     with db.begin() as conn:
         return sorted(conn.execute(stmt.returning(T.c.id)).scalars())
+
+
+def prune(db: Database, *, delivered_before: datetime, batch: int) -> int:
+    """Delete one committed batch of events delivered before ``delivered_before``; how many.
+    Pending and dead events are never pruned (they are still owed to an app)."""
+    doomed = (
+        select(T.c.id)
+        .where(T.c.delivery == DELIVERED, T.c.delivered_at < delivered_before)
+        .order_by(T.c.id)
+        .limit(batch)
+    )
+    with db.begin() as conn:
+        return int(conn.execute(delete(T).where(T.c.id.in_(doomed.scalar_subquery()))).rowcount)
 
 
 def find(db: Database, ref: str) -> Any:
