@@ -17,6 +17,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from wxrecon.cli.errors import describe
 from wxrecon.store.db import Database
 
+# New ids per ``poll_reductions`` message. Not ``poll_chunk`` (10): at thousands of rows a
+# second one send_task per ten rows was the largest cost of an import. Not MAX_CHUNK (1000)
+# either: a message is one task, whose orders one worker process marks SUBMITTED together and
+# then sends in turn, so it must end well inside the task's soft time limit (0.6 × the claim
+# lease: 72 s by default; 100 orders take a few seconds), and a small import should still
+# spread over several worker processes.
+CHUNK = 100
+
 
 class Importer:
     def __init__(
@@ -95,7 +103,7 @@ class Importer:
                     for signer in dict.fromkeys(c for _, _, c in batch):  # one call a caller
                         part = [r for _, r, c in batch if c == signer]
                         results += intake.submit_requests(
-                            session, part, enqueue=self.sender, caller=signer
+                            session, part, enqueue=self.sender, caller=signer, chunk=CHUNK
                         )
             except Conflict:
                 return self._one_by_one(batch)
