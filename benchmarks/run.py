@@ -177,14 +177,19 @@ def run_import_phase(
         console.print(f"  {name}: {value} (goal {op} {target:g}) {'met' if met else 'NOT met'}")
     for n, run in r["runs"].items():
         console.print(
-            f"  {int(n):>9,} rows: {run['rows_per_second']:,.0f} rows/s, "
-            f"peak RSS {run['peak_rss_mb']} MB, exit {run['exit_code']}"
+            f"  {int(n):>9,} rows: {run['rows_per_second']:,.0f} rows/s "
+            f"({run['seconds']} s), peak RSS {run['peak_rss_mb']} MB, exit {run['exit_code']}, "
+            f"load average {run['load_before']} -> {run['load_after']}"
         )
+    if growth is not None:
+        console.print(f"  peak RSS {sizes[0]:,} vs {sizes[1]:,} rows: {growth:+.1f} %")
     k = r["kill_and_rerun"]
     console.print(
         f"  killed at {k['stored_when_killed']:,} of {k['rows']:,}; after the re-run "
         f"{k['orders']:,} orders ({k['distinct_orders']:,} distinct): "
-        f"{'exact' if k['exact'] else 'NOT exact'}"
+        f"{'exact' if k['exact'] else 'NOT exact'}; re-run {k['rerun']['created']:,} new + "
+        f"{k['rerun']['existing']:,} known at {k['rerun']['rows_per_second']:,.0f} rows/s, "
+        f"{k['enqueued_ids']:,} ids enqueued ({k['enqueued_distinct']:,} distinct)"
     )
     report["import"] = r
 
