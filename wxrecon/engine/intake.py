@@ -192,13 +192,15 @@ def intake_reductions(
     Database the session came from, else the process's (SealError, one line, when missing)."""
     keys = keys or keyring_of(session)
     orders = [reduction_values(r, keys, caller) for r in requests]
-    by_key = {(r.mchid, r.out_request_no): r for r in requests}
+    # Each order's own request, by position: a number repeated in one batch with other
+    # parameters must be compared as given, not as its last repetition.
+    request_of = {id(o): r for o, r in zip(orders, requests, strict=True)}
 
     def differences(stored: Any, order: Mapping[str, Any]) -> list[str]:
-        # Each seal has a fresh nonce: the ledger numbers are compared by their hashes.
-        request = by_key[(order["mchid"], order["out_request_no"])]
+        request = request_of[id(order)]
         differs = [n for n in request_differences(stored, request) if n != "bal_account_no"]
-        if stored.bal_account_hash != keys.lookup_hash(request.bal_account_no):
+        # Each seal has a fresh nonce: the ledger numbers are compared by their hashes.
+        if stored.bal_account_hash != order["bal_account_hash"]:
             differs.insert(0, "bal_account_no")
         return differs
 
