@@ -4,6 +4,9 @@ again (SQLite and PostgreSQL), prints progress lines off a terminal; bulk retry 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,6 +145,38 @@ def test_a_rerun_looks_stored_rows_up_once_a_batch(cli_any: Cli, tmp_path: Path)
     assert out == {"created": 0, "existing": 120, "refused": []}
     assert len(seen) == 3  # one per batch (50, 50, 20), not one per row
     assert cli.sent == [] and stored(cli) == (120, 120, 120)
+
+
+# Modules an import never needs: the simulator, the demo, the web console, the provider client
+# and its HTTP stack (each costs start-up time, which a script importing many files pays).
+HEAVY = ("wxrecon.simulator", "wxrecon.demo.", "wxrecon.web", "wxrecon.wechatpay.client", "httpx")
+
+
+def test_an_import_starts_without_the_heavy_modules(cli: Cli, tmp_path: Path):
+    f = csv_file(tmp_path, 3)
+    code = (
+        "import atexit, sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "atexit.register(lambda: print('loaded:', sorted(m for m in sys.modules"
+        " if m.startswith(heavy))))\n"
+        f"sys.argv = ['wxrecon', 'import', {str(f)!r}, '--json']\n"
+        "from wxrecon.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "WXRECON_BROKER_URL": "memory://"}  # the fixture's database, keys
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert json.loads(done.stdout.splitlines()[0]) == {"created": 3, "existing": 0, "refused": []}
+    assert done.stdout.splitlines()[-1] == "loaded: []", done.stdout
+    # ... and the lazy groups are still there when named.
+    for group, inside in (
+        ("sim", "serve"),
+        ("web", "token"),
+        ("api", "query-bill"),
+        ("demo", "--orders"),
+    ):
+        assert inside in cli.ok(group, "--help").stdout
 
 
 def test_every_refusal_is_reported_and_the_rest_written(cli: Cli, tmp_path: Path):

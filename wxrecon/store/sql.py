@@ -219,8 +219,8 @@ def _find_joined(name: str, unique: tuple[str, ...]) -> Any:
 @functools.cache
 def _find_in(name: str, unique: tuple[str, ...]) -> Any:
     t = Base.metadata.tables[name]
-    keys = bindparam("keys", expanding=True)
-    return select(t).where(tuple_(*(t.c[c] for c in unique)).in_(keys))
+    wanted: Any = bindparam("keys", expanding=True)
+    return select(t).where(tuple_(*(t.c[c] for c in unique)).in_(wanted))
 
 
 def claim(
