@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+IMPORT_DB = "wxrecon_bench_import"
 IMPORT_GOALS = {"rows_per_second": ("≥", 5000.0), "peak_rss_mb": ("≤", 150.0)}
 
 
@@ -158,7 +159,7 @@ def run_import_phase(
     console.print("[bold]bulk import[/]")
     sizes = [int(x) for x in args.import_rows.split(",")]
     r = bulk_import.measure(
-        POSTGRES_URL, "wxrecon_bench_import", sizes, work, args.import_batch, args.import_kill_rows
+        POSTGRES_URL, IMPORT_DB, sizes, work, args.import_batch, args.import_kill_rows
     )
     large, small = (r["runs"][str(n)] for n in sizes)
     growth = (
