@@ -35,6 +35,7 @@ class Importer:
         self.created = self.existing = 0
         self.last_line = 1  # the header
         self.problem: str | None = None
+        self.signers: dict[str, str] = {}
 
     def counts(self) -> dict[str, int]:
         return {
@@ -49,7 +50,6 @@ class Importer:
         stop: Any,
         progress: Callable[[], None],
     ) -> None:
-        from wxrecon import intake
         from wxrecon.cli.csv_import import check
         from wxrecon.wechatpay.errors import InvalidRequest
 
@@ -65,9 +65,7 @@ class Importer:
             else:
                 try:
                     request = check(row)
-                    batch.append(
-                        (line, request, intake.reduction_caller(row.get("caller") or None))
-                    )
+                    batch.append((line, request, self._signer(row.get("caller") or "")))
                     refused = ""
                 except InvalidRequest as exc:
                     refused = describe(exc)[1]
@@ -87,6 +85,17 @@ class Importer:
         if batch and self._write(batch):
             self.last_line = batch[-1][0]
         progress()
+
+    def _signer(self, named: str) -> str:
+        """The row's caller checked as :func:`wxrecon.intake.reduction_caller` does; the
+        known ones remembered (a few profiles; an unknown name is checked, and refused, anew
+        each time, so a file of bad names cannot grow this)."""
+        from wxrecon import intake
+
+        known = self.signers.get(named)
+        if known is None:
+            known = self.signers[named] = intake.reduction_caller(named or None)
+        return known
 
     def _write(self, batch: list[tuple[int, Any, str]]) -> bool:
         """One batch in one transaction; False when the database failed (nothing of the
