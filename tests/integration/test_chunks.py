@@ -401,6 +401,30 @@ def test_stored_orders_are_looked_up_together_not_one_select_each(
     assert count(db) == 31
 
 
+def test_the_look_up_searches_the_unique_index(db: Database) -> None:
+    """Not a scan of the whole table per page of keys (SQLite's plan for the row-value
+    ``IN (VALUES …)`` SQLAlchemy renders: a re-run of a big file would read the table once
+    per 500 rows)."""
+    seen: list[tuple[str, Any]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if "special_reductions" in statement:
+            seen.append((statement, params))
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    keys = [(MCHID, "A1"), (MCHID, "A2"), (OTHER_MCHID, "A1")]
+    with db.begin() as conn:
+        assert sql.find_by_numbers(conn, SpecialReduction, ("mchid", "out_request_no"), keys) == []
+        [(statement, params)] = seen
+        if db.is_postgresql:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # the table is empty
+        explain = "EXPLAIN " if db.is_postgresql else "EXPLAIN QUERY PLAN "
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(explain + statement, params))
+    plan = plan.lower()
+    assert "index" in plan, plan
+    assert "scan special_reductions" not in plan and "seq scan on special_reductions" not in plan
+
+
 def test_a_bulk_insert_stores_every_value_as_given(db: Database) -> None:
     """The PostgreSQL insert sends each column as one binary array: text with the
     characters a text array would quote or escape, no reason at all, the largest amount;
