@@ -163,9 +163,11 @@ def run_import_phase(
     )
     large, small = (r["runs"][str(n)] for n in sizes)
     growth = (
-        (large["peak_rss_mb"] / small["peak_rss_mb"] - 1) * 100 if small["peak_rss_mb"] else None
+        round((large["peak_rss_mb"] / small["peak_rss_mb"] - 1) * 100, 1)
+        if small["peak_rss_mb"]
+        else None
     )
-    r["rss_large_vs_small_pct"] = None if growth is None else round(growth, 1)
+    r["rss_large_vs_small_pct"] = growth
     goals = {
         "rows_per_second": (large["rows_per_second"], *IMPORT_GOALS["rows_per_second"]),
         "peak_rss_mb": (large["peak_rss_mb"], *IMPORT_GOALS["peak_rss_mb"]),
