@@ -976,6 +976,22 @@ def test_bulk_messages_run_through_the_chunk_task(
     assert states_by_no(db) == dict.fromkeys(("K1", "K2", "K3"), RState.PROCESSING)
 
 
+def test_an_import_sized_message_runs_as_one_task(installed: tuple[Database, FakeProvider]) -> None:
+    """The CSV import sends bulk_import.CHUNK ids a message, ten times poll_chunk: each such
+    message is one task that sends each of its orders once, in order."""
+    from wxrecon.cli.bulk_import import CHUNK
+
+    db, provider = installed
+    nos = [f"IM{i:03}" for i in range(2 * CHUNK + 7)]
+    sent = bulk(db, nos, chunk=CHUNK)
+    assert [len(m["ids"]) for _, m in sent] == [CHUNK, CHUNK, 7]
+    provider.submit_answers.extend(reduction(no, "PROCESSING") for no in nos)
+    done = [tasks.poll_reductions.apply(kwargs=kwargs).get() for _, kwargs in sent]
+    assert done == [CHUNK, CHUNK, 7]
+    assert [r.out_request_no for r in provider.submits] == nos
+    assert states_by_no(db) == dict.fromkeys(nos, RState.PROCESSING)
+
+
 def test_one_failing_order_does_not_stop_its_chunk(
     installed: tuple[Database, FakeProvider], caplog: pytest.LogCaptureFixture
 ) -> None:
