@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,12 @@ from typing import Any
 import redis
 
 from benchmarks import harness
+from wxrecon.store.sealed import key_setting
 from wxrecon.worker import INTAKE_QUEUE
+
+# One set of sealing keys for every import of this process: a re-run compares the ledger
+# numbers by their keyed hash, so it must use the look-up key of the run it follows.
+KEYS = key_setting("bench")
 
 BAL = "6222020000123456789"
 TYPES = ("FINANCIAL_PENALTY", "JUDICIAL_DEDUCTION")
@@ -42,6 +48,9 @@ class ImportRun:
     exit_code: int
     created: int
     existing: int
+    # The machine is shared: its 1-minute load average before and after the run.
+    load_before: float = 0.0
+    load_after: float = 0.0
 
 
 def _env(database: str, broker: str, data_dir: Path) -> dict[str, str]:
@@ -52,6 +61,7 @@ def _env(database: str, broker: str, data_dir: Path) -> dict[str, str]:
             "WXRECON_BROKER_URL": broker,
             "WXRECON_DATA_DIR": str(data_dir),
             "WXRECON_LOG_LEVEL": "WARNING",
+            **KEYS,
         }
     )
     return env
@@ -74,6 +84,7 @@ def run_import(
     csv: Path, rows: int, database: str, broker: str, work: Path, batch: int
 ) -> ImportRun:
     out = work / f"{csv.stem}.out"
+    load_before = os.getloadavg()[0]
     with out.open("wb") as stdout, (work / f"{csv.stem}.err").open("wb") as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -96,6 +107,8 @@ def run_import(
         exit_code=proc.returncode,
         created=int(summary.get("created", -1)),
         existing=int(summary.get("existing", -1)),
+        load_before=round(load_before, 2),
+        load_after=round(os.getloadavg()[0], 2),
     )
 
 

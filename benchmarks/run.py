@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+IMPORT_DB = "wxrecon_bench_import"
 IMPORT_GOALS = {"rows_per_second": ("≥", 5000.0), "peak_rss_mb": ("≤", 150.0)}
 
 
@@ -158,13 +159,15 @@ def run_import_phase(
     console.print("[bold]bulk import[/]")
     sizes = [int(x) for x in args.import_rows.split(",")]
     r = bulk_import.measure(
-        POSTGRES_URL, "wxrecon_bench_import", sizes, work, args.import_batch, args.import_kill_rows
+        POSTGRES_URL, IMPORT_DB, sizes, work, args.import_batch, args.import_kill_rows
     )
     large, small = (r["runs"][str(n)] for n in sizes)
     growth = (
-        (large["peak_rss_mb"] / small["peak_rss_mb"] - 1) * 100 if small["peak_rss_mb"] else None
+        round((large["peak_rss_mb"] / small["peak_rss_mb"] - 1) * 100, 1)
+        if small["peak_rss_mb"]
+        else None
     )
-    r["rss_large_vs_small_pct"] = None if growth is None else round(growth, 1)
+    r["rss_large_vs_small_pct"] = growth
     goals = {
         "rows_per_second": (large["rows_per_second"], *IMPORT_GOALS["rows_per_second"]),
         "peak_rss_mb": (large["peak_rss_mb"], *IMPORT_GOALS["peak_rss_mb"]),
@@ -177,14 +180,19 @@ def run_import_phase(
         console.print(f"  {name}: {value} (goal {op} {target:g}) {'met' if met else 'NOT met'}")
     for n, run in r["runs"].items():
         console.print(
-            f"  {int(n):>9,} rows: {run['rows_per_second']:,.0f} rows/s, "
-            f"peak RSS {run['peak_rss_mb']} MB, exit {run['exit_code']}"
+            f"  {int(n):>9,} rows: {run['rows_per_second']:,.0f} rows/s "
+            f"({run['seconds']} s), peak RSS {run['peak_rss_mb']} MB, exit {run['exit_code']}, "
+            f"load average {run['load_before']} -> {run['load_after']}"
         )
+    if growth is not None:
+        console.print(f"  peak RSS {sizes[0]:,} vs {sizes[1]:,} rows: {growth:+.1f} %")
     k = r["kill_and_rerun"]
     console.print(
         f"  killed at {k['stored_when_killed']:,} of {k['rows']:,}; after the re-run "
         f"{k['orders']:,} orders ({k['distinct_orders']:,} distinct): "
-        f"{'exact' if k['exact'] else 'NOT exact'}"
+        f"{'exact' if k['exact'] else 'NOT exact'}; re-run {k['rerun']['created']:,} new + "
+        f"{k['rerun']['existing']:,} known at {k['rerun']['rows_per_second']:,.0f} rows/s, "
+        f"{k['enqueued_ids']:,} ids enqueued ({k['enqueued_distinct']:,} distinct)"
     )
     report["import"] = r
 

@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from wxrecon.domain.errors import WxreconError
-from wxrecon.wechatpay.client import BACKUP_URL, PRIMARY_URL
+from wxrecon.wechatpay.hosts import BACKUP_URL, PRIMARY_URL
 
 DEFAULT_POLL_SCHEDULE = "5s,15s,1m,5m,30m,2h"
 # Outcome delivery retries: the last step repeats until the attempt limit (about 4 days).

@@ -102,8 +102,8 @@ def count_provider_error(endpoint: str, code: str, *, caller: str = "default") -
     PROVIDER_ERRORS.labels(str(endpoint), code, caller).inc()
 
 
-def count_transition(kind: str, from_state: str, to_state: str) -> None:
-    TRANSITIONS.labels(kind, from_state, to_state).inc()
+def count_transition(kind: str, from_state: str, to_state: str, n: int = 1) -> None:
+    TRANSITIONS.labels(kind, from_state, to_state).inc(n)
 
 
 def count_ratelimit_wait(endpoint: str, seconds: float, *, deferred: bool) -> None:

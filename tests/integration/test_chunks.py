@@ -31,6 +31,7 @@ from wxrecon.engine import steps as steps_module
 from wxrecon.engine.intake import intake_bill, intake_reduction, new_token
 from wxrecon.engine.steps import Reconciler
 from wxrecon.engine.sweep import claim_due
+from wxrecon.store import sql
 from wxrecon.store.db import Database
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 from wxrecon.store.reads import bill_events, reduction_events
@@ -333,6 +334,20 @@ def test_a_batch_of_existing_orders_publishes_nothing(db: Database) -> None:
     assert [r.created for r in results] == [False, False] and sent == []
 
 
+def test_a_repeat_with_other_parameters_is_refused_wherever_it_stands(db: Database) -> None:
+    """Each order is compared as given, not as the last repetition of its number (which
+    here matches the stored order and so would hide the first one's difference)."""
+    with db.transaction() as session:
+        intake.submit_reductions(session, [order("RP")], enqueue=Sent())
+    for batch in ([order("RP", amount=101), order("RP")], [order("RP"), order("RP", amount=101)]):
+        with pytest.raises(Conflict, match="amount"), db.transaction() as session:
+            intake.submit_reductions(session, batch, enqueue=Sent())
+    with pytest.raises(Conflict, match="bal_account_no"), db.transaction() as session:
+        other = order("RP", bal_account_no="6222000099998888")
+        intake.submit_reductions(session, [other, order("RP")], enqueue=Sent())
+    assert count(db) == 1
+
+
 def test_a_conflict_raises_and_the_batch_is_rolled_back(db: Database) -> None:
     sent = Sent()
     with db.transaction() as session:
@@ -345,6 +360,115 @@ def test_a_conflict_raises_and_the_batch_is_rolled_back(db: Database) -> None:
     with pytest.raises(Conflict, match="reason"), db.transaction() as session:
         intake.submit_reductions(session, [order("T1"), order("T1", reason="other")], enqueue=sent)
     assert sent == [] and count(db) == 1
+
+
+def selects_of(db: Database, table: str) -> list[str]:
+    """The SELECT statements on ``table`` that ``db``'s engine runs from now on."""
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        text = " ".join(statement.split()).lower()
+        if text.startswith("select") and f"from {table}" in text:
+            seen.append(text)
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    return seen
+
+
+def test_stored_orders_are_looked_up_together_not_one_select_each(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run of a big file meets a whole batch of stored orders: one look-up for all of
+    them (SQLite: one per KEYS_PER_SELECT keys), each result still its own order's."""
+    monkeypatch.setattr(sql, "KEYS_PER_SELECT", 7)
+    with db.transaction() as session:
+        first = intake.submit_reductions(
+            session, [order(f"S{i:02}", amount=100 + i) for i in range(30)], enqueue=Sent()
+        )
+    seen = selects_of(db, "special_reductions")
+    sent = Sent()
+    again = [order(f"S{i:02}", amount=100 + i) for i in reversed(range(30))]
+    with db.transaction() as session:
+        results = intake.submit_reductions(session, [*again, order("SNEW")], enqueue=sent)
+    assert len(seen) == (1 if db.is_postgresql else 5)  # 30 keys, 7 per select on SQLite
+    assert [r.order_id for r in results[:30]] == [r.order_id for r in reversed(first)]
+    assert not any(r.created or r.token for r in results[:30])
+    assert results[30].created and [m["ids"] for _, m in sent] == [[results[30].order_id]]
+    # A difference is still found among many: the batch is refused as a whole.
+    changed = [*again[:20], order("S05", amount=999), *again[20:]]
+    with pytest.raises(Conflict, match="amount"), db.transaction() as session:
+        intake.submit_reductions(session, changed, enqueue=sent)
+    assert count(db) == 31
+
+
+def test_the_look_up_searches_the_unique_index(db: Database) -> None:
+    """Not a scan of the whole table per page of keys (SQLite's plan for the row-value
+    ``IN (VALUES …)`` SQLAlchemy renders: a re-run of a big file would read the table once
+    per 500 rows)."""
+    seen: list[tuple[str, Any]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if "special_reductions" in statement:
+            seen.append((statement, params))
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    keys = [(MCHID, "A1"), (MCHID, "A2"), (OTHER_MCHID, "A1")]
+    with db.begin() as conn:
+        assert sql.find_by_numbers(conn, SpecialReduction, ("mchid", "out_request_no"), keys) == []
+        [(statement, params)] = seen
+        if db.is_postgresql:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # the table is empty
+        explain = "EXPLAIN " if db.is_postgresql else "EXPLAIN QUERY PLAN "
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(explain + statement, params))
+    plan = plan.lower()
+    assert "index" in plan, plan
+    assert "scan special_reductions" not in plan and "seq scan on special_reductions" not in plan
+
+
+def test_a_bulk_insert_stores_every_value_as_given(db: Database) -> None:
+    """The PostgreSQL insert sends each column as one binary array: text with the
+    characters a text array would quote or escape, no reason at all, the largest amount;
+    each order's first event is the intake's."""
+    reasons = ['a "quoted", {braced} \\ reason', "NULL", None, "罚款 — 第3条", "x" * 512]
+    amounts = [1, 2**63 - 1, 100, 7, 10**12]
+    orders = [
+        order(f"Q{i}", reason=reason, amount=amount)
+        for i, (reason, amount) in enumerate(zip(reasons, amounts, strict=True))
+    ]
+    with db.transaction() as session:
+        results = intake.submit_reductions(session, orders, enqueue=Sent())
+    for given, result in zip(orders, results, strict=True):
+        row = snapshot(db, SpecialReduction, result.order_id)
+        assert (row["reason"], row["amount"]) == (given["reason"], given["amount"])
+        assert row["out_request_no"] == given["out_request_no"] and row["mchid"] == MCHID
+        assert (row["state"], row["version"], row["attempts"]) == (RState.RECEIVED, 1, 0)
+        assert row["created_at"] == row["updated_at"] < row["claimed_until"]
+        assert row["claimed_until"] == row["next_poll_at"]
+        assert row["claim_token"] == result.token
+        assert history(db, SpecialReduction, result.order_id) == [
+            (
+                "reduction",
+                None,
+                "RECEIVED",
+                REDUCTION.intake_reason,
+                None,
+                "intake",
+                row["created_at"],
+            )
+        ]
+
+
+def test_new_orders_are_counted_in_the_transition_metric(db: Database) -> None:
+    from wxrecon.metrics import TRANSITIONS
+
+    def received() -> float:
+        return TRANSITIONS.labels("reduction", "", "RECEIVED")._value.get()
+
+    before = received()
+    with db.transaction() as session:
+        intake.submit_reductions(session, [order(f"MT{i}") for i in range(4)], enqueue=Sent())
+        intake.submit_reductions(session, [order("MT0"), order("MT9")], enqueue=Sent())
+    assert received() - before == 5
 
 
 # -- the steps of a chunk: the same outcome as one order at a time ----------------------------
@@ -850,6 +974,22 @@ def test_bulk_messages_run_through_the_chunk_task(
     assert done == [2, 1]
     assert [r.out_request_no for r in provider.submits] == ["K1", "K2", "K3"]
     assert states_by_no(db) == dict.fromkeys(("K1", "K2", "K3"), RState.PROCESSING)
+
+
+def test_an_import_sized_message_runs_as_one_task(installed: tuple[Database, FakeProvider]) -> None:
+    """The CSV import sends bulk_import.CHUNK ids a message, ten times poll_chunk: each such
+    message is one task that sends each of its orders once, in order."""
+    from wxrecon.cli.bulk_import import CHUNK
+
+    db, provider = installed
+    nos = [f"IM{i:03}" for i in range(2 * CHUNK + 7)]
+    sent = bulk(db, nos, chunk=CHUNK)
+    assert [len(m["ids"]) for _, m in sent] == [CHUNK, CHUNK, 7]
+    provider.submit_answers.extend(reduction(no, "PROCESSING") for no in nos)
+    done = [tasks.poll_reductions.apply(kwargs=kwargs).get() for _, kwargs in sent]
+    assert done == [CHUNK, CHUNK, 7]
+    assert [r.out_request_no for r in provider.submits] == nos
+    assert states_by_no(db) == dict.fromkeys(nos, RState.PROCESSING)
 
 
 def test_one_failing_order_does_not_stop_its_chunk(

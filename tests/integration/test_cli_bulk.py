@@ -4,20 +4,25 @@ again (SQLite and PostgreSQL), prints progress lines off a terminal; bulk retry 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from tests.fixtures_cli import Cli, _clean_env
 from tests.integration.test_cli import BAL, HEADER, add_reduction, set_state
 from wxrecon import config, intake
-from wxrecon.cli import csv_import, progress, waiting
+from wxrecon.cli import bulk_import, csv_import, progress, waiting
 from wxrecon.cli.progress import Stop
+from wxrecon.engine.steps import MAX_CHUNK
 from wxrecon.store.db import Database
 from wxrecon.store.models import Event, SpecialReduction
 
@@ -92,6 +97,86 @@ def test_the_file_is_consumed_batch_by_batch(cli: Cli, tmp_path: Path, monkeypat
     # each batch is written once its rows are read, not after the whole file
     assert read == sorted(read) and read[0] < size / 5 and read[-2] < size
     assert sorted(sent_ids(cli)) == sorted(set(sent_ids(cli))) and len(sent_ids(cli)) == 95
+
+
+def test_each_batch_is_sent_as_few_messages_of_one_token(cli_any: Cli, tmp_path: Path):
+    """One ``poll_reductions`` message per CHUNK new ids of a batch (not per poll_chunk);
+    every id of a message is claimed by the message's token, each batch its own token."""
+    cli = cli_any
+    f = csv_file(tmp_path, 600)
+    cli.ok("import", str(f), "--batch-size", "250")
+    assert bulk_import.CHUNK == 100 and bulk_import.CHUNK <= MAX_CHUNK
+    assert {name for name, _ in cli.sent} == {"wxrecon.poll_reductions"}
+    assert [len(m["ids"]) for _, m in cli.sent] == [100, 100, 50, 100, 100, 50, 100]
+    with cli.db.read() as session:
+        found = session.execute(select(SpecialReduction.id, SpecialReduction.claim_token))
+        claims = {order_id: token for order_id, token in found}
+    for _, message in cli.sent:
+        assert {claims[i] for i in message["ids"]} == {message["token"]}
+    tokens = [m["token"] for _, m in cli.sent]
+    assert len(set(tokens)) == 3 and tokens[0] == tokens[2] != tokens[3]
+    assert sorted(sent_ids(cli)) == sorted(claims)
+
+
+@contextmanager
+def lookups_by_number() -> Iterator[list[str]]:
+    """Every SELECT of orders by their number, on any engine (the command opens its own)."""
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        text = " ".join(statement.split()).lower()
+        if text.startswith("select") and "out_request_no" in text.partition(" from ")[2]:
+            seen.append(text)
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+
+
+def test_a_rerun_looks_stored_rows_up_once_a_batch(cli_any: Cli, tmp_path: Path):
+    cli = cli_any
+    f = csv_file(tmp_path, 120)
+    cli.ok("import", str(f), "--batch-size", "50")
+    cli.sent.clear()
+    with lookups_by_number() as seen:
+        out = json.loads(cli.ok("import", str(f), "--json", "--batch-size", "50").stdout)
+    assert out == {"created": 0, "existing": 120, "refused": []}
+    assert len(seen) == 3  # one per batch (50, 50, 20), not one per row
+    assert cli.sent == [] and stored(cli) == (120, 120, 120)
+
+
+# Modules an import never needs: the simulator, the demo, the web console, the provider client
+# and its HTTP stack (each costs start-up time, which a script importing many files pays).
+HEAVY = ("wxrecon.simulator", "wxrecon.demo.", "wxrecon.web", "wxrecon.wechatpay.client", "httpx")
+
+
+def test_an_import_starts_without_the_heavy_modules(cli: Cli, tmp_path: Path):
+    f = csv_file(tmp_path, 3)
+    code = (
+        "import atexit, sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "atexit.register(lambda: print('loaded:', sorted(m for m in sys.modules"
+        " if m.startswith(heavy))))\n"
+        f"sys.argv = ['wxrecon', 'import', {str(f)!r}, '--json']\n"
+        "from wxrecon.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "WXRECON_BROKER_URL": "memory://"}  # the fixture's database, keys
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert json.loads(done.stdout.splitlines()[0]) == {"created": 3, "existing": 0, "refused": []}
+    assert done.stdout.splitlines()[-1] == "loaded: []", done.stdout
+    # ... and the lazy groups are still there when named.
+    for group, inside in (
+        ("sim", "serve"),
+        ("web", "token"),
+        ("api", "query-bill"),
+        ("demo", "--orders"),
+    ):
+        assert inside in cli.ok(group, "--help").stdout
 
 
 def test_every_refusal_is_reported_and_the_rest_written(cli: Cli, tmp_path: Path):

@@ -16,6 +16,7 @@ from wxrecon import intake
 from wxrecon.domain.errors import Conflict
 from wxrecon.domain.kinds import REDUCTION
 from wxrecon.domain.states import RState
+from wxrecon.engine.intake import intake_bill
 from wxrecon.engine.steps import Reconciler
 from wxrecon.store.db import Database, on_commit
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
@@ -116,6 +117,21 @@ def test_track_bill_enqueues_after_commit(db: Database) -> None:
     assert sent == [("wxrecon.poll_bill", {"id": result.order_id, "token": result.token})]
     with pytest.raises(InvalidRequest), db.transaction() as session:
         intake.track_bill(session, "bad bill no!", enqueue=sent)
+    assert rows(db, CompensationBill) == 1
+
+
+def test_a_bill_tracked_again_is_found_by_its_number(db: Database) -> None:
+    """The look-up of stored orders for a one-column key (a bill's number): found, not
+    written or enqueued again; with another caller, a Conflict."""
+    sent = Sent()
+    with db.transaction() as session:
+        first = intake.track_bill(session, "BILL78", enqueue=sent)
+    with db.transaction() as session:
+        again = intake.track_bill(session, "BILL78", enqueue=sent)
+    assert (again.order_id, again.created, again.token) == (first.order_id, False, None)
+    assert len(sent) == 1 and rows(db, CompensationBill) == 1
+    with pytest.raises(Conflict, match="caller"), db.transaction() as session:
+        intake_bill(session, "BILL78", caller="other", lease=60)
     assert rows(db, CompensationBill) == 1
 
 

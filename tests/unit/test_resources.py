@@ -722,3 +722,20 @@ def test_a_bill_naming_another_sp_mchid_is_garbled() -> None:
         ).sp_mchid
         is None
     )
+
+
+def test_a_reason_is_refused_for_exactly_control_characters_and_lone_surrogates() -> None:
+    """The one-regex check (resources.REASON_FORBIDDEN) is the per-character rule, over every
+    code point: C0 controls, DEL, lone surrogates refused; everything else kept."""
+    from wxrecon.wechatpay.resources import check_reason
+
+    def forbidden(c: int) -> bool:
+        return c < 0x20 or c == 0x7F or 0xD800 <= c <= 0xDFFF
+
+    for c in range(0x110000):
+        text = f"a{chr(c)}b"
+        if forbidden(c):
+            with pytest.raises(InvalidRequest):
+                check_reason(text)
+        else:
+            assert check_reason(text) == text

@@ -17,6 +17,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from wxrecon.cli.errors import describe
 from wxrecon.store.db import Database
 
+# New ids per ``poll_reductions`` message. Not ``poll_chunk`` (10): at thousands of rows a
+# second one send_task per ten rows was the largest cost of an import. Not MAX_CHUNK (1000)
+# either: a message is one task, whose orders one worker process marks SUBMITTED together and
+# then sends in turn, so it must end well inside the task's soft time limit (0.6 × the claim
+# lease: 72 s by default; 100 orders take a few seconds), and a small import should still
+# spread over several worker processes.
+CHUNK = 100
+
 
 class Importer:
     def __init__(
@@ -27,6 +35,7 @@ class Importer:
         self.created = self.existing = 0
         self.last_line = 1  # the header
         self.problem: str | None = None
+        self.signers: dict[str, str] = {}
 
     def counts(self) -> dict[str, int]:
         return {
@@ -41,7 +50,6 @@ class Importer:
         stop: Any,
         progress: Callable[[], None],
     ) -> None:
-        from wxrecon import intake
         from wxrecon.cli.csv_import import check
         from wxrecon.wechatpay.errors import InvalidRequest
 
@@ -57,9 +65,7 @@ class Importer:
             else:
                 try:
                     request = check(row)
-                    batch.append(
-                        (line, request, intake.reduction_caller(row.get("caller") or None))
-                    )
+                    batch.append((line, request, self._signer(row.get("caller") or "")))
                     refused = ""
                 except InvalidRequest as exc:
                     refused = describe(exc)[1]
@@ -80,6 +86,17 @@ class Importer:
             self.last_line = batch[-1][0]
         progress()
 
+    def _signer(self, named: str) -> str:
+        """The row's caller checked as :func:`wxrecon.intake.reduction_caller` does; the
+        known ones remembered (a few profiles; an unknown name is checked, and refused, anew
+        each time, so a file of bad names cannot grow this)."""
+        from wxrecon import intake
+
+        known = self.signers.get(named)
+        if known is None:
+            known = self.signers[named] = intake.reduction_caller(named or None)
+        return known
+
     def _write(self, batch: list[tuple[int, Any, str]]) -> bool:
         """One batch in one transaction; False when the database failed (nothing of the
         batch is kept) or --stop-on-error met a refusal."""
@@ -95,7 +112,7 @@ class Importer:
                     for signer in dict.fromkeys(c for _, _, c in batch):  # one call a caller
                         part = [r for _, r, c in batch if c == signer]
                         results += intake.submit_requests(
-                            session, part, enqueue=self.sender, caller=signer
+                            session, part, enqueue=self.sender, caller=signer, chunk=CHUNK
                         )
             except Conflict:
                 return self._one_by_one(batch)

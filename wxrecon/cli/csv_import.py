@@ -4,12 +4,13 @@ The header row names the fields (``mchid,bal_account_no,out_request_no,reduction
 and optionally ``reason`` and ``caller`` (the profile that signs the row's order). The file
 is read, checked, written and enqueued ``--batch-size``
 rows at a time (memory does not grow with the file): each batch is one transaction through
-the Python helper's bulk path (multi-row INSERTs, one ``poll_reductions`` message per
-``poll_chunk`` new orders, sent after commit). A bad row is refused with its line number,
-nothing of it is written, and the rest go on (``--stop-on-error`` stops at it; the batches
-before it stay written). An order that already exists with the same parameters counts as
-"already known" and is not enqueued again, so the same file can simply be run again after
-a Ctrl-C (which stops at a batch boundary), a killed process or a lost database.
+the Python helper's bulk path (set-based INSERTs, one ``poll_reductions`` message per
+:data:`~wxrecon.cli.bulk_import.CHUNK` new orders, sent after commit). A bad row is refused
+with its line number, nothing of it is written, and the rest go on (``--stop-on-error``
+stops at it; the batches before it stay written). An order that already exists with the
+same parameters counts as "already known" and is not enqueued again, so the same file can
+simply be run again after a Ctrl-C (which stops at a batch boundary), a killed process or a
+lost database.
 
 The exit code is non-zero when any row was refused; the summary lists the first
 :data:`SHOWN_REFUSALS` refused lines and writes all of them to the refused file (``--json``

@@ -10,16 +10,17 @@ message, Request-ID). Results are shown through :func:`wxrecon.cli.output.record
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from wxrecon.cli.output import JsonOpt, Output, record
 from wxrecon.cli.params import CallerOpt, LedgerNo, Mchid
 from wxrecon.config import get_settings
-from wxrecon.provider import build_client
-from wxrecon.wechatpay.client import WeChatPayClient
 from wxrecon.wechatpay.keys import mask
+
+if TYPE_CHECKING:  # the client (and its HTTP stack) is loaded by the command that calls
+    from wxrecon.wechatpay.client import WeChatPayClient
 
 MchidOpt = Annotated[
     str, typer.Option("--mchid", help="Target merchant id (digits).", parser=Mchid())
@@ -34,6 +35,13 @@ LedgerOpt = Annotated[
         help="Quota ledger number (plaintext; encrypted before sending, masked in output).",
     ),
 ]
+
+
+def build_client(settings: Any, profile: Any) -> WeChatPayClient:
+    """:func:`wxrecon.provider.build_client`, imported when a command calls the provider."""
+    from wxrecon.provider import build_client as build
+
+    return build(settings, profile)
 
 
 def call(

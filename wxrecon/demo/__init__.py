@@ -1,11 +1,2 @@
-"""``wxrecon demo``: the main job on embedded defaults (see :mod:`wxrecon.demo.run`)."""
-
-from __future__ import annotations
-
-import typer
-
-
-def register(app: typer.Typer) -> None:
-    from wxrecon.demo.command import demo
-
-    app.command("demo")(demo)
+"""``wxrecon demo``: the main job on embedded defaults (see :mod:`wxrecon.demo.run`; the
+command is :func:`wxrecon.demo.command.demo`, loaded by the command tree when named)."""

@@ -113,23 +113,34 @@ def intake(
         for row_id, *key in sql.insert_new(conn, kind.model, keys, part):
             created[tuple(key)] = row_id
 
-    results: list[IntakeResult] = []
+    results: list[IntakeResult | None] = []
     new: list[tuple[int, Mapping[str, Any]]] = []
-    for order in orders:
+    known: list[int] = []  # positions of the orders stored before (or earlier in ``orders``)
+    for position, order in enumerate(orders):
         new_id = created.pop(tuple(order[k] for k in keys), None)
         if new_id is not None:
             new.append((new_id, order))
             results.append(IntakeResult(new_id, True, str(kind.initial), token))
         else:
-            results.append(_existing(conn, kind, order, token, same))
+            results.append(None)
+            known.append(position)
+    if known:
+        # One look-up for all of them (a re-run of a big file meets thousands a batch).
+        wanted = list(dict.fromkeys(tuple(orders[p][k] for k in keys) for p in known))
+        stored = {
+            tuple(m[k] for k in keys): row_from(kind.row, m)
+            for m in sql.find_by_numbers(conn, kind.model, keys, wanted)
+        }
+        for p in known:
+            order = orders[p]
+            results[p] = _existing(kind, stored[tuple(order[k] for k in keys)], order, token, same)
     _record_new(conn, kind, new, actor, now)
-    return results
+    return [r for r in results if r is not None]
 
 
 def _existing(
-    conn: Connection, kind: OrderKind, order: Mapping[str, Any], token: str, same: Any
+    kind: OrderKind, stored: Any, order: Mapping[str, Any], token: str, same: Any
 ) -> IntakeResult:
-    stored = row_from(kind.row, sql.find_by_number(conn, kind.model, _key(kind, order)))
     differs = same(stored, order) if same is not None else []
     if differs:
         raise Conflict(
@@ -156,16 +167,12 @@ def _record_new(
     if not new:
         return
     initial = str(kind.initial)
-    conn.execute(
-        sql.EVENT_INSERT,
-        [
-            sql.event_params(str(kind), i, None, initial, kind.intake_reason, actor, now)
-            for i, _ in new
-        ],
+    sql.insert_first_events(
+        conn, str(kind), [i for i, _ in new], initial, kind.intake_reason, actor, now
     )
     for _, order in new:
         log.info("%s %s", kind, kind.intake_reason, extra=_key(kind, order))
-        metrics.count_transition(str(kind), "", initial)
+    metrics.count_transition(str(kind), "", initial, len(new))
 
 
 def intake_reductions(
@@ -185,13 +192,15 @@ def intake_reductions(
     Database the session came from, else the process's (SealError, one line, when missing)."""
     keys = keys or keyring_of(session)
     orders = [reduction_values(r, keys, caller) for r in requests]
-    by_key = {(r.mchid, r.out_request_no): r for r in requests}
+    # Each order's own request, by position: a number repeated in one batch with other
+    # parameters must be compared as given, not as its last repetition.
+    request_of = {id(o): r for o, r in zip(orders, requests, strict=True)}
 
     def differences(stored: Any, order: Mapping[str, Any]) -> list[str]:
-        # Each seal has a fresh nonce: the ledger numbers are compared by their hashes.
-        request = by_key[(order["mchid"], order["out_request_no"])]
+        request = request_of[id(order)]
         differs = [n for n in request_differences(stored, request) if n != "bal_account_no"]
-        if stored.bal_account_hash != keys.lookup_hash(request.bal_account_no):
+        # Each seal has a fresh nonce: the ledger numbers are compared by their hashes.
+        if stored.bal_account_hash != order["bal_account_hash"]:
             differs.insert(0, "bal_account_no")
         return differs
 

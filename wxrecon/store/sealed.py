@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -83,6 +84,12 @@ def parse_data_keys(setting: str) -> list[tuple[str, bytes]]:
     return keys
 
 
+@functools.lru_cache(maxsize=16)
+def _aead(key: bytes) -> AESGCM:
+    """One cipher object a key (building it costs more than sealing a ledger number)."""
+    return AESGCM(key)
+
+
 def _aad(mchid: str, out_request_no: str) -> bytes:
     return _AAD_PREFIX + mchid.encode() + b"\0" + out_request_no.encode()
 
@@ -113,7 +120,7 @@ class Keyring:
             raise SealError(f"a ledger number must be 1-{MAX_PLAINTEXT} characters")
         nonce = os.urandom(NONCE_BYTES)  # random 96-bit nonces: safe far beyond 2^32 seals
         key_id, key = self.keys[0]
-        sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), _aad(mchid, out_request_no))
+        sealed = _aead(key).encrypt(nonce, plaintext.encode(), _aad(mchid, out_request_no))
         body = base64.urlsafe_b64encode(nonce + sealed).decode()
         return f"{VERSION}:{key_id}:{body}"
 
@@ -122,7 +129,7 @@ class Keyring:
         row, was altered, or names a key not configured."""
         key_id, blob = _split(sealed)
         try:
-            plain = AESGCM(self._key(key_id)).decrypt(
+            plain = _aead(self._key(key_id)).decrypt(
                 blob[:NONCE_BYTES], blob[NONCE_BYTES:], _aad(mchid, out_request_no)
             )
         except InvalidTag:

@@ -10,7 +10,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, RowMapping, Select, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
@@ -108,16 +120,28 @@ def _insert_new_unnest(
     """PostgreSQL: every row in one short statement, one array parameter a column
     (``INSERT … SELECT * FROM unnest(…)``). Its text does not grow with the rows, so the
     driver neither parses nor the server plans a statement of thousands of parameters."""
-    columns = list(values[0])
-    dialect = conn.dialect
-    arrays = {}
+    columns = tuple(values[0])
+    arrays = _column_arrays(conn, t, columns, values)
+    stmt = _unnest_statement(t.name, columns, tuple(unique), conn.dialect)
+    return [tuple(r) for r in conn.exec_driver_sql(stmt, arrays)]
+
+
+def _column_arrays(
+    conn: Connection, t: Table, columns: Sequence[str], values: Sequence[Mapping[str, Any]]
+) -> tuple[list[Any], ...]:
+    """One list a column, each value through its type's bind processor (UTC datetimes)."""
+    arrays = []
     for c in columns:
-        col = t.c[c]
-        bind = col.type.bind_processor(dialect)
+        bind = t.c[c].type.bind_processor(conn.dialect)
         raw = [v[c] for v in values]
-        arrays[c] = [bind(x) for x in raw] if bind is not None else raw
-    stmt = _unnest_statement(t.name, tuple(columns), tuple(unique), dialect)
-    return [tuple(r) for r in conn.exec_driver_sql(stmt, tuple(arrays[c] for c in columns))]
+        arrays.append([bind(x) for x in raw] if bind is not None else raw)
+    return tuple(arrays)
+
+
+def _array_casts(t: Table, columns: Sequence[str], dialect: Any) -> str:
+    # %b: the arrays go in psycopg's binary format. Its text format quotes and escapes every
+    # element in Python (a regex search each): that was most of an import's insert.
+    return ", ".join(f"%b::{t.c[c].type.compile(dialect=dialect)}[]" for c in columns)
 
 
 @functools.lru_cache(maxsize=32)
@@ -125,7 +149,7 @@ def _unnest_statement(
     name: str, columns: tuple[str, ...], unique: tuple[str, ...], dialect: Any
 ) -> str:
     t = Base.metadata.tables[name]
-    casts = ", ".join(f"%s::{t.c[c].type.compile(dialect=dialect)}[]" for c in columns)
+    casts = _array_casts(t, columns, dialect)
     cols = ", ".join(f'"{c}"' for c in columns)
     keys = ", ".join(f'"{c}"' for c in unique)
     returning = ", ".join(['"id"', *(f'"{c}"' for c in unique)])
@@ -135,11 +159,80 @@ def _unnest_statement(
     )
 
 
-def find_by_number(conn: Connection, model: type[Any], key: Mapping[str, Any]) -> RowMapping:
-    """The stored row whose unique key is ``key`` (it exists: its insert was a no-op)."""
+def insert_first_events(
+    conn: Connection, kind: str, ids: Sequence[int], to: str, reason: str, actor: str, at: datetime
+) -> None:
+    """The same first event (nothing -> ``to``) for each of ``ids``: on PostgreSQL one
+    ``INSERT … SELECT FROM unnest(ids)``, elsewhere one executemany."""
+    if not ids:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(
+            EVENT_INSERT, [event_params(kind, i, None, to, reason, actor, at) for i in ids]
+        )
+        return
+    (when,) = _column_arrays(conn, EVENTS, ("at",), [{"at": at}])
+    conn.exec_driver_sql(
+        _FIRST_EVENTS, (kind, to, reason or "(no reason given)", actor, when[0], list(ids))
+    )
+
+
+_FIRST_EVENTS = (
+    "INSERT INTO events (kind, order_id, from_state, to_state, reason, request_id, actor, at) "
+    "SELECT %b::varchar, i, NULL, %b::varchar, %b::text, NULL, %b::varchar, %b::timestamptz "
+    "FROM unnest(%b::bigint[]) AS i"
+)
+
+
+# SQLite: keys per look-up statement (each key is two bound parameters of its row value).
+KEYS_PER_SELECT = 500
+
+
+def find_by_numbers(
+    conn: Connection, model: type[Any], unique: Sequence[str], keys: Sequence[Sequence[Any]]
+) -> list[RowMapping]:
+    """The stored rows whose unique key (``unique`` columns) is one of ``keys``: one
+    statement for all of them on PostgreSQL (a join with the keys as arrays, its text fixed),
+    one per :data:`KEYS_PER_SELECT` keys on SQLite (a row-value IN a subquery), not one a key."""
+    if not keys:
+        return []
     t = table(model)
-    stmt = select(t).where(*(t.c[c] == v for c, v in key.items()))
-    return conn.execute(stmt).mappings().one()
+    if conn.dialect.name == "postgresql":
+        arrays = {f"k_{c}": [k[n] for k in keys] for n, c in enumerate(unique)}
+        return list(conn.execute(_find_joined(t.name, tuple(unique)), arrays).mappings())
+    found: list[RowMapping] = []
+    for i in range(0, len(keys), KEYS_PER_SELECT):
+        part = keys[i : i + KEYS_PER_SELECT]
+        params = {f"k{n}_{j}": v for n, key in enumerate(part) for j, v in enumerate(key)}
+        found += conn.execute(_find_in(t.name, tuple(unique), len(part)), params).mappings().all()
+    return found
+
+
+@functools.cache
+def _find_joined(name: str, unique: tuple[str, ...]) -> Any:
+    t = Base.metadata.tables[name]
+    arrays = [bindparam(f"k_{c}", type_=pg_dialect.ARRAY(t.c[c].type)) for c in unique]
+    k = func.unnest(*arrays).table_valued(*unique).render_derived(name="k")
+    return select(t).join(k, and_(*(t.c[c] == k.c[c] for c in unique)))
+
+
+@functools.lru_cache(maxsize=16)
+def _find_in(name: str, unique: tuple[str, ...], n: int) -> Any:
+    """SQLite: ``WHERE (a, b) IN (SELECT column1, column2 FROM (VALUES …))``, one shape per
+    page size. Written out because the row-value ``IN (VALUES …)`` that SQLAlchemy renders
+    makes SQLite scan the whole table once per page; through a subquery it searches the
+    unique index (a test reads the plan)."""
+    t = Base.metadata.tables[name]
+    columns = ", ".join(c.name for c in t.c)
+    keys = ", ".join(unique)
+    picked = ", ".join(f"column{j + 1}" for j in range(len(unique)))
+    rows = ", ".join(
+        "(" + ", ".join(f":k{i}_{j}" for j in range(len(unique))) + ")" for i in range(n)
+    )
+    return text(
+        f"SELECT {columns} FROM {name} WHERE ({keys}) IN "  # noqa: S608 (names from the schema)
+        f"(SELECT {picked} FROM (VALUES {rows}))"
+    ).columns(*t.c)
 
 
 def claim(

@@ -29,6 +29,7 @@ from wxrecon.wechatpay.errors import (
     WeChatPayError,
 )
 from wxrecon.wechatpay.failover import Failover
+from wxrecon.wechatpay.hosts import BACKUP_URL, PRIMARY_URL
 from wxrecon.wechatpay.keys import Credentials
 from wxrecon.wechatpay.options import (
     BeforeRequest,
@@ -53,8 +54,6 @@ from wxrecon.wechatpay.wire import MAX_BODY, Origin, PoolWire, Proxy, Wire, Wire
 
 log = logging.getLogger(__name__)
 
-PRIMARY_URL = "https://api.mch.weixin.qq.com"
-BACKUP_URL = "https://api2.mch.weixin.qq.com"
 USER_AGENT = f"wxrecon/{wxrecon.__version__} (Python {platform.python_version()})"
 
 REDUCTION_PATH = "/v3/aggracct-bc/wb-channel/special-reduction"
