@@ -48,11 +48,12 @@ def processes_mentioning(text: str) -> list[str]:
             stat = (entry / "stat").read_text()
             if stat.rsplit(")", 1)[-1].split()[0] == "Z":
                 continue
-            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-        except OSError:
+            cmdline = (entry / "cmdline").read_bytes()
+            blob = cmdline + (entry / "environ").read_bytes()
+        except OSError:  # it ended meanwhile
             continue
-        if text.encode() in blob:
-            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
+        if text.encode() in blob:  # cmdline as read: the process may be gone by now
+            found.append(f"{entry.name}: {cmdline[:120]!r}")
     return found
 
 
