@@ -68,6 +68,7 @@ def work_unit(nodeid: str) -> str:
     return f"{path}::{rest.split('::')[0].split('[')[0]}"
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: ``-p no:xdist`` still works
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadfile":
         return None  # another --dist: xdist's own scheduler
