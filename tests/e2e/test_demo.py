@@ -48,11 +48,12 @@ def processes_mentioning(text: str) -> list[str]:
             stat = (entry / "stat").read_text()
             if stat.rsplit(")", 1)[-1].split()[0] == "Z":
                 continue
-            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-        except OSError:
+            cmdline = (entry / "cmdline").read_bytes()
+            blob = cmdline + (entry / "environ").read_bytes()
+        except OSError:  # it ended meanwhile
             continue
-        if text.encode() in blob:
-            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
+        if text.encode() in blob:  # cmdline as read: the process may be gone by now
+            found.append(f"{entry.name}: {cmdline[:120]!r}")
     return found
 
 
@@ -76,87 +77,94 @@ def demo_run(
     return work, summary, proc
 
 
-def test_demo_converges_to_the_ground_truth(demo_run):
-    work, summary, proc = demo_run
-    assert proc.returncode == 0, (summary.get("problems"), proc.stderr[-2000:])
-    assert summary["ok"] is True and summary["problems"] == []
-    assert summary["orders"] == summary["matched_ground_truth"]
-    cats = summary["by_category"]
-    assert set(cats) == {NORMAL, SLOW_SETTLE, NOT_ENOUGH, BILL}
-    assert cats[NOT_ENOUGH] == {"FAILED": sum(cats[NOT_ENOUGH].values())}
-    assert set(cats[BILL]) <= {"SUCCESS", "CLOSED", "CANCELLED"}
-    assert sum(sum(c.values()) for c in cats.values()) == summary["orders"]
-    assert summary["provider_requests"]["submit_reduction"]
-    # Outcome delivery on: the demo's own webhook receiver (signatures checked with the run's
-    # secret) was told every order's final state, each event counted once by its id.
-    told = summary["outcomes"]
-    assert told["final_orders_told"] == summary["orders"], told
-    assert told["events_received"] >= summary["orders"]
-    assert "wxrecon.relay_outcomes" in (work / "logs" / "relay.log").read_text(errors="replace")
-    # on the embedded broker: the production transport, on loopback
-    worker_log = (work / "logs" / "worker.log").read_text(errors="replace")
-    assert re.search(r"transport:\s+redis://(:\*\*@)?127\.0\.0\.1:\d+/0", worker_log)
-    assert "Ready to accept connections" in (work / "logs" / "broker.log").read_text()
+class TestOneRun:
+    """Four looks at one demo run (the module's ``demo_run``). A class, so that the test
+    scheduler (tests/conftest.py) keeps them on one worker, where the run happens once."""
 
+    def test_demo_converges_to_the_ground_truth(self, demo_run):
+        work, summary, proc = demo_run
+        assert proc.returncode == 0, (summary.get("problems"), proc.stderr[-2000:])
+        assert summary["ok"] is True and summary["problems"] == []
+        assert summary["orders"] == summary["matched_ground_truth"]
+        cats = summary["by_category"]
+        assert set(cats) == {NORMAL, SLOW_SETTLE, NOT_ENOUGH, BILL}
+        assert cats[NOT_ENOUGH] == {"FAILED": sum(cats[NOT_ENOUGH].values())}
+        assert set(cats[BILL]) <= {"SUCCESS", "CLOSED", "CANCELLED"}
+        assert sum(sum(c.values()) for c in cats.values()) == summary["orders"]
+        assert summary["provider_requests"]["submit_reduction"]
+        # Outcome delivery on: the demo's own webhook receiver (signatures checked with the run's
+        # secret) was told every order's final state, each event counted once by its id.
+        told = summary["outcomes"]
+        assert told["final_orders_told"] == summary["orders"], told
+        assert told["events_received"] >= summary["orders"]
+        assert "wxrecon.relay_outcomes" in (work / "logs" / "relay.log").read_text(errors="replace")
+        # on the embedded broker: the production transport, on loopback
+        worker_log = (work / "logs" / "worker.log").read_text(errors="replace")
+        assert re.search(r"transport:\s+redis://(:\*\*@)?127\.0\.0\.1:\d+/0", worker_log)
+        assert "Ready to accept connections" in (work / "logs" / "broker.log").read_text()
 
-def test_demo_leaves_no_process_behind(demo_run):
-    work, _, _ = demo_run
-    assert processes_mentioning(str(work)) == []
+    def test_demo_leaves_no_process_behind(self, demo_run):
+        work, _, _ = demo_run
+        assert processes_mentioning(str(work)) == []
 
+    def test_demo_logs_hold_no_secrets(self, demo_run):
+        work, _, _ = demo_run
+        logs = {p.name: p.read_text(errors="replace") for p in (work / "logs").glob("*.log")}
+        assert {"worker.log", "beat.log", "relay.log", "simulator.log", "broker.log"} <= set(logs)
+        text = "\n".join(logs.values())
+        # the logs do talk about orders, with their context fields
+        assert "out_request_no=DEMO" in logs["worker.log"]
+        assert "request_id=" in logs["worker.log"]
+        assert "PRIVATE KEY" not in text
+        for pem in (work / "sim").glob("*key*.pem"):
+            body = [line for line in pem.read_text().splitlines() if line and "-----" not in line]
+            assert not any(line in text for line in body), pem.name
+        for account in DEMO_BAL_ACCOUNT_NOS:
+            assert account not in text
 
-def test_demo_logs_hold_no_secrets(demo_run):
-    work, _, _ = demo_run
-    logs = {p.name: p.read_text(errors="replace") for p in (work / "logs").glob("*.log")}
-    assert {"worker.log", "beat.log", "relay.log", "simulator.log", "broker.log"} <= set(logs)
-    text = "\n".join(logs.values())
-    # the logs do talk about orders, with their context fields
-    assert "out_request_no=DEMO" in logs["worker.log"]
-    assert "request_id=" in logs["worker.log"]
-    assert "PRIVATE KEY" not in text
-    for pem in (work / "sim").glob("*key*.pem"):
-        body = [line for line in pem.read_text().splitlines() if line and "-----" not in line]
-        assert not any(line in text for line in body), pem.name
-    for account in DEMO_BAL_ACCOUNT_NOS:
-        assert account not in text
-
-
-def test_metrics_scrape_after_the_run(demo_run):
-    work, summary, _ = demo_run
-    env = demo_env() | {
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
-        "WXRECON_DATABASE_URL": f"sqlite:///{work / 'wxrecon-demo.db'}",
-    }
-    proc = subprocess.run(
-        wxrecon("metrics", "--once"), cwd=work, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
-    text = proc.stdout
-    for series in (
-        'wxrecon_provider_request_duration_seconds_bucket{caller="default",endpoint="submit_reduction"',
-        'wxrecon_provider_request_duration_seconds_count{caller="default",endpoint="query_reduction"',
-        'wxrecon_provider_request_duration_seconds_count{caller="platform",endpoint="query_bill"',
-        'wxrecon_transitions_total{from_state="",kind="reduction",to_state="RECEIVED"}',
-        'wxrecon_orders{kind="reduction",state="SUCCESS"}',
-        'wxrecon_orders{kind="reduction",state="FAILED"}',
-        'wxrecon_oldest_due_order_age_seconds{kind="reduction"} 0.0',
-        "wxrecon_database_up 1.0",
-    ):
-        assert series in text, series
-    assert re.search(
-        r'wxrecon_transitions_total\{from_state="\w+",kind="reduction",to_state="SUCCESS"\}', text
-    )
-    assert re.search(
-        r'wxrecon_transitions_total\{from_state="\w+",kind="bill",to_state="(SUCCESS|CLOSED|CANCELLED)"\}',
-        text,
-    )
-    # every NOT_ENOUGH the simulator answered was counted as a provider error by code
-    not_enough = summary["provider_requests"]["submit_reduction"].get("403", 0)
-    if not_enough:
-        assert (
-            'wxrecon_provider_errors_total{caller="default",code="NOT_ENOUGH",endpoint="submit_reduction"}'
-            in text
+    def test_metrics_scrape_after_the_run(self, demo_run):
+        work, summary, _ = demo_run
+        env = demo_env() | {
+            "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
+            "WXRECON_DATABASE_URL": f"sqlite:///{work / 'wxrecon-demo.db'}",
+        }
+        proc = subprocess.run(
+            wxrecon("metrics", "--once"),
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-    assert "DEMO" not in text  # no order ids as labels
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout
+        for series in (
+            'wxrecon_provider_request_duration_seconds_bucket{caller="default",endpoint="submit_reduction"',
+            'wxrecon_provider_request_duration_seconds_count{caller="default",endpoint="query_reduction"',
+            'wxrecon_provider_request_duration_seconds_count{caller="platform",endpoint="query_bill"',
+            'wxrecon_transitions_total{from_state="",kind="reduction",to_state="RECEIVED"}',
+            'wxrecon_orders{kind="reduction",state="SUCCESS"}',
+            'wxrecon_orders{kind="reduction",state="FAILED"}',
+            'wxrecon_oldest_due_order_age_seconds{kind="reduction"} 0.0',
+            "wxrecon_database_up 1.0",
+        ):
+            assert series in text, series
+        assert re.search(
+            r'wxrecon_transitions_total\{from_state="\w+",kind="reduction",to_state="SUCCESS"\}',
+            text,
+        )
+        assert re.search(
+            r'wxrecon_transitions_total\{from_state="\w+",kind="bill",to_state="(SUCCESS|CLOSED|CANCELLED)"\}',
+            text,
+        )
+        # every NOT_ENOUGH the simulator answered was counted as a provider error by code
+        not_enough = summary["provider_requests"]["submit_reduction"].get("403", 0)
+        if not_enough:
+            assert (
+                'wxrecon_provider_errors_total{caller="default",code="NOT_ENOUGH",endpoint="submit_reduction"}'
+                in text
+            )
+        assert "DEMO" not in text  # no order ids as labels
 
 
 def test_a_demo_that_does_not_converge_fails_and_cleans_up(tmp_path: Path):

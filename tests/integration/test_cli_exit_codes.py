@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from tests.fixtures_cli import Cli
 from tests.fixtures_db import pg_admin
 from tests.integration.test_cli import BAL, HEADER, submit_args
-from tests.services import SEALING_ENV
+from tests.services import SEALING_ENV, unique_name
 from wxrecon.cli.csv_import import SHOWN_REFUSALS
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 
@@ -170,7 +170,7 @@ def test_postgres_without_that_database(cli: Cli, postgres_url: str) -> None:
 def test_postgres_without_the_schema(cli: Cli, postgres_url: str) -> None:
     from sqlalchemy.engine import make_url
 
-    name = f"wxrecon_cli_empty_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    name = unique_name("wxrecon_cli_empty")
     pg_admin(
         postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
     )

@@ -32,7 +32,10 @@ class Hooks(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/hooks/wxrecon"
 
     def start(self) -> Hooks:
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        # A short poll: close() waits for it (the default, 0.5 s, at the end of every run).
+        threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def close(self) -> None:

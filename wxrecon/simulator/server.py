@@ -106,7 +106,8 @@ class Simulator:
         server = self.bind()
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            # stop() waits for one poll: short, as a test starts and stops one every time
+            kwargs={"poll_interval": 0.02},
             name="simulator",
             daemon=True,
         )
