@@ -20,7 +20,7 @@ import redis
 
 from benchmarks import harness
 from wxrecon.store.sealed import key_setting
-from wxrecon.worker import INTAKE_QUEUE
+from wxrecon.worker import POLL_QUEUE
 
 # One set of sealing keys for every import of this process: a re-run compares the ledger
 # numbers by their keyed hash, so it must use the look-up key of the run it follows.
@@ -132,12 +132,12 @@ def order_counts(server_url: str, name: str) -> tuple[int, int]:
 
 
 def enqueued_ids(broker: str) -> list[int]:
-    """Every order id in the intake queue's messages (Celery's Redis transport: JSON with a
-    base64 body of [args, kwargs, embed])."""
+    """Every order id in the poll queue's messages, where the import's polls go (Celery's
+    Redis transport: JSON with a base64 body of [args, kwargs, embed])."""
     client = redis.Redis.from_url(broker)
     ids: list[int] = []
     try:
-        for raw in client.lrange(INTAKE_QUEUE, 0, -1):
+        for raw in client.lrange(POLL_QUEUE, 0, -1):
             body = json.loads(base64.b64decode(json.loads(raw)["body"]))
             ids += body[1].get("ids", [body[1].get("id")])
     finally:

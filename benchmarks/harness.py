@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from wxrecon.demo.env import free_port
 from wxrecon.demo.procs import Child, Supervisor
 from wxrecon.store.db import normalize_url, upgrade
-from wxrecon.worker import INTAKE_QUEUE
+from wxrecon.worker import POLL_QUEUE
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -278,7 +278,8 @@ def producer(broker: str) -> tuple[Celery, Callable[[str, dict[str, Any]], None]
     )
 
     def enqueue(name: str, kwargs: dict[str, Any]) -> None:
-        app.send_task(name, kwargs=kwargs, queue=INTAKE_QUEUE, retry=False)
+        # As intake.default_enqueue: the helpers' polls go to wxrecon.poll (rows exist).
+        app.send_task(name, kwargs=kwargs, queue=POLL_QUEUE, retry=False)
 
     return app, enqueue
 
