@@ -58,11 +58,12 @@ class _DeadlineSocket:
         return io.BufferedReader(self._raw)
 
 
-def read_headers(fp: Any) -> http.client.HTTPMessage:
+def read_headers(fp: Any) -> tuple[http.client.HTTPMessage, list[tuple[str, str]]]:
     """The header block as ``http.client.parse_headers`` returns it, without running it
     through the email package's feed parser (which cost more than the signature check).
     ``http.client._read_headers`` keeps its bounds (line length, header count); a line
-    folded onto the previous one continues its value, a line that is no header is dropped."""
+    folded onto the previous one continues its value, a line that is no header is dropped.
+    Also returns the (name, value) pairs in order, which is what the wire reads."""
     message = http.client.HTTPMessage()
     pending: list[list[str]] = []
     for raw in http.client._read_headers(fp):  # type: ignore[attr-defined]
@@ -74,9 +75,10 @@ def read_headers(fp: Any) -> http.client.HTTPMessage:
         name, sep, value = line.partition(":")
         if sep and name and name == name.strip():
             pending.append([name, value.strip()])
-    for name, value in pending:
+    pairs = [(name, value) for name, value in pending]
+    for name, value in pairs:
         message[name] = value
-    return message
+    return message, pairs
 
 
 class BoundedResponse(http.client.HTTPResponse):
@@ -92,6 +94,7 @@ class BoundedResponse(http.client.HTTPResponse):
     ) -> None:
         wrapped: Any = _DeadlineSocket(sock, deadline, read_timeout)
         super().__init__(wrapped, debuglevel, method, url)
+        self.header_pairs: list[tuple[str, str]] = []  # as received, once begun
 
     def begin(self) -> None:
         """``HTTPResponse.begin`` of Python 3.11-3.13, with :func:`read_headers`."""
@@ -110,7 +113,8 @@ class BoundedResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = read_headers(self.fp)
+        self.headers, self.header_pairs = read_headers(self.fp)
+        self.msg = self.headers
         encoding = self.headers.get("transfer-encoding")
         self.chunked = bool(encoding and encoding.lower() == "chunked")
         if self.chunked:
