@@ -15,6 +15,7 @@ GOALS = {
     "ratelimit_peak_vs_limit": ("≤", 1.0),
     "client_cost_vs_wechatpayv3": ("≤", 0.4),
     "throughput_vs_floor": ("≥", 0.85),
+    "delivery_on_vs_off": ("≥", 0.9),
     "claim_large_vs_small": ("≤", 2.0),
     "rss_growth_pct": ("<", 10.0),
     "peak_requests_per_second": ("≤", float(LIMIT)),
@@ -62,6 +63,9 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
             .values(),
         ]
         out["peak_requests_per_second"] = float(max(peaks)) if peaks else None
+    d = report.get("delivery_on")
+    if d and t:
+        out["delivery_on_vs_off"] = _div(d["orders_per_second"], t["orders_per_second"])
     if limited:
         out["ratelimit_efficiency"] = limited["efficiency"]["min"]
         for endpoint, e in limited["efficiency"]["by_endpoint"].items():
@@ -144,6 +148,13 @@ def render(console: Console, report: dict[str, Any]) -> None:
             f"limit {e['limit']}/s: peak in any second, 429s",
             ", ".join(f"{k} {v}" for k, v in sorted(lim["peak_per_second"]["by_endpoint"].items()))
             + f"; {lim['refused_429']}",
+        )
+    d = report.get("delivery_on")
+    if d:
+        table.add_row(
+            "delivery on: orders/s, delivered, all in after",
+            f"{d['orders_per_second']:.1f}, {d['delivered']:,}/{d['final']:,}, "
+            f"{d['all_delivered_after_last_final_s']} s",
         )
     if b:
         for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):

@@ -22,7 +22,16 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import baselines, bulk_import, claim, crypto_floor, e2e, harness, limit_phase
+from benchmarks import (
+    baselines,
+    bulk_import,
+    claim,
+    crypto_floor,
+    delivery_phase,
+    e2e,
+    harness,
+    limit_phase,
+)
 from benchmarks.report import GOALS, LIMIT, goals, ratios, render
 from wxrecon.demo.procs import Supervisor
 from wxrecon.simulator import LedgerSeed, init_dir, start_subprocess
@@ -63,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-merchants", type=int, default=3, help="rate-limit phase: merchants")
     p.add_argument(
         "--limit-orders", type=int, default=600, help="rate-limit phase: orders per merchant"
+    )
+    p.add_argument(
+        "--delivery-orders",
+        type=int,
+        default=-1,
+        help="delivery-on phase: reductions (-1: as many as --orders; 0: skip it)",
     )
     p.add_argument("--workers", type=int, default=1, help="celery worker nodes")
     p.add_argument("--concurrency", type=int, default=4, help="processes per worker node")
@@ -324,6 +339,26 @@ def run_processes(
                             prefix=f"{tag}L",
                             mchids=limited,
                         )
+                    n = args.orders if args.delivery_orders < 0 else args.delivery_orders
+                    if n:
+                        console.print(f"[bold]delivery on[/]: {n:,} reductions, webhook")
+                        d = delivery_phase.run(
+                            sup,
+                            env,
+                            workers,
+                            [beat],
+                            logs,
+                            work / "data",
+                            db,
+                            admin,
+                            e2e.plan(n, mchids, f"{tag}D", rng),
+                            f"{tag}D",
+                            enqueue,
+                            concurrency=args.concurrency,
+                            timeout=args.timeout,
+                            progress=ticker(console),
+                        )
+                        report["delivery_on"] = d
                 else:
                     e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
                     wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)
