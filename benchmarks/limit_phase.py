@@ -12,8 +12,17 @@ not, for one merchant and endpoint in any one-second window: it must never excee
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+
+from benchmarks import e2e, harness
+from wxrecon.demo.procs import Supervisor
+from wxrecon.store.db import Database
 
 ENDPOINTS = ("submit_reduction", "query_reduction")
 
@@ -53,3 +62,74 @@ def efficiency(
         }
     found = [v["efficiency"] for v in by_endpoint.values() if v["efficiency"] is not None]
     return {"limit": limit, "by_endpoint": by_endpoint, "min": min(found) if found else None}
+
+
+def run(
+    args: argparse.Namespace,
+    sup: Supervisor,
+    env: dict[str, str],
+    workers: list[Any],
+    logs: Path,
+    admin: Any,
+    db: Database,
+    enqueue: Any,
+    check: Any,
+    console: Console,
+    progress: Callable[[int, int], None],
+    report: dict[str, Any],
+    *,
+    orders: list[e2e.Planned],
+    prefix: str,
+    mchids: list[str],
+) -> None:
+    """The limit lowered to ``--limit-rate`` in the simulator and in fresh workers (the limit
+    is a worker setting), a backlog for each of ``mchids``. The simulator gets its limit back
+    afterwards; the workers keep the lowered one (nothing after this phase calls through
+    them)."""
+    rate = args.limit_rate
+
+    def restart(settings: dict[str, str], tag: str) -> None:  # the limit is read at start-up
+        for w in workers:
+            harness.stop_child(sup, w)
+        workers[:] = [
+            harness.start_worker(
+                sup,
+                f"bench{tag}{i}",
+                settings,
+                logs / f"worker{tag}{i}.log",
+                concurrency=args.concurrency,
+            )
+            for i in range(args.workers)
+        ]
+        harness.wait_for(
+            lambda: all(harness.worker_ready(c) for c in workers), 120, "workers", every=0.2
+        )
+
+    before = admin.config()["rate_limit"]
+    console.print(
+        f"[bold]rate limit {rate}/s[/]: {len(orders):,} reductions over {len(mchids)} merchants"
+    )
+    admin.set_config(rate_limit=rate)
+    restart({**env, "WXRECON_RATE_LIMIT_PER_SECOND": str(rate)}, "L")
+    try:
+        load0 = os.getloadavg()
+        phase = e2e.run_phase(
+            db,
+            admin,
+            orders,
+            prefix,
+            enqueue,
+            timeout=args.timeout,
+            check=check,
+            progress=progress,
+        )
+        r = phase.to_json()
+        r["load_average"] = [round(x, 2) for x in (*load0, *os.getloadavg())]
+        admitted = admin.admitted_per_second()
+        r["admitted_per_second"] = admitted
+        r["efficiency"] = efficiency(admitted, mchids, rate)
+        r["refused_429"] = sum(e.get("429", 0) for e in phase.requests_by_endpoint.values())
+        r["problems"] = e2e.ground_truth_problems(admin, orders)
+        report["rate_limit"] = r
+    finally:
+        admin.set_config(rate_limit=before)

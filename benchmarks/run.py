@@ -321,7 +321,7 @@ def run_processes(
                     report["hot_merchant"] = hot_phase.to_json()
                     report["hot_merchant"]["problems"] = e2e.ground_truth_problems(admin, hot)
                     if limited:
-                        run_limit_phase(
+                        limit_phase.run(
                             args,
                             sup,
                             env,
@@ -332,6 +332,7 @@ def run_processes(
                             enqueue,
                             check,
                             console,
+                            ticker(console),
                             report,
                             orders=e2e.plan(
                                 args.limit_orders * len(limited), limited, f"{tag}L", rng
@@ -393,76 +394,6 @@ def run_processes(
                 sim.stop()
     finally:
         harness.drop_database(POSTGRES_URL, DB_NAME)
-
-
-def run_limit_phase(
-    args: argparse.Namespace,
-    sup: Supervisor,
-    env: dict[str, str],
-    workers: list[Any],
-    logs: Path,
-    admin: Any,
-    db: Database,
-    enqueue: Any,
-    check: Any,
-    console: Console,
-    report: dict[str, Any],
-    *,
-    orders: list[e2e.Planned],
-    prefix: str,
-    mchids: list[str],
-) -> None:
-    """The limit lowered to ``--limit-rate`` in the simulator and in fresh workers (the limit
-    is a worker setting), a backlog for each of ``mchids``. The simulator gets its limit back
-    afterwards; the workers keep the lowered one (nothing after this phase calls through
-    them)."""
-    rate = args.limit_rate
-
-    def restart(settings: dict[str, str], tag: str) -> None:  # the limit is read at start-up
-        for w in workers:
-            harness.stop_child(sup, w)
-        workers[:] = [
-            harness.start_worker(
-                sup,
-                f"bench{tag}{i}",
-                settings,
-                logs / f"worker{tag}{i}.log",
-                concurrency=args.concurrency,
-            )
-            for i in range(args.workers)
-        ]
-        harness.wait_for(
-            lambda: all(harness.worker_ready(c) for c in workers), 120, "workers", every=0.2
-        )
-
-    before = admin.config()["rate_limit"]
-    console.print(
-        f"[bold]rate limit {rate}/s[/]: {len(orders):,} reductions over {len(mchids)} merchants"
-    )
-    admin.set_config(rate_limit=rate)
-    restart({**env, "WXRECON_RATE_LIMIT_PER_SECOND": str(rate)}, "L")
-    try:
-        load0 = os.getloadavg()
-        phase = e2e.run_phase(
-            db,
-            admin,
-            orders,
-            prefix,
-            enqueue,
-            timeout=args.timeout,
-            check=check,
-            progress=ticker(console),
-        )
-        r = phase.to_json()
-        r["load_average"] = [round(x, 2) for x in (*load0, *os.getloadavg())]
-        admitted = admin.admitted_per_second()
-        r["admitted_per_second"] = admitted
-        r["efficiency"] = limit_phase.efficiency(admitted, mchids, rate)
-        r["refused_429"] = sum(e.get("429", 0) for e in phase.requests_by_endpoint.values())
-        r["problems"] = e2e.ground_truth_problems(admin, orders)
-        report["rate_limit"] = r
-    finally:
-        admin.set_config(rate_limit=before)
 
 
 def wait_final(db: Database, prefix: str, n: int, check: Any, timeout: float = 600) -> None:
