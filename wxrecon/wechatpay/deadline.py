@@ -5,6 +5,7 @@ attempt ends on time (a per-read timeout alone would let it hold a call for ever
 from __future__ import annotations
 
 import http.client
+import inspect
 import io
 import socket
 import time
@@ -58,6 +59,20 @@ class _DeadlineSocket:
         return io.BufferedReader(self._raw)
 
 
+# Newer Pythons bound the header count per connection and pass it in; ours is the default.
+_READ: Any = http.client._read_headers  # type: ignore[attr-defined]
+_MAX_ARG: tuple[int, ...] = (
+    (getattr(http.client, "_MAXHEADERS", 100),)
+    if len(inspect.signature(_READ).parameters) > 1
+    else ()
+)
+
+
+def _header_lines(fp: Any) -> list[bytes]:
+    lines: list[bytes] = _READ(fp, *_MAX_ARG)
+    return lines
+
+
 def read_headers(fp: Any) -> tuple[http.client.HTTPMessage, list[tuple[str, str]]]:
     """The header block as ``http.client.parse_headers`` returns it, without running it
     through the email package's feed parser (which cost more than the signature check).
@@ -66,7 +81,7 @@ def read_headers(fp: Any) -> tuple[http.client.HTTPMessage, list[tuple[str, str]
     Also returns the (name, value) pairs in order, which is what the wire reads."""
     message = http.client.HTTPMessage()
     pending: list[list[str]] = []
-    for raw in http.client._read_headers(fp):  # type: ignore[attr-defined]
+    for raw in _header_lines(fp):
         line = raw.decode("iso-8859-1").rstrip("\r\n")
         if line[:1] in (" ", "\t"):
             if pending:
@@ -104,7 +119,7 @@ class BoundedResponse(http.client.HTTPResponse):
             version, status, reason = self._read_status()
             if status != http.client.CONTINUE:
                 break
-            http.client._read_headers(self.fp)
+            _header_lines(self.fp)
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):
