@@ -218,13 +218,20 @@ CELERY = [sys.executable, "-m", "celery", "-A", "wxrecon.worker"]
 
 
 def start_worker(
-    sup: Supervisor, name: str, env: dict[str, str], log_path: Path, *, concurrency: int = 2
+    sup: Supervisor,
+    name: str,
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    concurrency: int = 2,
+    queues: str | None = None,
 ) -> Child:
     child = sup.start(
         name,
         [
             *CELERY,
             "worker",
+            *(["-Q", queues] if queues else []),
             "--pool",
             "prefork",
             "--concurrency",

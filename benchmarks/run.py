@@ -21,9 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from benchmarks import baselines, bulk_import, claim, e2e, harness
+from benchmarks import (
+    baselines,
+    bulk_import,
+    claim,
+    crypto_floor,
+    delivery_phase,
+    e2e,
+    harness,
+    limit_phase,
+)
+from benchmarks.report import GOALS, LIMIT, goals, ratios, render
 from wxrecon.demo.procs import Supervisor
 from wxrecon.simulator import LedgerSeed, init_dir, start_subprocess
 from wxrecon.store.db import Database
@@ -36,7 +45,8 @@ POSTGRES_URL = os.environ.get(
 DB_NAME = "wxrecon_bench"
 CLAIM_DB = "wxrecon_bench_claim"
 HOT_MCHID = "1900004999"
-LIMIT = 100  # the provider's requests per second per target merchant and endpoint
+LIMITED_PREFIX = "1900005"  # the rate-limit phase's merchants
+__all__ = ["GOALS", "LIMIT", "main"]
 
 ENGINE_SETTINGS = {
     "POLL_SCHEDULE": "250ms,500ms,1s,2s",
@@ -50,20 +60,25 @@ ENGINE_SETTINGS = {
     "LOG_LEVEL": "INFO",  # as in production: one line per transition
 }
 
-GOALS = {
-    "client_cost_vs_wechatpayv3": ("≤", 0.5),
-    "throughput_vs_floor": ("≥", 0.7),
-    "claim_large_vs_small": ("≤", 2.0),
-    "rss_growth_pct": ("<", 10.0),
-    "peak_requests_per_second": ("≤", float(LIMIT)),
-}
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--orders", type=int, default=20_000, help="reductions (throughput phase)")
     p.add_argument("--merchants", type=int, default=20, help="target merchants")
     p.add_argument("--hot-orders", type=int, default=2_000, help="reductions for one merchant")
+    p.add_argument(
+        "--limit-rate", type=int, default=20, help="rate-limit phase: requests/s (0: skip it)"
+    )
+    p.add_argument("--limit-merchants", type=int, default=3, help="rate-limit phase: merchants")
+    p.add_argument(
+        "--limit-orders", type=int, default=600, help="rate-limit phase: orders per merchant"
+    )
+    p.add_argument(
+        "--delivery-orders",
+        type=int,
+        default=-1,
+        help="delivery-on phase: reductions (-1: as many as --orders; 0: skip it)",
+    )
     p.add_argument("--workers", type=int, default=1, help="celery worker nodes")
     p.add_argument("--concurrency", type=int, default=4, help="processes per worker node")
     p.add_argument("--baseline-requests", type=int, default=3_000, help="queries per baseline")
@@ -204,7 +219,8 @@ def run_processes(
     tag = datetime.now(UTC).strftime("B%H%M%S")
     mchids = e2e.merchants(args.merchants)
     rich_balance = 10**13  # nothing here should fail for want of balance
-    seeds = [LedgerSeed(m, e2e.account(m), rich_balance) for m in [*mchids, HOT_MCHID]]
+    limited = e2e.merchants(args.limit_merchants, LIMITED_PREFIX) if args.limit_rate else []
+    seeds = [LedgerSeed(m, e2e.account(m), rich_balance) for m in [*mchids, HOT_MCHID, *limited]]
     sim_dir = init_dir(work / "sim", ledgers=seeds)
     db_url = harness.fresh_database(POSTGRES_URL, DB_NAME)
     logs = work / "logs"
@@ -255,6 +271,7 @@ def run_processes(
                         for k, pid in rig.items()
                         if pid is not None
                     }
+                    load0 = os.getloadavg()
                     console.print(
                         f"[bold]throughput[/]: {args.orders:,} reductions over {args.merchants} "
                         f"merchants, {args.workers}×{args.concurrency} worker processes"
@@ -275,6 +292,15 @@ def run_processes(
                         k: (harness.cpu_seconds(pid) or 0.0) - v for k, (pid, v) in others.items()
                     }
                     report["throughput"] = phase.to_json()
+                    t = report["throughput"]
+                    t["load_average"] = [round(x, 2) for x in (*load0, *os.getloadavg())]
+                    # The floor right after the phase, on the same keys and the same machine.
+                    floor = crypto_floor.measure(sim_dir)
+                    per_order = phase.requests / max(1, phase.final)
+                    t["crypto_floor"] = floor.to_json(per_order)
+                    t["simulator_cpu_ms_per_order"] = round(
+                        1000 * others_cpu.get("simulator", 0.0) / max(1, phase.final), 3
+                    )
                     main_pids = {w.pid for w in workers}
                     main_cpu = sum(c for p, c in sampler.cpu_by_pid.items() if p in main_pids)
                     report["throughput"]["cpu_seconds"] = {
@@ -302,6 +328,46 @@ def run_processes(
                     )
                     report["hot_merchant"] = hot_phase.to_json()
                     report["hot_merchant"]["problems"] = e2e.ground_truth_problems(admin, hot)
+                    if limited:
+                        limit_phase.run(
+                            args,
+                            sup,
+                            env,
+                            workers,
+                            logs,
+                            admin,
+                            db,
+                            enqueue,
+                            check,
+                            console,
+                            ticker(console),
+                            report,
+                            orders=e2e.plan(
+                                args.limit_orders * len(limited), limited, f"{tag}L", rng
+                            ),
+                            prefix=f"{tag}L",
+                            mchids=limited,
+                        )
+                    n = args.orders if args.delivery_orders < 0 else args.delivery_orders
+                    if n:
+                        console.print(f"[bold]delivery on[/]: {n:,} reductions, webhook")
+                        d = delivery_phase.run(
+                            sup,
+                            env,
+                            workers,
+                            [beat],
+                            logs,
+                            work / "data",
+                            db,
+                            admin,
+                            e2e.plan(n, mchids, f"{tag}D", rng),
+                            f"{tag}D",
+                            enqueue,
+                            concurrency=args.concurrency,
+                            timeout=args.timeout,
+                            progress=ticker(console),
+                        )
+                        report["delivery_on"] = d
                 else:
                     e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
                     wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)
@@ -373,117 +439,6 @@ def ticker(console: Console) -> Any:
             console.print(f"  {done:,}/{total:,} final", highlight=False)
 
     return progress
-
-
-def ratios(report: dict[str, Any]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    b = report.get("baselines")
-    t = report.get("throughput")
-    c = report.get("claim")
-
-    def div(a: float | None, d: float | None) -> float | None:
-        return round(a / d, 3) if a is not None and d else None
-
-    if b:
-        mine = b["wxrecon"]["cpu_ms_per_request"]
-        out["client_cost_vs_wechatpayv3"] = div(mine, b["wechatpayv3"]["cpu_ms_per_request"])
-        out["client_cost_vs_floor"] = div(mine, b["floor"]["cpu_ms_per_request"])
-        out["floor_cost_vs_wechatpayv3"] = div(
-            b["floor"]["cpu_ms_per_request"], b["wechatpayv3"]["cpu_ms_per_request"]
-        )
-        out["floor_urllib3_cost_vs_wechatpayv3"] = div(
-            b["floor_urllib3"]["cpu_ms_per_request"], b["wechatpayv3"]["cpu_ms_per_request"]
-        )
-        if t:
-            out["throughput_vs_floor"] = div(
-                t["requests_per_second"], b["floor"]["requests_per_second"]
-            )
-    if c:
-        out["claim_large_vs_small"] = div(c["large"]["median_ms"], c["small"]["median_ms"])
-    if t:
-        out["rss_growth_pct"] = t["rss"].get("growth_pct")
-        peaks = [
-            *t["peak_per_second"]["by_endpoint"].values(),
-            *report.get("hot_merchant", {})
-            .get("peak_per_second", {})
-            .get("by_endpoint", {})
-            .values(),
-        ]
-        out["peak_requests_per_second"] = float(max(peaks)) if peaks else None
-    return out
-
-
-def goals(r: dict[str, float | None]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name, (op, target) in GOALS.items():
-        value = r.get(name)
-        met = None
-        if value is not None:
-            met = {"≤": value <= target, "≥": value >= target, "<": value < target}[op]
-        out[name] = {"value": value, "goal": f"{op} {target:g}", "met": met}
-    return out
-
-
-def render(console: Console, report: dict[str, Any]) -> None:
-    t = report.get("throughput")
-    h = report.get("hot_merchant")
-    b = report.get("baselines")
-    c = report.get("claim")
-    table = Table(title="wxrecon benchmarks", title_justify="left", header_style="bold")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    if t:
-        table.add_row("orders (throughput phase)", f"{t['final']:,}/{t['orders']:,} final")
-        table.add_row("orders finalised per second", f"{t['orders_per_second']:.1f}")
-        table.add_row("provider requests per second", f"{t['requests_per_second']:.1f}")
-        table.add_row(
-            "intake → final p50 / p99",
-            f"{t['latency_ms']['p50'] / 1000:.2f} s / {t['latency_ms']['p99'] / 1000:.2f} s",
-        )
-        table.add_row("worker CPU per order", f"{t['cpu_ms_per_order']:.2f} ms")
-        table.add_row(
-            "worker RSS peak / growth",
-            f"{t['rss']['peak_mb']:.0f} MB / {t['rss']['growth_pct']:+.1f} %",
-        )
-        table.add_row(
-            "peak requests/s of any merchant",
-            str(max(t["peak_per_second"]["by_endpoint"].values(), default=0)),
-        )
-    if h:
-        peaks = h["peak_per_second"]["by_endpoint"]
-        table.add_row(
-            "hot merchant: peak requests/s",
-            ", ".join(f"{k} {v}" for k, v in sorted(peaks.items())),
-        )
-        table.add_row(
-            "hot merchant: sustained requests/s",
-            f"{h['requests_per_second']:.1f} (two endpoints)",
-        )
-    if b:
-        for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):
-            r = b[name]
-            table.add_row(
-                f"client {name}: CPU per request, req/s",
-                f"{r['cpu_ms_per_request']:.2f} ms, {r['requests_per_second']:.0f}"
-                + (f" ({r['errors']} errors)" if r["errors"] else ""),
-            )
-    if c:
-        for size in ("small", "large"):
-            table.add_row(
-                f"claim {c[size]['batch']} of {c[size]['rows']:,} rows (median)",
-                f"{c[size]['median_ms']:.2f} ms",
-            )
-    console.print(table)
-    g = Table(title="goals", title_justify="left", header_style="bold")
-    for col in ("ratio", "value", "goal", "met"):
-        g.add_column(col)
-    for name, v in report.get("goals", {}).items():
-        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[v["met"]]
-        g.add_row(name, "-" if v["value"] is None else f"{v['value']:g}", v["goal"], met)
-    for name, v in report.get("ratios", {}).items():
-        if name not in report.get("goals", {}):
-            g.add_row(name, "-" if v is None else f"{v:g}", "", "")
-    console.print(g)
 
 
 if __name__ == "__main__":

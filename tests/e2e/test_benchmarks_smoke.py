@@ -31,6 +31,10 @@ def test_benchmark_smoke(
             "4",
             "--hot-orders",
             "150",
+            "--limit-merchants",
+            "2",
+            "--limit-orders",
+            "100",
             "--concurrency",
             "2",
             "--baseline-requests",
@@ -65,6 +69,13 @@ def test_benchmark_smoke(
         assert set(peaks) >= {"submit_reduction", "query_reduction"}
         assert max(peaks.values()) <= run.LIMIT
     assert written["hot_merchant"]["peak_per_second"]["overall_mchid"] == run.HOT_MCHID
+    limited = written["rate_limit"]
+    assert limited["final"] == limited["orders"] == 200 and limited["problems"] == []
+    assert max(limited["peak_per_second"]["by_endpoint"].values()) <= 20
+    assert written["throughput"]["crypto_floor"]["per_order_ms"] > 0
+    on = written["delivery_on"]
+    assert on["final"] == on["orders"] == 200 and on["problems"] == []
+    assert on["delivered"] == 200  # every final order's outcome reached the receiver once
     t = written["throughput"]
     assert t["worker_cpu_seconds"] > 0 and t["rss"]["peak_mb"] > 0
 

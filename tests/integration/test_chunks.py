@@ -912,7 +912,9 @@ def test_a_chunk_runs_on_one_pinned_connection(
     assert pool.checkedout() == idle  # type: ignore[attr-defined]
     assert chunk.checkouts == 1
     assert len({conn for conn, _ in chunk.seen}) == 1
-    assert len(chunk.seen) >= 1 + 2 * len(ids)  # the read and each order's writes
+    # The read, the chunk's marks as one statement, its held outcomes as one more.
+    assert len(chunk.seen) == 3, [sql[:60] for _, sql in chunk.seen]
+    assert [sql.startswith("WITH v AS") for _, sql in chunk.seen] == [False, True, True]
     assert all(state(pg_db, SpecialReduction, i) == RState.PROCESSING for i in ids)
 
     # For contrast: one order at a time checks out a connection per order.

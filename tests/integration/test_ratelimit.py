@@ -155,6 +155,22 @@ def test_redis_limiter_reports_wait_and_expires_keys(redis_url: str) -> None:
     assert 0 < client.pttl(prefix + "k") <= 2000
 
 
+@pytest.mark.redis
+def test_redis_limiter_survives_a_flushed_script_and_a_killed_connection(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test:rl:{uuid.uuid4().hex}:"
+    limiter = RedisRateLimiter(client, 3, window=5.0, prefix=prefix)
+    assert limiter.acquire("k") == 0.0
+    client.script_flush()  # the server forgot the script: it is sent again
+    assert limiter.acquire("k") == 0.0
+    conn = limiter._conn  # the limiter's own connection, and only it (the Redis is shared)
+    conn.send_command("CLIENT", "ID")
+    client.client_kill_filter(_id=conn.read_response())
+    assert limiter.acquire("k") == 0.0  # made again at once
+    assert limiter.acquire("k") > 0  # and the count held throughout: 3 grants, no fourth
+    assert client.zcard(prefix + "k") == 3
+
+
 @pytest.mark.parametrize("backend", ["local", "redis"])
 def test_the_factory_grants_exactly_the_rate_it_was_given(backend: str, request: Any) -> None:
     """A limiter from ``make_limiter`` grants ``rate`` calls in a window and defers the next

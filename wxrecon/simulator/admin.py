@@ -159,6 +159,11 @@ class AdminClient:
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "stats")
 
+    def admitted_per_second(self) -> dict[str, dict[str, dict[str, int]]]:
+        """endpoint -> target mchid -> {whole second: requests admitted} since the stats reset."""
+        seconds: dict[str, dict[str, dict[str, int]]] = self._call("GET", "stats/seconds")
+        return seconds
+
     def advance_clock(self, seconds: float) -> float:
         return float(self._call("POST", "clock", {"advance": seconds})["clock_offset"])
 

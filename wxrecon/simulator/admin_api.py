@@ -67,6 +67,7 @@ class AdminApi:
             ("GET", "/_sim/config"): self.get_config,
             ("POST", "/_sim/config"): self.set_config,
             ("GET", "/_sim/stats"): self.get_stats,
+            ("GET", "/_sim/stats/seconds"): self.get_seconds,
             ("POST", "/_sim/clock"): self.advance_clock,
             ("POST", "/_sim/reset"): self.reset,
         }
@@ -169,6 +170,9 @@ class AdminApi:
 
     def get_stats(self, now: float, params: dict[str, str], data: Any) -> Answer:
         return 200, self.sim.traffic.snapshot()
+
+    def get_seconds(self, now: float, params: dict[str, str], data: Any) -> Answer:
+        return 200, self.sim.traffic.admitted_per_second()
 
     def advance_clock(self, now: float, params: dict[str, str], data: Any) -> Answer:
         seconds = data.get("advance") if isinstance(data, dict) else None

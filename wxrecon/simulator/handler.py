@@ -35,6 +35,62 @@ if TYPE_CHECKING:
 log = logging.getLogger("wxrecon.simulator")
 
 MAX_BODY = 64 * 1024
+MAX_LINE = 65536  # http.client's limits on a header line and on the number of headers
+MAX_HEADERS = 100
+_SIMPLE_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
+
+
+_date: list[Any] = [0, ""]  # (whole second, its Date header)
+
+
+def http_date() -> str:
+    """The Date header, formatted once a second."""
+    now = int(time.time())
+    if _date[0] != now:
+        _date[:] = [now, formatdate(now, usegmt=True)]
+    return str(_date[1])
+
+
+class Headers(dict[str, str]):
+    """Request headers by lower-cased name (the first of repeated ones), read as
+    ``http.client``'s message is: ``get`` ignores case. Parsing the message through the email
+    package cost the simulator more than its signature checks."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self, name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and dict.__contains__(self, name.lower())
+
+
+def read_headers(rfile: Any) -> Headers | str:
+    """The header block up to its empty line, or why it is refused (a line too long, too
+    many headers). A line folded onto the previous one continues its value."""
+    headers = Headers()
+    last = None
+    for _ in range(MAX_HEADERS + 1):
+        line = rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            return "Line too long"
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t"):
+            if last is not None:
+                dict.__setitem__(headers, last, f"{dict.__getitem__(headers, last)} {text.strip()}")
+            continue
+        name, sep, value = text.partition(":")
+        if not sep:
+            continue
+        last = name.strip().lower()
+        if not dict.__contains__(headers, last):
+            dict.__setitem__(headers, last, value.strip())
+        else:
+            last = None  # a repeated header: the first one is kept, its folds dropped
+    return "Too many headers"
 
 
 def is_loopback(peer: str) -> bool:
@@ -74,6 +130,35 @@ class Handler(BaseHTTPRequestHandler):
             json.dumps(body).encode(),
             [("Content-Type", "application/json; charset=utf-8"), ("Request-ID", new_request_id())],
         )
+
+    def parse_request(self) -> bool:
+        """A plain ``METHOD target HTTP/1.x`` request line with the cheap header reader;
+        anything else through the standard library's full parser."""
+        raw: bytes = self.raw_requestline  # type: ignore[attr-defined]  # set by handle_one_request
+        line = str(raw, "iso-8859-1").rstrip("\r\n")
+        words = line.split(" ")
+        if len(words) != 3 or words[2] not in _SIMPLE_VERSIONS or not words[1].startswith("/"):
+            return super().parse_request()
+        command, path, version = words
+        self.requestline = line
+        self.request_version = version
+        self.command = command
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path
+        self.close_connection = version != "HTTP/1.1"
+        found = read_headers(self.rfile)
+        if isinstance(found, str):
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, found)
+            return False
+        self.headers = found  # type: ignore[assignment]
+        connection = found.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        expect = found.get("Expect", "").lower()
+        if expect == "100-continue" and version == "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -135,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
         lines = [
             f"HTTP/1.1 {status} {phrase}",
             f"Server: {self.server_version}",
-            f"Date: {formatdate(usegmt=True)}",
+            f"Date: {http_date()}",
             *(f"{k}: {v}" for k, v in headers),
             f"Content-Length: {len(body)}",
         ]

@@ -39,6 +39,7 @@ from wxrecon.wechatpay.client import Endpoint
 log = logging.getLogger("wxrecon.simulator")
 
 STALE_BY = 600  # seconds a stale_timestamp answer is back-dated (the limit is 300)
+CIPHERTEXTS = 4096  # ledgers whose answer ciphertext is kept
 
 
 def _json(data: Any) -> bytes:
@@ -92,6 +93,8 @@ class Provider:
         self.docs_literal = False  # the mode: every 2xx answer in its docs-literal form
         # The provider's notion of now (rate windows, settlement, signature age); tests may pin it.
         self.clock: Callable[[], float] = time.time
+        # plaintext -> (the key it was encrypted for, its ciphertext): see _for_merchant
+        self._ciphertexts: dict[str, tuple[rsa.RSAPublicKey, str]] = {}
 
     # -- the request ----------------------------------------------------------------------
 
@@ -193,8 +196,18 @@ class Provider:
         return data
 
     def _for_merchant(self, plaintext: str) -> str:
-        """Encrypted response fields use the calling merchant's certificate key."""
-        return keys.encrypt(self.keys.merchant_public, plaintext)
+        """Encrypted response fields use the calling merchant's certificate key. A ledger's
+        ciphertext is made once and kept: the client decrypts (and so checks) it in every
+        answer all the same, and OAEP's fresh randomness per answer protects nothing here."""
+        key = self.keys.merchant_public
+        cached = self._ciphertexts.get(plaintext)
+        if cached is not None and cached[0] is key:
+            return cached[1]
+        encrypted = keys.encrypt(key, plaintext)
+        if len(self._ciphertexts) >= CIPHERTEXTS:
+            self._ciphertexts.clear()
+        self._ciphertexts[plaintext] = (key, encrypted)
+        return encrypted
 
     # -- answers --------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 The limit is a sliding one-second window per (endpoint, target mchid) over admitted requests:
 the 101st request inside any one second is refused. Peaks count every request that named a
-target merchant, admitted or not, so a benchmark can see how hard a client pushed.
+target merchant, admitted or not, so a benchmark can see how hard a client pushed. Admitted
+requests are also counted per whole second of the clock (``admitted_per_second``), so a
+benchmark can tell the rate sustained while a backlog lasts from the edges of a phase.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Traffic:
         self._peak_overall_mchid: str | None = None
         self._requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._faults: Counter[str] = Counter()
+        # (endpoint, mchid) -> whole second of the clock -> admitted requests
+        self._per_second: defaultdict[tuple[str, str], Counter[int]] = defaultdict(Counter)
 
     def arrive(self, endpoint: str, mchid: str, now: float) -> bool:
         """Record a request for ``mchid`` and say whether the rate limit admits it."""
@@ -65,6 +69,7 @@ class Traffic:
             if self.limit > 0 and window.count(now) >= self.limit:
                 return False
             window.add(now)
+            self._per_second[(endpoint, mchid)][int(now)] += 1
             return True
 
     def answered(self, endpoint: str, outcome: str) -> None:
@@ -87,6 +92,7 @@ class Traffic:
             self._peak_overall_mchid = None
             self._requests.clear()
             self._faults.clear()
+            self._per_second.clear()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -103,3 +109,11 @@ class Traffic:
                 },
                 "rate_limit": self.limit,
             }
+
+    def admitted_per_second(self) -> dict[str, dict[str, dict[str, int]]]:
+        """endpoint -> mchid -> {whole second (as text, for JSON): admitted requests}."""
+        with self._lock:
+            out: dict[str, dict[str, dict[str, int]]] = {}
+            for (endpoint, mchid), seconds in self._per_second.items():
+                out.setdefault(endpoint, {})[mchid] = {str(s): n for s, n in seconds.items()}
+            return out

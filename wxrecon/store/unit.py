@@ -5,7 +5,9 @@ a chunk of orders writes through.
 On PostgreSQL the UPDATE and the event INSERT are one statement (the INSERT selects from the
 UPDATE's RETURNING, so it adds a row only if the compare-and-set won); on SQLite they are
 two, under the write lock BEGIN IMMEDIATE takes. A writer that loses the race changes
-nothing and is told so.
+nothing and is told so. On PostgreSQL, the writes of one commit that share a shape (a chunk's
+marks, its held outcomes) go as one statement, their outcome rows as one more
+(``sql.cas_many``): per-statement overhead, not the compare-and-set, was the cost.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from wxrecon.domain.kinds import kind_of
 from wxrecon.domain.outcomes import ENGINE_ACTOR
 from wxrecon.store.db import Database
 from wxrecon.store.rows import Row, update_row
-from wxrecon.store.sql import EVENT_INSERT, OUTCOME_INSERT, cas_statement, event_params
+from wxrecon.store.sql import (
+    EVENT_INSERT,
+    OUTCOME_INSERT,
+    cas_many,
+    cas_statement,
+    event_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,8 @@ class Cas:
     event: bool
     reason: str
     request_id: str | None
+    table: str = ""
+    keys: tuple[str, ...] = ()  # the columns set, sorted: with the table and event, the shape
     # The outbox row of a write the app is told about (a final or review state, an
     # operator's state change): inserted in the same transaction, only when the write wins.
     outcome: dict[str, Any] | None = None
@@ -59,14 +69,19 @@ class Cas:
 
     def run(self, conn: Connection) -> bool:
         """Execute on ``conn`` (inside its transaction); True when the compare-and-set won."""
+        won = self.apply(conn)
+        if won and self.outcome is not None:
+            conn.execute(OUTCOME_INSERT, self.outcome)
+        return won
+
+    def apply(self, conn: Connection) -> bool:
+        """The compare-and-set and its event, without the outcome row."""
         if self.one_statement:
             won = conn.execute(self.statement, self.params).first() is not None
         else:
             won = conn.execute(self.statement, self.params).rowcount == 1
             if won and self.event:
                 conn.execute(EVENT_INSERT, self.params)
-        if won and self.outcome is not None:
-            conn.execute(OUTCOME_INSERT, self.outcome)
         return won
 
 
@@ -97,6 +112,7 @@ def prepare(
         dst = src if to is None else str(to)
         params.update(event_params(row.KIND, row.id, src, dst, reason, actor, now, request_id))
     one_statement = event and db.is_postgresql
+    keys = tuple(sorted(new_values))
     return Cas(
         row=row,
         kind=row.KIND,
@@ -104,11 +120,13 @@ def prepare(
         to=to,
         new_values=new_values,
         params=params,
-        statement=cas_statement(model.__tablename__, tuple(sorted(new_values)), one_statement),
+        statement=cas_statement(model.__tablename__, keys, one_statement),
         one_statement=one_statement,
         event=event,
         reason=reason,
         request_id=request_id,
+        table=model.__tablename__,
+        keys=keys,
         outcome=_outcome(row, to, new_values, reason, actor, request_id, now),
     )
 
@@ -143,7 +161,7 @@ def commit(db: Database, writes: Sequence[Cas], on_moved: OnMoved | None = None)
     """Run ``writes`` in one transaction (one commit); then each won write updates its row
     and is reported. Returns, per write, whether it won."""
     with db.begin() as conn:
-        won = [w.run(conn) for w in writes]
+        won = _run_all(conn, writes) if db.is_postgresql else [w.run(conn) for w in writes]
     for w, ok in zip(writes, won, strict=True):
         if not ok:
             log.info("lost a race on %s #%s; leaving it to the winner", w.kind, w.row.id)
@@ -151,6 +169,29 @@ def commit(db: Database, writes: Sequence[Cas], on_moved: OnMoved | None = None)
         update_row(w.row, w.new_values)
         if on_moved is not None:
             on_moved(w)
+    return won
+
+
+def _run_all(conn: Connection, writes: Sequence[Cas]) -> list[bool]:
+    """PostgreSQL: ``writes`` grouped by shape, each group of two or more one ``cas_many``
+    statement, then every won write's outcome row in one executemany. Writes that touch one
+    row twice keep their order, one statement each (the second sees the first's version)."""
+    if len(writes) < 2 or len({(w.table, w.row.id) for w in writes}) < len(writes):
+        return [w.run(conn) for w in writes]
+    groups: dict[tuple[str, tuple[str, ...], bool], list[int]] = {}
+    for i, w in enumerate(writes):
+        groups.setdefault((w.table, w.keys, w.event), []).append(i)
+    won = [False] * len(writes)
+    for (table, keys, event), members in groups.items():
+        if len(members) == 1:
+            won[members[0]] = writes[members[0]].apply(conn)
+            continue
+        ids = cas_many(conn, table, keys, event, [writes[i].params for i in members])
+        for i in members:
+            won[i] = writes[i].row.id in ids
+    outcomes = [w.outcome for w, ok in zip(writes, won, strict=True) if ok and w.outcome]
+    if outcomes:
+        conn.execute(OUTCOME_INSERT, outcomes)
     return won
 
 

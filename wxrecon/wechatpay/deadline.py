@@ -5,6 +5,7 @@ attempt ends on time (a per-read timeout alone would let it hold a call for ever
 from __future__ import annotations
 
 import http.client
+import inspect
 import io
 import socket
 import time
@@ -58,6 +59,43 @@ class _DeadlineSocket:
         return io.BufferedReader(self._raw)
 
 
+# Newer Pythons bound the header count per connection and pass it in; ours is the default.
+_READ: Any = http.client._read_headers  # type: ignore[attr-defined]
+_MAX_ARG: tuple[int, ...] = (
+    (getattr(http.client, "_MAXHEADERS", 100),)
+    if len(inspect.signature(_READ).parameters) > 1
+    else ()
+)
+
+
+def _header_lines(fp: Any) -> list[bytes]:
+    lines: list[bytes] = _READ(fp, *_MAX_ARG)
+    return lines
+
+
+def read_headers(fp: Any) -> tuple[http.client.HTTPMessage, list[tuple[str, str]]]:
+    """The header block as ``http.client.parse_headers`` returns it, without running it
+    through the email package's feed parser (which cost more than the signature check).
+    ``http.client._read_headers`` keeps its bounds (line length, header count); a line
+    folded onto the previous one continues its value, a line that is no header is dropped.
+    Also returns the (name, value) pairs in order, which is what the wire reads."""
+    message = http.client.HTTPMessage()
+    pending: list[list[str]] = []
+    for raw in _header_lines(fp):
+        line = raw.decode("iso-8859-1").rstrip("\r\n")
+        if line[:1] in (" ", "\t"):
+            if pending:
+                pending[-1][1] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name and name == name.strip():
+            pending.append([name, value.strip()])
+    pairs = [(name, value) for name, value in pending]
+    for name, value in pairs:
+        message[name] = value
+    return message, pairs
+
+
 class BoundedResponse(http.client.HTTPResponse):
     def __init__(
         self,
@@ -71,3 +109,43 @@ class BoundedResponse(http.client.HTTPResponse):
     ) -> None:
         wrapped: Any = _DeadlineSocket(sock, deadline, read_timeout)
         super().__init__(wrapped, debuglevel, method, url)
+        self.header_pairs: list[tuple[str, str]] = []  # as received, once begun
+
+    def begin(self) -> None:
+        """``HTTPResponse.begin`` of Python 3.11-3.13, with :func:`read_headers`."""
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            _header_lines(self.fp)
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers, self.header_pairs = read_headers(self.fp)
+        self.msg = self.headers
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding and encoding.lower() == "chunked")
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True

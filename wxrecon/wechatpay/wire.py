@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -272,8 +272,8 @@ class PoolWire:
             BoundedResponse, deadline=deadline, read_timeout=self.read_timeout
         )
         try:
-            response = conn.getresponse()
-            reply_headers = ReplyHeaders.of(response.getheaders())
+            response = cast(BoundedResponse, conn.getresponse())
+            reply_headers = ReplyHeaders.of(response.header_pairs)
             if response.length is not None and response.length > self.max_body:
                 raise failure("BodyTooLarge", status=response.status, headers=reply_headers)
             if response.length is not None:

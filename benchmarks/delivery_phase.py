@@ -1,0 +1,100 @@
+"""Outcome delivery on against off: the throughput phase again with a webhook target, its
+relay worker (``-Q wxrecon.outcomes``, one process) and a beat that schedules the relay; a
+receiver process (``tests/webhook_receiver.py``: verifies, deduplicates, answers 200) takes
+the deliveries. Orders finalised per second with delivery on ÷ the same figure of the
+throughput phase (delivery off: the outbox rows are written, nothing is sent), same N."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from benchmarks import e2e, harness
+from wxrecon.demo.env import free_port
+from wxrecon.demo.procs import Child, Supervisor
+from wxrecon.store.db import Database
+
+RECEIVER = Path(__file__).resolve().parents[1] / "tests" / "webhook_receiver.py"
+
+
+def delivered(log: Path) -> int:
+    """Distinct events the receiver accepted."""
+    try:
+        return sum(1 for line in log.read_text().splitlines() if '"duplicate": false' in line)
+    except OSError:
+        return 0
+
+
+def run(
+    sup: Supervisor,
+    env: dict[str, str],
+    workers: list[Child],
+    beat: list[Child],
+    logs: Path,
+    data: Path,
+    db: Database,
+    admin: Any,
+    orders: list[e2e.Planned],
+    prefix: str,
+    enqueue: Callable[..., None],
+    *,
+    concurrency: int,
+    timeout: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Restart the workers and beat with a webhook target (``workers`` and ``beat`` are
+    replaced in place), run the phase, wait until every final order's outcome arrived.
+    The earlier phases' outbox rows (written, never sent) are marked dead first, so the relay
+    delivers this phase's events only."""
+    with db.begin() as conn:
+        conn.execute(text("UPDATE outcomes SET delivery = 'dead' WHERE delivery = 'pending'"))
+    port, secret = free_port(), secrets.token_hex(16)
+    log = logs / "webhook-events.jsonl"
+    receiver = sup.start(
+        "receiver",
+        [sys.executable, str(RECEIVER), str(port), secret, str(log)],
+        env=harness.base_env(),
+        log_path=logs / "receiver.log",
+    )
+    on = {
+        **env,
+        "WXRECON_WEBHOOK_URL": f"http://127.0.0.1:{port}/hooks/wxrecon",
+        "WXRECON_WEBHOOK_SECRET": secret,
+    }
+    for child in [*workers, *beat]:
+        harness.stop_child(sup, child)
+    workers[:] = [
+        harness.start_worker(sup, "benchD", on, logs / "workerD.log", concurrency=concurrency)
+    ]
+    relay = harness.start_worker(
+        sup, "relay", on, logs / "relay.log", concurrency=1, queues="wxrecon.outcomes"
+    )
+    beat[:] = [harness.start_beat(sup, on, logs / "beatD.log", data)]
+    harness.wait_for(
+        lambda: all(harness.worker_ready(c) for c in [*workers, relay]), 120, "workers", every=0.2
+    )
+
+    def check() -> None:
+        for child in [*workers, *beat, relay, receiver]:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
+
+    phase = e2e.run_phase(
+        db, admin, orders, prefix, enqueue, timeout=timeout, check=check, progress=progress
+    )
+    final_at = time.monotonic()
+    deadline = final_at + timeout
+    while delivered(log) < phase.final and time.monotonic() < deadline:
+        check()
+        time.sleep(0.5)
+    out = phase.to_json()
+    out["delivered"] = delivered(log)
+    out["all_delivered_after_last_final_s"] = round(time.monotonic() - final_at, 1)
+    out["problems"] = e2e.ground_truth_problems(admin, orders)
+    return out

@@ -1,0 +1,51 @@
+"""The rate-limit phase's arithmetic (benchmarks/limit_phase.py), on made-up series."""
+
+from __future__ import annotations
+
+from benchmarks import limit_phase
+from benchmarks.report import goals, ratios
+
+
+def series(counts: list[int], start: int = 1000) -> dict[str, int]:
+    return {str(start + i): n for i, n in enumerate(counts)}
+
+
+def test_backlog_leaves_out_the_partial_first_and_last_seconds() -> None:
+    assert limit_phase.backlog_seconds(series([3, 20, 20, 19, 5])) == [1001, 1002, 1003]
+    assert limit_phase.backlog_seconds(series([3, 5])) == []
+    assert limit_phase.backlog_seconds({"7": 0, "8": 4, "9": 4, "10": 4}) == [9]
+
+
+def test_efficiency_is_the_mean_sustained_rate_over_the_limit_worst_endpoint_first() -> None:
+    admitted = {
+        "submit_reduction": {"a": series([2, 20, 20, 20, 1]), "b": series([5, 18, 18, 18, 3])},
+        "query_reduction": {"a": series([1, 10, 10, 10, 1]), "b": series([1, 10, 12, 14, 9])},
+    }
+    e = limit_phase.efficiency(admitted, ["a", "b"], 20)
+    sub, query = e["by_endpoint"]["submit_reduction"], e["by_endpoint"]["query_reduction"]
+    assert sub["sustained_per_merchant"] == {"a": 20.0, "b": 18.0}
+    assert sub["efficiency"] == 0.95 and sub["worst_merchant_efficiency"] == 0.9
+    assert query["sustained_per_merchant"] == {"a": 10.0, "b": 12.0}
+    assert e["min"] == query["efficiency"] == 0.55
+
+
+def test_a_merchant_without_a_span_has_no_rate_and_none_at_all_no_efficiency() -> None:
+    e = limit_phase.efficiency({"submit_reduction": {"a": series([4])}}, ["a", "b"], 20)
+    assert e["by_endpoint"]["submit_reduction"]["sustained_per_merchant"] == {"a": None, "b": None}
+    assert e["min"] is None
+
+
+def test_the_report_divides_the_peak_by_the_limit_and_checks_the_goals() -> None:
+    report = {
+        "rate_limit": {
+            "efficiency": limit_phase.efficiency(
+                {"submit_reduction": {"a": series([1, 19, 20, 19, 1])}}, ["a"], 20
+            ),
+            "peak_per_second": {"by_endpoint": {"submit_reduction": 21}},
+        }
+    }
+    r = ratios(report)
+    assert r["ratelimit_peak_vs_limit"] == 1.05
+    g = goals(r)
+    assert g["ratelimit_peak_vs_limit"]["met"] is False
+    assert g["ratelimit_efficiency"] == {"value": 0.967, "goal": "≥ 0.95", "met": True}
