@@ -48,7 +48,7 @@ def test_health_is_open_and_everything_else_needs_a_token(web: Any) -> None:
     for url in [*READS, f"/api/v1/orders/reduction/{rid}"]:
         assert client.get(url).status_code == 401, url
         assert client.get(url, headers=auth("wxr_not-a-token")).status_code == 401, url
-    for action in ("retry", "requery", "resolve", "approve"):
+    for action in ("retry", "requery", "resolve", "approve", "withdraw"):
         r = client.post(f"/api/v1/orders/reduction/{rid}/{action}", json={})
         assert r.status_code == 401, action
     assert client.get("/", follow_redirects=False).headers["location"] == "/signin"
@@ -121,6 +121,7 @@ def test_viewer_cannot_act_operator_retries_and_requeries_as_itself(web: Any) ->
         ("requery", {}),
         ("resolve", {"state": "FAILED", "evidence": EVIDENCE}),
         ("approve", None),
+        ("withdraw", {}),
     ):
         r = client.post(
             f"/api/v1/orders/reduction/{rid}/{action}", json=body, headers=auth(tokens["viewer"])
@@ -166,6 +167,27 @@ def test_four_eyes_proposer_cannot_approve_and_another_approver_can(web: Any) ->
     detail = client.get(f"/api/v1/orders/reduction/{rid}", headers=auth(tokens["viewer"])).json()
     assert {e["actor"] for e in detail["events"]} >= {"web:approver-1", "web:approver-2"}
     assert detail["resolutions"][0]["decided_by"] == "web:approver-2"
+
+
+def test_a_pending_resolution_is_withdrawn_and_the_order_stays_in_review(web: Any) -> None:
+    client, tokens, db = web
+    rid = reduction(db, "WEBWITHDRAW")
+    to_review(db, REDUCTION, rid)
+    op = auth(tokens["operator"])
+    url = f"/api/v1/orders/reduction/{rid}"
+    assert client.post(f"{url}/withdraw", json={}, headers=op).status_code == 409  # none pending
+    r = client.post(f"{url}/resolve", json={"state": "FAILED", "evidence": EVIDENCE}, headers=op)
+    assert r.status_code == 200 and r.json()["resolution"]["status"] == "pending"
+    r = client.post(f"{url}/withdraw", json={"why": "wrong evidence"}, headers=op)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "NEEDS_REVIEW" and r.json()["resolution"]["status"] == "withdrawn"
+    approve = client.post(f"{url}/approve", headers=auth(tokens["approver2"]))
+    assert approve.status_code == 409  # nothing left to approve
+    detail = client.get(url, headers=auth(tokens["viewer"])).json()
+    assert detail["order"]["state"] == "NEEDS_REVIEW"
+    assert any(
+        "withdrawn" in e["reason"] and e["actor"] == "web:operator-1" for e in detail["events"]
+    )
 
 
 def test_a_revoked_token_is_refused_at_once(web: Any) -> None:

@@ -1,5 +1,6 @@
 """A real browser (Debian's Chromium, driven by Playwright) through the console: sign in
-with a token, find an order, retry it; resolve another and approve it with a second token.
+with a token, find an order, retry it; resolve another and approve it with a second token;
+propose a third and withdraw the proposal.
 Screenshots go to test-artifacts/web/ (git-ignored)."""
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ def test_sign_in_find_retry_resolve_approve(served: tuple[str, Database]) -> Non
     SHOTS.mkdir(parents=True, exist_ok=True)
     first = reduction(db, "BROWSERRETRY1")
     second = reduction(db, "BROWSERRESOLVE2")
+    third = reduction(db, "BROWSERWITHDRAW3")
     to_review(db, REDUCTION, first)
     to_review(db, REDUCTION, second)
+    to_review(db, REDUCTION, third)
     alice = web_tokens.create(db, "alice", "operator")
     bob = web_tokens.create(db, "bob", "approver")
 
@@ -86,6 +89,20 @@ def test_sign_in_find_retry_resolve_approve(served: tuple[str, Database]) -> Non
             assert "NEEDS_REVIEW" in page.inner_text("#msg")  # pending, not applied
             page.screenshot(path=str(SHOTS / "4-proposed.png"), full_page=True)
 
+            # A proposal taken back: the order stays in review, the withdrawal is on record.
+            page.goto(f"{base}/orders/reduction/{third}")
+            page.select_option("#resolve-state", "FAILED")
+            page.fill("#evidence", EVIDENCE)
+            page.click("#resolve")
+            page.wait_for_selector("#withdraw")
+            page.fill("form[action$='/withdraw'] input[name=why]", "wrong order")
+            page.click("#withdraw")
+            page.wait_for_selector("#msg")
+            assert "done: now NEEDS_REVIEW" in page.inner_text("#msg")
+            assert page.query_selector("#withdraw") is None  # nothing pending any more
+            assert "withdrawn" in page.inner_text("body")
+            page.screenshot(path=str(SHOTS / "4b-withdrawn.png"), full_page=True)
+
             page2 = browser.new_context().new_page()
             page2.goto(base + "/signin")
             page2.fill("#token", bob)
@@ -101,4 +118,5 @@ def test_sign_in_find_retry_resolve_approve(served: tuple[str, Database]) -> Non
     with db.read() as s:
         assert s.get(REDUCTION.model, first).state == "RECEIVED"
         assert s.get(REDUCTION.model, second).state == "FAILED"
+        assert s.get(REDUCTION.model, third).state == "NEEDS_REVIEW"
     assert len(list(SHOTS.glob("*.png"))) >= 5

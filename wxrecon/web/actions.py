@@ -60,6 +60,12 @@ def approve(rt: Any, who: Holder, kind: OrderKind, order_id: int) -> dict[str, A
     return _res(four_eyes.approve(rt.db, kind, order_id, actor=actor(who)))
 
 
+def withdraw(rt: Any, who: Holder, kind: OrderKind, order_id: int, why: str) -> dict[str, Any]:
+    """Take back the order's pending resolution; the order stays as it is (an event says so)."""
+    need(who, "operator")
+    return _res(four_eyes.withdraw(rt.db, kind, order_id, actor=actor(who), why=why))
+
+
 def resolutions(db: Database, kind: OrderKind, order_id: int) -> list[dict[str, Any]]:
     return [_res(r) for r in four_eyes.resolutions(db, kind, order_id=order_id, limit=20)]
 

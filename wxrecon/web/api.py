@@ -301,4 +301,13 @@ def approve(request: Request, who: Who, kind: KindName, order_id: OrderId) -> Do
     return Done(kind=str(k), id=order_id, state=res["order_state"], actor=who.name, resolution=res)
 
 
+@router.post("/orders/{kind}/{order_id}/withdraw", response_model=Done)
+def withdraw(request: Request, who: Who, kind: KindName, order_id: OrderId, body: Why) -> Done:
+    """Take back the pending resolution (an operator's, or an approver's); ``force`` is
+    ignored."""
+    k = kind_of(kind)
+    res = _act(actions.withdraw, request.app.state.runtime, who, k, order_id, body.why)
+    return Done(kind=str(k), id=order_id, state=res["order_state"], actor=who.name, resolution=res)
+
+
 __all__ = ["router", "web_tokens"]

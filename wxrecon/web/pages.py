@@ -200,3 +200,15 @@ def resolve(
 def approve(request: Request, who: Who, kind: str, order_id: OrderId) -> Response:
     rt = request.app.state.runtime
     return _do(kind, order_id, actions.approve, rt, who, _kind(kind), order_id)
+
+
+@router.post("/orders/{kind}/{order_id}/withdraw")
+def withdraw(
+    request: Request,
+    who: Who,
+    kind: str,
+    order_id: OrderId,
+    why: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    rt = request.app.state.runtime
+    return _do(kind, order_id, actions.withdraw, rt, who, _kind(kind), order_id, why)
