@@ -73,13 +73,57 @@ def _header_lines(fp: Any) -> list[bytes]:
     return lines
 
 
-def read_headers(fp: Any) -> tuple[http.client.HTTPMessage, list[tuple[str, str]]]:
-    """The header block as ``http.client.parse_headers`` returns it, without running it
-    through the email package's feed parser (which cost more than the signature check).
-    ``http.client._read_headers`` keeps its bounds (line length, header count); a line
-    folded onto the previous one continues its value, a line that is no header is dropped.
-    Also returns the (name, value) pairs in order, which is what the wire reads."""
-    message = http.client.HTTPMessage()
+class Headers:
+    """What ``http.client`` and callers ask of a response's headers (``get``, ``get_all``,
+    ``items``, ``[name]``, ``in``), case-insensitively and in received order, without an
+    ``email.message.Message`` (ten ``__setitem__`` calls per answer cost more than the rest
+    of the header reading)."""
+
+    __slots__ = ("_first", "_pairs")
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+        self._first: dict[str, str] = {}
+        for name, value in pairs:
+            self._first.setdefault(name.lower(), value)
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        return self._first.get(name.lower(), failobj)
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        low = name.lower()
+        found = [v for k, v in self._pairs if k.lower() == low]
+        return found or failobj
+
+    def __getitem__(self, name: str) -> str | None:
+        return self._first.get(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self._pairs]
+
+    def values(self) -> list[str]:
+        return [v for _, v in self._pairs]
+
+    def __iter__(self) -> Any:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+
+def read_headers(fp: Any) -> tuple[Headers, list[tuple[str, str]]]:
+    """The header block as ``http.client.parse_headers`` reads it, without running it
+    through the email package (its feed parser, then its Message, cost more than the
+    signature check). ``http.client._read_headers`` keeps its bounds (line length, header
+    count); a line folded onto the previous one continues its value, a line that is no
+    header is dropped. Also returns the (name, value) pairs in order, which is what the wire
+    reads."""
     pending: list[list[str]] = []
     for raw in _header_lines(fp):
         line = raw.decode("iso-8859-1").rstrip("\r\n")
@@ -91,9 +135,7 @@ def read_headers(fp: Any) -> tuple[http.client.HTTPMessage, list[tuple[str, str]
         if sep and name and name == name.strip():
             pending.append([name, value.strip()])
     pairs = [(name, value) for name, value in pending]
-    for name, value in pairs:
-        message[name] = value
-    return message, pairs
+    return Headers(pairs), pairs
 
 
 class BoundedResponse(http.client.HTTPResponse):
@@ -128,7 +170,8 @@ class BoundedResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        self.headers, self.header_pairs = read_headers(self.fp)
+        headers, self.header_pairs = read_headers(self.fp)
+        self.headers = headers  # http.client only calls get(); getheader() get_all()
         self.msg = self.headers
         encoding = self.headers.get("transfer-encoding")
         self.chunked = bool(encoding and encoding.lower() == "chunked")
