@@ -159,10 +159,10 @@ class LeaderScheduler(PersistentScheduler):
 
 
 def _from_settings() -> Leadership | None:
-    from wxrecon.config import get_settings
+    from wxrecon.config import REDIS_SCHEMES, get_settings
 
     settings = get_settings()
-    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if not settings.broker_url.startswith(REDIS_SCHEMES):
         log.warning("beat: the broker is not Redis, so there is no leader lock: run one beat")
         return None
     ttl = settings.beat_lock_ttl

@@ -246,6 +246,11 @@ class Settings(BaseSettings):
         return None
 
 
+# URLs a Redis client opens: the broker features that need Redis (the intake pump, the beat
+# lock, the shared limiter, the stray-task look) check a URL against these.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def settings_error(exc: ValidationError) -> SettingsError:
     """The first problem of a failed validation as one line naming the setting (the
     rejected value is left out: it may be a secret)."""

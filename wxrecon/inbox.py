@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,20 +156,21 @@ class Inbox:
         self.client.lrem(self.inflight, 1, raw)
 
     def forward(self, raw: bytes) -> None:
-        """Move a message that is not an intake to Celery's queue, in one step."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lpush(self.forward_to, raw).lrem(self.inflight, 1, raw).execute()
+        """Move a message that is not an intake to Celery's queue."""
+        self._move(raw, self.forward_to)
 
     def bury(self, raw: bytes) -> None:
-        """Set aside a message the takers failed on (a bug, not an outage), in one step."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lpush(DEAD, raw).lrem(self.inflight, 1, raw).execute()
+        """Set aside a message the takers failed on (a bug, not an outage)."""
+        self._move(raw, DEAD)
+
+    def _move(self, raw: bytes, to: str) -> None:
+        pipe = self.client.pipeline(transaction=True)  # in one step: never in both, or none
+        pipe.lpush(to, raw).lrem(self.inflight, 1, raw).execute()
 
     def recover(self) -> int:
         """Put back the in-flight messages of pumps that stopped beating; how many."""
         moved = 0
-        for key in self.client.scan_iter(match=INFLIGHT + "*", count=100):
-            owner = (key.decode() if isinstance(key, bytes) else key)[len(INFLIGHT) :]
+        for key, owner in _held(self.client):
             if owner == self.id or self.client.exists(ALIVE + owner):
                 continue
             while self.client.rpoplpush(key, self.keys[0]) is not None:
@@ -178,24 +179,31 @@ class Inbox:
 
     def waiting(self) -> int:
         """Messages on the queue and in every pump's hands."""
-        held = sum(
-            self.client.llen(k) for k in self.client.scan_iter(match=INFLIGHT + "*", count=100)
-        )
+        held = sum(self.client.llen(key) for key, _ in _held(self.client))
         return held + sum(self.client.llen(k) for k in self.keys)
 
     def close(self) -> None:
         self.client.delete(self.alive)  # another pump may recover what is left at once
 
 
+def _keyed(client: Any, prefix: str) -> Iterator[tuple[Any, str]]:
+    """Each key under ``prefix`` with the pump id it names."""
+    for key in client.scan_iter(match=prefix + "*", count=100):
+        yield key, (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+
+
+def _held(client: Any) -> Iterator[tuple[Any, str]]:
+    """Every pump's in-flight list, with its owner."""
+    return _keyed(client, INFLIGHT)
+
+
 def look(client: Any, queue: str) -> dict[str, Any]:
     """What waits: on the queue, in each pump's hands (and whether that pump is alive), and
     set aside on the dead list."""
     pumps: dict[str, dict[str, Any]] = {}
-    for key in client.scan_iter(match=INFLIGHT + "*", count=100):
-        owner = (key.decode() if isinstance(key, bytes) else key)[len(INFLIGHT) :]
+    for key, owner in _held(client):
         pumps[owner] = {"held": client.llen(key), "alive": bool(client.exists(ALIVE + owner))}
-    for key in client.scan_iter(match=ALIVE + "*", count=100):
-        owner = (key.decode() if isinstance(key, bytes) else key)[len(ALIVE) :]
+    for _key, owner in _keyed(client, ALIVE):
         pumps.setdefault(owner, {"held": 0, "alive": True})
     queued = sum(client.llen(k) for k in queue_keys(queue))
     return {"queued": queued, "pumps": pumps, "dead": client.llen(DEAD)}

@@ -60,16 +60,11 @@ def run(ident: str, stopped: Callable[[], bool]) -> int:
     producer = connection.Producer()
 
     def take(intake: Intake) -> Any:
-        if intake.args:  # as the task refuses them: no name to redact a value by
-            log.error(
-                "%s refused: %s (%d given)",
-                intake.task,
-                takers.POSITIONAL_REFUSED,
-                len(intake.args),
-            )
+        if intake.args:  # as the task refuses them
+            takers.refuse_positional(intake.task, len(intake.args))
             return None
         kind, taker = takers.TAKERS[intake.task]
-        taken = taker(intake.id, **{str(k): v for k, v in intake.kwargs.items()})
+        taken = taker(intake.id, **intake.kwargs)  # a JSON object's keys: always strings
         if isinstance(taken, takers.Refused):
             return None  # the takers logged why and told the app
         log.info(

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import redis
 
 from wxrecon import metrics
+from wxrecon.config import REDIS_SCHEMES
 from wxrecon.wechatpay.client import BeforeRequest, Endpoint
 from wxrecon.wechatpay.errors import Throttled
 
@@ -162,7 +163,7 @@ class RedisRateLimiter:
 
 def make_limiter(url: str | None, rate_per_second: int) -> RateLimiter:
     """Redis-backed when ``url`` is a Redis URL, else in-process (one worker process only)."""
-    if url and url.startswith(("redis://", "rediss://", "unix://")):
+    if url and url.startswith(REDIS_SCHEMES):
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         return RedisRateLimiter(client, rate_per_second)
     return LocalRateLimiter(rate_per_second)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+from wxrecon.config import REDIS_SCHEMES
+
 SAMPLE = 1000  # messages read per queue, at most: a look, not a scan
 
 
@@ -33,7 +35,7 @@ def count_strays(messages: Iterable[bytes | str]) -> int:
 
 def stray_tasks(broker_url: str, queues: Iterable[str]) -> Mapping[str, int] | None:
     """``queue -> wxrecon tasks on it`` for the queues given (None: not a Redis broker)."""
-    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if not broker_url.startswith(REDIS_SCHEMES):
         return None
     import redis
 

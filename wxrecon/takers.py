@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -62,6 +63,29 @@ def intake_token(message_id: str | None) -> str | None:
     return f"intake-{message_id}" if message_id else None
 
 
+def _written(
+    write: Callable[..., IntakeResult], order: Any, signer: str, message_id: str | None
+) -> IntakeResult:
+    """``write`` (the engine's intake of the kind) in its own transaction, claimed under the
+    message's token."""
+    rt = runtime.get()
+    with rt.db.transaction() as session:
+        return write(
+            session,
+            order,
+            token=intake_token(message_id),
+            lease=rt.settings.claim_lease,
+            caller=signer,
+        )
+
+
+def refuse_positional(task: str, count: int) -> Refused:
+    """Positional arguments: one line that does not show them (a value with no name cannot
+    be redacted), nothing written."""
+    log.error("%s refused: %s (%d given)", task, POSITIONAL_REFUSED, count)
+    return Refused(error=POSITIONAL_REFUSED)
+
+
 def take_reduction(
     message_id: str | None,
     /,
@@ -91,14 +115,7 @@ def take_reduction(
             amount=amount,
             reason=reason,
         )
-        with rt.db.transaction() as session:
-            return intake_reduction(
-                session,
-                request,
-                token=intake_token(message_id),
-                lease=rt.settings.claim_lease,
-                caller=signer,
-            )
+        return _written(intake_reduction, request, signer, message_id)
     except (InvalidRequest, Conflict) as exc:
         return _refuse(what, str(exc), context, message_id)
 
@@ -115,14 +132,7 @@ def take_bill(
     try:
         out_bill_no = check_order_no(out_bill_no, "out_bill_no")
         signer = callers.resolve(BILL, caller, rt.profiles, rt.settings)
-        with rt.db.transaction() as session:
-            return intake_bill(
-                session,
-                out_bill_no,
-                token=intake_token(message_id),
-                lease=rt.settings.claim_lease,
-                caller=signer,
-            )
+        return _written(intake_bill, out_bill_no, signer, message_id)
     except (InvalidRequest, Conflict) as exc:
         return _refuse(what, str(exc), context, message_id)
 

@@ -40,7 +40,7 @@ from wxrecon.engine.intake import IntakeResult
 from wxrecon.engine.steps import MAX_CHUNK, Steps
 from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.logs import safe_reprs
-from wxrecon.takers import DB_DOWN, POSITIONAL_REFUSED, Refused, take_bill, take_reduction
+from wxrecon.takers import DB_DOWN, Refused, refuse_positional, take_bill, take_reduction
 from wxrecon.worker import INTAKE_QUEUE, OUTCOME_QUEUE, POLL_QUEUE, RETRY_BACKOFF_MAX, app
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ class WxreconTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args:
-            log.error("%s refused: %s (%d given)", self.name, POSITIONAL_REFUSED, len(args))
-            return {"error": POSITIONAL_REFUSED}
+            return dict(refuse_positional(self.name, len(args)))
         return super().__call__(**kwargs)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:

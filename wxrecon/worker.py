@@ -25,13 +25,12 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from kombu import Exchange, Queue
 
-from wxrecon.config import Settings, SettingsError, get_settings
+from wxrecon.config import REDIS_SCHEMES, Settings, SettingsError, get_settings
 from wxrecon.filemodes import private_dir
 
 log = logging.getLogger(__name__)
 
 INTAKE_QUEUE = "wxrecon.intake"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 POLL_QUEUE = "wxrecon.poll"
 # The relay's queue: consumed by its own worker (``-Q wxrecon.outcomes``), not the engine's.
 OUTCOME_QUEUE = "wxrecon.outcomes"

@@ -27,7 +27,7 @@ def _broker() -> Iterator[Any]:
     import redis
 
     from wxrecon.cli.database import settings
-    from wxrecon.worker import REDIS_SCHEMES
+    from wxrecon.config import REDIS_SCHEMES
 
     url = settings().broker_url
     if not url.startswith(REDIS_SCHEMES):
@@ -101,10 +101,11 @@ def replay_dead(
     if bool(ids) == all_:
         raise bad_input("name the messages with --id, or give --all")
     wanted = {i[:64] for i in ids or []}
+    tasks = _tasks()
     with _broker() as client:
-        raws = dead_messages(client, 10_000)
-        chosen = [r for r in raws if all_ or describe(r, _tasks())["id"] in wanted]
-        unknown = wanted - {describe(r, _tasks())["id"] for r in chosen}
+        named = [(raw, describe(raw, tasks)["id"]) for raw in dead_messages(client, 10_000)]
+        chosen = [raw for raw, ident in named if all_ or ident in wanted]
+        unknown = wanted - {ident for _, ident in named}
         if unknown:
             raise bad_input(f"not set aside: {', '.join(sorted(unknown))}")
         if not chosen:
