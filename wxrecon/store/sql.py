@@ -132,16 +132,22 @@ def _column_arrays(
     conn: Connection, t: Table, columns: Sequence[str], values: Sequence[Mapping[str, Any]]
 ) -> tuple[list[Any], ...]:
     """One list a column, each value through its type's bind processor (UTC datetimes)."""
+    binds = [t.c[c].type.bind_processor(conn.dialect) for c in columns]
+    return _arrays(values, columns, binds)
+
+
+def _arrays(
+    values: Sequence[Mapping[str, Any]], names: Sequence[str], binds: Sequence[Any]
+) -> tuple[list[Any], ...]:
     arrays = []
-    for c in columns:
-        bind = t.c[c].type.bind_processor(conn.dialect)
-        raw = [v[c] for v in values]
+    for name, bind in zip(names, binds, strict=True):
+        raw = [v[name] for v in values]
         arrays.append([bind(x) for x in raw] if bind is not None else raw)
     return tuple(arrays)
 
 
-def _array_casts(t: Table, columns: Sequence[str], dialect: Any) -> str:
-    return ", ".join(f"%b::{_array_of(t.c[c].type, dialect)}" for c in columns)
+def _array_casts(types: Sequence[Any], dialect: Any) -> str:
+    return ", ".join(f"%b::{_array_of(typ, dialect)}" for typ in types)
 
 
 def _array_of(typ: Any, dialect: Any) -> str:
@@ -162,7 +168,7 @@ def _unnest_statement(
     name: str, columns: tuple[str, ...], unique: tuple[str, ...], dialect: Any
 ) -> str:
     t = Base.metadata.tables[name]
-    casts = _array_casts(t, columns, dialect)
+    casts = _array_casts([t.c[c].type for c in columns], dialect)
     cols = ", ".join(f'"{c}"' for c in columns)
     keys = ", ".join(f'"{c}"' for c in unique)
     returning = ", ".join(['"id"', *(f'"{c}"' for c in unique)])
@@ -337,11 +343,7 @@ def cas_many(
     inserted for each row the UPDATE matched, so a lost race changes nothing of its order.
     One round trip and one plan instead of one per order."""
     stmt, names, binds = _cas_many_statement(table_name, keys, with_event, conn.dialect)
-    arrays = []
-    for name, bind in zip(names, binds, strict=True):
-        raw = [p[name] for p in params]
-        arrays.append([bind(x) for x in raw] if bind is not None else raw)
-    return {r[0] for r in conn.exec_driver_sql(stmt, tuple(arrays))}
+    return {r[0] for r in conn.exec_driver_sql(stmt, _arrays(params, names, binds))}
 
 
 @functools.lru_cache(maxsize=64)
@@ -354,7 +356,7 @@ def _cas_many_statement(
     if with_event:
         columns += [(f"e_{n}", EVENTS.c[n].type) for n in EVENT_COLUMNS if n != "order_id"]
     names = tuple(n for n, _ in columns)
-    casts = ", ".join(f"%b::{_array_of(typ, dialect)}" for _, typ in columns)
+    casts = _array_casts([typ for _, typ in columns], dialect)
     aliases = ", ".join(f'"{n}"' for n in names)
     sets = ", ".join(f'"{k}" = v."v_{k}"' for k in keys)
     update = (
