@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -49,6 +49,30 @@ class ChildDied(RuntimeError):
 
 
 INTERRUPT_GRACE = 1.0  # seconds the children get after Ctrl-C before SIGKILL (the demo only)
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C (and the SIGTERM or SIGHUP the supervisor turns into one) wait for the block
+    to end, then interrupt: a database call torn by KeyboardInterrupt makes SQLAlchemy log a
+    traceback as it closes a cursor on the connection it has just dropped. Keep the block
+    to a few milliseconds of I/O."""
+    try:
+        caught: list[int] = []
+        previous = {sig: signal.signal(sig, lambda n, _f: caught.append(n)) for sig in INTERRUPTS}
+    except ValueError:  # not the main thread: no signal reaches this code
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt(f"signal {caught[0]}")
 
 
 class Supervisor:

@@ -26,7 +26,7 @@ from wxrecon.demo import broker, mix, view
 from wxrecon.demo import verdict as verdicts
 from wxrecon.demo.env import demo_env, free_port
 from wxrecon.demo.hooks import Hooks
-from wxrecon.demo.procs import Supervisor
+from wxrecon.demo.procs import Supervisor, uninterrupted
 from wxrecon.demo.view import Tracked
 
 STUCK = ("REJECTED", "NEEDS_REVIEW")  # terminal for the engine, but not a converged demo
@@ -219,7 +219,7 @@ class Demo:
         from wxrecon import intake
 
         for r in reductions:
-            with db.transaction() as session:
+            with uninterrupted(), db.transaction() as session:
                 result = intake.submit_reduction(
                     session,
                     mchid=r.mchid,
@@ -240,7 +240,7 @@ class Demo:
             if b.outcome == "CLOSED":
                 spec["close_reason"] = "NOT_ENOUGH"
             admin.seed_bill(b.out_bill_no, b.amount, b.outcome, **spec)
-            with db.transaction() as session:
+            with uninterrupted(), db.transaction() as session:
                 result = intake.track_bill(session, b.out_bill_no)
             t = self.tracked[("bill", b.out_bill_no)]
             t.order_id, t.state, t.first_seen = result.order_id, result.state, time.monotonic()
@@ -253,7 +253,7 @@ class Demo:
         from wxrecon.store.models import CompensationBill, SpecialReduction
 
         prefix = f"DEMO{self.run_id}%"
-        with db.read() as session:
+        with uninterrupted(), db.read() as session:
             rows = session.execute(
                 select(
                     SpecialReduction.out_request_no,
