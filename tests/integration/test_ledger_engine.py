@@ -60,6 +60,7 @@ def add_reduction(
     state: str = "SUCCESS",
     success_time: datetime | None = None,
     updated_at: datetime | None = None,
+    submitted_at: datetime | None = None,
 ) -> int:
     """A reduction of LEDGER in ``state``, its number sealed as intake seals it."""
     now = db.now()
@@ -73,6 +74,7 @@ def add_reduction(
             amount=amount,
             state=state,
             success_time=success_time,
+            submitted_at=submitted_at,
             created_at=now,
             updated_at=updated_at or now,
         )
@@ -164,7 +166,7 @@ def test_external_debit_is_an_unexplained_debit_with_its_outcome(
     assert outcome.order_key == f"ledger:{MCHID}:{keys.lookup_hash(LEDGER)[:12]}"
     assert LEDGER not in outcome.payload
     # Checking again records nothing new (one verdict per window).
-    checks = engine.recheck(db, keys, MCHID, keys.lookup_hash(LEDGER))
+    checks = engine.recheck(db, MCHID, keys.lookup_hash(LEDGER))
     assert [x.verdict for x in checks] == [UNEXPLAINED_DEBIT]
     assert len(store.discrepancies(db)) == 1
     assert store.unexplained_debit_totals(db) == [(MCHID, keys.lookup_hash(LEDGER), 300)]
@@ -255,3 +257,84 @@ def test_unexplained_debit_metric_per_ledger(db: Database, keys: Keyring) -> Non
         ({"mchid": MCHID, "ledger": label}, 500)
     ]
     assert LEDGER not in str(family.samples)
+
+
+def set_state(db: Database, order_id: int, **values: object) -> None:
+    with db.transaction() as s:
+        row = s.get(SpecialReduction, order_id)
+        assert row is not None
+        for k, v in values.items():
+            setattr(row, k, v)
+
+
+def test_snapshot_before_our_query_saw_the_success_waits(db: Database, keys: Keyring) -> None:
+    """The provider settled the reduction (balance down, nothing in transit) but our records
+    still say PROCESSING: that snapshot is no check point (no false debit), and the next
+    one, after the SUCCESS was recorded, checks the whole span."""
+    add_reduction(db, "R0", 100, state="PROCESSING")  # activity: the ledger is watched
+    client = Balances().then(10_000).then(9_700).then(9_700)
+    take(db, client, keys)
+    sent = add_reduction(db, "R1", 300, state="PROCESSING", submitted_at=db.now())
+    between = take(db, client, keys)
+    assert (between.taken, between.checks, between.discrepancies) == (1, [], [])
+    now = db.now()  # success_time: the provider's clock, here 2 s behind ours
+    set_state(db, sent, state="SUCCESS", success_time=now - timedelta(seconds=2), updated_at=now)
+    [c] = take(db, client, keys).checks
+    assert (c.verdict, c.start.balance, c.end.balance, c.order_ids) == (OK, 10_000, 9_700, (sent,))
+    assert store.discrepancies(db) == []
+    rows = store.snapshots(db, MCHID, keys.lookup_hash(LEDGER))
+    assert [r["point"] for r in rows] == [True, None, True]
+    assert all(r["asked_at"] <= r["taken_at"] for r in rows)
+    # ``ledger check`` walks the same chain, and finds the order (it looks it up by hash).
+    again = engine.recheck(db, MCHID, keys.lookup_hash(LEDGER))
+    assert [(x.verdict, x.order_ids) for x in again] == [(OK, (sent,))]
+
+
+def test_order_in_review_keeps_later_snapshots_undecided(db: Database, keys: Keyring) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")  # activity: the ledger is watched
+    client = Balances().then(10_000).then(9_700).then(9_700)
+    take(db, client, keys)
+    add_reduction(db, "R1", 300, state="NEEDS_REVIEW", submitted_at=db.now())
+    assert take(db, client, keys).checks == []
+    assert take(db, client, keys).checks == []
+    assert store.discrepancies(db) == []
+
+
+def test_failed_or_unsent_orders_do_not_hold_checks(db: Database, keys: Keyring) -> None:
+    add_reduction(db, "R0", 100, state="PROCESSING")  # activity: the ledger is watched
+    client = Balances().then(10_000).then(9_700)
+    take(db, client, keys)
+    add_reduction(db, "R1", 300, state="FAILED", submitted_at=db.now())
+    add_reduction(db, "R2", 300, state="RECEIVED")
+    [c] = take(db, client, keys).checks
+    assert (c.verdict, c.amount) == (UNEXPLAINED_DEBIT, 300)
+
+
+def test_window_spanning_a_point_no_longer_decidable_nets_out_what_it_told(
+    db: Database, keys: Keyring
+) -> None:
+    """A point decided before an order's row was visible (its mark stamped before the
+    answer, committed after the decision) is passed over: the window starts at the point
+    before and subtracts what the windows in between told already."""
+    add_reduction(db, "R0", 100, state="PROCESSING")  # activity: the ledger is watched
+    client = Balances().then(10_000).then(9_700).then(9_400)
+    take(db, client, keys)
+    second = take(db, client, keys)
+    [told] = second.discrepancies  # a 300 fen debit outside any order
+    b, a = store.points(db, MCHID, keys.lookup_hash(LEDGER), limit=2)
+    add_reduction(
+        db,
+        "R1",
+        300,
+        success_time=b["taken_at"] - timedelta(seconds=0.5),  # within b's second
+        submitted_at=a["taken_at"] + (b["taken_at"] - a["taken_at"]) / 2,  # between a and b
+    )
+    [c] = take(db, client, keys).checks  # the order's 300, then: nothing new to tell
+    assert (c.verdict, c.start.balance, c.observed, c.explained, c.flagged) == (
+        OK,
+        10_000,
+        -600,
+        -300,
+        -300,
+    )
+    assert [d["id"] for d in store.discrepancies(db)] == [told]

@@ -7,13 +7,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from wxrecon.domain.ledger import (
+    AFTER,
+    BEFORE,
     OK,
     UNEXPLAINED_CREDIT,
     UNEXPLAINED_DEBIT,
+    UNSURE,
     Reduction,
     Snapshot,
     check,
-    pairs,
+    point,
+    position,
+    start_of,
+    unsure,
     usable,
 )
 
@@ -25,7 +31,8 @@ def at(minutes: float) -> datetime:
 
 
 def snap(i: int, balance: int | None, minutes: float, in_transit: bool | None = False) -> Snapshot:
-    return Snapshot(i, balance, in_transit, at(minutes))
+    # Asked 0.2 s before the answer.
+    return Snapshot(i, balance, in_transit, at(minutes), at(minutes) - timedelta(seconds=0.2))
 
 
 CASES = [
@@ -37,10 +44,10 @@ CASES = [
     ("debit beyond a reduction", 10_000, 9_400, [(1, 300, 5)], UNEXPLAINED_DEBIT, -300, (1,)),
     ("top-up", 10_000, 10_500, [], UNEXPLAINED_CREDIT, 500, ()),
     ("recorded but not applied", 10_000, 10_000, [(1, 300, 5)], UNEXPLAINED_CREDIT, 300, (1,)),
-    # success_time on the window's edges: (t0, t1] -- the start is out, the end is in.
-    ("reduction at t0 is the previous window's", 10_000, 10_000, [(1, 300, 0)], OK, 0, ()),
-    ("reduction at t1 is this window's", 10_000, 9_700, [(1, 300, 10)], OK, 0, (1,)),
-    ("reduction after t1 is the next window's", 10_000, 10_000, [(1, 300, 11)], OK, 0, ()),
+    # Near the window's edges (each recorded SUCCESS half a minute after it was applied).
+    ("applied before t0 is the previous window's", 10_000, 10_000, [(1, 300, -1)], OK, 0, ()),
+    ("applied just before t1 is this window's", 10_000, 9_700, [(1, 300, 9)], OK, 0, (1,)),
+    ("applied after t1 is the next window's", 10_000, 10_000, [(1, 300, 11)], OK, 0, ()),
 ]
 
 
@@ -57,7 +64,8 @@ def test_check(
     difference: int,
     ids: tuple[int, ...],
 ) -> None:
-    found = [Reduction(i, fen, at(m)) for i, fen, m in reductions]
+    half = timedelta(seconds=30)
+    found = [Reduction(i, fen, at(m), at(m) - half, at(m) + half) for i, fen, m in reductions]
     result = check(snap(1, start, 0), snap(2, end, 10), found)
     assert result.verdict == verdict
     assert result.difference == difference
@@ -80,20 +88,73 @@ def test_usable(snapshot: Snapshot, expected: bool) -> None:
     assert usable(snapshot) is expected
 
 
-def test_whole_second_success_time_counts_when_submitted_after_the_start() -> None:
-    start, end = snap(1, 10_000, 0), snap(2, 9_700, 10)
-    truncated = at(0) - timedelta(seconds=0.4)  # the provider's whole second, before t0
-    before = Reduction(1, 300, truncated)  # no submit time: it could be in t0's balance
-    assert check(start, end, [before]).verdict == UNEXPLAINED_DEBIT
-    after = Reduction(1, 300, truncated, submitted_at=at(0) + timedelta(seconds=0.1))
-    assert check(start, end, [after]).verdict == OK
-    applied_earlier = Reduction(1, 300, truncated, submitted_at=at(-1))
-    assert check(start, snap(2, 10_000, 10), [applied_earlier]).verdict == OK
+S = timedelta(seconds=1)
 
 
-def test_pairs_skip_snapshots_in_transit() -> None:
-    s = [snap(1, 100, 0), snap(2, 90, 5, True), snap(3, 80, 10), snap(4, None, 12), snap(5, 70, 15)]
-    assert [(a.id, b.id) for a, b in pairs(list(reversed(s)))] == [(1, 3), (3, 5)]
+@pytest.mark.parametrize(
+    ("name", "reduction", "expected"),
+    [
+        # The snapshot at minute 10: asked at 10:00 - 0.2 s, answered at 10:00.
+        ("first POST left after the answer", dict(sub=at(10) + S / 10), AFTER),
+        ("sent and not final here", dict(sub=at(9), pending=True), UNSURE),
+        ("sent after, not final: not in it", dict(sub=at(10) + S, pending=True), AFTER),
+        ("success_time after the answer", dict(st=at(10) + S, sub=at(9)), AFTER),
+        ("recorded SUCCESS before the asking", dict(st=at(10), known=at(10) - S), BEFORE),
+        ("its whole second ended before the asking", dict(st=at(10) - 2 * S, known=at(11)), BEFORE),
+        ("applied in the second of the snapshot", dict(st=at(10) - S / 2, known=at(11)), UNSURE),
+        ("resolved SUCCESS with no time, after", dict(known=at(11), sub=at(9)), UNSURE),
+        ("resolved SUCCESS with no time, before", dict(known=at(9), sub=at(8)), BEFORE),
+    ],
+)
+def test_position(name: str, reduction: dict, expected: str) -> None:
+    r = Reduction(
+        1,
+        300,
+        reduction.get("st"),
+        submitted_at=reduction.get("sub"),
+        known_at=reduction.get("known"),
+        succeeded=not reduction.get("pending", False),
+    )
+    assert position(r, snap(2, 100, 10)) == expected
+
+
+def test_snapshot_after_the_provider_settled_but_before_our_query_waits() -> None:
+    """The provider applied it (the balance moved, nothing in transit) while our records
+    still say PROCESSING: the snapshot is not a check point, so no false debit; the next
+    one, after our query recorded SUCCESS, checks the whole span."""
+    start = snap(1, 10_000, 0)
+    pending = Reduction(7, 300, None, submitted_at=at(1), succeeded=False)
+    between = snap(2, 9_700, 5)
+    assert unsure(between, [pending]) == (7,) and not point(between, [pending])
+    recorded = Reduction(7, 300, at(4), submitted_at=at(1), known_at=at(6))
+    later = snap(3, 9_700, 10)
+    assert point(later, [recorded])
+    assert start_of(later, [start], [recorded]) == start
+    result = check(start, later, [recorded])
+    assert (result.verdict, result.order_ids) == (OK, (7,))
+
+
+def test_start_walks_back_past_a_point_no_longer_decidable_and_nets_out() -> None:
+    a, b, end = snap(1, 10_000, 0), snap(2, 9_700, 5), snap(3, 9_400, 10)
+    # Its row became visible after b was decided: applied in b's second, sent before it.
+    late = Reduction(9, 300, at(5) - S / 2, submitted_at=at(5) - S, known_at=at(6))
+    assert position(late, b) == UNSURE
+    assert start_of(end, [a, b], [late]) == a
+    # (a, b] told a 300 fen debit already (it did not know of the order): netted out.
+    result = check(a, end, [late], flagged=-300)
+    assert (result.verdict, result.observed, result.explained, result.difference) == (
+        OK,
+        -600,
+        -300,
+        0,
+    )
+    assert start_of(a, [a, b], [late]) is None  # nothing earlier
+
+
+def test_check_refuses_a_window_with_an_unsure_end() -> None:
+    r = Reduction(1, 300, at(10) - S / 2, known_at=at(11))
+    with pytest.raises(ValueError, match="check points"):
+        check(snap(1, 10_000, 0), snap(2, 9_700, 10), [r])
 
 
 def test_check_refuses_non_points_and_reversed_windows() -> None:

@@ -204,15 +204,13 @@ def check(
     mchid: ReqMchid,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check every window of one ledger's stored snapshots again (records what is new)."""
-    from wxrecon.config import get_settings
+    """Check every window between one ledger's check points again (records what is new)."""
     from wxrecon.domain.outcomes import ledger_label
     from wxrecon.engine import ledger
-    from wxrecon.store.sealed import keyring
 
     db = database()
     digest = _hash(db, mchid, ledger_prefix)
-    checks = ledger.recheck(db, keyring(get_settings()), mchid, digest)
+    checks = ledger.recheck(db, mchid, digest)
     rows: list[dict[str, Any]] = [
         {
             "verdict": c.verdict,
@@ -223,6 +221,7 @@ def check(
             "observed": c.observed,
             "explained": c.explained,
             "difference": c.difference,
+            "flagged": c.flagged,
             "order_ids": list(c.order_ids),
         }
         for c in checks

@@ -207,6 +207,7 @@ def ledger_event(
     observed: int,
     explained: int,
     window: tuple[datetime, datetime],
+    flagged: int = 0,
     order_ids: list[int],
     now: datetime,
 ) -> dict[str, Any]:
@@ -228,7 +229,8 @@ def ledger_event(
         window_start=window[0].isoformat(),
         window_end=window[1].isoformat(),
         order_ids=order_ids,
-        reason=f"balance moved {observed} fen, reductions explain {explained} fen",
+        reason=f"balance moved {observed} fen, reductions explain {explained} fen"
+        + (f", windows inside it told {flagged} fen already" if flagged else ""),
         actor=ENGINE_ACTOR,
         occurred_at=now.isoformat(),
     )

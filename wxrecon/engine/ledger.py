@@ -70,6 +70,7 @@ def snapshot(
         if n >= budget:
             result.deferred += len(items) - n
             break
+        asked = db.now()
         try:
             answer = client.query_balance(mchid=item.mchid, bal_account_no=item.bal_account_no)
         except Throttled:
@@ -86,6 +87,7 @@ def snapshot(
             balance=answer.balance,
             in_transit=answer.in_transit_reduction_exist,
             request_id=answer.request_id,
+            asked_at=asked,
         )
         result.taken += 1
         outcome = check_latest(db, item, digest, snap_id)
@@ -99,26 +101,46 @@ def snapshot(
 def check_latest(
     db: Database, item: Ledger, digest: str, snap_id: int
 ) -> tuple[ledger.Check, int | None] | None:
-    """Check snapshot ``snap_id`` against the previous check point of its ledger; None when
-    either is not a check point. Returns the check and the new discrepancy's id, if any."""
+    """Decide whether snapshot ``snap_id`` is a check point and, when it is, check it
+    against the ledger's previous one; None when it is not (it waits: the next check
+    point's window spans it) or it is the ledger's first. Returns the check and the new
+    discrepancy's id, if any."""
     rows = store.snapshots_by_id(db, [snap_id])
     if not rows or not ledger.usable(end := store.snapshot_of(rows[0])):
         return None
-    before = store.previous_point(db, item.mchid, digest, snap_id)
-    if before is None:
+    earlier = [store.snapshot_of(r) for r in store.points(db, item.mchid, digest, snap_id)]
+    low = min((p.asked for p in earlier), default=end.asked)
+    found = store.reductions_near(db, item.mchid, digest, low, end.taken_at)
+    waiting = ledger.unsure(end, found)
+    if waiting:
+        log.info(
+            "ledger %s/%s: snapshot %d is not a check point yet (orders %s settled within a "
+            "second of it or are not final here)",
+            item.mchid,
+            outcomes.ledger_label(digest),
+            snap_id,
+            ", ".join(map(str, waiting[:10])),
+        )
         return None
-    start = store.snapshot_of(before)
-    if end.taken_at <= start.taken_at:
+    start = ledger.start_of(end, earlier, found)
+    if start is None:
+        store.record_discrepancy(db, item.mchid, digest, None, point=snap_id)
         return None
-    found = store.successes(db, item.mchid, digest, start.taken_at, end.taken_at)
-    result = ledger.check(start, end, found)
-    return result, record(db, item.mchid, digest, result)
+    result = ledger.check(start, end, found, _flagged(db, item.mchid, digest, start, end))
+    return result, record(db, item.mchid, digest, result, point=snap_id)
 
 
-def record(db: Database, mchid: str, digest: str, result: ledger.Check) -> int | None:
-    """Store a discrepancy and its outcome event; None for an ok check or one recorded."""
-    if result.verdict == ledger.OK:
-        return None
+def _flagged(
+    db: Database, mchid: str, digest: str, start: ledger.Snapshot, end: ledger.Snapshot
+) -> int:
+    return store.flagged(db, mchid, digest, start.taken_at, end.taken_at)
+
+
+def record(
+    db: Database, mchid: str, digest: str, result: ledger.Check, point: int | None = None
+) -> int | None:
+    """Store a discrepancy and its outcome event (and, given ``point``, make that snapshot
+    a check point with them); None for an ok check or one recorded."""
 
     def outcome(discrepancy_id: int, now: datetime) -> dict[str, Any]:
         event = outcomes.ledger_event(
@@ -129,13 +151,14 @@ def record(db: Database, mchid: str, digest: str, result: ledger.Check) -> int |
             amount=result.amount,
             observed=result.observed,
             explained=result.explained,
+            flagged=result.flagged,
             window=(result.start.taken_at, result.end.taken_at),
             order_ids=list(result.order_ids),
             now=now,
         )
         return outcomes.ledger_outbox_row(event, now)
 
-    new_id = store.record_discrepancy(db, mchid, digest, result, outcome=outcome)
+    new_id = store.record_discrepancy(db, mchid, digest, result, outcome=outcome, point=point)
     if new_id is not None:
         level = logging.WARNING if result.verdict == ledger.UNEXPLAINED_DEBIT else logging.INFO
         log.log(
@@ -151,17 +174,21 @@ def record(db: Database, mchid: str, digest: str, result: ledger.Check) -> int |
     return new_id
 
 
-def recheck(db: Database, keys: Keyring, mchid: str, digest: str) -> list[ledger.Check]:
-    """Every window of one ledger's stored snapshots, checked again (``ledger check``); new
-    discrepancies are recorded, ones recorded already are left as they are."""
-    rows = store.snapshots(db, mchid, digest, limit=10_000)
+def recheck(db: Database, mchid: str, digest: str) -> list[ledger.Check]:
+    """Every window between the ledger's stored check points, checked again (``ledger
+    check``, e.g. after a resolution); new discrepancies are recorded, ones recorded already
+    are left as they are."""
+    rows = [r for r in store.snapshots(db, mchid, digest, limit=10_000) if r["point"]]
     if not rows:
         return []
-    number = store.open_ledger(keys, mchid, rows[-1]["ledger_sealed"])
+    chain = [store.snapshot_of(r) for r in rows]
+    found = store.reductions_near(db, mchid, digest, chain[0].asked, chain[-1].taken_at)
     checks = []
-    for start, end in ledger.pairs([store.snapshot_of(r) for r in rows]):
-        found = store.successes(db, mchid, number, start.taken_at, end.taken_at)
-        result = ledger.check(start, end, found)
+    for n, end in enumerate(chain):
+        start = ledger.start_of(end, chain[:n], found) if ledger.point(end, found) else None
+        if start is None:
+            continue
+        result = ledger.check(start, end, found, _flagged(db, mchid, digest, start, end))
         record(db, mchid, digest, result)
         checks.append(result)
     return checks

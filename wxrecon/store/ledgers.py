@@ -1,5 +1,5 @@
 """Every statement of the ledger reconciliation: snapshots, discrepancies, and the two reads
-of the orders' table it depends on (``recent_ledgers``, ``successes``), each in one function
+of the orders' table it depends on (``recent_ledgers``, ``reductions_near``), each in one function
 so the ledger number's at-rest form (plaintext or sealed + hash) is known in one place.
 
 A snapshot's ledger number is sealed under the keyring (associated data: the mchid and
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy import Table, and_, case, func, or_, select
 
 from wxrecon.domain import ledger
 from wxrecon.domain.states import RState
@@ -29,6 +29,9 @@ R = cast(Table, SpecialReduction.__table__)
 O = cast(Table, Outcome.__table__)  # noqa: E741
 LEDGER_AAD = "ledger"  # the seal's second binding (the first is the mchid)
 MAX_LEDGERS = 10_000  # ledgers one snapshot round takes at most
+# Final without money moving (FAILED, REJECTED) or SUCCESS: every other state, once sent, may
+# or may not have moved it.
+NO_DOUBT = (RState.SUCCESS, RState.FAILED, RState.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -57,22 +60,44 @@ def recent_ledgers(
     return [Ledger(r.mchid, keys.open(r.bal_account_no, r.mchid, r.out_request_no)) for r in rows]
 
 
-def successes(
-    db: Database, mchid: str, ledger_hash: str, start: datetime, end: datetime
+def reductions_near(
+    db: Database, mchid: str, ledger_hash: str, low: datetime, high: datetime
 ) -> list[ledger.Reduction]:
-    """The reductions of one ledger (its keyed hash) recorded SUCCESS with ``success_time``
-    at or before ``end`` and after ``start`` (or first submitted after it:
-    domain/ledger.within)."""
-    stmt = select(R.c.id, R.c.amount, R.c.success_time, R.c.submitted_at).where(
-        R.c.mchid == mchid,
-        R.c.bal_account_hash == ledger_hash,
+    """The reductions of one ledger (its keyed hash) that may lie after a snapshot asked at
+    ``low`` and by one answered at ``high`` (domain/ledger.position): SUCCESS ones not known
+    to precede ``low``, and every one sent by ``high`` whose outcome is not final here (an
+    old one in review keeps every later snapshot undecided, as it must)."""
+    succeeded = and_(
         R.c.state == RState.SUCCESS,
-        R.c.success_time <= end,
-        or_(R.c.success_time > start, R.c.submitted_at > start),
+        or_(
+            R.c.submitted_at > low,
+            and_(
+                R.c.updated_at >= low,
+                or_(R.c.success_time.is_(None), R.c.success_time > low - ledger.RESOLUTION),
+            ),
+        ),
+        or_(R.c.success_time.is_(None), R.c.success_time <= high),
+        or_(R.c.submitted_at.is_(None), R.c.submitted_at <= high),
     )
+    in_doubt = and_(
+        R.c.state.not_in(NO_DOUBT), R.c.submitted_at.is_not(None), R.c.submitted_at <= high
+    )
+    stmt = select(
+        R.c.id, R.c.state, R.c.amount, R.c.success_time, R.c.submitted_at, R.c.updated_at
+    ).where(R.c.mchid == mchid, R.c.bal_account_hash == ledger_hash, or_(succeeded, in_doubt))
     with db.read() as s:
         rows = s.execute(stmt.order_by(R.c.id)).all()
-    return [ledger.Reduction(r.id, int(r.amount), r.success_time, r.submitted_at) for r in rows]
+    return [
+        ledger.Reduction(
+            r.id,
+            int(r.amount),
+            r.success_time,
+            r.submitted_at,
+            known_at=r.updated_at,
+            succeeded=r.state == RState.SUCCESS,
+        )
+        for r in rows
+    ]
 
 
 # -- snapshots -------------------------------------------------------------------------------------
@@ -86,8 +111,10 @@ def insert_snapshot(
     balance: int | None,
     in_transit: bool | None,
     request_id: str | None,
+    asked_at: datetime | None = None,
 ) -> tuple[int, str]:
-    """Store one answer, taken now by the database's clock; (snapshot id, ledger hash)."""
+    """Store one answer, taken now by the database's clock (asked at ``asked_at``);
+    (snapshot id, ledger hash). Whether it is a check point is decided after."""
     digest = keys.lookup_hash(item.bal_account_no)
     values = {
         "mchid": item.mchid,
@@ -96,6 +123,7 @@ def insert_snapshot(
         "balance": balance,
         "in_transit": in_transit,
         "request_id": request_id,
+        "asked_at": asked_at,
         "taken_at": db.now(),
     }
     with db.begin() as conn:
@@ -128,29 +156,22 @@ def snapshots(
     return rows[::-1]
 
 
-def previous_point(
-    db: Database, mchid: str, ledger_hash: str, before_id: int
-) -> dict[str, Any] | None:
-    """The latest check point (a balance, nothing in transit) before snapshot ``before_id``."""
-    stmt = (
-        select(S)
-        .where(
-            S.c.mchid == mchid,
-            S.c.ledger_hash == ledger_hash,
-            S.c.id < before_id,
-            S.c.in_transit.is_(False),
-            S.c.balance.is_not(None),
-        )
-        .order_by(S.c.taken_at.desc(), S.c.id.desc())
-        .limit(1)
-    )
+def points(
+    db: Database, mchid: str, ledger_hash: str, before_id: int | None = None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """A ledger's latest decided check points (before snapshot ``before_id``), newest first."""
+    stmt = select(S).where(S.c.mchid == mchid, S.c.ledger_hash == ledger_hash, S.c.point.is_(True))
+    if before_id is not None:
+        stmt = stmt.where(S.c.id < before_id)
+    stmt = stmt.order_by(S.c.taken_at.desc(), S.c.id.desc()).limit(limit)
     with db.read() as s:
-        row = s.execute(stmt).first()
-    return dict(row._mapping) if row else None
+        return [dict(r._mapping) for r in s.execute(stmt)]
 
 
 def snapshot_of(row: Mapping[str, Any]) -> ledger.Snapshot:
-    return ledger.Snapshot(row["id"], row["balance"], row["in_transit"], row["taken_at"])
+    return ledger.Snapshot(
+        row["id"], row["balance"], row["in_transit"], row["taken_at"], row.get("asked_at")
+    )
 
 
 def ledgers(db: Database, mchid: str | None = None) -> list[dict[str, Any]]:
@@ -216,28 +237,35 @@ def record_discrepancy(
     db: Database,
     mchid: str,
     ledger_hash: str,
-    result: ledger.Check,
+    result: ledger.Check | None,
     *,
     outcome: Any = None,
+    point: int | None = None,
 ) -> int | None:
-    """Store a discrepancy (and, when ``outcome`` builds one from (id, now), its outcome row
-    in the same transaction); None when this window has its verdict already."""
+    """Store a discrepancy (and, when ``outcome`` builds one from (id, now), its outcome row)
+    and, given ``point``, make that snapshot a check point, in one transaction: a window
+    is told once, and the next one starts where it ended. None when no discrepancy is new
+    (an ok check, or this window has its verdict already)."""
     now = db.now()
-    values = {
-        "mchid": mchid,
-        "ledger_hash": ledger_hash,
-        "kind": result.verdict,
-        "amount": result.amount,
-        "observed": result.observed,
-        "explained": result.explained,
-        "start_snapshot_id": result.start.id,
-        "end_snapshot_id": result.end.id,
-        "window_start": result.start.taken_at,
-        "window_end": result.end.taken_at,
-        "order_ids": list(result.order_ids),
-        "created_at": now,
-    }
     with db.begin() as conn:
+        if point is not None:
+            conn.execute(S.update().where(S.c.id == point).values(point=True))
+        if result is None or result.verdict == ledger.OK:
+            return None
+        values = {
+            "mchid": mchid,
+            "ledger_hash": ledger_hash,
+            "kind": result.verdict,
+            "amount": result.amount,
+            "observed": result.observed,
+            "explained": result.explained,
+            "start_snapshot_id": result.start.id,
+            "end_snapshot_id": result.end.id,
+            "window_start": result.start.taken_at,
+            "window_end": result.end.taken_at,
+            "order_ids": list(result.order_ids),
+            "created_at": now,
+        }
         stmt = upsert(conn, LedgerDiscrepancy).values(values)
         stmt = stmt.on_conflict_do_nothing(index_elements=["end_snapshot_id"])
         new_id = conn.execute(stmt.returning(D.c.id)).scalar()
@@ -246,6 +274,20 @@ def record_discrepancy(
         if outcome is not None:
             conn.execute(O.insert().values(outcome(int(new_id), now)))
     return int(new_id)
+
+
+def flagged(db: Database, mchid: str, ledger_hash: str, start: datetime, end: datetime) -> int:
+    """What the discrepancies of windows within [start, end) of one ledger told already, in
+    signed fen (a debit negative): a window spanning them nets it out."""
+    signed = case((D.c.kind == ledger.UNEXPLAINED_DEBIT, -D.c.amount), else_=D.c.amount)
+    stmt = select(func.coalesce(func.sum(signed), 0)).where(
+        D.c.mchid == mchid,
+        D.c.ledger_hash == ledger_hash,
+        D.c.window_start >= start,
+        D.c.window_end < end,
+    )
+    with db.read() as s:
+        return int(s.execute(stmt).scalar_one())
 
 
 def discrepancies(

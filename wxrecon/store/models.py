@@ -314,7 +314,9 @@ class LedgerSnapshot(Base):
     balance: Mapped[int | None] = mapped_column(BigInteger)  # fen; None: not sent
     in_transit: Mapped[bool | None] = mapped_column(Boolean)  # None: not sent
     request_id: Mapped[str | None] = mapped_column(String(128))
-    taken_at: Mapped[datetime]  # the database's clock
+    asked_at: Mapped[datetime | None]  # the query left (the database's clock)
+    taken_at: Mapped[datetime]  # the answer came (the database's clock)
+    point: Mapped[bool | None] = mapped_column(Boolean)  # decided a check point (domain/ledger)
 
     __table_args__ = (
         Index("ix_ledger_snapshots_mchid_ledger_hash_taken_at", "mchid", "ledger_hash", "taken_at"),
