@@ -37,7 +37,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from wxrecon import metrics, runtime
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.engine.intake import IntakeResult
-from wxrecon.engine.steps import MAX_CHUNK, Steps
+from wxrecon.engine.steps import MAX_CHUNK, Later, Steps
 from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.logs import safe_reprs
 from wxrecon.takers import DB_DOWN, Refused, refuse_positional, take_bill, take_reduction
@@ -154,7 +154,8 @@ def _process_chunk(steps: Steps, ids: list[int]) -> int:
     with closing(steps):  # ends the chunk's pinned connection even when out of time
         for order_id, step in steps:
             try:
-                step()
+                if isinstance(step(), Later):
+                    continue  # put back: it comes again
             except SoftTimeLimitExceeded:
                 # Out of time: the rest keep their lease and come back with the next sweep.
                 log.warning("poll chunk out of time after %d of %d orders", done, len(ids))

@@ -36,6 +36,7 @@ from wxrecon.store.db import Database
 from wxrecon.store.models import CompensationBill, Event, SpecialReduction
 from wxrecon.store.reads import bill_events, reduction_events
 from wxrecon.wechatpay import errors
+from wxrecon.wechatpay.client import Endpoint
 from wxrecon.wechatpay.errors import InvalidRequest
 from wxrecon.wechatpay.resources import SpecialReductionRequest
 
@@ -1120,3 +1121,35 @@ def test_an_answer_the_database_refuses_costs_its_order_an_attempt_not_the_chunk
     bad = snapshot(pg_db, SpecialReduction, ids[1])
     assert bad["state"] == RState.SUBMITTED and bad["attempts"] == 1
     assert bad["claim_token"] is None and "could not be recorded" in bad["last_error"]
+
+
+class Limited:
+    """The fake provider behind a real rate-limit hook, as the client calls it (submits)."""
+
+    def __init__(self, inner: FakeProvider, hook: Callable[[Any, str], None]) -> None:
+        self.inner, self.hook = inner, hook
+
+    def submit_special_reduction(self, request: SpecialReductionRequest) -> Any:
+        self.hook(Endpoint.SUBMIT_REDUCTION, request.mchid)
+        return self.inner.submit_special_reduction(request)
+
+
+def test_an_order_whose_merchant_has_no_grant_is_put_back_while_others_go(
+    db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+) -> None:
+    """A chunk of two merchants' new orders, one grant per merchant per 0.3 s: the second
+    order of the first merchant waits while the second merchant's go, instead of holding
+    the chunk; every order is sent once and ends as one sent alone would."""
+    from wxrecon.ratelimit import LocalRateLimiter, rate_limit_hook
+
+    a_ids, token = intake_all(db, clock, ["PA1", "PA2"])
+    b_ids, _ = intake_all(db, clock, ["PB1", "PB2"], mchid=OTHER_MCHID, token=token)
+    provider.submit_answers.extend(reduction(no, "PROCESSING") for no in ["x"] * 4)
+    hook = rate_limit_hook(LocalRateLimiter(1, window=0.3), max_wait=2.0)
+    rec = Reconciler(db, Limited(provider, hook), engine_settings, clock=clock)  # type: ignore[arg-type]
+    results = [tasks._process_chunk(rec.steps(REDUCTION, a_ids + b_ids, token), a_ids + b_ids)]
+    assert results == [4]  # each order counted once, put back or not
+    assert [r.out_request_no for r in provider.submits] == ["PA1", "PB1", "PA2", "PB2"]
+    assert {state(db, SpecialReduction, i) for i in a_ids + b_ids} == {RState.PROCESSING}
+    for i in a_ids + b_ids:  # sent once: one mark, one answer
+        assert [to for _, to in path(db, i)] == ["RECEIVED", "SUBMITTED", "PROCESSING"]

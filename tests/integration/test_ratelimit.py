@@ -17,10 +17,11 @@ from wxrecon.ratelimit import (
     RedisRateLimiter,
     limit_key,
     make_limiter,
+    putting_back,
     rate_limit_hook,
 )
 from wxrecon.wechatpay.client import Endpoint
-from wxrecon.wechatpay.errors import Throttled
+from wxrecon.wechatpay.errors import NotYet, Throttled
 
 
 class FakeClock:
@@ -98,6 +99,19 @@ def test_hook_waits_then_proceeds_and_defers_past_max_wait() -> None:
     assert info.value.retry_after == pytest.approx(1.0)
     assert info.value.key == "query_reduction:1900000001"
     assert not info.value.maybe_sent
+
+    # Inside a chunk's turns: no sleep, NotYet (a Throttled) at once, with the wait.
+    slept.clear()
+    with putting_back(), pytest.raises(NotYet) as later:
+        hook(Endpoint.QUERY_REDUCTION, "1900000001")
+    assert slept == [] and later.value.retry_after == pytest.approx(1.0)
+    assert isinstance(later.value, Throttled) and not later.value.maybe_sent
+    clock.now += 1.0
+    with putting_back():
+        hook(Endpoint.QUERY_REDUCTION, "1900000001")  # a grant free: no NotYet
+    with putting_back(False):
+        hook(Endpoint.QUERY_REDUCTION, "1900000001")  # off again: it waits
+    assert slept == [pytest.approx(1.0)]
 
 
 def test_make_limiter_picks_the_backend() -> None:

@@ -10,14 +10,18 @@ asking the provider again. What to do with each answer is ``domain.decisions``' 
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import logging
 import random
+import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from wxrecon import metrics
+from wxrecon import metrics, ratelimit
 from wxrecon.domain import decisions
 from wxrecon.domain.decisions import (
     Action,
@@ -44,8 +48,55 @@ log = logging.getLogger(__name__)
 MAX_CHUNK = 1000  # orders per poll message, at most
 
 Clock = Callable[[], datetime]
-Step = Callable[[], "str | None"]  # one order's step of a chunk: returns its state
-Steps = Generator[tuple[int, Step], None, None]  # (order id, its step), each id once
+Step = Callable[[], "str | Later | None"]  # one order's step of a chunk: returns its state
+Steps = Generator[tuple[int, Step], None, None]  # (order id, its step); a Later one again
+PATIENCE = 2.0  # seconds an order of a chunk is put back in all, then its call waits
+
+
+@dataclass(frozen=True)
+class Later:
+    """A step whose call found no rate-limit grant free: nothing was sent; ``resume``
+    carries on from that call after ``wait`` seconds."""
+
+    wait: float
+    resume: Callable[[], str | Later | None]
+
+
+def turns(
+    pairs: Iterable[tuple[int, Step]],
+    patience: float = PATIENCE,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Steps:
+    """Each (order id, step) in turn. A step that returns Later (its merchant's budget is
+    spent for now) is put back and comes again when its wait is over, while the others go
+    on: one saturated merchant no longer holds a chunk that has others. When every step
+    left is waiting, sleep until the first is due. An order put back ``patience`` seconds
+    in all makes its call like a lone one (the limiter's own wait, then Throttled)."""
+    fresh = deque(pairs)
+    waiting: list[tuple[float, int, int, Step, float]] = []  # (due, seq, id, resume, waited)
+    seq = itertools.count()
+    while fresh or waiting:
+        if waiting and (not fresh or waiting[0][0] <= clock()):
+            due, _, order_id, step, waited = heapq.heappop(waiting)
+            pause = due - clock()
+            if pause > 0:
+                sleep(pause)
+        else:
+            (order_id, step), waited = fresh.popleft(), 0.0
+
+        def call(order_id: int = order_id, step: Step = step, waited: float = waited) -> Any:
+            with ratelimit.putting_back(waited < patience):
+                result = step()
+            if isinstance(result, Later):
+                due = clock() + result.wait
+                heapq.heappush(
+                    waiting, (due, next(seq), order_id, result.resume, waited + result.wait)
+                )
+            return result
+
+        yield order_id, call
+
 
 _LOG_LEVEL = {Action.REVIEW: logging.WARNING}
 
@@ -158,7 +209,9 @@ class Reconciler:
         with self.db.pinned():
             row = load_row(self.db, kind, order_id)
             work = Unit(self.db, moved, hold=False, fallback=self._unrecorded)
-            return self._step(kind, work, order_id, token, row)
+            state = self._step(kind, work, order_id, token, row)
+            assert not isinstance(state, Later)  # put back only inside a chunk's turns
+            return state
 
     def steps(self, kind: OrderKind, ids: Sequence[int], token: str) -> Steps:
         """The steps of a chunk of orders claimed together under ``token``, to be called in
@@ -171,11 +224,19 @@ class Reconciler:
             work = Unit(self.db, moved, fallback=self._unrecorded)
             try:
                 marks = self._mark(kind, rows.values(), token)
-                for i in ids:
-                    step = functools.partial(
-                        self._step, kind, work, i, token, rows.get(i), marks.get(i)
-                    )
-                    yield i, step
+                patience = getattr(self.settings, "rate_limit_max_wait", PATIENCE)
+                yield from turns(
+                    (
+                        (
+                            i,
+                            functools.partial(
+                                self._step, kind, work, i, token, rows.get(i), marks.get(i)
+                            ),
+                        )
+                        for i in ids
+                    ),
+                    patience,
+                )
             finally:
                 work.flush()
 
@@ -208,7 +269,7 @@ class Reconciler:
         token: str,
         row: Row | None,
         marked: bool | None = None,
-    ) -> str | None:
+    ) -> str | Later | None:
         """``marked``: None, or whether its chunk's mark before sending won; an order so
         marked is sent at once, or left alone when its mark lost."""
         if row is None:
@@ -227,10 +288,22 @@ class Reconciler:
         if marked is False:
             return row.state
         decision: Decision = decisions.start(kind, row, self.now(), self.policy, bool(marked))
+        return self._run(kind, work, row, decision)
+
+    def _run(
+        self, kind: OrderKind, work: Unit, row: Row, decision: Decision, written: bool = False
+    ) -> str | Later | None:
+        """Call, decide, until a write ends the step; ``written``: the first call's write
+        ahead is done (a step put back resumes at its call)."""
         while isinstance(decision, Call):
-            if decision.ahead is not None and not self._write(kind, work, row, decision.ahead):
+            ahead = None if written else decision.ahead
+            if ahead is not None and not self._write(kind, work, row, ahead):
                 return work.state_of(row)
+            written = False
             outcome = self._ask(kind, row, decision)
+            if isinstance(outcome, errors.NotYet):
+                resume = functools.partial(self._run, kind, work, row, decision, True)
+                return Later(outcome.retry_after, resume)
             decision = decisions.decide(kind, row, decision, outcome, self.now(), self.policy)
         self._write(kind, work, row, decision)
         return work.state_of(row)

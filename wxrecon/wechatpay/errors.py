@@ -165,3 +165,8 @@ class Throttled(WeChatPayError):
         )
         self.retry_after = retry_after
         self.key = key
+
+
+class NotYet(Throttled):
+    """No grant is free yet and the caller has other work to do first (a chunk): nothing was
+    sent; the caller puts the call back and comes to it after ``retry_after``."""

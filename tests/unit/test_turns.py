@@ -1,0 +1,73 @@
+"""engine/steps.turns: a chunk's order whose rate-limit grant is not free is put back while
+the others go on (a fake clock; no I/O)."""
+
+from __future__ import annotations
+
+from wxrecon import ratelimit
+from wxrecon.engine.steps import Later, turns
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 3))
+        self.now += seconds
+
+
+def test_a_step_put_back_comes_again_after_the_others() -> None:
+    clock = Clock()
+    log: list[tuple[str, bool]] = []
+    budgets = {"A": 1, "B": 1}
+
+    def step(name: str, merchant: str) -> object:
+        def run() -> object:
+            log.append((name, ratelimit._PUT_BACK.get()))
+            if budgets[merchant] == 0:
+                return Later(0.5, run)
+            budgets[merchant] -= 1
+            return "SUBMITTED"
+
+        return run
+
+    pairs = [(1, step("A1", "A")), (2, step("A2", "A")), (3, step("B1", "B")), (4, step("B2", "B"))]
+    results = []
+    for order_id, call in turns(pairs, patience=2.0, clock=clock, sleep=clock.sleep):
+        if order_id in (2, 4) and clock.now >= 0.5:
+            budgets["A" if order_id == 2 else "B"] = 1  # the window moved on
+        results.append((order_id, call()))
+    # A2 waits on A's budget while B1 goes; then, every step left waiting, one sleep.
+    assert [n for n, _ in log] == ["A1", "A2", "B1", "B2", "A2", "B2"]
+    assert all(put_back for _, put_back in log)
+    assert clock.slept == [0.5]
+    assert [r for _, r in results if not isinstance(r, Later)] == ["SUBMITTED"] * 4
+
+
+def test_past_its_patience_an_order_waits_like_a_lone_one() -> None:
+    clock = Clock()
+    seen: list[bool] = []
+
+    def run() -> object:
+        seen.append(ratelimit._PUT_BACK.get())
+        return Later(0.8, run) if len(seen) < 4 else "SUBMITTED"
+
+    out = [call() for _, call in turns([(1, run)], patience=2.0, clock=clock, sleep=clock.sleep)]
+    # Put back at 0, 0.8 and 1.6 s; at 2.4 s waited in all, its call waits itself.
+    assert seen == [True, True, True, False]
+    assert out[-1] == "SUBMITTED"
+    assert clock.slept == [0.8, 0.8, 0.8]
+
+
+def test_each_order_once_when_nothing_is_put_back() -> None:
+    clock = Clock()
+    pairs = [(i, lambda i=i: f"S{i}") for i in range(5)]
+    assert [(i, call()) for i, call in turns(pairs, clock=clock, sleep=clock.sleep)] == [
+        (i, f"S{i}") for i in range(5)
+    ]
+    assert clock.slept == []
+    assert ratelimit._PUT_BACK.get() is False  # the flag does not leak out of a step
