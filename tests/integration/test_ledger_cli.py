@@ -138,6 +138,7 @@ def test_ledger_list_show_check(cli: Cli, keyed: Keyring) -> None:
     ] == [(label, 3, 10_200, 300)]
     shown = json.loads(cli.ok("ledger", "show", label[:6], "--mchid", MCHID, "--json").stdout)
     assert [s["balance"] for s in shown["snapshots"]] == [10_000, 9_700, 10_200]
+    assert [s["point"] for s in shown["snapshots"]] == [True, True, True]
     assert [(d["kind"], d["amount"]) for d in shown["discrepancies"]] == [
         ("unexplained_debit", 300),
         ("unexplained_credit", 500),

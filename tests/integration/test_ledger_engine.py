@@ -4,6 +4,7 @@ outcome events."""
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from datetime import datetime, timedelta
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.services import SEALING_ENV
-from wxrecon.domain.ledger import OK, UNEXPLAINED_CREDIT, UNEXPLAINED_DEBIT
+from wxrecon.domain.ledger import OK, SKEW, UNEXPLAINED_CREDIT, UNEXPLAINED_DEBIT
 from wxrecon.engine import ledger as engine
 from wxrecon.store import ledgers as store
 from wxrecon.store.db import Database
@@ -83,6 +84,21 @@ def add_reduction(
         return int(row.id)
 
 
+def later() -> None:
+    """Let more than the clocks' skew pass, so the snapshots before and after an order's
+    first POST (and its SUCCESS) place it (domain/ledger.position)."""
+    time.sleep(1.5 * SKEW.total_seconds())
+
+
+def settle_between(db: Database, no: str, amount: int) -> int:
+    """A reduction first sent and recorded SUCCESS between the snapshot before and the next."""
+    later()
+    now = db.now()
+    order_id = add_reduction(db, no, amount, success_time=now, submitted_at=now)
+    later()
+    return order_id
+
+
 def take(db: Database, client: Balances, keys: Keyring) -> engine.Round:
     since = db.now() - timedelta(hours=1)
     return engine.snapshot(db, client, keys, engine.ledgers_to_snapshot(db, keys, since))
@@ -105,7 +121,7 @@ def test_reduction_settled_between_snapshots_explains_the_debit(
     add_reduction(db, "R0", 100, state="PROCESSING")
     client = Balances().then(10_000).then(9_700)
     take(db, client, keys)
-    settled = add_reduction(db, "R1", 300, success_time=db.now())
+    settled = settle_between(db, "R1", 300)
     result = take(db, client, keys)
     [c] = result.checks
     assert (c.verdict, c.observed, c.explained, c.order_ids) == (OK, -300, -300, (settled,))
@@ -118,7 +134,7 @@ def test_snapshot_in_transit_is_kept_but_not_a_check_point(db: Database, keys: K
     take(db, client, keys)
     middle = take(db, client, keys)
     assert (middle.taken, middle.checks) == (1, [])  # stored, not checked
-    settled = add_reduction(db, "R1", 300, success_time=db.now())
+    settled = settle_between(db, "R1", 300)
     last = take(db, client, keys)
     [c] = last.checks
     # The window spans the snapshot in transit: first (10 000) to last (9 700).
@@ -274,11 +290,13 @@ def test_snapshot_before_our_query_saw_the_success_waits(db: Database, keys: Key
     add_reduction(db, "R0", 100, state="PROCESSING")  # activity: the ledger is watched
     client = Balances().then(10_000).then(9_700).then(9_700)
     take(db, client, keys)
+    later()
     sent = add_reduction(db, "R1", 300, state="PROCESSING", submitted_at=db.now())
     between = take(db, client, keys)
     assert (between.taken, between.checks, between.discrepancies) == (1, [], [])
-    now = db.now()  # success_time: the provider's clock, here 2 s behind ours
+    now = db.now()  # success_time (the provider's clock, here 2 s behind ours) is not used
     set_state(db, sent, state="SUCCESS", success_time=now - timedelta(seconds=2), updated_at=now)
+    later()
     [c] = take(db, client, keys).checks
     assert (c.verdict, c.start.balance, c.end.balance, c.order_ids) == (OK, 10_000, 9_700, (sent,))
     assert store.discrepancies(db) == []
@@ -319,16 +337,15 @@ def test_window_spanning_a_point_no_longer_decidable_nets_out_what_it_told(
     add_reduction(db, "R0", 100, state="PROCESSING")  # activity: the ledger is watched
     client = Balances().then(10_000).then(9_700).then(9_400)
     take(db, client, keys)
+    later()
     second = take(db, client, keys)
     [told] = second.discrepancies  # a 300 fen debit outside any order
-    b, a = store.points(db, MCHID, keys.lookup_hash(LEDGER), limit=2)
+    [b] = store.points(db, MCHID, keys.lookup_hash(LEDGER), limit=1)
+    # Marked 20 ms before b's answer, its row seen only after b was decided; recorded since.
     add_reduction(
-        db,
-        "R1",
-        300,
-        success_time=b["taken_at"] - timedelta(seconds=0.5),  # within b's second
-        submitted_at=a["taken_at"] + (b["taken_at"] - a["taken_at"]) / 2,  # between a and b
+        db, "R1", 300, success_time=db.now(), submitted_at=b["taken_at"] - timedelta(seconds=0.02)
     )
+    later()
     [c] = take(db, client, keys).checks  # the order's 300, then: nothing new to tell
     assert (c.verdict, c.start.balance, c.observed, c.explained, c.flagged) == (
         OK,

@@ -10,6 +10,7 @@ from wxrecon.domain.ledger import (
     AFTER,
     BEFORE,
     OK,
+    SKEW,
     UNEXPLAINED_CREDIT,
     UNEXPLAINED_DEBIT,
     UNSURE,
@@ -65,7 +66,7 @@ def test_check(
     ids: tuple[int, ...],
 ) -> None:
     half = timedelta(seconds=30)
-    found = [Reduction(i, fen, at(m), at(m) - half, at(m) + half) for i, fen, m in reductions]
+    found = [Reduction(i, fen, at(m) - half, at(m) + half) for i, fen, m in reductions]
     result = check(snap(1, start, 0), snap(2, end, 10), found)
     assert result.verdict == verdict
     assert result.difference == difference
@@ -95,23 +96,21 @@ S = timedelta(seconds=1)
     ("name", "reduction", "expected"),
     [
         # The snapshot at minute 10: asked at 10:00 - 0.2 s, answered at 10:00.
-        ("first POST left after the answer", dict(sub=at(10) + S / 10), AFTER),
-        ("sent and not final here", dict(sub=at(9), pending=True), UNSURE),
-        ("sent after, not final: not in it", dict(sub=at(10) + S, pending=True), AFTER),
-        ("success_time after the answer", dict(st=at(10) + S, sub=at(9)), AFTER),
-        ("recorded SUCCESS before the asking", dict(st=at(10), known=at(10) - S), BEFORE),
-        ("its whole second ended before the asking", dict(st=at(10) - 2 * S, known=at(11)), BEFORE),
-        ("applied in the second of the snapshot", dict(st=at(10) - S / 2, known=at(11)), UNSURE),
-        ("resolved SUCCESS with no time, after", dict(known=at(11), sub=at(9)), UNSURE),
-        ("resolved SUCCESS with no time, before", dict(known=at(9), sub=at(8)), BEFORE),
+        ("first POST left after the answer", dict(sub=at(10) + S), AFTER),
+        ("first POST within our clocks' skew of it", dict(sub=at(10) + SKEW / 2), UNSURE),
+        ("sent before, not final here", dict(sub=at(9), pending=True), UNSURE),
+        ("sent after, not final here: not in it", dict(sub=at(10) + S, pending=True), AFTER),
+        ("recorded SUCCESS before the asking", dict(sub=at(9), known=at(10) - S), BEFORE),
+        ("recorded within the skew of the asking", dict(sub=at(9), known=at(10) - S / 4), UNSURE),
+        ("recorded SUCCESS after the asking", dict(sub=at(9), known=at(10) + S), UNSURE),
+        ("not final, however long ago sent", dict(sub=at(0), known=at(1), pending=True), UNSURE),
     ],
 )
 def test_position(name: str, reduction: dict, expected: str) -> None:
     r = Reduction(
         1,
         300,
-        reduction.get("st"),
-        submitted_at=reduction.get("sub"),
+        reduction.get("sub"),
         known_at=reduction.get("known"),
         succeeded=not reduction.get("pending", False),
     )
@@ -123,10 +122,10 @@ def test_snapshot_after_the_provider_settled_but_before_our_query_waits() -> Non
     still say PROCESSING: the snapshot is not a check point, so no false debit; the next
     one, after our query recorded SUCCESS, checks the whole span."""
     start = snap(1, 10_000, 0)
-    pending = Reduction(7, 300, None, submitted_at=at(1), succeeded=False)
+    pending = Reduction(7, 300, at(1), succeeded=False)
     between = snap(2, 9_700, 5)
     assert unsure(between, [pending]) == (7,) and not point(between, [pending])
-    recorded = Reduction(7, 300, at(4), submitted_at=at(1), known_at=at(6))
+    recorded = Reduction(7, 300, at(1), known_at=at(6))
     later = snap(3, 9_700, 10)
     assert point(later, [recorded])
     assert start_of(later, [start], [recorded]) == start
@@ -136,8 +135,8 @@ def test_snapshot_after_the_provider_settled_but_before_our_query_waits() -> Non
 
 def test_start_walks_back_past_a_point_no_longer_decidable_and_nets_out() -> None:
     a, b, end = snap(1, 10_000, 0), snap(2, 9_700, 5), snap(3, 9_400, 10)
-    # Its row became visible after b was decided: applied in b's second, sent before it.
-    late = Reduction(9, 300, at(5) - S / 2, submitted_at=at(5) - S, known_at=at(6))
+    # Its row became visible after b was decided: marked just before b's answer.
+    late = Reduction(9, 300, at(5) - S / 2, known_at=at(6))
     assert position(late, b) == UNSURE
     assert start_of(end, [a, b], [late]) == a
     # (a, b] told a 300 fen debit already (it did not know of the order): netted out.
@@ -152,7 +151,7 @@ def test_start_walks_back_past_a_point_no_longer_decidable_and_nets_out() -> Non
 
 
 def test_check_refuses_a_window_with_an_unsure_end() -> None:
-    r = Reduction(1, 300, at(10) - S / 2, known_at=at(11))
+    r = Reduction(1, 300, at(9), known_at=at(11))
     with pytest.raises(ValueError, match="check points"):
         check(snap(1, 10_000, 0), snap(2, 9_700, 10), [r])
 

@@ -144,7 +144,7 @@ def show(
     db = database()
     digest = _hash(db, mchid, ledger_prefix)
     snaps = [
-        {k: r[k] for k in ("id", "balance", "in_transit", "request_id", "taken_at")}
+        {k: r[k] for k in ("id", "balance", "in_transit", "point", "request_id", "taken_at")}
         for r in ledgers.snapshots(db, mchid, digest, limit=limit)
     ]
     found = [_discrepancy(d) for d in ledgers.discrepancies(db, mchid=mchid, ledger_hash=digest)]
@@ -162,13 +162,14 @@ def show(
     out.print(
         table(
             f"ledger {mchid}/{ledger_label(digest)}: {len(snaps)} snapshot(s)",
-            ["id", "taken", "balance", "in transit", "request id"],
+            ["id", "taken", "balance", "in transit", "check point", "request id"],
             (
                 [
                     s["id"],
                     s["taken_at"].isoformat(timespec="seconds"),
                     fen(s["balance"]),
                     {None: "unknown", True: "yes", False: "no"}[s["in_transit"]],
+                    "yes" if s["point"] else "no",
                     s["request_id"] or "-",
                 ]
                 for s in snaps

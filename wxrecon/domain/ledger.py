@@ -8,15 +8,17 @@ arrived (an unexplained credit, e.g. a top-up: information).
 Where a reduction falls. The provider reads a snapshot's balance at some moment q between
 our asking (``asked_at``) and its answer (``taken_at``). With nothing in transit at q, every
 reduction the provider had by then was settled, so a reduction is in the balance exactly
-when it was applied (at s) by q. s is known only as far as these prove (``position``):
+when it was applied by q. Only our own clock (the database's) places it (``position``):
 
-- after the snapshot: its first POST left after the answer (``submitted_at > taken_at``),
-  or its ``success_time`` is later than the answer (the provider truncates to whole
-  seconds, so s is never earlier than the time it gives);
-- before it: wxrecon had recorded it SUCCESS before asking (``known_at < asked_at``), or
-  its whole-second ``success_time`` ends before the asking (s < success_time + 1 s);
-- else unsure: applied within a second of the snapshot, or not final in our records (a
+- after the snapshot: its first POST left after the answer (``submitted_at > taken_at``);
+- before it: wxrecon had recorded it SUCCESS before asking (``known_at < asked_at``): the
+  provider applied it before answering the query that told us;
+- else unsure: in flight around the snapshot, or sent and not final in our records (a
   snapshot taken after the provider settled it but before our query saw it).
+
+The provider's ``success_time`` is not used: it has whole seconds and the provider's clock,
+which may be seconds off ours. Each comparison keeps ``SKEW`` in hand for two of our hosts'
+estimates of the database's clock.
 
 A snapshot is a check point only when it is usable (a balance, the provider said nothing
 is in transit) and decidable (no reduction is unsure against it). A snapshot that is not
@@ -35,7 +37,7 @@ UNEXPLAINED_CREDIT = "unexplained_credit"
 VERDICTS = (OK, UNEXPLAINED_DEBIT, UNEXPLAINED_CREDIT)
 
 BEFORE, AFTER, UNSURE = "before", "after", "unsure"
-RESOLUTION = timedelta(seconds=1)  # the provider's times: whole seconds, truncated
+SKEW = timedelta(seconds=0.1)  # how far two hosts' readings of the database's clock may differ
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,7 @@ class Reduction:
 
     order_id: int
     amount: int  # fen
-    success_time: datetime | None  # the provider's, whole seconds; None if not given
-    submitted_at: datetime | None = None  # our first POST was about to leave (database clock)
+    submitted_at: datetime | None  # our first POST was about to leave (database clock)
     known_at: datetime | None = None  # recorded SUCCESS by then (the row's last write)
     succeeded: bool = True  # False: sent, and not final in our records
 
@@ -88,15 +89,9 @@ def usable(s: Snapshot) -> bool:
 
 def position(r: Reduction, s: Snapshot) -> str:
     """BEFORE (in the snapshot's balance), AFTER (not in it) or UNSURE: the module's note."""
-    if r.submitted_at is not None and r.submitted_at > s.taken_at:
+    if r.submitted_at is not None and r.submitted_at > s.taken_at + SKEW:
         return AFTER
-    if not r.succeeded:
-        return UNSURE
-    if r.success_time is not None and r.success_time > s.taken_at:
-        return AFTER
-    if r.known_at is not None and r.known_at < s.asked:
-        return BEFORE
-    if r.success_time is not None and r.success_time + RESOLUTION <= s.asked:
+    if r.succeeded and r.known_at is not None and r.known_at + SKEW < s.asked:
         return BEFORE
     return UNSURE
 

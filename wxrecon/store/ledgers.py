@@ -64,34 +64,25 @@ def reductions_near(
     db: Database, mchid: str, ledger_hash: str, low: datetime, high: datetime
 ) -> list[ledger.Reduction]:
     """The reductions of one ledger (its keyed hash) that may lie after a snapshot asked at
-    ``low`` and by one answered at ``high`` (domain/ledger.position): SUCCESS ones not known
-    to precede ``low``, and every one sent by ``high`` whose outcome is not final here (an
-    old one in review keeps every later snapshot undecided, as it must)."""
-    succeeded = and_(
-        R.c.state == RState.SUCCESS,
-        or_(
-            R.c.submitted_at > low,
-            and_(
-                R.c.updated_at >= low,
-                or_(R.c.success_time.is_(None), R.c.success_time > low - ledger.RESOLUTION),
-            ),
-        ),
-        or_(R.c.success_time.is_(None), R.c.success_time <= high),
-        or_(R.c.submitted_at.is_(None), R.c.submitted_at <= high),
+    ``low`` and by one answered at ``high`` (domain/ledger.position): SUCCESS ones not
+    recorded before ``low``, and every one sent whose outcome is not final here (an old one
+    in review keeps every later snapshot undecided, as it must); none first sent after
+    ``high``."""
+    not_after = or_(R.c.submitted_at.is_(None), R.c.submitted_at <= high + ledger.SKEW)
+    succeeded = and_(R.c.state == RState.SUCCESS, R.c.updated_at >= low - ledger.SKEW)
+    in_doubt = and_(R.c.state.not_in(NO_DOUBT), R.c.submitted_at.is_not(None))
+    stmt = select(R.c.id, R.c.state, R.c.amount, R.c.submitted_at, R.c.updated_at).where(
+        R.c.mchid == mchid,
+        R.c.bal_account_hash == ledger_hash,
+        not_after,
+        or_(succeeded, in_doubt),
     )
-    in_doubt = and_(
-        R.c.state.not_in(NO_DOUBT), R.c.submitted_at.is_not(None), R.c.submitted_at <= high
-    )
-    stmt = select(
-        R.c.id, R.c.state, R.c.amount, R.c.success_time, R.c.submitted_at, R.c.updated_at
-    ).where(R.c.mchid == mchid, R.c.bal_account_hash == ledger_hash, or_(succeeded, in_doubt))
     with db.read() as s:
         rows = s.execute(stmt.order_by(R.c.id)).all()
     return [
         ledger.Reduction(
             r.id,
             int(r.amount),
-            r.success_time,
             r.submitted_at,
             known_at=r.updated_at,
             succeeded=r.state == RState.SUCCESS,
