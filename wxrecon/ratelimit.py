@@ -23,14 +23,12 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import redis
 
-from wxrecon import metrics
+from wxrecon import metrics, putback
 from wxrecon.config import REDIS_SCHEMES
 from wxrecon.wechatpay.client import BeforeRequest, Endpoint
 from wxrecon.wechatpay.errors import NotYet, Throttled
@@ -45,18 +43,6 @@ SHARED_KEY = "special_reduction"
 
 DEFAULT_GUARD = 0.05  # seconds added to the one-second window
 REDIS_DOWN_RETRY = 1.0  # with no limiter there is no permission: defer, never send unmetered
-# Set by a caller with other work to do (a chunk of orders): a grant not free raises NotYet
-# at once instead of sleeping on it, so the process spends other merchants' budgets meanwhile.
-_PUT_BACK: ContextVar[bool] = ContextVar("wxrecon_ratelimit_put_back", default=False)
-
-
-@contextmanager
-def putting_back(on: bool = True) -> Iterator[None]:
-    token = _PUT_BACK.set(on)
-    try:
-        yield
-    finally:
-        _PUT_BACK.reset(token)
 
 
 class RateLimiter(Protocol):
@@ -201,7 +187,7 @@ def rate_limit_hook(
 ) -> BeforeRequest:
     """The client's ``before_request``: wait for a grant up to ``max_wait`` seconds in all,
     then give up with Throttled so the caller reschedules without spending an attempt;
-    inside ``putting_back()``, raise NotYet at once instead of waiting."""
+    inside ``putback.putting_back()``, raise NotYet at once instead of waiting."""
     if scope not in SCOPES:
         raise ValueError(f"rate limit scope must be one of {', '.join(SCOPES)}")
 
@@ -213,7 +199,7 @@ def rate_limit_hook(
             if wait <= 0:
                 metrics.count_ratelimit_wait(endpoint, waited, deferred=False)
                 return
-            if _PUT_BACK.get():
+            if putback.on():
                 raise NotYet(wait, key)
             if waited + wait > max_wait:
                 metrics.count_ratelimit_wait(endpoint, waited, deferred=True)

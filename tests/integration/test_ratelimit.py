@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import redis
 
+from wxrecon.putback import putting_back
 from wxrecon.ratelimit import (
     REDIS_DOWN_RETRY,
     LocalRateLimiter,
     RedisRateLimiter,
     limit_key,
     make_limiter,
-    putting_back,
     rate_limit_hook,
 )
 from wxrecon.wechatpay.client import Endpoint

@@ -3,7 +3,7 @@ the others go on (a fake clock; no I/O)."""
 
 from __future__ import annotations
 
-from wxrecon import ratelimit
+from wxrecon import putback
 from wxrecon.engine.steps import Later, turns
 
 
@@ -27,7 +27,7 @@ def test_a_step_put_back_comes_again_after_the_others() -> None:
 
     def step(name: str, merchant: str) -> object:
         def run() -> object:
-            log.append((name, ratelimit._PUT_BACK.get()))
+            log.append((name, putback.on()))
             if budgets[merchant] == 0:
                 return Later(0.5, run)
             budgets[merchant] -= 1
@@ -53,7 +53,7 @@ def test_past_its_patience_an_order_waits_like_a_lone_one() -> None:
     seen: list[bool] = []
 
     def run() -> object:
-        seen.append(ratelimit._PUT_BACK.get())
+        seen.append(putback.on())
         return Later(0.8, run) if len(seen) < 4 else "SUBMITTED"
 
     out = [call() for _, call in turns([(1, run)], patience=2.0, clock=clock, sleep=clock.sleep)]
@@ -70,4 +70,4 @@ def test_each_order_once_when_nothing_is_put_back() -> None:
         (i, f"S{i}") for i in range(5)
     ]
     assert clock.slept == []
-    assert ratelimit._PUT_BACK.get() is False  # the flag does not leak out of a step
+    assert putback.on() is False  # the flag does not leak out of a step

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from wxrecon import metrics, ratelimit
+from wxrecon import metrics, putback
 from wxrecon.domain import decisions
 from wxrecon.domain.decisions import (
     Action,
@@ -86,7 +86,7 @@ def turns(
             (order_id, step), waited = fresh.popleft(), 0.0
 
         def call(order_id: int = order_id, step: Step = step, waited: float = waited) -> Any:
-            with ratelimit.putting_back(waited < patience):
+            with putback.putting_back(waited < patience):
                 result = step()
             if isinstance(result, Later):
                 due = clock() + result.wait
