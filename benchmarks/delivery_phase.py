@@ -46,6 +46,7 @@ def run(
     *,
     concurrency: int,
     timeout: float,
+    simulator_pid: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Restart the workers and beat with a webhook target (``workers`` and ``beat`` are
@@ -85,6 +86,13 @@ def run(
             if not child.alive():
                 raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
 
+    # Where delivery's cost goes, over the phase and its wait for the last deliveries: the
+    # engine's workers, the relay worker, the receiver (a stand-in for the business app,
+    # which would not share these cores) and the simulator.
+    engine = harness.ProcSampler(lambda: [w.pid for w in workers]).start()
+    relayed = harness.ProcSampler(lambda: [relay.pid]).start()
+    singles = {k: p for k, p in (("receiver", receiver.pid), ("simulator", simulator_pid)) if p}
+    before = {k: harness.cpu_seconds(pid) or 0.0 for k, pid in singles.items()}
     phase = e2e.run_phase(
         db, admin, orders, prefix, enqueue, timeout=timeout, check=check, progress=progress
     )
@@ -93,8 +101,21 @@ def run(
     while delivered(log) < phase.final and time.monotonic() < deadline:
         check()
         time.sleep(0.5)
+    engine.stop()
+    relayed.stop()
     out = phase.to_json()
     out["delivered"] = delivered(log)
     out["all_delivered_after_last_final_s"] = round(time.monotonic() - final_at, 1)
+    cpu = {
+        "engine_workers": engine.cpu - engine.samples[0].cpu,
+        "relay": relayed.cpu - relayed.samples[0].cpu,
+        **{k: (harness.cpu_seconds(singles[k]) or 0.0) - v for k, v in before.items()},
+    }
+    out["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
+    out["cpu_ms_per_event"] = {
+        k: round(1000 * cpu[k] / max(1, out["delivered"]), 3)
+        for k in ("relay", "receiver")
+        if k in cpu
+    }
     out["problems"] = e2e.ground_truth_problems(admin, orders)
     return out

@@ -156,6 +156,11 @@ def render(console: Console, report: dict[str, Any]) -> None:
             f"{d['orders_per_second']:.1f}, {d['delivered']:,}/{d['final']:,}, "
             f"{d['all_delivered_after_last_final_s']} s",
         )
+        if "cpu_ms_per_event" in d:
+            table.add_row(
+                "delivery on: CPU per event (relay, receiver)",
+                ", ".join(f"{v:.2f} ms" for v in d["cpu_ms_per_event"].values()),
+            )
     if b:
         for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):
             r = b[name]

@@ -365,6 +365,7 @@ def run_processes(
                             enqueue,
                             concurrency=args.concurrency,
                             timeout=args.timeout,
+                            simulator_pid=sim.pid,
                             progress=ticker(console),
                         )
                         report["delivery_on"] = d

@@ -69,6 +69,7 @@ class Receiver(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: Receiver
+    protocol_version = "HTTP/1.1"  # keep-alive, as a business app's server would
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -221,3 +221,43 @@ def test_the_backlog_gauges_read_the_outbox(db: Database, clock: FakeClock) -> N
     assert 'wxrecon_outcomes_undelivered{delivery="pending"} 1.0' in text
     assert "wxrecon_oldest_undelivered_outcome_age_seconds 90.0" in text
     assert "# TYPE wxrecon_outcome_deliveries_total counter" in text
+
+
+def test_verdicts_are_recorded_a_batch_at_a_time_and_a_lost_claim_is_its_own(
+    db: Database, clock: FakeClock, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """25 events: two transactions (20, then 5), not 25. An event whose claim another relay
+    took meanwhile is left to it; the others of its batch are recorded all the same."""
+    from wxrecon.engine import relay as relay_module
+
+    ids = [add_event(db, clock, n, 4) for n in range(1, 26)]
+    sizes: list[int] = []
+    real = outbox.record_many
+
+    def counted(db_: Database, token: str, verdicts: Any) -> list[bool]:
+        sizes.append(len(verdicts))
+        return real(db_, token, verdicts)
+
+    monkeypatch.setattr(outbox, "record_many", counted)
+    stolen = ids[7]
+
+    class Thief:
+        name = "task"
+
+        def send(self, event: Any, body: bytes) -> None:
+            if event["event_id"] == stolen:  # another relay's claim, while this one sends
+                with db.begin() as conn:
+                    conn.execute(
+                        Outcome.__table__.update()
+                        .where(Outcome.event_id == stolen)
+                        .values(claim_token="someone-else")
+                    )
+
+        def close(self) -> None:
+            pass
+
+    result = relay(db, clock, [Thief(), webhook(receiver)]).run_once()
+    assert sizes == [relay_module.RECORD_EVERY, 25 - relay_module.RECORD_EVERY]
+    assert result.delivered == 24
+    assert [state_of(db, i)["delivery"] for i in ids].count("delivered") == 24
+    assert state_of(db, stolen)["delivery"] == "pending"

@@ -4,7 +4,9 @@ the attempt limit.
 
 At least once: an event is marked delivered only after every target took it, so a relay
 killed between sending and recording sends it again when its lease runs out; receivers
-deduplicate by ``event_id``. A target that took an event is not sent it again on a later
+deduplicate by ``event_id``. Verdicts are recorded ``RECORD_EVERY`` at a time, in one
+transaction (a commit per event was most of the relay's CPU), so such a kill sends at most
+that many again. A target that took an event is not sent it again on a later
 attempt. Each order's events go out in order (``store.outbox.claim``), and the relay runs
 on its own queue and connections, so it never slows the engine's own work.
 """
@@ -27,6 +29,8 @@ from wxrecon.store.db import Database
 from wxrecon.store.models import utcnow
 
 log = logging.getLogger(__name__)
+
+RECORD_EVERY = 20  # verdicts written per transaction, at most
 
 
 class Target(Protocol):
@@ -65,6 +69,15 @@ def verdict(
     return {**values, "next_attempt_at": now + timedelta(seconds=retry_delay(schedule, tried))}
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One attempt, sent and not yet recorded."""
+
+    event: outbox.Claimed
+    values: dict[str, Any]
+    failed: str | None
+
+
 @dataclass
 class RelayResult:
     delivered: int = 0
@@ -99,12 +112,17 @@ class Relay:
         claimed = outbox.claim(
             self.db, self.token, limit=self.batch, lease=self.lease, now=self.clock()
         )
+        verdicts: list[Verdict] = []
         for i, event in enumerate(claimed):
             if budget is not None and self.monotonic() - start > budget:
+                self._record(verdicts, result)
                 outbox.release(self.db, [e.id for e in claimed[i:]], self.token, self.clock())
                 result.released = len(claimed) - i
-                break
-            self._attempt(event, result)
+                return result
+            verdicts.append(self._attempt(event))
+            if len(verdicts) >= RECORD_EVERY:
+                self._record(verdicts, result)
+        self._record(verdicts, result)
         return result
 
     def run(self, budget: float) -> RelayResult:
@@ -121,7 +139,8 @@ class Relay:
             if one.attempted < self.batch or one.released:
                 return total
 
-    def _attempt(self, event: outbox.Claimed, result: RelayResult) -> None:
+    def _attempt(self, event: outbox.Claimed) -> Verdict:
+        """Send ``event`` to each target that has not taken it; its verdict, to record."""
         body = event.payload.encode()
         data = json.loads(event.payload)
         sent: dict[str, datetime] = {}
@@ -145,31 +164,42 @@ class Relay:
             max_attempts=self.max_attempts,
             now=self.clock(),
         )
-        if not outbox.record(self.db, event, self.token, values):
-            log.info("outcome %s: claim lost before recording; sent again later", event.event_id)
+        return Verdict(event, values, failed)
+
+    def _record(self, verdicts: list[Verdict], result: RelayResult) -> None:
+        """Write the verdicts held in one transaction (then forget them); count, log each."""
+        if not verdicts:
             return
-        delivery = values.get("delivery")
-        if delivery == outbox.DELIVERED:
-            result.delivered += 1
-        elif delivery == outbox.DEAD:
-            result.dead += 1
-            metrics.count_outcome_delivery("all", "dead")
-            log.error(
-                "outcome %s is dead after %d attempts (%s); `wxrecon outcomes redeliver` "
-                "sends it again",
-                event.event_id,
-                values["attempts"],
-                failed,
-            )
-        else:
-            result.retried += 1
-            log.warning(
-                "outcome %s not delivered (%s); attempt %d, next at %s",
-                event.event_id,
-                failed,
-                values["attempts"],
-                values["next_attempt_at"].isoformat(timespec="seconds"),
-            )
+        won = outbox.record_many(self.db, self.token, [(v.event, v.values) for v in verdicts])
+        for v, ok in zip(verdicts, won, strict=True):
+            if not ok:
+                log.info(
+                    "outcome %s: claim lost before recording; sent again later", v.event.event_id
+                )
+                continue
+            delivery = v.values.get("delivery")
+            if delivery == outbox.DELIVERED:
+                result.delivered += 1
+            elif delivery == outbox.DEAD:
+                result.dead += 1
+                metrics.count_outcome_delivery("all", "dead")
+                log.error(
+                    "outcome %s is dead after %d attempts (%s); `wxrecon outcomes redeliver` "
+                    "sends it again",
+                    v.event.event_id,
+                    v.values["attempts"],
+                    v.failed,
+                )
+            else:
+                result.retried += 1
+                log.warning(
+                    "outcome %s not delivered (%s); attempt %d, next at %s",
+                    v.event.event_id,
+                    v.failed,
+                    v.values["attempts"],
+                    v.values["next_attempt_at"].isoformat(timespec="seconds"),
+                )
+        verdicts.clear()
 
     def close(self) -> None:
         for target in self.targets:

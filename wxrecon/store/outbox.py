@@ -97,13 +97,24 @@ def claim(db: Database, token: str, *, limit: int, lease: float, now: datetime) 
 
 def record(db: Database, event: Claimed, token: str, values: Mapping[str, Any]) -> bool:
     """Write a delivery attempt's verdict, if the claim is still ours."""
-    stmt = (
-        update(T)
-        .where(T.c.id == event.id, T.c.claim_token == token, T.c.delivery == PENDING)
-        .values(**values)
-    )
+    return record_many(db, token, [(event, values)])[0]
+
+
+def record_many(
+    db: Database, token: str, verdicts: Sequence[tuple[Claimed, Mapping[str, Any]]]
+) -> list[bool]:
+    """Write several attempts' verdicts in one transaction (one commit, not one per event);
+    for each, whether the claim was still ours."""
+    won = []
     with db.begin() as conn:
-        return conn.execute(stmt).rowcount == 1
+        for event, values in verdicts:
+            stmt = (
+                update(T)
+                .where(T.c.id == event.id, T.c.claim_token == token, T.c.delivery == PENDING)
+                .values(**values)
+            )
+            won.append(conn.execute(stmt).rowcount == 1)
+    return won
 
 
 def release(db: Database, ids: Sequence[int], token: str, now: datetime) -> None:
