@@ -51,6 +51,7 @@ class Receiver(ThreadingHTTPServer):
         self.on_event = on_event
         self.lock = threading.Lock()
         self.arrivals = 0
+        self.connections = 0  # TCP connections accepted (a client reusing one makes one)
         self.requests: list[tuple[dict[str, str], bytes, int]] = []  # headers, body, status
         self.seen: set[str] = set()
         self.accepted: list[dict[str, Any]] = []  # first deliveries, in order
@@ -73,6 +74,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

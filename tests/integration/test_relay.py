@@ -261,3 +261,14 @@ def test_verdicts_are_recorded_a_batch_at_a_time_and_a_lost_claim_is_its_own(
     assert result.delivered == 24
     assert [state_of(db, i)["delivery"] for i in ids].count("delivered") == 24
     assert state_of(db, stolen)["delivery"] == "pending"
+
+
+def test_the_webhook_reuses_its_connection(
+    db: Database, clock: FakeClock, receiver: Receiver
+) -> None:
+    for n in range(1, 6):
+        add_event(db, clock, n, 4)
+    target = webhook(receiver)
+    assert relay(db, clock, [target]).run_once().delivered == 5
+    target.close()
+    assert receiver.connections == 1  # the empty answers read to their end: one connection

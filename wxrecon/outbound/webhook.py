@@ -3,7 +3,8 @@
 
 Headers: ``Wxrecon-Event-Id``, ``Wxrecon-Timestamp`` (unix seconds) and
 ``Wxrecon-Signature: v1=<hex>``. Any 2xx answer is delivered; anything else, or no answer
-within the timeout, is a failure the relay retries. The answer's body is never read.
+within the timeout, is a failure the relay retries. The answer's body is never looked at:
+up to ``KEEP_BODY`` bytes of it are read and dropped, so the connection is reused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ EVENT_ID_HEADER = "Wxrecon-Event-Id"
 TIMESTAMP_HEADER = "Wxrecon-Timestamp"
 SIGNATURE_HEADER = "Wxrecon-Signature"
 DEFAULT_TOLERANCE = 300  # seconds a receiver accepts a timestamp away from its clock
+KEEP_BODY = 4096  # bytes of an answer read so its connection is reused; more: it is closed
 
 
 def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
@@ -95,6 +97,7 @@ class WebhookTarget:
     ) -> None:
         self.url = check_url(url, allow_http=allow_http)
         self._secret = secret
+        self._timeout = timeout
         self._clock = clock
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout),
@@ -115,6 +118,13 @@ class WebhookTarget:
         try:
             with self._client.stream("POST", self.url, content=body, headers=headers) as answer:
                 status = answer.status_code
+                # A short body is read to its end so the connection is kept for the next
+                # event (one left unread is closed); a longer one is dropped with it.
+                read, until = 0, time.monotonic() + self._timeout
+                for part in answer.iter_raw():
+                    read += len(part)
+                    if read > KEEP_BODY or time.monotonic() > until:
+                        break
         except httpx.TimeoutException:
             raise DeliveryFailed("webhook: no answer within the timeout") from None
         except httpx.HTTPError as exc:
