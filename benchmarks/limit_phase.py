@@ -25,6 +25,7 @@ from wxrecon.demo.procs import Supervisor
 from wxrecon.store.db import Database
 
 ENDPOINTS = ("submit_reduction", "query_reduction")
+SETTLE = (4.0, 8.0)  # seconds an order of this phase stays PROCESSING at the provider
 
 
 def backlog_seconds(series: Mapping[str, int]) -> list[int]:
@@ -105,11 +106,15 @@ def run(
             lambda: all(harness.worker_ready(c) for c in workers), 120, "workers", every=0.2
         )
 
-    before = admin.config()["rate_limit"]
+    config = admin.config()
+    before = {k: config[k] for k in ("rate_limit", "settle_delay_min", "settle_delay_max")}
     console.print(
         f"[bold]rate limit {rate}/s[/]: {len(orders):,} reductions over {len(mchids)} merchants"
     )
-    admin.set_config(rate_limit=rate)
+    # Orders stay PROCESSING a while, so each is queried several times on the poll schedule
+    # and the query endpoint has a backlog beside the submits' (its first query alone would
+    # only follow the submits' pace).
+    admin.set_config(rate_limit=rate, settle_delay_min=SETTLE[0], settle_delay_max=SETTLE[1])
     restart({**env, "WXRECON_RATE_LIMIT_PER_SECOND": str(rate)}, "L")
     try:
         load0 = os.getloadavg()
@@ -132,4 +137,4 @@ def run(
         r["problems"] = e2e.ground_truth_problems(admin, orders)
         report["rate_limit"] = r
     finally:
-        admin.set_config(rate_limit=before)
+        admin.set_config(**before)

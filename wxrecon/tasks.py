@@ -41,7 +41,15 @@ from wxrecon.engine.steps import MAX_CHUNK, Later, Steps
 from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.logs import safe_reprs
 from wxrecon.takers import DB_DOWN, Refused, refuse_positional, take_bill, take_reduction
-from wxrecon.worker import INTAKE_QUEUE, OUTCOME_QUEUE, POLL_QUEUE, RETRY_BACKOFF_MAX, app
+from wxrecon.worker import (
+    DUE_QUEUE,
+    INTAKE_QUEUE,
+    OUTCOME_QUEUE,
+    POLL_QUEUE,
+    RETRY_BACKOFF_MAX,
+    SWEEP_QUEUE,
+    app,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +195,7 @@ class _Dispatcher:
     def flush(self) -> None:
         if self.pending:
             kwargs = {"ids": [c.id for c in self.pending], "token": self.pending[0].token}
-            self.task.apply_async(kwargs=kwargs, queue=POLL_QUEUE, producer=self.producer)
+            self.task.apply_async(kwargs=kwargs, queue=DUE_QUEUE, producer=self.producer)
             self.pending = []
 
 
@@ -209,7 +217,7 @@ def _poll_tasks(kind: OrderKind, one: str, chunk: str, sweeper: str) -> tuple[Ta
             return 0
         return _process_chunk(runtime.get().reconciler().steps(kind, *args), args[0])
 
-    @app.task(name=sweeper, base=WxreconTask, queue=POLL_QUEUE)
+    @app.task(name=sweeper, base=WxreconTask, queue=SWEEP_QUEUE)
     def sweep_due() -> int:
         """Claim due orders (each batch committed first) and enqueue their polls in chunks."""
         rt = runtime.get()
@@ -264,7 +272,7 @@ def _relay(rt: Any) -> Any:
     return relay
 
 
-@app.task(name="wxrecon.snapshot_ledgers", base=WxreconTask, queue=POLL_QUEUE)
+@app.task(name="wxrecon.snapshot_ledgers", base=WxreconTask, queue=SWEEP_QUEUE)
 def snapshot_ledgers(mchid: Any = None) -> dict[str, int]:
     """Beat: snapshot and check the ledgers with recent activity (engine/ledger.py); at most
     engine.ledger.MAX_PER_ROUND ledgers a tick, on the balance endpoint's own rate key."""

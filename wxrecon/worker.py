@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 
 INTAKE_QUEUE = "wxrecon.intake"
 POLL_QUEUE = "wxrecon.poll"
+# Three queues for the engine's work, which a worker reads in turn (kombu rotates them), so
+# a bulk import's thousands of chunks on wxrecon.poll hold neither the beat's sweeps (whose
+# messages expire unread behind them) nor the polls of orders already in flight:
+# wxrecon.poll   the first polls intake publishes (an order's own, or a bulk chunk's);
+# wxrecon.due    the chunks of due orders a sweep claimed;
+# wxrecon.sweep  the beat's sweeps and ledger snapshots (a few small messages).
+DUE_QUEUE = "wxrecon.due"
+SWEEP_QUEUE = "wxrecon.sweep"
 # The relay's queue: consumed by its own worker (``-Q wxrecon.outcomes``), not the engine's.
 OUTCOME_QUEUE = "wxrecon.outcomes"
 
@@ -40,11 +48,11 @@ ROUTES = {
     "wxrecon.track_compensation_bill": {"queue": INTAKE_QUEUE},
     "wxrecon.poll_reduction": {"queue": POLL_QUEUE},
     "wxrecon.poll_bill": {"queue": POLL_QUEUE},
-    "wxrecon.snapshot_ledgers": {"queue": POLL_QUEUE},
+    "wxrecon.snapshot_ledgers": {"queue": SWEEP_QUEUE},
     "wxrecon.poll_reductions": {"queue": POLL_QUEUE},
     "wxrecon.poll_bills": {"queue": POLL_QUEUE},
-    "wxrecon.sweep_reductions": {"queue": POLL_QUEUE},
-    "wxrecon.sweep_bills": {"queue": POLL_QUEUE},
+    "wxrecon.sweep_reductions": {"queue": SWEEP_QUEUE},
+    "wxrecon.sweep_bills": {"queue": SWEEP_QUEUE},
     "wxrecon.relay_outcomes": {"queue": OUTCOME_QUEUE},
 }
 
@@ -135,7 +143,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": hard,
         # Each queue on its own direct exchange and key: left implicit, Celery binds both to
         # the default exchange and key, so a publisher naming that exchange reaches both.
-        "task_queues": [_queue(INTAKE_QUEUE), _queue(POLL_QUEUE)],
+        "task_queues": [
+            _queue(INTAKE_QUEUE),
+            _queue(POLL_QUEUE),
+            _queue(DUE_QUEUE),
+            _queue(SWEEP_QUEUE),
+        ],
         "task_default_queue": INTAKE_QUEUE,
         "task_routes": ROUTES,
         "task_create_missing_queues": True,
@@ -146,17 +159,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "wxrecon.sweep_reductions",
                 "schedule": interval,
                 # A sweep that waited longer than one interval is stale: the next one comes.
-                "options": {"queue": POLL_QUEUE, "expires": max(1.0, interval)},
+                "options": {"queue": SWEEP_QUEUE, "expires": max(1.0, interval)},
             },
             "ledger-snapshots": {
                 "task": "wxrecon.snapshot_ledgers",
                 "schedule": settings.ledger_snapshot_interval,
-                "options": {"queue": POLL_QUEUE, "expires": settings.ledger_snapshot_interval},
+                "options": {"queue": SWEEP_QUEUE, "expires": settings.ledger_snapshot_interval},
             },
             "sweep-bills": {
                 "task": "wxrecon.sweep_bills",
                 "schedule": interval,
-                "options": {"queue": POLL_QUEUE, "expires": max(1.0, interval)},
+                "options": {"queue": SWEEP_QUEUE, "expires": max(1.0, interval)},
             },
         },
         # Only the beat holding the leader lock on the broker sends (wxrecon.beat).

@@ -22,7 +22,15 @@ from wxrecon.domain.states import RState
 from wxrecon.store.db import Database
 from wxrecon.store.models import CompensationBill, SpecialReduction
 from wxrecon.wechatpay import errors
-from wxrecon.worker import INTAKE_QUEUE, POLL_QUEUE, app, celery_config, time_limits
+from wxrecon.worker import (
+    DUE_QUEUE,
+    INTAKE_QUEUE,
+    POLL_QUEUE,
+    SWEEP_QUEUE,
+    app,
+    celery_config,
+    time_limits,
+)
 
 GOOD = {
     "mchid": "1900000109",
@@ -49,11 +57,18 @@ def test_money_safe_celery_configuration(tmp_path: Path) -> None:
     visibility = conf["broker_transport_options"]["visibility_timeout"]
     assert conf["task_soft_time_limit"] == soft < hard == conf["task_time_limit"]
     assert hard < settings.claim_lease < visibility
-    assert {q.name for q in conf["task_queues"]} == {INTAKE_QUEUE, POLL_QUEUE}
+    assert {q.name for q in conf["task_queues"]} == {
+        INTAKE_QUEUE,
+        POLL_QUEUE,
+        DUE_QUEUE,
+        SWEEP_QUEUE,
+    }
     # Each queue has its own exchange and key, so no publish can land in both.
     assert {(q.name, q.exchange.name, q.routing_key) for q in conf["task_queues"]} == {
         (INTAKE_QUEUE, INTAKE_QUEUE, INTAKE_QUEUE),
         (POLL_QUEUE, POLL_QUEUE, POLL_QUEUE),
+        (DUE_QUEUE, DUE_QUEUE, DUE_QUEUE),
+        (SWEEP_QUEUE, SWEEP_QUEUE, SWEEP_QUEUE),
     }
     beat = conf["beat_schedule"]
     assert {e["task"] for e in beat.values()} == {
@@ -63,9 +78,11 @@ def test_money_safe_celery_configuration(tmp_path: Path) -> None:
     }
     sweeps = [e for e in beat.values() if e["task"].startswith("wxrecon.sweep_")]
     assert all(e["schedule"] == settings.sweep_interval for e in sweeps)
+    # The beat's tasks have a queue of their own: a bulk intake's chunks never hold them.
+    assert {e["options"]["queue"] for e in beat.values()} == {SWEEP_QUEUE}
     [snapshots] = [e for e in beat.values() if e["task"] == "wxrecon.snapshot_ledgers"]
     assert snapshots["schedule"] == settings.ledger_snapshot_interval == 900.0
-    assert snapshots["options"]["queue"] == POLL_QUEUE
+    assert snapshots["options"]["queue"] == SWEEP_QUEUE
 
 
 def test_filesystem_broker_gets_its_folders(tmp_path: Path) -> None:
@@ -95,6 +112,7 @@ def test_public_task_names_and_routes() -> None:
     assert routes["wxrecon.submit_special_reduction"]["queue"] == INTAKE_QUEUE
     assert routes["wxrecon.track_compensation_bill"]["queue"] == INTAKE_QUEUE
     assert routes["wxrecon.poll_reduction"]["queue"] == POLL_QUEUE
+    assert routes["wxrecon.sweep_reductions"]["queue"] == SWEEP_QUEUE
     # Only a database that does not answer is retried.
     assert getattr(tasks.submit_special_reduction, "autoretry_for", None) == tasks.DB_DOWN
     assert OperationalError in tasks.DB_DOWN
@@ -255,15 +273,20 @@ def test_dispatcher_chunks_by_size_and_token() -> None:
 
     sent: list[dict[str, Any]] = []
 
+    queues: set[str] = set()
+
     class FakeTask:
-        def apply_async(self, *, kwargs: dict[str, Any], **_: Any) -> None:
+        def apply_async(self, *, kwargs: dict[str, Any], queue: str, **_: Any) -> None:
             sent.append(kwargs)
+            queues.add(queue)
 
     dispatch = tasks._Dispatcher(FakeTask(), 3, producer=None)  # type: ignore[arg-type]
     for i in range(7):
         dispatch(Claim(i, "a"))
     dispatch(Claim(7, "b"))
     dispatch.flush()
+    # A sweep's chunks go to a queue of their own, never behind a bulk import's polls.
+    assert queues == {DUE_QUEUE}
     assert sent == [
         {"ids": [0, 1, 2], "token": "a"},
         {"ids": [3, 4, 5], "token": "a"},
