@@ -224,19 +224,11 @@ class Reconciler:
             work = Unit(self.db, moved, fallback=self._unrecorded)
             try:
                 marks = self._mark(kind, rows.values(), token)
-                patience = getattr(self.settings, "rate_limit_max_wait", PATIENCE)
-                yield from turns(
-                    (
-                        (
-                            i,
-                            functools.partial(
-                                self._step, kind, work, i, token, rows.get(i), marks.get(i)
-                            ),
-                        )
-                        for i in ids
-                    ),
-                    patience,
-                )
+                step = functools.partial(self._step, kind, work)
+                pairs = [
+                    (i, functools.partial(step, i, token, rows.get(i), marks.get(i))) for i in ids
+                ]
+                yield from turns(pairs, getattr(self.settings, "rate_limit_max_wait", PATIENCE))
             finally:
                 work.flush()
 
