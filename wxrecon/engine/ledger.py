@@ -114,8 +114,8 @@ def check_latest(
     waiting = ledger.unsure(end, found)
     if waiting:
         log.info(
-            "ledger %s/%s: snapshot %d is not a check point yet (orders %s settled within a "
-            "second of it or are not final here)",
+            "ledger %s/%s: snapshot %d is not a check point yet (orders %s were in flight "
+            "around it or are not final here)",
             item.mchid,
             outcomes.ledger_label(digest),
             snap_id,
