@@ -200,7 +200,7 @@ def rate_limit_hook(
                 metrics.count_ratelimit_wait(endpoint, waited, deferred=False)
                 return
             if putback.on():
-                raise NotYet(wait, key)
+                raise NotYet(wait, key, str(endpoint))
             if waited + wait > max_wait:
                 metrics.count_ratelimit_wait(endpoint, waited, deferred=True)
                 raise Throttled(wait, key)

@@ -105,6 +105,7 @@ def test_hook_waits_then_proceeds_and_defers_past_max_wait() -> None:
     with putting_back(), pytest.raises(NotYet) as later:
         hook(Endpoint.QUERY_REDUCTION, "1900000001")
     assert slept == [] and later.value.retry_after == pytest.approx(1.0)
+    assert later.value.endpoint == "query_reduction"  # the waits' metric label
     assert isinstance(later.value, Throttled) and not later.value.maybe_sent
     clock.now += 1.0
     with putting_back():

@@ -3,6 +3,8 @@ the others go on (a fake clock; no I/O)."""
 
 from __future__ import annotations
 
+import pytest
+
 from wxrecon import putback
 from wxrecon.engine.steps import Later, turns
 
@@ -71,3 +73,20 @@ def test_each_order_once_when_nothing_is_put_back() -> None:
     ]
     assert clock.slept == []
     assert putback.on() is False  # the flag does not leak out of a step
+
+
+def test_the_time_put_back_is_counted_as_rate_limit_wait() -> None:
+    from wxrecon import metrics
+
+    counter = metrics.RATELIMIT_WAIT_SECONDS.labels("query_reduction")
+    before = counter._value.get()
+    clock = Clock()
+    tries: list[int] = []
+
+    def run() -> object:
+        tries.append(1)
+        return Later(0.4, run, "query_reduction") if len(tries) < 3 else "SUCCESS"
+
+    for _, call in turns([(1, run)], clock=clock, sleep=clock.sleep):
+        call()
+    assert counter._value.get() - before == pytest.approx(0.8)  # two waits of 0.4 s

@@ -60,6 +60,7 @@ class Later:
 
     wait: float
     resume: Callable[[], str | Later | None]
+    endpoint: str = ""  # whose budget it waits for (the wait metric's label)
 
 
 def turns(
@@ -72,27 +73,36 @@ def turns(
     spent for now) is put back and comes again when its wait is over, while the others go
     on: one saturated merchant no longer holds a chunk that has others. When every step
     left is waiting, sleep until the first is due. An order put back ``patience`` seconds
-    in all makes its call like a lone one (the limiter's own wait, then Throttled)."""
+    in all makes its call like a lone one (the limiter's own wait, then Throttled). The time
+    an order spent put back is counted as rate-limit wait once its call is made."""
     fresh = deque(pairs)
-    waiting: list[tuple[float, int, int, Step, float]] = []  # (due, seq, id, resume, waited)
+    # (due, seq, id, resume, seconds put back, the endpoint waited for)
+    waiting: list[tuple[float, int, int, Step, float, str]] = []
     seq = itertools.count()
     while fresh or waiting:
         if waiting and (not fresh or waiting[0][0] <= clock()):
-            due, _, order_id, step, waited = heapq.heappop(waiting)
+            due, _, order_id, step, waited, endpoint = heapq.heappop(waiting)
             pause = due - clock()
             if pause > 0:
                 sleep(pause)
         else:
-            (order_id, step), waited = fresh.popleft(), 0.0
+            (order_id, step), waited, endpoint = fresh.popleft(), 0.0, ""
 
-        def call(order_id: int = order_id, step: Step = step, waited: float = waited) -> Any:
+        def call(
+            order_id: int = order_id,
+            step: Step = step,
+            waited: float = waited,
+            endpoint: str = endpoint,
+        ) -> Any:
             with putback.putting_back(waited < patience):
                 result = step()
             if isinstance(result, Later):
-                due = clock() + result.wait
+                due, waited = clock() + result.wait, waited + result.wait
                 heapq.heappush(
-                    waiting, (due, next(seq), order_id, result.resume, waited + result.wait)
+                    waiting, (due, next(seq), order_id, result.resume, waited, result.endpoint)
                 )
+            elif waited:
+                metrics.count_ratelimit_wait(endpoint, waited, deferred=False)
             return result
 
         yield order_id, call
@@ -295,7 +305,7 @@ class Reconciler:
             outcome = self._ask(kind, row, decision)
             if isinstance(outcome, errors.NotYet):
                 resume = functools.partial(self._run, kind, work, row, decision, True)
-                return Later(outcome.retry_after, resume)
+                return Later(outcome.retry_after, resume, outcome.endpoint)
             decision = decisions.decide(kind, row, decision, outcome, self.now(), self.policy)
         self._write(kind, work, row, decision)
         return work.state_of(row)

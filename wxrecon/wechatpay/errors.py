@@ -170,3 +170,7 @@ class Throttled(WeChatPayError):
 class NotYet(Throttled):
     """No grant is free yet and the caller has other work to do first (a chunk): nothing was
     sent; the caller puts the call back and comes to it after ``retry_after``."""
+
+    def __init__(self, retry_after: float, key: str, endpoint: str = "") -> None:
+        super().__init__(retry_after, key)
+        self.endpoint = endpoint  # the waits' metric label, counted when the call is made
