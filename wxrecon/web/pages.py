@@ -142,9 +142,12 @@ def _after(kind: str, order_id: int, text: str) -> Response:
     return RedirectResponse(f"/orders/{kind}/{order_id}?msg={quote(text)}", status_code=303)
 
 
-def _do(kind: str, order_id: int, fn: Any, *args: Any) -> Response:
+def _do(request: Request, who: Holder, kind: str, order_id: int, fn: Any, *args: Any) -> Response:
+    """``fn(runtime, who, kind, order_id, *args)``, an operator's action on the order, and the
+    order page again with what came of it."""
+    call = (request.app.state.runtime, who, _kind(kind), order_id, *args)
     try:
-        out = fn(*args)
+        out = fn(*call)
     except OrderNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except (IllegalTransition, ValueError) as exc:
@@ -161,8 +164,7 @@ def retry(
     order_id: OrderId,
     why: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    rt = request.app.state.runtime
-    return _do(kind, order_id, actions.retry, rt, who, _kind(kind), order_id, why, False)
+    return _do(request, who, kind, order_id, actions.retry, why, False)
 
 
 @router.post("/orders/{kind}/{order_id}/requery")
@@ -173,8 +175,7 @@ def requery(
     order_id: OrderId,
     why: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    rt = request.app.state.runtime
-    return _do(kind, order_id, actions.requery, rt, who, _kind(kind), order_id, why)
+    return _do(request, who, kind, order_id, actions.requery, why)
 
 
 @router.post("/orders/{kind}/{order_id}/resolve")
@@ -192,14 +193,12 @@ def resolve(
         body = Resolve(state=state, evidence=evidence)
     except ValueError:
         return _after(kind, order_id, "refused: pick a final state and give evidence")
-    rt = request.app.state.runtime
-    return _do(kind, order_id, actions.resolve, rt, who, _kind(kind), order_id, body)
+    return _do(request, who, kind, order_id, actions.resolve, body)
 
 
 @router.post("/orders/{kind}/{order_id}/approve")
 def approve(request: Request, who: Who, kind: str, order_id: OrderId) -> Response:
-    rt = request.app.state.runtime
-    return _do(kind, order_id, actions.approve, rt, who, _kind(kind), order_id)
+    return _do(request, who, kind, order_id, actions.approve)
 
 
 @router.post("/orders/{kind}/{order_id}/withdraw")
@@ -210,5 +209,4 @@ def withdraw(
     order_id: OrderId,
     why: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    rt = request.app.state.runtime
-    return _do(kind, order_id, actions.withdraw, rt, who, _kind(kind), order_id, why)
+    return _do(request, who, kind, order_id, actions.withdraw, why)
