@@ -92,7 +92,7 @@ def run(
     engine = harness.ProcSampler(lambda: [w.pid for w in workers]).start()
     relayed = harness.ProcSampler(lambda: [relay.pid]).start()
     singles = {k: p for k, p in (("receiver", receiver.pid), ("simulator", simulator_pid)) if p}
-    before = {k: harness.cpu_seconds(pid) or 0.0 for k, pid in singles.items()}
+    spent = harness.cpu_from_now(singles)
     phase = e2e.run_phase(
         db, admin, orders, prefix, enqueue, timeout=timeout, check=check, progress=progress
     )
@@ -109,7 +109,7 @@ def run(
     cpu = {
         "engine_workers": engine.cpu - engine.samples[0].cpu,
         "relay": relayed.cpu - relayed.samples[0].cpu,
-        **{k: (harness.cpu_seconds(singles[k]) or 0.0) - v for k, v in before.items()},
+        **spent(),
     }
     out["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
     out["cpu_ms_per_event"] = {

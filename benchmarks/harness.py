@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,13 @@ def cpu_seconds(pid: int) -> float | None:
     if not fields or len(fields) < 13:
         return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_from_now(pids: Mapping[str, int]) -> Callable[[], dict[str, float]]:
+    """The CPU seconds each named process (its own threads) spends from now on: call the
+    result for them."""
+    start = {k: cpu_seconds(pid) or 0.0 for k, pid in pids.items()}
+    return lambda: {k: (cpu_seconds(pids[k]) or 0.0) - v for k, v in start.items()}
 
 
 def memory(pid: int) -> tuple[int, int] | None:

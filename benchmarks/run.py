@@ -266,11 +266,9 @@ def run_processes(
                     # CPU of the rest of the rig over the same phase (single processes).
                     redis_pid = redis_server.child.pid if redis_server.child else None
                     rig = {"simulator": sim.pid, "beat": beat.pid, "redis": redis_pid}
-                    others = {
-                        k: (pid, harness.cpu_seconds(pid) or 0.0)
-                        for k, pid in rig.items()
-                        if pid is not None
-                    }
+                    others = harness.cpu_from_now(
+                        {k: pid for k, pid in rig.items() if pid is not None}
+                    )
                     load0 = os.getloadavg()
                     console.print(
                         f"[bold]throughput[/]: {args.orders:,} reductions over {args.merchants} "
@@ -288,9 +286,7 @@ def run_processes(
                         progress=ticker(console),
                     )
                     sampler.stop()
-                    others_cpu = {
-                        k: (harness.cpu_seconds(pid) or 0.0) - v for k, (pid, v) in others.items()
-                    }
+                    others_cpu = others()
                     report["throughput"] = phase.to_json()
                     t = report["throughput"]
                     t["load_average"] = [round(x, 2) for x in (*load0, *os.getloadavg())]
