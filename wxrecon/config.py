@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # Rate limiting (per endpoint and target merchant, shared by all workers)
     rate_limit_per_second: int = Field(100, ge=1)
     rate_limit_max_wait: float = Field(2.0, ge=0)
+    # Seconds added to the one-second window, for requests that arrive closer together than
+    # they were granted (wxrecon.ratelimit): one that arrives early costs a 429 and a retry.
+    rate_limit_guard: float = Field(0.02, ge=0, le=0.5)
     # "merchant": a target merchant's reduction submits and queries share one budget
     rate_limit_scope: Literal["endpoint", "merchant"] = "endpoint"
 
@@ -123,7 +126,7 @@ class Settings(BaseSettings):
     reentry_margin: float = Field(3600.0, ge=0)
     # After a POST, a not-found answer proves nothing for this long.
     reentry_grace: float = Field(30.0, ge=0)
-    poll_chunk: int = Field(10, ge=1)  # claimed orders per poll message
+    poll_chunk: int = Field(50, ge=1, le=1000)  # claimed orders per poll message (MAX_CHUNK)
 
     # Ledger reconciliation (README, "Ledgers"): balance snapshots of ledgers with activity
     ledger_snapshot_interval: float = Field(900.0, gt=0, le=86400.0)
@@ -164,6 +167,7 @@ class Settings(BaseSettings):
         "beat_lock_ttl",
         "failover_cooldown",
         "rate_limit_max_wait",
+        "rate_limit_guard",
         "reentry_grace",
         "reentry_margin",
         "http_total_timeout",

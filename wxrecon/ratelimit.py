@@ -7,8 +7,12 @@ also be read as one budget per target merchant for both: ``scope="merchant"`` (t
 
 A token bucket of capacity N lets 2N through in some windows (a full bucket
 plus a second of refill), so this is a sliding-window log instead: at most ``rate`` grants in
-any ``window`` seconds. The window is a little longer than a second (``guard``) because
-requests granted 1.000 s apart can arrive at the provider closer together than that.
+any ``window`` seconds. The window is a little longer than a second (the guard,
+``WXRECON_RATE_LIMIT_GUARD``) because requests granted 1.000 s apart can arrive at the
+provider closer together than that. The guard caps the rate at ``rate / (1 + guard)``: 20 ms
+(0.980 of the limit) covers the jitter of a loaded two-core host on loopback (docs/
+benchmarks.md); a request that still arrives early is refused with a 429, which costs a retry
+and never money.
 
 In Redis the log is a sorted set per key, updated by one Lua script using the Redis server's
 clock, so every process on every host shares one clock and one count.
@@ -41,7 +45,7 @@ SCOPES: tuple[Scope, ...] = ("endpoint", "merchant")
 SPECIAL_REDUCTION = frozenset({Endpoint.SUBMIT_REDUCTION, Endpoint.QUERY_REDUCTION})
 SHARED_KEY = "special_reduction"
 
-DEFAULT_GUARD = 0.05  # seconds added to the one-second window
+DEFAULT_GUARD = 0.02  # seconds added to the one-second window (the setting's default)
 REDIS_DOWN_RETRY = 1.0  # with no limiter there is no permission: defer, never send unmetered
 
 
@@ -161,12 +165,14 @@ class RedisRateLimiter:
             conn.disconnect()
 
 
-def make_limiter(url: str | None, rate_per_second: int) -> RateLimiter:
+def make_limiter(
+    url: str | None, rate_per_second: int, guard: float = DEFAULT_GUARD
+) -> RateLimiter:
     """Redis-backed when ``url`` is a Redis URL, else in-process (one worker process only)."""
     if url and url.startswith(REDIS_SCHEMES):
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        return RedisRateLimiter(client, rate_per_second)
-    return LocalRateLimiter(rate_per_second)
+        return RedisRateLimiter(client, rate_per_second, window=1.0 + guard)
+    return LocalRateLimiter(rate_per_second, window=1.0 + guard)
 
 
 def limit_key(endpoint: Endpoint, mchid: str, scope: Scope = "endpoint") -> str:

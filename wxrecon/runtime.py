@@ -83,7 +83,11 @@ def make_shared_limiter(settings: Settings) -> Any:
     merchant, whichever caller signs."""
     from wxrecon.ratelimit import make_limiter
 
-    return make_limiter(settings.effective_ratelimit_url, settings.rate_limit_per_second)
+    return make_limiter(
+        settings.effective_ratelimit_url,
+        settings.rate_limit_per_second,
+        guard=settings.rate_limit_guard,
+    )
 
 
 def build_client(

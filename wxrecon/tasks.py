@@ -37,7 +37,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from wxrecon import metrics, runtime
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.engine.intake import IntakeResult
-from wxrecon.engine.steps import MAX_CHUNK, Later, Steps
+from wxrecon.engine.steps import MAX_CHUNK, Later, Publish, Steps
 from wxrecon.engine.sweep import Claim, sweep
 from wxrecon.logs import safe_reprs
 from wxrecon.takers import DB_DOWN, Refused, refuse_positional, take_bill, take_reduction
@@ -143,18 +143,49 @@ def _claim_args(id: Any, token: Any) -> tuple[int, str] | None:
     return id, token
 
 
-def _chunk_args(ids: Any, token: Any) -> tuple[list[int], str] | None:
-    ok = (
+def _ids(ids: Any) -> bool:
+    return (
         isinstance(ids, list)
-        and 0 < len(ids) <= MAX_CHUNK
+        and len(ids) <= MAX_CHUNK
         and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    )
+
+
+def _chunk_args(
+    ids: Any, token: Any, unsent: Any = None
+) -> tuple[list[int], str, dict[int, int]] | None:
+    """``unsent`` (a handed-back chunk's): [id, row version] pairs, ids among ``ids``, of
+    the orders whose first POST never left."""
+    pairs = [] if unsent is None else unsent
+    ok = (
+        _ids(ids)
+        and len(ids) > 0
         and isinstance(token, str)
         and token
+        and isinstance(pairs, list)
+        and all(isinstance(p, list) and len(p) == 2 and _ids(p) for p in pairs)
+        and {p[0] for p in pairs} <= set(ids)
     )
     if not ok:
         log.error("poll task with bad arguments; dropped")
         return None
-    return ids, token
+    return ids, token, {p[0]: p[1] for p in pairs}
+
+
+def _hand_back(task: Task, token: str) -> Publish:
+    """The chunk's waiting orders as a new message on the due queue, run once ``delay`` has
+    passed (held by a worker meanwhile, not by a process: engine/steps.turns)."""
+
+    def publish(ids: list[int], unsent: dict[int, int], delay: float) -> bool:
+        kwargs = {"ids": ids, "token": token, "unsent": [[i, v] for i, v in unsent.items()]}
+        try:
+            task.apply_async(kwargs=kwargs, queue=DUE_QUEUE, countdown=round(delay, 3))
+        except Exception as exc:  # the broker is away: the chunk keeps them and waits
+            log.warning("could not hand back %d waiting orders (%s)", len(ids), type(exc).__name__)
+            return False
+        return True
+
+    return publish
 
 
 def _process_chunk(steps: Steps, ids: list[int]) -> int:
@@ -211,11 +242,14 @@ def _poll_tasks(kind: OrderKind, one: str, chunk: str, sweeper: str) -> tuple[Ta
         return runtime.get().reconciler().process(kind, *args)
 
     @app.task(name=chunk, base=WxreconTask, queue=POLL_QUEUE)
-    def poll_chunk(ids: Any = None, token: Any = None) -> int:
-        args = _chunk_args(ids, token)
+    def poll_chunk(ids: Any = None, token: Any = None, unsent: Any = None) -> int:
+        args = _chunk_args(ids, token, unsent)
         if args is None:
             return 0
-        return _process_chunk(runtime.get().reconciler().steps(kind, *args), args[0])
+        ids, token, unsent = args
+        back = _hand_back(poll_chunk, token)
+        steps = runtime.get().reconciler().steps(kind, ids, token, unsent, hand_back=back)
+        return _process_chunk(steps, ids)
 
     @app.task(name=sweeper, base=WxreconTask, queue=SWEEP_QUEUE)
     def sweep_due() -> int:

@@ -90,3 +90,53 @@ def test_the_time_put_back_is_counted_as_rate_limit_wait() -> None:
     for _, call in turns([(1, run)], clock=clock, sleep=clock.sleep):
         call()
     assert counter._value.get() - before == pytest.approx(0.8)  # two waits of 0.4 s
+
+
+class HandBack:
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.calls: list[tuple[list[int], list[int], float]] = []
+
+    def __call__(self, ids: list[int], unsent: list[int], delay: float) -> bool:
+        self.calls.append((ids, unsent, round(delay, 3)))
+        return self.accept
+
+
+def waits_once(wait: float, unsent: bool, seen: list[int]) -> object:
+    def run() -> object:
+        seen.append(1)
+        return Later(wait, run, "submit_reduction", unsent) if len(seen) == 1 else "SUBMITTED"
+
+    return run
+
+
+def test_a_chunk_left_waiting_is_handed_back_instead_of_sleeping() -> None:
+    """Every order left waits 0.5 s: the chunk gives them to hand_back (the unsent first
+    POSTs named) and ends; nothing sleeps, and the wait so far counts as rate-limit wait."""
+    from wxrecon import metrics
+
+    counter = metrics.RATELIMIT_WAIT_SECONDS.labels("submit_reduction")
+    before = counter._value.get()
+    clock, back, seen_a, seen_b = Clock(), HandBack(), [], []  # type: ignore[var-annotated]
+    pairs = [(1, lambda: "PROCESSING"), (2, waits_once(0.5, True, seen_a))]
+    pairs.append((3, waits_once(0.7, False, seen_b)))
+    out = [(i, call()) for i, call in turns(pairs, clock=clock, sleep=clock.sleep, hand_back=back)]
+    assert [i for i, _ in out] == [1, 2, 3]  # each called once, then handed back
+    assert back.calls == [([2, 3], [2], 0.5)]
+    assert clock.slept == []
+    assert counter._value.get() - before == pytest.approx(1.2)
+
+
+def test_a_short_wait_is_slept_and_a_refused_hand_back_sleeps_as_before() -> None:
+    clock, back, seen = Clock(), HandBack(), []  # type: ignore[var-annotated]
+    steps = turns(
+        [(1, waits_once(0.05, True, seen))], clock=clock, sleep=clock.sleep, hand_back=back
+    )
+    assert [call() for _, call in steps][-1] == "SUBMITTED"
+    assert back.calls == [] and clock.slept == [0.05]  # below HAND_BACK_AFTER: slept
+
+    clock, refused, seen = Clock(), HandBack(accept=False), []
+    pairs = [(1, waits_once(0.5, True, seen))]
+    out = [call() for _, call in turns(pairs, clock=clock, sleep=clock.sleep, hand_back=refused)]
+    assert out[-1] == "SUBMITTED"
+    assert len(refused.calls) == 1 and clock.slept == [0.5]  # asked once, then waited here

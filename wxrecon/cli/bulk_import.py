@@ -17,8 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from wxrecon.cli.errors import describe
 from wxrecon.store.db import Database
 
-# New ids per ``poll_reductions`` message. Not ``poll_chunk`` (10): at thousands of rows a
-# second one send_task per ten rows was the largest cost of an import. Not MAX_CHUNK (1000)
+# New ids per ``poll_reductions`` message. Not ``poll_chunk``: at thousands of rows a second,
+# one send_task per ten rows was the largest cost of an import. Not MAX_CHUNK (1000)
 # either: a message is one task, whose orders one worker process marks SUBMITTED together and
 # then sends in turn, so it must end well inside the task's soft time limit (0.6 × the claim
 # lease: 72 s by default; 100 orders take a few seconds), and a small import should still

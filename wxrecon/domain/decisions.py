@@ -164,13 +164,17 @@ def submit(kind: OrderKind, row: Any, now: datetime, p: Policy, *, marked: bool)
 
 
 def sending(kind: OrderKind, row: Any, now: datetime) -> Write:
-    """RECEIVED -> SUBMITTED: the mark committed before a first POST leaves."""
+    """RECEIVED -> SUBMITTED: the mark committed before a first POST leaves; SUBMITTED ->
+    SUBMITTED for an order handed back by its chunk before that POST left (marked again so
+    that one chunk alone sends it)."""
     assert kind.sent is not None
+    again = row.state == kind.sent
     return Write(
         Action.MARK,
         kind.sent,
         {"submitted_at": row.submitted_at or now, "last_submit_at": now},
-        reason="sending",
+        reason="sending after a rate-limit wait" if again else "sending",
+        note=again,  # the state stays: recorded all the same, the mark is what decides
     )
 
 

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -51,6 +51,12 @@ Clock = Callable[[], datetime]
 Step = Callable[[], "str | Later | None"]  # one order's step of a chunk: returns its state
 Steps = Generator[tuple[int, Step], None, None]  # (order id, its step); a Later one again
 PATIENCE = 2.0  # seconds an order of a chunk is put back in all, then its call waits
+HAND_BACK_AFTER = 0.1  # seconds: a shorter wait of a whole chunk is slept, a longer handed back
+# The ids of a chunk's waiting orders, those of them whose first POST was never sent, and the
+# seconds until the first is due; True when they were published again (the chunk then ends).
+HandBack = Callable[[list[int], list[int], float], bool]
+# The same, for a chunk's task: the unsent ones with the row version the hand-back saw.
+Publish = Callable[[list[int], dict[int, int], float], bool]
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Later:
     wait: float
     resume: Callable[[], str | Later | None]
     endpoint: str = ""  # whose budget it waits for (the wait metric's label)
+    unsent: bool = False  # the call is the order's first POST: it has never been sent
 
 
 def turns(
@@ -68,20 +75,34 @@ def turns(
     patience: float = PATIENCE,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    hand_back: HandBack | None = None,
 ) -> Steps:
     """Each (order id, step) in turn. A step that returns Later (its merchant's budget is
     spent for now) is put back and comes again when its wait is over, while the others go
     on: one saturated merchant no longer holds a chunk that has others. When every step
-    left is waiting, sleep until the first is due. An order put back ``patience`` seconds
-    in all makes its call like a lone one (the limiter's own wait, then Throttled). The time
-    an order spent put back is counted as rate-limit wait once its call is made."""
+    left is waiting, sleep until the first is due, or, for a wait of ``HAND_BACK_AFTER`` or
+    more, give the waiting orders to ``hand_back`` and end, so the process serves other
+    merchants and endpoints meanwhile (a sleeping chunk held it: bigger chunks starved the
+    queries). An order put back ``patience`` seconds in all makes its call like a lone one
+    (the limiter's own wait, then Throttled). The time an order spent put back is counted
+    as rate-limit wait once its call is made or it is handed back."""
     fresh = deque(pairs)
-    # (due, seq, id, resume, seconds put back, the endpoint waited for)
-    waiting: list[tuple[float, int, int, Step, float, str]] = []
+    # (due, seq, id, resume, seconds put back, the endpoint waited for, first POST unsent)
+    waiting: list[tuple[float, int, int, Step, float, str, bool]] = []
     seq = itertools.count()
     while fresh or waiting:
+        if waiting and not fresh and hand_back is not None:
+            delay = waiting[0][0] - clock()
+            if delay >= HAND_BACK_AFTER:
+                left = sorted(waiting, key=lambda w: w[1])  # in the order they were put back
+                ids, unsent = [w[2] for w in left], [w[2] for w in left if w[6]]
+                if hand_back(ids, unsent, delay):
+                    for w in waiting:
+                        metrics.count_ratelimit_wait(w[5], w[4], deferred=False)
+                    return
+                hand_back = None  # not published: this chunk sleeps instead, as before
         if waiting and (not fresh or waiting[0][0] <= clock()):
-            due, _, order_id, step, waited, endpoint = heapq.heappop(waiting)
+            due, _, order_id, step, waited, endpoint, _ = heapq.heappop(waiting)
             pause = due - clock()
             if pause > 0:
                 sleep(pause)
@@ -98,9 +119,8 @@ def turns(
                 result = step()
             if isinstance(result, Later):
                 due, waited = clock() + result.wait, waited + result.wait
-                heapq.heappush(
-                    waiting, (due, next(seq), order_id, result.resume, waited, result.endpoint)
-                )
+                entry = (due, next(seq), order_id, result.resume, waited, result.endpoint)
+                heapq.heappush(waiting, (*entry, result.unsent))
             elif waited:
                 metrics.count_ratelimit_wait(endpoint, waited, deferred=False)
             return result
@@ -223,40 +243,68 @@ class Reconciler:
             assert not isinstance(state, Later)  # put back only inside a chunk's turns
             return state
 
-    def steps(self, kind: OrderKind, ids: Sequence[int], token: str) -> Steps:
+    def steps(
+        self,
+        kind: OrderKind,
+        ids: Sequence[int],
+        token: str,
+        unsent: Mapping[int, int] | None = None,
+        hand_back: Publish | None = None,
+    ) -> Steps:
         """The steps of a chunk of orders claimed together under ``token``, to be called in
         turn (each one isolated by the caller): one pinned connection and one select for the
         chunk's rows. A row read at the start may have moved on by its turn; every write is a
-        compare-and-set, so a stale row only loses the race."""
+        compare-and-set, so a stale row only loses the race. ``hand_back`` publishes the
+        orders left waiting (``turns``) as a chunk again, with ``unsent``: those whose first
+        POST had not left, by the row version then."""
         ids = list(dict.fromkeys(ids))
         with self.db.pinned():
             rows = load_rows(self.db, kind, ids)
             work = Unit(self.db, moved, fallback=self._unrecorded)
             try:
-                marks = self._mark(kind, rows.values(), token)
+                marks = self._mark(kind, rows.values(), token, unsent or {})
                 step = functools.partial(self._step, kind, work)
                 pairs = [
                     (i, functools.partial(step, i, token, rows.get(i), marks.get(i))) for i in ids
                 ]
-                yield from turns(pairs, getattr(self.settings, "rate_limit_max_wait", PATIENCE))
+                back: HandBack | None = None
+                if hand_back is not None:
+                    publish = hand_back
+
+                    def back(waiting: list[int], first: list[int], delay: float) -> bool:
+                        return publish(waiting, {i: rows[i].version for i in first}, delay)
+
+                patience = getattr(self.settings, "rate_limit_max_wait", PATIENCE)
+                yield from turns(pairs, patience, hand_back=back)
             finally:
                 work.flush()
 
-    def _mark(self, kind: OrderKind, rows: Iterable[Row], token: str) -> dict[int, bool]:
+    def _mark(
+        self, kind: OrderKind, rows: Iterable[Row], token: str, unsent: Mapping[int, int]
+    ) -> dict[int, bool]:
         """Mark a chunk's new orders sent in one transaction before any of their POSTs
         leaves: one commit for the chunk instead of one per order, and still before sending.
 
         An order marked but never sent (the worker dies first, the chunk runs out of time) is
         what an order whose POST was lost is: a query finds nothing and, past the grace
-        period, the same POST is entered again. An order whose stored parameters are invalid
-        is left to its step, which rejects it. Returns, by id, whether each mark won."""
+        period, the same POST is entered again. An order handed back ``unsent`` is marked
+        again, SUBMITTED to SUBMITTED, if its row is at the version the hand-back saw: one
+        chunk alone makes that first POST (a message delivered twice, or run again after a
+        crash, finds the version moved on and queries first). An order whose stored
+        parameters are invalid is left to its step, which rejects it. Returns, by id,
+        whether each mark won."""
         if kind.request is None:
             return {}
         now = self.now()
         writes = [
             prepare(self.db, row, decisions.sending(kind, row, now), now, self.actor)
             for row in rows
-            if row.claim_token == token and row.state == kind.initial and _sendable(kind, row)
+            if row.claim_token == token
+            and (
+                row.state == kind.initial
+                or (row.state == kind.sent and unsent.get(row.id, -1) == row.version)
+            )
+            and _sendable(kind, row)
         ]
         if not writes:
             return {}
@@ -305,7 +353,8 @@ class Reconciler:
             outcome = self._ask(kind, row, decision)
             if isinstance(outcome, errors.NotYet):
                 resume = functools.partial(self._run, kind, work, row, decision, True)
-                return Later(outcome.retry_after, resume, outcome.endpoint)
+                unsent = decision.endpoint is Endpoint.SUBMIT and decision.first
+                return Later(outcome.retry_after, resume, outcome.endpoint, unsent)
             decision = decisions.decide(kind, row, decision, outcome, self.now(), self.policy)
         self._write(kind, work, row, decision)
         return work.state_of(row)

@@ -1,0 +1,131 @@
+"""A chunk whose orders all wait for rate-limit grants hands them back as a new message
+(``engine/steps.turns``, ``tasks._hand_back``) instead of holding its worker process asleep.
+An order handed back before its first POST left is marked again, SUBMITTED to SUBMITTED, at
+the row version the hand-back saw, so that exactly one chunk makes that POST."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, reduction
+from tests.integration.test_chunks import Limited, intake_all, path, state
+from wxrecon import tasks
+from wxrecon.domain.kinds import REDUCTION
+from wxrecon.domain.states import RState
+from wxrecon.engine.steps import Reconciler
+from wxrecon.ratelimit import LocalRateLimiter, rate_limit_hook
+from wxrecon.store.db import Database
+from wxrecon.store.models import SpecialReduction
+
+
+class Asked(Limited):
+    """Submits behind the rate-limit hook, queries straight to the fake provider."""
+
+    def query_special_reduction(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.query_special_reduction(*args, **kwargs)
+
+
+class Published(list[tuple[list[int], dict[int, int], float]]):
+    def __call__(self, ids: list[int], unsent: dict[int, int], delay: float) -> bool:
+        self.append((ids, dict(unsent), delay))
+        return True
+
+
+def limited(provider: FakeProvider, settings: EngineSettings, clock: FakeClock, rate: int) -> Any:
+    hook = rate_limit_hook(LocalRateLimiter(rate, window=5.0), max_wait=2.0)
+    return Reconciler(db=None, client=Asked(provider, hook), settings=settings, clock=clock)  # type: ignore[arg-type]
+
+
+def run(rec: Reconciler, db: Database, ids: list[int], token: str, **kw: Any) -> int:
+    rec.db = db
+    return tasks._process_chunk(rec.steps(REDUCTION, ids, token, **kw), ids)
+
+
+def test_waiting_new_orders_are_handed_back_and_sent_once_by_the_next_chunk(
+    db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+) -> None:
+    ids, token = intake_all(db, clock, ["HB1", "HB2", "HB3"])
+    provider.submit_answers.extend(reduction(no, "PROCESSING") for no in ["x"] * 3)
+    published = Published()
+    rec = limited(provider, engine_settings, clock, 1)
+    assert run(rec, db, ids, token, hand_back=published) == 1  # the others are not done here
+    # One grant in 5 s: HB1 went, HB2 and HB3 were marked, never sent, and handed back.
+    assert [r.out_request_no for r in provider.submits] == ["HB1"]
+    [(back, unsent, delay)] = published
+    assert sorted(back) == ids[1:] and set(unsent) == set(ids[1:]) and 4.0 < delay <= 5.0
+    assert [state(db, SpecialReduction, i) for i in ids[1:]] == [RState.SUBMITTED] * 2
+
+    rec = limited(provider, engine_settings, clock, 10)
+    assert run(rec, db, back, token, unsent=unsent, hand_back=Published()) == 2
+    assert [r.out_request_no for r in provider.submits] == ["HB1", "HB2", "HB3"]
+    for i in ids[1:]:
+        assert [(e[0], e[1]) for e in path(db, i)] == [
+            (None, "RECEIVED"),
+            ("RECEIVED", "SUBMITTED"),
+            ("SUBMITTED", "SUBMITTED"),  # marked again before its first POST
+            ("SUBMITTED", "PROCESSING"),
+        ]
+
+
+def test_a_handed_back_message_run_again_queries_instead_of_posting_again(
+    db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+) -> None:
+    """Run again after its run died with the POST out (or delivered twice): the second run
+    finds the row past the version the hand-back saw, so it asks the provider instead of
+    making a "first" POST."""
+    ids, token = intake_all(db, clock, ["HB4", "HB5"])
+    provider.submit_answers.extend([reduction("HB4", "PROCESSING"), RuntimeError("killed")])
+    published = Published()
+    run(limited(provider, engine_settings, clock, 1), db, ids, token, hand_back=published)
+    [(back, unsent, _)] = published
+    rec = limited(provider, engine_settings, clock, 10)
+    run(rec, db, back, token, unsent=unsent)  # HB5's POST leaves; its run dies before the answer
+    assert [r.out_request_no for r in provider.submits] == ["HB4", "HB5"]
+    assert state(db, SpecialReduction, ids[1]) == RState.SUBMITTED
+    provider.query_answers.append(reduction("HB5", "PROCESSING"))
+    run(rec, db, back, token, unsent=unsent)  # the same message again
+    assert [r.out_request_no for r in provider.submits] == ["HB4", "HB5"]  # no second POST
+    assert [q[0] for q in provider.queries] == ["HB5"]
+    assert state(db, SpecialReduction, ids[1]) == RState.PROCESSING
+
+
+def test_a_hint_at_another_version_or_token_is_not_a_first_post(
+    db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+) -> None:
+    ids, token = intake_all(db, clock, ["HB6", "HB7"])
+    provider.submit_answers.append(reduction("HB6", "PROCESSING"))
+    published = Published()
+    run(limited(provider, engine_settings, clock, 1), db, ids, token, hand_back=published)
+    [(back, unsent, _)] = published
+    rec = limited(provider, engine_settings, clock, 10)
+    provider.query_answers.append(reduction("HB7", "PROCESSING"))
+    run(rec, db, back, token, unsent={i: v + 1 for i, v in unsent.items()})
+    assert [r.out_request_no for r in provider.submits] == ["HB6"]  # HB7 queried, not sent
+    assert [q[0] for q in provider.queries] == ["HB7"]
+    assert run(rec, db, back, "someone-else", unsent=unsent) == 1  # a stale claim: nothing
+    assert [r.out_request_no for r in provider.submits] == ["HB6"]
+
+
+class Task:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.sent = fail, []  # type: ignore[var-annotated]
+
+    def apply_async(self, **options: Any) -> None:
+        if self.fail:
+            raise ConnectionError("broker away")
+        self.sent.append(options)
+
+
+def test_the_hand_back_message_is_a_due_chunk_run_after_the_wait() -> None:
+    task = Task()
+    assert tasks._hand_back(task, "tok")([3, 4], {4: 7}, 1.23456) is True  # type: ignore[arg-type]
+    [sent] = task.sent
+    assert sent["kwargs"] == {"ids": [3, 4], "token": "tok", "unsent": [[4, 7]]}
+    assert sent["queue"] == "wxrecon.due" and sent["countdown"] == 1.235
+    assert tasks._chunk_args(**sent["kwargs"]) == ([3, 4], "tok", {4: 7})
+    assert tasks._hand_back(Task(fail=True), "tok")([3], {}, 1.0) is False  # type: ignore[arg-type]
+
+
+def test_bad_unsent_arguments_drop_the_message() -> None:
+    for unsent in ([[9, 1]], [[3]], [3], [[3, True]], "x", [[3, "1"]]):
+        assert tasks._chunk_args([3, 4], "tok", unsent) is None, unsent
