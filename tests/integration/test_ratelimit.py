@@ -287,3 +287,24 @@ def test_the_scope_setting_reaches_the_runtime_client(
     monkeypatch.setenv("WXRECON_RATE_LIMIT_SCOPE", "everything")
     with pytest.raises((SettingsError, ValueError)):
         Settings()
+
+
+def test_the_guard_setting_is_the_windows_length_past_a_second(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, redis_url: str
+) -> None:
+    from wxrecon import runtime
+    from wxrecon.config import Settings, SettingsError
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    assert Settings().rate_limit_guard == 0.02
+    monkeypatch.setenv("WXRECON_RATE_LIMIT_GUARD", "250ms")
+    monkeypatch.setenv("WXRECON_BROKER_URL", "filesystem://")  # an in-process limiter
+    local = runtime.make_shared_limiter(Settings())
+    assert isinstance(local, LocalRateLimiter) and local.window == 1.25
+    monkeypatch.setenv("WXRECON_BROKER_URL", redis_url)
+    shared = runtime.make_shared_limiter(Settings())
+    assert isinstance(shared, RedisRateLimiter) and shared.window_us == 1_250_000
+    for bad in ("-1", "1s", "soon"):
+        monkeypatch.setenv("WXRECON_RATE_LIMIT_GUARD", bad)
+        with pytest.raises((SettingsError, ValueError)):
+            Settings()
