@@ -52,6 +52,7 @@ class Receiver(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.arrivals = 0
         self.connections = 0  # TCP connections accepted (a client reusing one makes one)
+        self.reply = b""  # the body of every answer
         self.requests: list[tuple[dict[str, str], bytes, int]] = []  # headers, body, status
         self.seen: set[str] = set()
         self.accepted: list[dict[str, Any]] = []  # first deliveries, in order
@@ -104,8 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests.append((dict(self.headers), body, status))
         self.send_response(status)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(self.server.reply)))
         self.end_headers()
+        self.wfile.write(self.server.reply)
 
 
 def main() -> None:

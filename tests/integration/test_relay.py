@@ -272,3 +272,37 @@ def test_the_webhook_reuses_its_connection(
     assert relay(db, clock, [target]).run_once().delivered == 5
     target.close()
     assert receiver.connections == 1  # the empty answers read to their end: one connection
+
+
+def test_a_long_answer_is_a_delivery_and_its_connection_is_dropped(
+    db: Database, clock: FakeClock, receiver: Receiver
+) -> None:
+    from wxrecon.outbound.webhook import KEEP_BODY
+
+    receiver.reply = b"x" * (KEEP_BODY + 1)  # more than is read: never read whole
+    ids = [add_event(db, clock, n, 4) for n in (1, 2)]
+    target = webhook(receiver)
+    assert relay(db, clock, [target]).run_once().delivered == 2
+    target.close()
+    assert [state_of(db, i)["delivery"] for i in ids] == ["delivered"] * 2
+    assert receiver.connections == 2  # each long answer's connection closed, not reused
+
+
+def test_a_refused_connection_is_retried_with_its_reason(db: Database, clock: FakeClock) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    event_id = add_event(db, clock, 1, 4)
+    target = WebhookTarget(f"http://127.0.0.1:{port}/hook", SECRET, timeout=1.0)
+    assert relay(db, clock, [target]).run_once().retried == 1
+    assert state_of(db, event_id)["last_error"] == "webhook: ConnectError"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1/a b", "http://127.0.0.1/a\r\nX-Evil: 1", "http://127.0.0.1/é"]
+)
+def test_a_url_that_cannot_go_on_the_wire_as_given_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="percent-encode"):
+        WebhookTarget(url, SECRET, timeout=1.0)
