@@ -110,9 +110,14 @@ def render(console: Console, report: dict[str, Any]) -> None:
             f = t["crypto_floor"]
             ops = f["operation_ms"]
             table.add_row(
-                "crypto floor per order (same run)",
+                f"crypto floor per order ({f.get('when', 'same run')})",
                 f"{f['per_order_ms']:.2f} ms ({f['requests_per_order']:.2f} requests; sign "
                 f"{ops['sign']:.3f}, decrypt {ops['oaep_decrypt']:.3f} ms)",
+            )
+        if "crypto_floor_after" in t:
+            table.add_row(
+                "crypto floor per order (after the phase)",
+                f"{t['crypto_floor_after']['per_order_ms']:.2f} ms",
             )
         if t.get("simulator_cpu_ms_per_order") is not None:
             table.add_row("simulator CPU per order", f"{t['simulator_cpu_ms_per_order']:.2f} ms")

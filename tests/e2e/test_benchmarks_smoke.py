@@ -85,7 +85,9 @@ def test_benchmark_smoke(
     # The benchmark reports both.
     peak = max(limited["peak_per_second"]["by_endpoint"].values())
     assert peak <= limited["efficiency"]["limit"] + limited["refused_429"]
-    assert written["throughput"]["crypto_floor"]["per_order_ms"] > 0
+    floor = written["throughput"]["crypto_floor"]
+    assert floor["per_order_ms"] > 0 and floor["when"] in ("during the phase", "after it")
+    assert written["throughput"]["crypto_floor_after"]["per_order_ms"] > 0
     on = written["delivery_on"]
     assert on["final"] == on["orders"] == 200 and on["problems"] == []
     assert on["delivered"] == 200  # every final order's outcome reached the receiver once
