@@ -306,3 +306,19 @@ def test_a_refused_connection_is_retried_with_its_reason(db: Database, clock: Fa
 def test_a_url_that_cannot_go_on_the_wire_as_given_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="percent-encode"):
         WebhookTarget(url, SECRET, timeout=1.0)
+
+
+def test_verdicts_of_different_shapes_in_one_batch_each_land(
+    db: Database, clock: FakeClock, receiver: Receiver
+) -> None:
+    """Delivered and retried verdicts set different columns: on PostgreSQL one statement
+    per shape in the batch's transaction; each event gets its own verdict."""
+    receiver.answer = lambda n: 500 if n % 2 == 0 else 200
+    ids = [add_event(db, clock, n, 4) for n in range(1, 7)]
+    result = relay(db, clock, [webhook(receiver)]).run_once()
+    assert (result.delivered, result.retried) == (3, 3)
+    found = [state_of(db, i) for i in ids]
+    assert [f["delivery"] for f in found] == ["delivered", "pending"] * 3
+    assert [f["attempts"] for f in found] == [0, 1] * 3
+    assert [f["last_error"] for f in found] == [None, "webhook: HTTP 500"] * 3
+    assert all(f["claim_token"] is None for f in found)

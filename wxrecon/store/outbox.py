@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, delete, exists, func, select, update
 from sqlalchemy.orm import aliased
 
+from wxrecon.store import sql
 from wxrecon.store.db import Database
 from wxrecon.store.models import Outcome
 from wxrecon.store.sql import upsert
@@ -104,17 +105,27 @@ def record_many(
     db: Database, token: str, verdicts: Sequence[tuple[Claimed, Mapping[str, Any]]]
 ) -> list[bool]:
     """Write several attempts' verdicts in one transaction (one commit, not one per event);
-    for each, whether the claim was still ours."""
-    won = []
+    for each, whether the claim was still ours. On PostgreSQL the verdicts of one shape
+    (delivered, retried, dead: the same columns) go as one statement."""
     with db.begin() as conn:
+        if conn.dialect.name != "postgresql":
+            won = []
+            for event, values in verdicts:
+                stmt = (
+                    update(T)
+                    .where(T.c.id == event.id, T.c.claim_token == token, T.c.delivery == PENDING)
+                    .values(**values)
+                )
+                won.append(conn.execute(stmt).rowcount == 1)
+            return won
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for event, values in verdicts:
-            stmt = (
-                update(T)
-                .where(T.c.id == event.id, T.c.claim_token == token, T.c.delivery == PENDING)
-                .values(**values)
-            )
-            won.append(conn.execute(stmt).rowcount == 1)
-    return won
+            shapes.setdefault(tuple(sorted(values)), []).append({"id": event.id, **values})
+        where = (("claim_token", token), ("delivery", PENDING))
+        updated: set[int] = set()
+        for keys, params in shapes.items():
+            updated |= sql.update_many(conn, T.name, keys, params, where)
+    return [event.id in updated for event, _ in verdicts]
 
 
 def release(db: Database, ids: Sequence[int], token: str, now: datetime) -> None:

@@ -346,6 +346,40 @@ def cas_many(
     return {r[0] for r in conn.exec_driver_sql(stmt, _arrays(params, names, binds))}
 
 
+def update_many(
+    conn: Connection,
+    table_name: str,
+    keys: tuple[str, ...],
+    params: Sequence[Mapping[str, Any]],
+    where: tuple[tuple[str, Any], ...],
+) -> set[int]:
+    """PostgreSQL: rows of one shape updated by one statement: each ``params`` item's
+    ``id`` row gets its ``keys`` values, where every ``where`` column holds its value;
+    returns the ids updated (one round trip instead of one per row)."""
+    stmt, names, binds = _update_many_statement(
+        table_name, keys, tuple(c for c, _ in where), conn.dialect
+    )
+    args = (*_arrays(params, names, binds), *(v for _, v in where))
+    return {r[0] for r in conn.exec_driver_sql(stmt, args)}
+
+
+@functools.lru_cache(maxsize=16)
+def _update_many_statement(
+    table_name: str, keys: tuple[str, ...], where: tuple[str, ...], dialect: Any
+) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    t = Base.metadata.tables[table_name]
+    names = ("id", *keys)
+    casts = _array_casts([t.c[n].type for n in names], dialect)
+    aliases = ", ".join(f'"v_{n}"' for n in names)
+    sets = ", ".join(f'"{k}" = v."v_{k}"' for k in keys)
+    conditions = "".join(f' AND t."{c}" = %s' for c in where)
+    stmt = (
+        f'UPDATE "{table_name}" AS t SET {sets} FROM unnest({casts}) AS v({aliases}) '  # noqa: S608 (names from the schema)
+        f'WHERE t.id = v."v_id"{conditions} RETURNING t.id'
+    )
+    return stmt, names, tuple(t.c[n].type.bind_processor(dialect) for n in names)
+
+
 @functools.lru_cache(maxsize=64)
 def _cas_many_statement(
     table_name: str, keys: tuple[str, ...], with_event: bool, dialect: Any
