@@ -1,6 +1,6 @@
 """Outcome delivery on against off: the throughput phase again with a webhook target, its
 relay worker (``-Q wxrecon.outcomes``, one process) and a beat that schedules the relay; a
-receiver process (``tests/webhook_receiver.py``: verifies, deduplicates, answers 200) takes
+receiver process (``benchmarks/receiver.py``: verifies, deduplicates, answers 200) takes
 the deliveries. Orders finalised per second with delivery on ÷ the same figure of the
 throughput phase (delivery off: the outbox rows are written, nothing is sent), same N."""
 
@@ -20,7 +20,7 @@ from wxrecon.demo.env import free_port
 from wxrecon.demo.procs import Child, Supervisor
 from wxrecon.store.db import Database
 
-RECEIVER = Path(__file__).resolve().parents[1] / "tests" / "webhook_receiver.py"
+RECEIVER = Path(__file__).resolve().parent / "receiver.py"
 
 
 def delivered(log: Path) -> int:
