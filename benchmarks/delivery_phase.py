@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from benchmarks import e2e, harness
+from benchmarks import crypto_floor, e2e, harness
 from wxrecon.demo.env import free_port
 from wxrecon.demo.procs import Child, Supervisor
 from wxrecon.store.db import Database
@@ -48,6 +48,7 @@ def run(
     timeout: float,
     simulator_pid: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    floor: crypto_floor.During | None = None,
 ) -> dict[str, Any]:
     """Restart the workers and beat with a webhook target (``workers`` and ``beat`` are
     replaced in place), run the phase, wait until every final order's outcome arrived.
@@ -93,9 +94,12 @@ def run(
     relayed = harness.ProcSampler(lambda: [relay.pid]).start()
     singles = {k: p for k, p in (("receiver", receiver.pid), ("simulator", simulator_pid)) if p}
     spent = harness.cpu_from_now(singles)
+    if floor is not None:
+        floor.start()  # the machine's speed over the phase (report._normalized)
     phase = e2e.run_phase(
         db, admin, orders, prefix, enqueue, timeout=timeout, check=check, progress=progress
     )
+    sampled = floor.stop() if floor is not None else None
     final_at = time.monotonic()
     deadline = final_at + timeout
     while delivered(log) < phase.final and time.monotonic() < deadline:
@@ -104,6 +108,8 @@ def run(
     engine.stop()
     relayed.stop()
     out = phase.to_json()
+    if sampled:
+        out["crypto_floor"] = sampled.to_json(phase.requests / max(1, phase.final))
     out["delivered"] = delivered(log)
     out["all_delivered_after_last_final_s"] = round(time.monotonic() - final_at, 1)
     cpu = {

@@ -26,6 +26,22 @@ def _div(a: float | None, d: float | None) -> float | None:
     return round(a / d, 3) if a is not None and d else None
 
 
+def _speed(phase: dict[str, Any] | None) -> float | None:
+    """The CPU ms of one request's cryptography sampled during ``phase``: how slow this
+    shared machine ran then (crypto_floor.During)."""
+    return (phase or {}).get("crypto_floor", {}).get("per_request_ms")
+
+
+def _normalized(
+    ratio: float | None, mine: dict[str, Any] | None, theirs: dict[str, Any] | None
+) -> float | None:
+    """``ratio`` (a rate of ``mine`` ÷ a rate of ``theirs``, phases minutes apart) corrected
+    for the machine's speed in each: a phase run while the virtual machine was 20 % slower
+    did 20 % less, whatever wxrecon did. Without both samples, the ratio as it is."""
+    a, b = _speed(mine), _speed(theirs)
+    return round(ratio * a / b, 3) if ratio is not None and a and b else ratio
+
+
 def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     b = report.get("baselines")
@@ -43,9 +59,9 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
             b["floor_urllib3"]["cpu_ms_per_request"], b["wechatpayv3"]["cpu_ms_per_request"]
         )
         if t:
-            out["throughput_vs_floor"] = _div(
-                t["requests_per_second"], b["floor"]["requests_per_second"]
-            )
+            raw = _div(t["requests_per_second"], b["floor"]["requests_per_second"])
+            out["throughput_vs_floor"] = _normalized(raw, t, b)
+            out["throughput_vs_floor_unnormalized"] = raw
     if c:
         out["claim_large_vs_small"] = _div(c["large"]["median_ms"], c["small"]["median_ms"])
     if t:
@@ -65,7 +81,9 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
         out["peak_requests_per_second"] = float(max(peaks)) if peaks else None
     d = report.get("delivery_on")
     if d and t:
-        out["delivery_on_vs_off"] = _div(d["orders_per_second"], t["orders_per_second"])
+        raw = _div(d["orders_per_second"], t["orders_per_second"])
+        out["delivery_on_vs_off"] = _normalized(raw, d, t)
+        out["delivery_on_vs_off_unnormalized"] = raw
     if limited:
         out["ratelimit_efficiency"] = limited["efficiency"]["min"]
         for endpoint, e in limited["efficiency"]["by_endpoint"].items():

@@ -368,6 +368,7 @@ def run_processes(
                             timeout=args.timeout,
                             simulator_pid=sim.pid,
                             progress=ticker(console),
+                            floor=crypto_floor.During(sim_dir),
                         )
                         report["delivery_on"] = d
                 else:
@@ -388,13 +389,17 @@ def run_processes(
                     )
                     limit = admin.config()["rate_limit"]
                     admin.set_config(rate_limit=0)  # the baselines have no shared limiter
+                    during = crypto_floor.During(sim_dir).start()
                     try:
                         found = baselines.compare(
                             sim_dir, str(sim.url), queries, threads, args.baseline_rounds
                         )
                     finally:
                         admin.set_config(rate_limit=limit)
+                        sampled = during.stop()
                     report["baselines"] = {k: v.to_json() for k, v in found.items()}
+                    if sampled:
+                        report["baselines"]["crypto_floor"] = sampled.to_json()
                     report["baselines"]["threads"] = threads
                     report["baselines"]["rounds"] = args.baseline_rounds
                 admin.close()

@@ -1,4 +1,5 @@
-"""The rate-limit phase's arithmetic (benchmarks/limit_phase.py), on made-up series."""
+"""The benchmark report's arithmetic (the rate-limit phase, benchmarks/limit_phase.py; ratios of
+phases corrected for the machine's speed, benchmarks/report.py), on made-up figures."""
 
 from __future__ import annotations
 
@@ -49,3 +50,23 @@ def test_the_report_divides_the_peak_by_the_limit_and_checks_the_goals() -> None
     g = goals(r)
     assert g["ratelimit_peak_vs_limit"]["met"] is False
     assert g["ratelimit_efficiency"] == {"value": 0.967, "goal": "≥ 0.95", "met": True}
+
+
+def test_rates_of_phases_minutes_apart_are_corrected_for_the_machines_speed() -> None:
+    """Delivery on ran while the machine's cryptography cost 1.5 ms a request, delivery off
+    while it cost 1.2: on ÷ off 0.72 raw is 0.9 at one speed. No samples: the raw ratio."""
+    rig = {
+        "cpu_ms_per_order": 3.0,
+        "rss": {},
+        "peak_per_second": {"by_endpoint": {}},
+        "requests_per_second": 600.0,
+    }
+    report = {
+        "throughput": {**rig, "orders_per_second": 300.0, "crypto_floor": {"per_request_ms": 1.2}},
+        "delivery_on": {"orders_per_second": 216.0, "crypto_floor": {"per_request_ms": 1.5}},
+    }
+    r = ratios(report)
+    assert r["delivery_on_vs_off_unnormalized"] == 0.72
+    assert r["delivery_on_vs_off"] == 0.9
+    del report["delivery_on"]["crypto_floor"]
+    assert ratios(report)["delivery_on_vs_off"] == 0.72
