@@ -387,7 +387,7 @@ def test_provider_copy_differing_from_ours_needs_review(
     assert "amount" in (row_of(db, order.order_id).last_error or "")
 
 
-def _sealed_answer(state: str, ledger: str, opened: list[str]) -> ProviderReduction:
+def _sealed_answer(state: str, ledger: str, opened: list[str], **more: Any) -> ProviderReduction:
     """A provider answer whose bal_account_no decrypts (to ``ledger``) only when read."""
 
     def decrypt(ciphertext: str) -> str:
@@ -397,7 +397,7 @@ def _sealed_answer(state: str, ledger: str, opened: list[str]) -> ProviderReduct
         return ledger
 
     return ProviderReduction.parse(
-        {"out_request_no": "R1", "state": state, "bal_account_no": "CIPHERTEXT"},
+        {"out_request_no": "R1", "state": state, "bal_account_no": "CIPHERTEXT", **more},
         expect_out_request_no="R1",
         decrypt=decrypt,
         request_id="rid-sealed",
@@ -416,22 +416,34 @@ def test_ledger_number_is_compared_on_the_post_answer(
     assert "6222000011113333" not in (row.last_error or "")
 
 
-def test_ledger_number_of_a_query_answer_is_read_only_on_success(
+def test_ledger_number_is_read_only_on_success(
     db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
 ) -> None:
-    """The query filters by our own ledger number, so an in-flight answer is not compared on
-    it (no private-key operation spent); a SUCCESS moved money, so its ledger must match."""
+    """An in-flight answer, the POST's or a query's, is not compared on the ledger number
+    (one private-key operation an order, not one an answer); a SUCCESS moved money, so its
+    ledger must match."""
     order = intake(db, clock)
     opened: list[str] = []
-    provider.submit_answers.append(_sealed_answer("PROCESSING", "6222000011112222", opened))
+    provider.submit_answers.append(_sealed_answer("PROCESSING", "garbled", opened))
     assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.PROCESSING
-    assert opened == ["CIPHERTEXT"]
     provider.query_answers.append(_sealed_answer("PROCESSING", "garbled", opened))
     assert poll(rec, db, clock, order.order_id) == RState.PROCESSING
-    assert opened == ["CIPHERTEXT"]  # the in-flight answer stayed sealed
+    assert opened == []  # both in-flight answers stayed sealed
     provider.query_answers.append(_sealed_answer("SUCCESS", "6222000011119999", opened))
     assert poll(rec, db, clock, order.order_id) == RState.NEEDS_REVIEW
+    assert opened == ["CIPHERTEXT"]
     assert "bal_account_no" in (row_of(db, order.order_id).last_error or "")
+
+
+def test_failed_answer_is_not_compared_on_the_ledger_number(
+    db: Database, rec: Reconciler, provider: FakeProvider, clock: FakeClock
+) -> None:
+    order = intake(db, clock)
+    opened: list[str] = []
+    more = {"mchid": MCHID, "fail_reason": "BALANCE_NOT_ENOUGH"}
+    provider.submit_answers.append(_sealed_answer("FAILED", "garbled", opened, **more))
+    assert rec.process(REDUCTION, order.order_id, order.token or "") == RState.FAILED
+    assert opened == []
 
 
 def test_post_answer_whose_ledger_number_does_not_decrypt_is_an_unknown_outcome(

@@ -68,9 +68,10 @@ def reduction_detail(result: ProviderReduction) -> str:
 def reduction_differences(row: ReductionRow, result: ProviderReduction, ledger: bool) -> list[str]:
     """Fields where the provider's copy of the order disagrees with ours (names only).
 
-    The ledger number is compared only with ``ledger`` (a POST's answer, or a SUCCESS): a
-    query is filtered by our own ledger number, and reading ``result.bal_account_no`` costs
-    an RSA decryption. Raises GarbledResponse when that number does not decrypt."""
+    The ledger number is compared only with ``ledger`` (a SUCCESS, POST's answer or query's:
+    money moved, so from our ledger): reading ``result.bal_account_no`` costs an RSA
+    decryption, one per order, and an in-flight or FAILED answer moved nothing. Raises
+    GarbledResponse when that number does not decrypt."""
     out = []
     if result.out_request_no != row.out_request_no:
         out.append("out_request_no")

@@ -276,7 +276,10 @@ def answered(
     final = local in kind.final
     success = final and local == "SUCCESS"
     try:
-        differs = kind.differences(row, result, call.endpoint is Endpoint.SUBMIT or success)
+        # The ledger number only on a SUCCESS, the answer that says money moved: reading it
+        # is an RSA decryption, and a 200 to our POST or query is of our ledger's order (a
+        # re-entry with other parameters is refused, a query of another ledger not found).
+        differs = kind.differences(row, result, success)
     except errors.GarbledResponse as exc:  # the answer's ledger number does not decrypt
         if call.endpoint is Endpoint.SUBMIT:
             unknown = errors.OutcomeUnknown(exc)
