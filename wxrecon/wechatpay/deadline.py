@@ -61,11 +61,8 @@ class _DeadlineSocket:
 
 # Newer Pythons bound the header count per connection and pass it in; ours is the default.
 _READ: Any = http.client._read_headers  # type: ignore[attr-defined]
-_MAX_ARG: tuple[int, ...] = (
-    (getattr(http.client, "_MAXHEADERS", 100),)
-    if len(inspect.signature(_READ).parameters) > 1
-    else ()
-)
+_MAX_HEADERS: int = getattr(http.client, "_MAXHEADERS", 100)
+_MAX_ARG: tuple[int, ...] = (_MAX_HEADERS,) if len(inspect.signature(_READ).parameters) > 1 else ()
 
 
 def _header_lines(fp: Any) -> list[bytes]:
@@ -121,11 +118,15 @@ def read_headers(fp: Any) -> tuple[Headers, list[tuple[str, str]]]:
     """The header block as ``http.client.parse_headers`` reads it, without running it
     through the email package (its feed parser, then its Message, cost more than the
     signature check). ``http.client._read_headers`` keeps its bounds (line length, header
-    count); a line folded onto the previous one continues its value, a line that is no
-    header is dropped. Also returns the (name, value) pairs in order, which is what the wire
-    reads."""
+    count). Also returns the (name, value) pairs in order, which is what the wire reads."""
+    return _headers(_header_lines(fp))
+
+
+def _headers(lines: list[bytes]) -> tuple[Headers, list[tuple[str, str]]]:
+    """Header lines (CRLF stripped or not) as headers: a line folded onto the previous one
+    continues its value, a line that is no header is dropped."""
     pending: list[list[str]] = []
-    for raw in _header_lines(fp):
+    for raw in lines:
         line = raw.decode("iso-8859-1").rstrip("\r\n")
         if line[:1] in (" ", "\t"):
             if pending:
@@ -136,6 +137,34 @@ def read_headers(fp: Any) -> tuple[Headers, list[tuple[str, str]]]:
             pending.append([name, value.strip()])
     pairs = [(name, value) for name, value in pending]
     return Headers(pairs), pairs
+
+
+def _buffered_head(fp: io.BufferedReader) -> tuple[str, int, str, list[bytes]] | None:
+    """The status line and header lines of an answer whose whole head is already in ``fp``'s
+    buffer (one read fills it: a few hundred bytes), consumed from it in one pass; None,
+    with nothing consumed, for anything the line-by-line path must judge (a head not all
+    there, bare LFs, a 1xx, a status line out of the ordinary, too many headers)."""
+    buffered = fp.peek(1)
+    end = buffered.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    block = bytes(buffered[:end])
+    if block.count(b"\n") != block.count(b"\r\n"):
+        return None
+    lines = block.split(b"\r\n")
+    parts = lines[0].split(None, 2)
+    if (
+        len(parts) < 2
+        or not parts[0].startswith(b"HTTP/1.")
+        or len(parts[1]) != 3
+        or not parts[1].isdigit()
+        or parts[1][:1] in (b"0", b"1")
+        or len(lines) - 1 > _MAX_HEADERS
+    ):
+        return None
+    fp.read(end + 4)
+    reason = parts[2].decode("iso-8859-1") if len(parts) > 2 else ""
+    return parts[0].decode("iso-8859-1"), int(parts[1]), reason, lines[1:]
 
 
 class BoundedResponse(http.client.HTTPResponse):
@@ -154,14 +183,21 @@ class BoundedResponse(http.client.HTTPResponse):
         self.header_pairs: list[tuple[str, str]] = []  # as received, once begun
 
     def begin(self) -> None:
-        """``HTTPResponse.begin`` of Python 3.11-3.13, with :func:`read_headers`."""
+        """``HTTPResponse.begin`` of Python 3.11-3.13, with :func:`read_headers`, and the
+        head read in one pass when it is all in the buffer (the common case)."""
         if self.headers is not None:
             return
-        while True:
-            version, status, reason = self._read_status()
-            if status != http.client.CONTINUE:
-                break
-            _header_lines(self.fp)
+        head = _buffered_head(self.fp)
+        if head is not None:
+            version, status, reason, lines = head
+            headers, self.header_pairs = _headers(lines)
+        else:
+            while True:
+                version, status, reason = self._read_status()
+                if status != http.client.CONTINUE:
+                    break
+                _header_lines(self.fp)
+            headers, self.header_pairs = read_headers(self.fp)
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):
@@ -170,7 +206,6 @@ class BoundedResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        headers, self.header_pairs = read_headers(self.fp)
         self.headers = headers  # http.client only calls get(); getheader() get_all()
         self.msg = self.headers
         encoding = self.headers.get("transfer-encoding")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
+import re
 import select
 import socket
 import ssl
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -254,25 +255,21 @@ class PoolWire:
             timeout = remaining(deadline, self.read_timeout)
         except TimeoutError:  # the wait for a slot used the attempt up: nothing sent
             raise failure("PoolTimeout") from None
+        head = request_head(method, target, origin.host_header, headers, len(body))
+        sock = conn.sock
         try:
-            if timeout != conn.sock.gettimeout():
-                conn.sock.settimeout(timeout)
-            conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-            conn.putheader(b"Host", origin.host_header)
-            for name, value in headers:
-                conn.putheader(name, value)
-            if body:
-                conn.putheader(b"Content-Length", str(len(body)).encode())
-            conn.endheaders(body or None)  # sendall: its timeout bounds the whole send
+            if timeout != sock.gettimeout():
+                sock.settimeout(timeout)
+            sock.sendall(head + body)  # one write; its timeout bounds the whole send
         except TimeoutError:
             raise _timed_out(deadline, "WriteTimeout") from None
         except OSError:
             raise failure("WriteError") from None
-        conn.response_class = functools.partial(  # type: ignore[assignment]
-            BoundedResponse, deadline=deadline, read_timeout=self.read_timeout
+        response = BoundedResponse(
+            sock, method=method, deadline=deadline, read_timeout=self.read_timeout
         )
         try:
-            response = cast(BoundedResponse, conn.getresponse())
+            response.begin()
             reply_headers = ReplyHeaders.of(response.header_pairs)
             if response.length is not None and response.length > self.max_body:
                 raise failure("BodyTooLarge", status=response.status, headers=reply_headers)
@@ -282,14 +279,16 @@ class PoolWire:
                 content = response.read(self.max_body + 1)
                 if len(content) > self.max_body:
                     raise failure("BodyTooLarge", status=response.status, headers=reply_headers)
+            # Reuse only a connection whose answer was read to its end.
+            keep = not response.will_close and response.isclosed()
         except TimeoutError:
             raise _timed_out(deadline, "ReadTimeout") from None
         except http.client.HTTPException:  # closed early, a bad status line, a short body, …
             raise failure("RemoteProtocolError") from None
         except OSError:
             raise failure("ReadError") from None
-        # Reuse only a connection whose answer was read to its end.
-        keep = not response.will_close and response.isclosed()
+        finally:
+            response.close()  # its reader only: the connection is ours to keep or close
         return response.status, reply_headers, content, keep
 
     def _idle_connection(self, origin: Origin) -> http.client.HTTPConnection | None:
@@ -340,6 +339,28 @@ class PoolWire:
         for conns in idle.values():
             for conn, _ in conns:
                 conn.close()
+
+
+_UNSAFE = re.compile(rb"[\x00-\x1f\x7f]").search  # what would split or end a line
+
+
+def request_head(
+    method: str, target: str, host: bytes, headers: list[tuple[bytes, bytes]], length: int
+) -> bytes:
+    """The request line and headers, as ``http.client``'s ``putrequest`` and ``putheader``
+    would send them, in one join: those check each name and value apart (a third of the
+    wire's own CPU), this the whole head at once. Raises ValueError, with nothing sent, on
+    a target or header that would smuggle a line (a control character, a space in the
+    target, a target that is not ASCII)."""
+    if not target.isascii() or " " in target:
+        raise ValueError("the request target must be ASCII without spaces")
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii"), b"Host: " + host]
+    lines += [name + b": " + value for name, value in headers]
+    if length:
+        lines.append(b"Content-Length: %d" % length)
+    if _UNSAFE(b" ".join(lines)):
+        raise ValueError("a control character in the request line or a header")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def _timed_out(deadline: float, name: str) -> WireError:
