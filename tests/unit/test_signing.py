@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import urllib.parse
 
@@ -94,6 +95,23 @@ def test_nonce_is_fresh_upper_hex() -> None:
     assert len(nonces) == 50
     assert all(len(n) == 32 and n.isalnum() and n.upper() == n for n in nonces)
     assert len(signing.new_nonce(7)) == 7
+    assert len({signing.new_nonce(600) for _ in range(20)}) == 20  # past the 4 KiB buffer
+
+
+def test_a_forked_child_never_repeats_its_parents_nonces() -> None:
+    """Nonces come from a buffer of random bytes: a child forked with the buffer full must
+    not take the bytes its parent takes next (Celery's prefork pool forks every worker)."""
+    signing.new_nonce()  # the buffer is full now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, signing.new_nonce().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 32 and child != signing.new_nonce()
 
 
 # -- what the client signs is what goes on the wire -----------------------------------------
