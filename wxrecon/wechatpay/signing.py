@@ -76,9 +76,13 @@ def response_message(timestamp: str | int, nonce: str, body: bytes | str) -> byt
     return f"{timestamp}\n{nonce}\n".encode() + body + b"\n"
 
 
+# SHA256withRSA's parameters, made once (both are stateless).
+_PKCS1, _SHA256 = padding.PKCS1v15(), hashes.SHA256()
+
+
 def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
     """SHA256withRSA (PKCS#1 v1.5), base64."""
-    raw = private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    raw = private_key.sign(message, _PKCS1, _SHA256)
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -90,7 +94,7 @@ def verify(public_key: rsa.RSAPublicKey, message: bytes, signature: str) -> bool
     except ValueError:
         return False
     try:
-        public_key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+        public_key.verify(raw, message, _PKCS1, _SHA256)
     except InvalidSignature:
         return False
     return True
