@@ -1,7 +1,7 @@
-"""The client's response-header reader (``wechatpay.deadline.read_headers``, and the
-one-pass read of a head all in the buffer) gives what ``http.client.parse_headers`` gives
-for the provider's answers, bounds included; the request head is what ``http.client`` sends,
-and refuses what would smuggle a line."""
+"""The client's answer readers give what ``http.client`` gives for the provider's answers,
+bounds included: ``deadline.read_headers``, and ``http11``'s read straight off the socket,
+which leaves every other shape to http.client with the bytes it read; the request head is
+what ``http.client`` sends, and refuses what would smuggle a line."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from wxrecon.wechatpay import http11
 from wxrecon.wechatpay.deadline import BoundedResponse, read_headers
-from wxrecon.wechatpay.wire import request_head
 
 ANSWER = (
     b"Server: nginx\r\nDate: Thu, 03 Dec 2026 09:00:00 GMT\r\n"
@@ -50,69 +50,92 @@ def test_the_standard_bounds_hold() -> None:
         read_headers(io.BytesIO(b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n"))
 
 
-def _answer(head: bytes) -> BoundedResponse:
-    """A response over a socket pair that already holds ``head``, as the wire makes one."""
+def _pair(data: bytes) -> socket.socket:
+    """Our end of a connection whose answer ``data`` has already arrived (then closed)."""
     ours, theirs = socket.socketpair()
-    theirs.sendall(head)
+    theirs.sendall(data)
     theirs.close()
-    response = BoundedResponse(ours, method="GET", deadline=time.monotonic() + 5, read_timeout=5)
+    return ours
+
+
+def _via_http_client(sock: socket.socket, read: bytes) -> BoundedResponse:
+    response = BoundedResponse(
+        sock, method="GET", deadline=time.monotonic() + 5, read_timeout=5, prefix=read
+    )
     response.begin()
     return response
 
 
-def test_a_head_read_in_one_pass_is_what_the_line_by_line_path_reads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The provider's answer arrives whole: read from the buffer at once (the line-by-line
-    path is not taken), it gives the status, headers, length and body the standard gives."""
+def test_the_common_answer_is_read_off_the_socket_as_http_client_reads_it() -> None:
+    answer = b"HTTP/1.1 200 OK\r\n" + ANSWER
+    head, rest = http11.read_head(_pair(answer), time.monotonic() + 5, 5)
+    assert head is not None and (head.status, head.length, head.close) == (200, 17, False)
+    assert head.pairs == http.client.parse_headers(io.BytesIO(ANSWER)).items()
+    assert rest == b'{"state":"DONE"}\n'
+    standard = _via_http_client(_pair(answer), b"")
+    assert standard.header_pairs == head.pairs and standard.read() == rest
 
-    def line_by_line(self: object) -> None:
-        raise AssertionError("the one-pass read was not taken")
 
-    monkeypatch.setattr(BoundedResponse, "_read_status", line_by_line)
-    response = _answer(b"HTTP/1.1 200 OK\r\n" + ANSWER)
-    standard = http.client.parse_headers(io.BytesIO(ANSWER))
-    assert (response.status, response.reason, response.version) == (200, "OK", 11)
-    assert response.header_pairs == standard.items()
-    assert response.length == 17 and response.read() == b'{"state":"DONE"}\n'
+def test_a_body_in_pieces_is_joined_and_a_short_or_long_one_is_told() -> None:
+    head = http11.Head(200, [], 10, close=False)
+    ours, theirs = socket.socketpair()
+    theirs.sendall(b"67890")
+    assert http11.read_body(ours, head, b"12345", time.monotonic() + 5, 5) == (b"1234567890", True)
+    theirs.sendall(b"67890EXTRA")  # more than announced: the connection is not reused
+    assert http11.read_body(ours, head, b"12345", time.monotonic() + 5, 5) == (b"1234567890", False)
+    theirs.close()
+    with pytest.raises(http.client.IncompleteRead):
+        http11.read_body(ours, head, b"123", time.monotonic() + 5, 5)
+    closing = http11.Head(200, [], 3, close=True)
+    assert http11.read_body(ours, closing, b"abc", time.monotonic() + 5, 5) == (b"abc", False)
 
 
 @pytest.mark.parametrize(
-    ("head", "status", "pairs"),
+    ("answer", "status", "pairs"),
     [
-        # bare LFs, a 100 Continue before the answer: the line-by-line path judges them
+        # bare LFs, a 100 Continue first, HTTP/1.0, chunked, no length: http.client judges
         (b"HTTP/1.1 200 OK\nX: 1\nContent-Length: 0\n\n", 200, [("X", "1")]),
         (
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nY: 2\r\n\r\n",
             204,
             [("Y", "2")],
         ),
-        (b"HTTP/1.0 404\r\nContent-Length: 0\r\n\r\n", 404, []),  # no reason phrase
+        (b"HTTP/1.0 404\r\nContent-Length: 0\r\n\r\n", 404, []),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 200, []),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", 200, []),
     ],
 )
-def test_an_unusual_head_takes_the_line_by_line_path(
-    head: bytes, status: int, pairs: list[tuple[str, str]]
+def test_an_unusual_answer_goes_to_http_client_with_every_byte_read(
+    answer: bytes, status: int, pairs: list[tuple[str, str]]
 ) -> None:
-    response = _answer(head)
+    sock = _pair(answer)
+    head, read = http11.read_head(sock, time.monotonic() + 5, 5)
+    assert head is None and answer.startswith(read)
+    response = _via_http_client(sock, read)
     assert response.status == status
-    assert [p for p in response.header_pairs if p[0] != "Content-Length"] == pairs
+    assert [p for p in response.header_pairs if p[0] in ("X", "Y")] == pairs
 
 
 def test_a_bad_status_line_is_still_refused() -> None:
-    with pytest.raises(http.client.BadStatusLine):
-        _answer(b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n")
-    with pytest.raises(http.client.HTTPException):  # 101 headers, whole in the buffer
-        _answer(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n")
+    for answer in (
+        b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+    ):
+        sock = _pair(answer)
+        head, read = http11.read_head(sock, time.monotonic() + 5, 5)
+        assert head is None
+        with pytest.raises(http.client.HTTPException):
+            _via_http_client(sock, read)
 
 
 def test_the_request_head_is_what_http_client_sends() -> None:
     headers = [(b"User-Agent", b"wxrecon/1"), (b"Authorization", b'WECHATPAY2-SHA256 a="1"')]
-    head = request_head("POST", "/v3/x?a=%2B", b"api.example:443", headers, 12)
+    head = http11.request_head("POST", "/v3/x?a=%2B", b"api.example:443", headers, 12)
     assert head == (
         b"POST /v3/x?a=%2B HTTP/1.1\r\nHost: api.example:443\r\nUser-Agent: wxrecon/1\r\n"
         b'Authorization: WECHATPAY2-SHA256 a="1"\r\nContent-Length: 12\r\n\r\n'
     )
-    assert b"Content-Length" not in request_head("GET", "/v3/x", b"h", headers, 0)
+    assert b"Content-Length" not in http11.request_head("GET", "/v3/x", b"h", headers, 0)
 
 
 @pytest.mark.parametrize(
@@ -129,4 +152,4 @@ def test_a_head_that_would_smuggle_a_line_is_refused(
     target: str, headers: list[tuple[bytes, bytes]]
 ) -> None:
     with pytest.raises(ValueError):
-        request_head("GET", target, b"h", headers, 0)
+        http11.request_head("GET", target, b"h", headers, 0)

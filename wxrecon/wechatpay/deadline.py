@@ -24,8 +24,11 @@ class _DeadlineReader(io.RawIOBase):
     """A socket's reads, each bounded by the read timeout and by what is left of the deadline
     (a per-read timeout alone lets a server dribbling a byte at a time hold a call for ever)."""
 
-    def __init__(self, sock: socket.socket, deadline: float, read_timeout: float) -> None:
+    def __init__(
+        self, sock: socket.socket, deadline: float, read_timeout: float, prefix: bytes = b""
+    ) -> None:
         self._sock = sock
+        self._prefix = prefix  # read off the socket already (``http11.read_head``)
         # The socket's own raw reader: it keeps the socket open while a response still
         # reads from it after its connection was closed ("Connection: close").
         self._io = sock.makefile("rb", buffering=0)
@@ -36,6 +39,10 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self._prefix:
+            size = min(len(buffer), len(self._prefix))
+            buffer[:size], self._prefix = self._prefix[:size], self._prefix[size:]
+            return size
         timeout = remaining(self._deadline, self._read_timeout)
         if timeout != self._sock.gettimeout():  # a system call saved while the cap holds
             self._sock.settimeout(timeout)
@@ -52,8 +59,10 @@ class _DeadlineReader(io.RawIOBase):
 class _DeadlineSocket:
     """What ``HTTPResponse`` takes as its socket: it only calls ``makefile``."""
 
-    def __init__(self, sock: socket.socket, deadline: float, read_timeout: float) -> None:
-        self._raw = _DeadlineReader(sock, deadline, read_timeout)
+    def __init__(
+        self, sock: socket.socket, deadline: float, read_timeout: float, prefix: bytes
+    ) -> None:
+        self._raw = _DeadlineReader(sock, deadline, read_timeout, prefix)
 
     def makefile(self, mode: str) -> io.BufferedReader:
         return io.BufferedReader(self._raw)
@@ -61,8 +70,8 @@ class _DeadlineSocket:
 
 # Newer Pythons bound the header count per connection and pass it in; ours is the default.
 _READ: Any = http.client._read_headers  # type: ignore[attr-defined]
-_MAX_HEADERS: int = getattr(http.client, "_MAXHEADERS", 100)
-_MAX_ARG: tuple[int, ...] = (_MAX_HEADERS,) if len(inspect.signature(_READ).parameters) > 1 else ()
+MAX_HEADERS: int = getattr(http.client, "_MAXHEADERS", 100)
+_MAX_ARG: tuple[int, ...] = (MAX_HEADERS,) if len(inspect.signature(_READ).parameters) > 1 else ()
 
 
 def _header_lines(fp: Any) -> list[bytes]:
@@ -119,12 +128,13 @@ def read_headers(fp: Any) -> tuple[Headers, list[tuple[str, str]]]:
     through the email package (its feed parser, then its Message, cost more than the
     signature check). ``http.client._read_headers`` keeps its bounds (line length, header
     count). Also returns the (name, value) pairs in order, which is what the wire reads."""
-    return _headers(_header_lines(fp))
+    pairs = header_pairs(_header_lines(fp))
+    return Headers(pairs), pairs
 
 
-def _headers(lines: list[bytes]) -> tuple[Headers, list[tuple[str, str]]]:
-    """Header lines (CRLF stripped or not) as headers: a line folded onto the previous one
-    continues its value, a line that is no header is dropped."""
+def header_pairs(lines: list[bytes]) -> list[tuple[str, str]]:
+    """Header lines (CRLF stripped or not) as (name, value) pairs in order: a line folded
+    onto the previous one continues its value, a line that is no header is dropped."""
     pending: list[list[str]] = []
     for raw in lines:
         line = raw.decode("iso-8859-1").rstrip("\r\n")
@@ -135,36 +145,7 @@ def _headers(lines: list[bytes]) -> tuple[Headers, list[tuple[str, str]]]:
         name, sep, value = line.partition(":")
         if sep and name and name == name.strip():
             pending.append([name, value.strip()])
-    pairs = [(name, value) for name, value in pending]
-    return Headers(pairs), pairs
-
-
-def _buffered_head(fp: io.BufferedReader) -> tuple[str, int, str, list[bytes]] | None:
-    """The status line and header lines of an answer whose whole head is already in ``fp``'s
-    buffer (one read fills it: a few hundred bytes), consumed from it in one pass; None,
-    with nothing consumed, for anything the line-by-line path must judge (a head not all
-    there, bare LFs, a 1xx, a status line out of the ordinary, too many headers)."""
-    buffered = fp.peek(1)
-    end = buffered.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    block = bytes(buffered[:end])
-    if block.count(b"\n") != block.count(b"\r\n"):
-        return None
-    lines = block.split(b"\r\n")
-    parts = lines[0].split(None, 2)
-    if (
-        len(parts) < 2
-        or not parts[0].startswith(b"HTTP/1.")
-        or len(parts[1]) != 3
-        or not parts[1].isdigit()
-        or parts[1][:1] in (b"0", b"1")
-        or len(lines) - 1 > _MAX_HEADERS
-    ):
-        return None
-    fp.read(end + 4)
-    reason = parts[2].decode("iso-8859-1") if len(parts) > 2 else ""
-    return parts[0].decode("iso-8859-1"), int(parts[1]), reason, lines[1:]
+    return [(name, value) for name, value in pending]
 
 
 class BoundedResponse(http.client.HTTPResponse):
@@ -177,27 +158,22 @@ class BoundedResponse(http.client.HTTPResponse):
         *,
         deadline: float,
         read_timeout: float,
+        prefix: bytes = b"",
     ) -> None:
-        wrapped: Any = _DeadlineSocket(sock, deadline, read_timeout)
+        wrapped: Any = _DeadlineSocket(sock, deadline, read_timeout, prefix)
         super().__init__(wrapped, debuglevel, method, url)
         self.header_pairs: list[tuple[str, str]] = []  # as received, once begun
 
     def begin(self) -> None:
-        """``HTTPResponse.begin`` of Python 3.11-3.13, with :func:`read_headers`, and the
-        head read in one pass when it is all in the buffer (the common case)."""
+        """``HTTPResponse.begin`` of Python 3.11-3.13, with :func:`read_headers`."""
         if self.headers is not None:
             return
-        head = _buffered_head(self.fp)
-        if head is not None:
-            version, status, reason, lines = head
-            headers, self.header_pairs = _headers(lines)
-        else:
-            while True:
-                version, status, reason = self._read_status()
-                if status != http.client.CONTINUE:
-                    break
-                _header_lines(self.fp)
-            headers, self.header_pairs = read_headers(self.fp)
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            _header_lines(self.fp)
+        headers, self.header_pairs = read_headers(self.fp)
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):

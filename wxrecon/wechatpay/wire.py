@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
-import re
 import select
 import socket
 import ssl
@@ -33,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from wxrecon.wechatpay import http11
 from wxrecon.wechatpay.deadline import BoundedResponse, remaining
 
 MAX_BODY = 1 << 20  # 1 MiB: the largest answer documented is a few kB
@@ -255,18 +255,39 @@ class PoolWire:
             timeout = remaining(deadline, self.read_timeout)
         except TimeoutError:  # the wait for a slot used the attempt up: nothing sent
             raise failure("PoolTimeout") from None
-        head = request_head(method, target, origin.host_header, headers, len(body))
+        request = http11.request_head(method, target, origin.host_header, headers, len(body))
         sock = conn.sock
         try:
             if timeout != sock.gettimeout():
                 sock.settimeout(timeout)
-            sock.sendall(head + body)  # one write; its timeout bounds the whole send
+            sock.sendall(request + body)  # one write; its timeout bounds the whole send
         except TimeoutError:
             raise _timed_out(deadline, "WriteTimeout") from None
         except OSError:
             raise failure("WriteError") from None
+        try:
+            head, read = http11.read_head(sock, deadline, self.read_timeout)
+            if head is not None:  # the common shape, read straight off the socket
+                reply_headers = ReplyHeaders.of(head.pairs)
+                if head.length > self.max_body:
+                    raise failure("BodyTooLarge", status=head.status, headers=reply_headers)
+                content, keep = http11.read_body(sock, head, read, deadline, self.read_timeout)
+                return head.status, reply_headers, content, keep
+            return self._general(sock, method, read, deadline)
+        except TimeoutError:
+            raise _timed_out(deadline, "ReadTimeout") from None
+        except http.client.HTTPException:  # closed early, a bad status line, a short body, …
+            raise failure("RemoteProtocolError") from None
+        except OSError:
+            raise failure("ReadError") from None
+
+    def _general(
+        self, sock: socket.socket, method: str, read: bytes, deadline: float
+    ) -> tuple[int, ReplyHeaders, bytes, bool]:
+        """Any other answer, through http.client's ``HTTPResponse`` (``read`` is what came
+        off the socket already)."""
         response = BoundedResponse(
-            sock, method=method, deadline=deadline, read_timeout=self.read_timeout
+            sock, method=method, deadline=deadline, read_timeout=self.read_timeout, prefix=read
         )
         try:
             response.begin()
@@ -281,15 +302,9 @@ class PoolWire:
                     raise failure("BodyTooLarge", status=response.status, headers=reply_headers)
             # Reuse only a connection whose answer was read to its end.
             keep = not response.will_close and response.isclosed()
-        except TimeoutError:
-            raise _timed_out(deadline, "ReadTimeout") from None
-        except http.client.HTTPException:  # closed early, a bad status line, a short body, …
-            raise failure("RemoteProtocolError") from None
-        except OSError:
-            raise failure("ReadError") from None
+            return response.status, reply_headers, content, keep
         finally:
             response.close()  # its reader only: the connection is ours to keep or close
-        return response.status, reply_headers, content, keep
 
     def _idle_connection(self, origin: Origin) -> http.client.HTTPConnection | None:
         now = time.monotonic()
@@ -339,28 +354,6 @@ class PoolWire:
         for conns in idle.values():
             for conn, _ in conns:
                 conn.close()
-
-
-_UNSAFE = re.compile(rb"[\x00-\x1f\x7f]").search  # what would split or end a line
-
-
-def request_head(
-    method: str, target: str, host: bytes, headers: list[tuple[bytes, bytes]], length: int
-) -> bytes:
-    """The request line and headers, as ``http.client``'s ``putrequest`` and ``putheader``
-    would send them, in one join: those check each name and value apart (a third of the
-    wire's own CPU), this the whole head at once. Raises ValueError, with nothing sent, on
-    a target or header that would smuggle a line (a control character, a space in the
-    target, a target that is not ASCII)."""
-    if not target.isascii() or " " in target:
-        raise ValueError("the request target must be ASCII without spaces")
-    lines = [f"{method} {target} HTTP/1.1".encode("ascii"), b"Host: " + host]
-    lines += [name + b": " + value for name, value in headers]
-    if length:
-        lines.append(b"Content-Length: %d" % length)
-    if _UNSAFE(b" ".join(lines)):
-        raise ValueError("a control character in the request line or a header")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def _timed_out(deadline: float, name: str) -> WireError:
