@@ -299,6 +299,24 @@ def test_pool_wire_keeps_connections_alive_and_retires_them(
     wire.close()
 
 
+def test_an_answer_off_the_common_shape_is_read_by_http_client_on_the_same_connection(
+    serve: Callable[..., RawServer],
+) -> None:
+    """Chunked, HTTP/1.0, a HEAD's length without a body: read right (through http.client,
+    with what the common path had read), and a kept-alive connection stays usable."""
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    answers = iter([chunked, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", _ok(b"")])
+    server = serve(lambda raw: next(answers))
+    wire = PoolWire(connect=1, read=1, max_connections=1, keepalive_expiry=5)
+    origin = Origin.parse(server.url)
+    assert wire.send("GET", origin, "/x", [], b"").body == b"ok"
+    head = wire.send("HEAD", origin, "/x", [], b"")
+    assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "5")
+    assert wire.send("GET", origin, "/x", [], b"").body == b"ok"
+    assert server.connections == 1
+    wire.close()
+
+
 def test_pool_wire_replaces_an_idle_connection_the_server_closed(
     serve: Callable[..., RawServer],
 ) -> None:

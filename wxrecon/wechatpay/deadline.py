@@ -20,6 +20,14 @@ def remaining(deadline: float, cap: float) -> float:
     return min(cap, left)
 
 
+def bound(sock: socket.socket, deadline: float, cap: float) -> None:
+    """Set ``sock``'s timeout for its next operation (TimeoutError once the deadline passed);
+    a system call saved while the cap holds."""
+    timeout = remaining(deadline, cap)
+    if timeout != sock.gettimeout():
+        sock.settimeout(timeout)
+
+
 class _DeadlineReader(io.RawIOBase):
     """A socket's reads, each bounded by the read timeout and by what is left of the deadline
     (a per-read timeout alone lets a server dribbling a byte at a time hold a call for ever)."""
@@ -43,9 +51,7 @@ class _DeadlineReader(io.RawIOBase):
             size = min(len(buffer), len(self._prefix))
             buffer[:size], self._prefix = self._prefix[:size], self._prefix[size:]
             return size
-        timeout = remaining(self._deadline, self._read_timeout)
-        if timeout != self._sock.gettimeout():  # a system call saved while the cap holds
-            self._sock.settimeout(timeout)
+        bound(self._sock, self._deadline, self._read_timeout)
         n = self._io.readinto(buffer)
         if n is None:  # "would block": only a non-blocking socket says so
             raise TimeoutError

@@ -16,7 +16,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from wxrecon.wechatpay.deadline import MAX_HEADERS, header_pairs, remaining
+from wxrecon.wechatpay.deadline import MAX_HEADERS, bound, header_pairs
 
 MAX_HEAD = 64 * 1024  # a longer head is http.client's to refuse (its line and count limits)
 READ = 64 * 1024
@@ -80,9 +80,7 @@ def simple_head(block: bytes) -> Head | None:
 
 def recv(sock: socket.socket, deadline: float, read_timeout: float) -> bytes:
     """One read, bounded by the read timeout and the deadline (TimeoutError)."""
-    timeout = remaining(deadline, read_timeout)
-    if timeout != sock.gettimeout():  # a system call saved while the cap holds
-        sock.settimeout(timeout)
+    bound(sock, deadline, read_timeout)
     return sock.recv(READ)
 
 

@@ -268,7 +268,12 @@ class PoolWire:
         except OSError:
             raise failure("WriteError") from None
         try:
-            head, read = http11.read_head(sock, deadline, self.read_timeout)
+            # A HEAD's answer has no body whatever its length says: http.client's to read.
+            head, read = (
+                http11.read_head(sock, deadline, self.read_timeout)
+                if method != "HEAD"
+                else (None, b"")
+            )
             if head is not None:  # the common shape, read straight off the socket
                 reply_headers = ReplyHeaders.of(head.pairs)
                 if head.length > self.max_body:
