@@ -108,7 +108,7 @@ def record_many(
     for each, whether the claim was still ours. On PostgreSQL the verdicts of one shape
     (delivered, retried, dead: the same columns) go as one statement."""
     with db.begin() as conn:
-        if conn.dialect.name != "postgresql":
+        if not db.is_postgresql:
             won = []
             for event, values in verdicts:
                 stmt = (

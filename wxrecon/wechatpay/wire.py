@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from wxrecon.wechatpay import http11
-from wxrecon.wechatpay.deadline import BoundedResponse, remaining
+from wxrecon.wechatpay.deadline import BoundedResponse, bound, remaining
 
 MAX_BODY = 1 << 20  # 1 MiB: the largest answer documented is a few kB
 
@@ -253,15 +253,13 @@ class PoolWire:
         body: bytes,
         deadline: float,
     ) -> tuple[int, ReplyHeaders, bytes, bool]:
+        sock = conn.sock
         try:
-            timeout = remaining(deadline, self.read_timeout)
+            bound(sock, deadline, self.read_timeout)
         except TimeoutError:  # the wait for a slot used the attempt up: nothing sent
             raise failure("PoolTimeout") from None
         request = http11.request_head(method, target, origin.host_header, headers, len(body))
-        sock = conn.sock
         try:
-            if timeout != sock.gettimeout():
-                sock.settimeout(timeout)
             sock.sendall(request + body)  # one write; its timeout bounds the whole send
         except TimeoutError:
             raise _timed_out(deadline, "WriteTimeout") from None
