@@ -56,12 +56,7 @@ def run(
     delivers this phase's events only, and the database vacuumed."""
     with db.begin() as conn:
         conn.execute(text("UPDATE outcomes SET delivery = 'dead' WHERE delivery = 'pending'"))
-    # That UPDATE, and the earlier phases' writes, leave dead rows that autovacuum would clear
-    # during this phase, on its cores: cleared now, the phase pays only its own (the phase it
-    # is compared with ran on a fresh database).
-    if db.is_postgresql:
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM (ANALYZE)")
+    harness.vacuum(db)  # that UPDATE's dead rows too
     port, secret = free_port(), secrets.token_hex(16)
     log = logs / "webhook-events.jsonl"
     receiver = sup.start(

@@ -115,6 +115,7 @@ def run(
     # and the query endpoint has a backlog beside the submits' (its first query alone would
     # only follow the submits' pace).
     admin.set_config(rate_limit=rate, settle_delay_min=SETTLE[0], settle_delay_max=SETTLE[1])
+    harness.vacuum(db)  # the earlier phases' dead rows: cleared now, not on this phase's cores
     restart({**env, "WXRECON_RATE_LIMIT_PER_SECOND": str(rate)}, "L")
     try:
         load0 = os.getloadavg()

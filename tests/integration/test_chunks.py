@@ -783,13 +783,25 @@ def test_a_chunk_marks_its_new_orders_in_one_commit_before_its_first_post(
     provider.submit_answers.extend(reduction(no, "PROCESSING") for no in ("N1", "N2", "N3"))
     seen_at_each_post: list[list[str]] = []
     provider.hook = lambda: seen_at_each_post.append([state(db, SpecialReduction, i) for i in ids])
-    commits: list[int] = []
-    listener = lambda _conn: commits.append(1)  # noqa: E731
-    event.listen(db.engine, "commit", listener)
+    commits: list[int] = []  # of transactions that wrote (a read ends with a COMMIT too)
+    wrote: set[int] = set()
+
+    def executing(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SELECT", "BEGIN")):
+            wrote.add(id(conn))
+
+    def committed(conn: Any) -> None:
+        if id(conn) in wrote:
+            wrote.discard(id(conn))
+            commits.append(1)
+
+    event.listen(db.engine, "before_cursor_execute", executing)
+    event.listen(db.engine, "commit", committed)
     try:
         assert run_chunk(rec.steps(REDUCTION, ids, token)) == [RState.PROCESSING] * 3
     finally:
-        event.remove(db.engine, "commit", listener)
+        event.remove(db.engine, "before_cursor_execute", executing)
+        event.remove(db.engine, "commit", committed)
     assert seen_at_each_post[0] == [RState.SUBMITTED] * 3  # all marked before the first POST
     # One commit marks the chunk, one writes its outcomes (one per order was one each).
     assert len(commits) == 2

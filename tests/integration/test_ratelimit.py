@@ -27,9 +27,14 @@ from wxrecon.wechatpay.errors import NotYet, Throttled
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def max_in_window(times: Iterable[float], window: float = 1.0) -> int:
@@ -82,18 +87,13 @@ def test_local_limiter_never_exceeds_rate_in_any_window() -> None:
 def test_hook_waits_then_proceeds_and_defers_past_max_wait() -> None:
     clock = FakeClock()
     limiter = LocalRateLimiter(1, window=1.0, clock=clock)
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.now += seconds
-
-    hook = rate_limit_hook(limiter, max_wait=2.0, sleep=sleep)
+    slept, sleep = clock.slept, clock.sleep
+    hook = rate_limit_hook(limiter, max_wait=2.0, sleep=sleep, clock=clock)
     hook(Endpoint.QUERY_REDUCTION, "1900000001")
     hook(Endpoint.QUERY_REDUCTION, "1900000001")  # waits a full window
     assert slept == [pytest.approx(1.0)]
 
-    impatient = rate_limit_hook(limiter, max_wait=0.1, sleep=sleep)
+    impatient = rate_limit_hook(limiter, max_wait=0.1, sleep=sleep, clock=clock)
     with pytest.raises(Throttled) as info:
         impatient(Endpoint.QUERY_REDUCTION, "1900000001")
     assert info.value.retry_after == pytest.approx(1.0)
@@ -113,6 +113,51 @@ def test_hook_waits_then_proceeds_and_defers_past_max_wait() -> None:
     with putting_back(False):
         hook(Endpoint.QUERY_REDUCTION, "1900000001")  # off again: it waits
     assert slept == [pytest.approx(1.0)]
+
+
+class CountingLimiter(LocalRateLimiter):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked = 0
+
+    def acquire(self, key: str) -> float:
+        self.asked += 1
+        return super().acquire(key)
+
+
+def test_a_refused_budget_is_not_asked_again_before_its_grant_can_be_free() -> None:
+    """A saturated merchant's chunk asks the limiter once, not once per order: its refusal
+    says when the oldest grant leaves the window, and until then the hook answers NotYet
+    itself (with the time left). Other budgets are still asked; so is this one after."""
+    clock = FakeClock()
+    limiter = CountingLimiter(2, window=1.0, clock=clock)
+    slept, sleep = clock.slept, clock.sleep
+    hook = rate_limit_hook(limiter, max_wait=2.0, clock=clock, sleep=sleep)
+    with putting_back():
+        hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
+        clock.now += 0.4
+        hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
+        waits = []
+        for _ in range(50):
+            with pytest.raises(NotYet) as later:
+                hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
+            waits.append(later.value.retry_after)
+            clock.now += 0.01
+        assert limiter.asked == 3  # two grants, one refusal: the other 49 answered here
+        assert waits[0] == pytest.approx(0.6) and waits[-1] == pytest.approx(0.11)
+        hook(Endpoint.QUERY_REDUCTION, "1900000001")  # another budget: asked, granted
+        hook(Endpoint.SUBMIT_REDUCTION, "1900000002")
+        assert limiter.asked == 5
+        clock.now += 0.11  # the first grant has left the window
+        hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
+        assert limiter.asked == 6
+        with pytest.raises(NotYet):
+            hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
+        assert limiter.asked == 7
+    # Outside a chunk the remembered wait is slept, then the limiter asked once.
+    hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
+    assert slept == [pytest.approx(0.39)] and limiter.asked == 8
+    assert max_in_window(limiter._logs[limit_key(Endpoint.SUBMIT_REDUCTION, "1900000001")]) <= 2
 
 
 def test_make_limiter_picks_the_backend() -> None:

@@ -3,6 +3,7 @@ the partial index, and queries for the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from tests.fixtures_db import FakeClock
@@ -199,6 +200,27 @@ def test_pinned_transactions_share_one_connection_and_commit_each(pg_db: Databas
     with pg_db.connect() as conn:
         assert sorted(conn.execute(text("SELECT n FROM pin_probe")).scalars()) == [1, 3]
         assert conn is not first
+
+
+def _prepared_here(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar_one())
+
+
+def test_a_read_keeps_the_statements_prepared_on_its_connection(pg_db: Database) -> None:
+    """psycopg forgets a connection's prepared statements at a ROLLBACK; a read (which wrote
+    nothing) ends with a COMMIT instead, so the hot statements stay prepared, pinned or not."""
+    probe = text("SELECT CAST(:n AS integer) + 1")
+    for pinned in (True, False):
+        with pg_db.pinned() if pinned else contextlib.nullcontext():
+            for n in range(8):  # past psycopg's prepare threshold (5)
+                with pg_db.connect() as conn:
+                    assert conn.execute(probe, {"n": n}).scalar_one() == n + 1
+            with pg_db.connect() as conn:
+                assert _prepared_here(conn) >= 1, f"pinned={pinned}"
+    with pytest.raises(DBAPIError), pg_db.connect() as conn:  # a failed read still ends
+        conn.execute(text("SELECT 1/0"))
+    with pg_db.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
 
 
 def test_pinning_is_a_no_op_on_sqlite(sqlite_url: str) -> None:

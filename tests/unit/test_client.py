@@ -23,6 +23,7 @@ from tests.fixtures_keys import (
 )
 from wxrecon.config import Settings
 from wxrecon.provider import build_client
+from wxrecon.wechatpay import keys as keys_module
 from wxrecon.wechatpay import signing
 from wxrecon.wechatpay.client import Endpoint, RetryPolicy, Timeouts, WeChatPayClient
 from wxrecon.wechatpay.errors import (
@@ -32,6 +33,7 @@ from wxrecon.wechatpay.errors import (
     NetworkError,
     NotEnough,
     NotFound,
+    NotYet,
     OutcomeUnknown,
     ProviderBusy,
     Rejected,
@@ -507,6 +509,40 @@ def test_before_request_is_called_per_attempt_with_endpoint_and_target(
         (Endpoint.QUERY_BALANCE, "1900000003"),
         (Endpoint.QUERY_BILL, MCHID),
     ]
+
+
+def test_a_ledger_number_is_encrypted_once_its_call_has_a_grant(
+    keys: KeySet, credentials: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call the rate limit puts back costs no OAEP encryption (a saturated merchant's
+    chunk would pay one per order and per turn); a call's attempts send one ciphertext."""
+    encrypted: list[str] = []
+    real = keys_module.encrypt
+    monkeypatch.setattr(keys_module, "encrypt", lambda k, p: encrypted.append(p) or real(k, p))
+    granted = False
+
+    def hook(endpoint: Endpoint, mchid: str) -> None:
+        if not granted:
+            raise NotYet(0.5, f"{endpoint}:{mchid}", str(endpoint))
+
+    script = Script(
+        error_response(500, "SYSTEM_ERROR"),
+        signed_response(keys, reduction_answer(keys, "R1", extra={"mchid": TARGET})),
+    )
+    with mock_client(credentials, script, before_request=hook) as client:
+        for _ in range(3):
+            with pytest.raises(NotYet):
+                client.submit_special_reduction(_request(mchid=TARGET))
+            with pytest.raises(NotYet):
+                _balance(client)
+            with pytest.raises(NotYet):
+                client.query_special_reduction("R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
+        assert encrypted == [] and script.sent == []
+        granted = True
+        client.submit_special_reduction(_request(mchid=TARGET))
+    assert encrypted == [BAL_ACCOUNT_NO]
+    first, again = script.sent
+    assert first.body == again.body and b"bal_account_no" in first.body
 
 
 def test_throttled_by_the_hook_propagates_without_sending(credentials: Credentials) -> None:

@@ -218,16 +218,24 @@ class Database:
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A read-only Core connection (no write lock on SQLite); never commits."""
+        """A read-only Core connection (no write lock on SQLite) for reads only.
+
+        A read that succeeds ends its implicit transaction with a COMMIT, not a ROLLBACK: the
+        two are the same to a transaction that wrote nothing, but psycopg forgets every
+        statement it prepared on the connection at a ROLLBACK, so reads that rolled back kept
+        the engine's hot statements from ever being prepared."""
         pinned = self._pinned
         if pinned is not None:
             try:
                 yield pinned
-            finally:
-                pinned.rollback()  # end the read's implicit transaction
+            except BaseException:
+                pinned.rollback()
+                raise
+            pinned.commit()
             return
         with self._read_engine.connect() as conn:
             yield conn
+            conn.commit()
 
     @property
     def _pinned(self) -> Connection | None:
