@@ -352,25 +352,34 @@ def run_processes(
                     n = args.orders if args.delivery_orders < 0 else args.delivery_orders
                     if n:
                         console.print(f"[bold]delivery on[/]: {n:,} reductions, webhook")
-                        d = delivery_phase.run(
+                        rig = delivery_phase.Rig(
                             sup,
                             env,
                             workers,
-                            [beat],
+                            [beat],  # both phases restart it in place
                             logs,
                             work / "data",
                             db,
                             admin,
-                            e2e.plan(n, mchids, f"{tag}D", rng),
-                            f"{tag}D",
                             enqueue,
                             concurrency=args.concurrency,
                             timeout=args.timeout,
-                            simulator_pid=sim.pid,
                             progress=ticker(console),
+                        )
+                        report["delivery_on"] = delivery_phase.run(
+                            rig,
+                            e2e.plan(n, mchids, f"{tag}D", rng),
+                            f"{tag}D",
+                            simulator_pid=sim.pid,
                             floor=crypto_floor.During(sim_dir),
                         )
-                        report["delivery_on"] = d
+                        console.print(f"[bold]delivery off again[/]: {n:,} reductions")
+                        report["delivery_off_after"] = delivery_phase.off_again(
+                            rig,
+                            e2e.plan(n, mchids, f"{tag}E", rng),
+                            f"{tag}E",
+                            floor=crypto_floor.During(sim_dir),
+                        )
                 else:
                     e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
                     wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection
+from sqlalchemy import event
 
 from tests.fixtures_db import FakeClock
 from tests.webhook_receiver import Receiver
@@ -322,3 +323,28 @@ def test_verdicts_of_different_shapes_in_one_batch_each_land(
     assert [f["attempts"] for f in found] == [0, 1] * 3
     assert [f["last_error"] for f in found] == [None, "webhook: HTTP 500"] * 3
     assert all(f["claim_token"] is None for f in found)
+
+
+def test_a_relay_run_takes_one_connection_for_its_batches(
+    db: Database, clock: FakeClock, receiver: Receiver
+) -> None:
+    """Claims and verdicts (every RECORD_EVERY) of every batch of a run share one pooled
+    connection on PostgreSQL: one checkout and pre-ping, not one per transaction."""
+    for n in range(1, 31):
+        add_event(db, clock, n, 4)
+    checkouts: list[int] = []
+    listener = lambda *_: checkouts.append(1)  # noqa: E731
+    event.listen(db.engine, "checkout", listener)
+    try:
+        result = relay(db, clock, [webhook(receiver)], batch=12).run(budget=30.0)
+    finally:
+        event.remove(db.engine, "checkout", listener)
+    assert result.delivered == 30
+    assert [state_of(db, outcomes.event_id("reduction", n, 4))["delivery"] for n in (1, 30)] == [
+        "delivered",
+        "delivered",
+    ]
+    if db.is_postgresql:
+        assert len(checkouts) == 1
+    else:  # SQLite's transactions keep their own connections (no pinning there)
+        assert len(checkouts) > 3

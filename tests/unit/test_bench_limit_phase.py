@@ -52,17 +52,19 @@ def test_the_report_divides_the_peak_by_the_limit_and_checks_the_goals() -> None
     assert g["ratelimit_efficiency"] == {"value": 0.967, "goal": "≥ 0.95", "met": True}
 
 
+RIG = {  # a throughput phase's other figures, as ratios() reads them
+    "cpu_ms_per_order": 3.0,
+    "rss": {},
+    "peak_per_second": {"by_endpoint": {}},
+    "requests_per_second": 600.0,
+}
+
+
 def test_rates_of_phases_minutes_apart_are_corrected_for_the_machines_speed() -> None:
     """Delivery on ran while the machine's cryptography cost 1.5 ms a request, delivery off
     while it cost 1.2: on ÷ off 0.72 raw is 0.9 at one speed. No samples: the raw ratio."""
-    rig = {
-        "cpu_ms_per_order": 3.0,
-        "rss": {},
-        "peak_per_second": {"by_endpoint": {}},
-        "requests_per_second": 600.0,
-    }
     report = {
-        "throughput": {**rig, "orders_per_second": 300.0, "crypto_floor": {"per_request_ms": 1.2}},
+        "throughput": {**RIG, "orders_per_second": 300.0, "crypto_floor": {"per_request_ms": 1.2}},
         "delivery_on": {"orders_per_second": 216.0, "crypto_floor": {"per_request_ms": 1.5}},
     }
     r = ratios(report)
@@ -70,3 +72,19 @@ def test_rates_of_phases_minutes_apart_are_corrected_for_the_machines_speed() ->
     assert r["delivery_on_vs_off"] == 0.9
     del report["delivery_on"]["crypto_floor"]
     assert ratios(report)["delivery_on_vs_off"] == 0.72
+
+
+def test_delivery_on_is_compared_with_the_off_phases_before_and_after_it() -> None:
+    """With delivery off run again after delivery on, on ÷ the mean of the two off phases
+    (a drift of the machine's speed cancels), whatever the floor samples say; the
+    floor-normalized ratio and the drift itself are kept beside it."""
+    report = {
+        "throughput": {**RIG, "orders_per_second": 300.0, "crypto_floor": {"per_request_ms": 1.2}},
+        "delivery_on": {"orders_per_second": 270.0, "crypto_floor": {"per_request_ms": 1.0}},
+        "delivery_off_after": {"orders_per_second": 240.0},
+    }
+    r = ratios(report)
+    assert r["delivery_on_vs_off"] == 1.0  # 270 ÷ mean(300, 240)
+    assert r["delivery_off_after_vs_before"] == 0.8
+    assert r["delivery_on_vs_off_unnormalized"] == 0.9
+    assert r["delivery_on_vs_off_floor_normalized"] == 0.75

@@ -104,10 +104,15 @@ class Relay:
 
     def run_once(self, budget: float | None = None) -> RelayResult:
         """One claimed batch, attempted in order until ``budget`` seconds are spent; the
-        ones not attempted are released at once."""
-        result = RelayResult()
+        ones not attempted are released at once. Its claim and verdicts share one pooled
+        connection (one checkout and pre-ping a batch, not one a transaction)."""
         if not self.targets:
-            return result
+            return RelayResult()
+        with self.db.pinned():
+            return self._batch(budget)
+
+    def _batch(self, budget: float | None) -> RelayResult:
+        result = RelayResult()
         start = self.monotonic()
         claimed = outbox.claim(
             self.db, self.token, limit=self.batch, lease=self.lease, now=self.clock()
@@ -126,7 +131,11 @@ class Relay:
         return result
 
     def run(self, budget: float) -> RelayResult:
-        """Batches until none is full or ``budget`` seconds are spent."""
+        """Batches until none is full or ``budget`` seconds are spent, on one connection."""
+        with self.db.pinned():
+            return self._batches(budget)
+
+    def _batches(self, budget: float) -> RelayResult:
         total = RelayResult()
         start = self.monotonic()
         while True:
