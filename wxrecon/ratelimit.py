@@ -197,35 +197,56 @@ def rate_limit_hook(
 ) -> BeforeRequest:
     """The client's ``before_request``: wait for a grant up to ``max_wait`` seconds in all,
     then give up with Throttled so the caller reschedules without spending an attempt;
-    inside ``putback.putting_back()``, raise NotYet at once instead of waiting.
-
-    A refusal says when the budget's oldest grant leaves the window, and no grant can be
-    free before then (other processes only take more), so until then this process answers
-    NotYet without asking: a chunk of a saturated merchant's orders costs one round trip to
-    the limiter, not one per order."""
+    inside ``putback.putting_back()``, raise NotYet at once instead of waiting."""
     if scope not in SCOPES:
         raise ValueError(f"rate limit scope must be one of {', '.join(SCOPES)}")
-    not_before: dict[str, float] = {}  # key -> this process's clock when a grant may be free
+    return _Hook(limiter, max_wait, scope, sleep, clock)
 
-    def before_request(endpoint: Endpoint, mchid: str) -> None:
-        key = limit_key(endpoint, mchid, scope)
+
+class _Hook:
+    """A refusal says when the budget's oldest grant leaves the window, and no grant can be
+    free before then (other processes only take more), so until then this process answers
+    NotYet without asking: a chunk of a saturated merchant's orders costs one round trip to
+    the limiter, not one per order, and ``ready`` (before the client encrypts anything)
+    spares the encryption too."""
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        max_wait: float,
+        scope: Scope,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.limiter, self.max_wait, self.scope = limiter, max_wait, scope
+        self.sleep, self.clock = sleep, clock
+        self.not_before: dict[str, float] = {}  # key -> this process's clock at a free grant
+
+    def ready(self, endpoint: Endpoint, mchid: str) -> None:
+        """Inside a chunk's turns, NotYet while a refusal is remembered; else nothing."""
+        if putback.on():
+            key = limit_key(endpoint, mchid, self.scope)
+            wait = self.not_before.get(key, 0.0) - self.clock()
+            if wait > 0:
+                raise NotYet(wait, key, str(endpoint))
+
+    def __call__(self, endpoint: Endpoint, mchid: str) -> None:
+        key = limit_key(endpoint, mchid, self.scope)
         waited = 0.0
         while True:
-            wait = not_before.get(key, 0.0) - clock()
+            wait = self.not_before.get(key, 0.0) - self.clock()
             if wait <= 0:
-                wait = limiter.acquire(key)
+                wait = self.limiter.acquire(key)
                 if wait <= 0:
                     metrics.count_ratelimit_wait(endpoint, waited, deferred=False)
                     return
-                if len(not_before) >= MAX_REMEMBERED:
-                    not_before.clear()
-                not_before[key] = clock() + wait
+                if len(self.not_before) >= MAX_REMEMBERED:
+                    self.not_before.clear()
+                self.not_before[key] = self.clock() + wait
             if putback.on():
                 raise NotYet(wait, key, str(endpoint))
-            if waited + wait > max_wait:
+            if waited + wait > self.max_wait:
                 metrics.count_ratelimit_wait(endpoint, waited, deferred=True)
                 raise Throttled(wait, key)
-            sleep(wait)
+            self.sleep(wait)
             waited += wait
-
-    return before_request

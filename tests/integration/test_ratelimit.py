@@ -144,6 +144,10 @@ def test_a_refused_budget_is_not_asked_again_before_its_grant_can_be_free() -> N
             waits.append(later.value.retry_after)
             clock.now += 0.01
         assert limiter.asked == 3  # two grants, one refusal: the other 49 answered here
+        with pytest.raises(NotYet):  # what the client asks before it encrypts anything
+            hook.ready(Endpoint.SUBMIT_REDUCTION, "1900000001")  # type: ignore[attr-defined]
+        hook.ready(Endpoint.SUBMIT_REDUCTION, "1900000002")  # type: ignore[attr-defined]
+        assert limiter.asked == 3
         assert waits[0] == pytest.approx(0.6) and waits[-1] == pytest.approx(0.11)
         hook(Endpoint.QUERY_REDUCTION, "1900000001")  # another budget: asked, granted
         hook(Endpoint.SUBMIT_REDUCTION, "1900000002")
@@ -154,7 +158,9 @@ def test_a_refused_budget_is_not_asked_again_before_its_grant_can_be_free() -> N
         with pytest.raises(NotYet):
             hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
         assert limiter.asked == 7
-    # Outside a chunk the remembered wait is slept, then the limiter asked once.
+    hook.ready(Endpoint.SUBMIT_REDUCTION, "1900000001")  # type: ignore[attr-defined]
+    # Outside a chunk (ready is silent there) the remembered wait is slept, then the limiter
+    # asked once.
     hook(Endpoint.SUBMIT_REDUCTION, "1900000001")
     assert slept == [pytest.approx(0.39)] and limiter.asked == 8
     assert max_in_window(limiter._logs[limit_key(Endpoint.SUBMIT_REDUCTION, "1900000001")]) <= 2

@@ -511,36 +511,45 @@ def test_before_request_is_called_per_attempt_with_endpoint_and_target(
     ]
 
 
-def test_a_ledger_number_is_encrypted_once_its_call_has_a_grant(
+def test_a_call_the_hook_knows_is_refused_encrypts_nothing_and_the_grant_comes_last(
     keys: KeySet, credentials: Credentials, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A call the rate limit puts back costs no OAEP encryption (a saturated merchant's
-    chunk would pay one per order and per turn); a call's attempts send one ciphertext."""
-    encrypted: list[str] = []
+    """The hook's ``ready`` comes before the ledger number is encrypted (a call the rate
+    limit puts back costs no OAEP encryption: a saturated merchant's chunk would pay one per
+    order and per turn); the grant comes after it, just before signing and sending; a
+    call's attempts send one ciphertext."""
+    seen: list[str] = []
     real = keys_module.encrypt
-    monkeypatch.setattr(keys_module, "encrypt", lambda k, p: encrypted.append(p) or real(k, p))
-    granted = False
+    monkeypatch.setattr(keys_module, "encrypt", lambda k, p: seen.append("encrypt") or real(k, p))
 
-    def hook(endpoint: Endpoint, mchid: str) -> None:
-        if not granted:
-            raise NotYet(0.5, f"{endpoint}:{mchid}", str(endpoint))
+    class Hook:
+        refused = True
 
+        def ready(self, endpoint: Endpoint, mchid: str) -> None:
+            seen.append("ready")
+            if self.refused:
+                raise NotYet(0.5, f"{endpoint}:{mchid}", str(endpoint))
+
+        def __call__(self, endpoint: Endpoint, mchid: str) -> None:
+            seen.append("grant")
+
+    hook = Hook()
     script = Script(
         error_response(500, "SYSTEM_ERROR"),
         signed_response(keys, reduction_answer(keys, "R1", extra={"mchid": TARGET})),
     )
     with mock_client(credentials, script, before_request=hook) as client:
-        for _ in range(3):
-            with pytest.raises(NotYet):
-                client.submit_special_reduction(_request(mchid=TARGET))
-            with pytest.raises(NotYet):
-                _balance(client)
-            with pytest.raises(NotYet):
-                client.query_special_reduction("R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
-        assert encrypted == [] and script.sent == []
-        granted = True
+        with pytest.raises(NotYet):
+            client.submit_special_reduction(_request(mchid=TARGET))
+        with pytest.raises(NotYet):
+            _balance(client)
+        with pytest.raises(NotYet):
+            client.query_special_reduction("R1", mchid=MCHID, bal_account_no=BAL_ACCOUNT_NO)
+        assert seen == ["ready"] * 3 and script.sent == []
+        seen.clear()
+        hook.refused = False
         client.submit_special_reduction(_request(mchid=TARGET))
-    assert encrypted == [BAL_ACCOUNT_NO]
+    assert seen == ["ready", "encrypt", "grant", "grant"]  # the retry: a grant, same bytes
     first, again = script.sent
     assert first.body == again.body and b"bal_account_no" in first.body
 

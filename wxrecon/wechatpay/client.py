@@ -74,13 +74,14 @@ class _CallState:
 
     maybe_sent: bool = False
     last_error: TransientError | None = None
-    # The query parameters and body, built once a first grant is in hand: what is encrypted
-    # costs an OAEP encryption, wasted on every call the rate limit puts back (NotYet).
+    # The query parameters and body, built once (the attempts send the same bytes), after
+    # the hook's ``ready``: what is encrypted costs an OAEP encryption, which a call the
+    # rate limit puts back (NotYet) would waste.
     built: tuple[dict[str, str] | None, bytes] | None = None
 
 
 R = TypeVar("R")
-# A call's query parameters and body, built when it is first granted (see _CallState.built).
+# A call's query parameters and body, built on its first attempt (see _CallState.built).
 Build = Callable[[], tuple[dict[str, str] | None, bytes]]
 
 
@@ -340,10 +341,15 @@ class WeChatPayClient:
         encrypted: bool,
         state: _CallState,
     ) -> Answer:
+        if state.built is None:
+            ready = getattr(self.before_request, "ready", None)
+            if ready is not None:
+                ready(endpoint, target_mchid)
+            state.built = build() if build is not None else (None, b"")
+        # The grant last: the less between it and the send, the less a descheduled process
+        # can bunch its requests past the limiter's guard.
         if self.before_request is not None:
             self.before_request(endpoint, target_mchid)
-        if state.built is None:
-            state.built = build() if build is not None else (None, b"")
         params, content = state.built
         wire = self._current_wire()
         base = self._failover.pick()

@@ -24,7 +24,10 @@ class Endpoint(StrEnum):
     QUERY_BILL = "query_bill"
 
 
-# Called before every attempt with (endpoint, target mchid); may block, or raise Throttled.
+# Called before every attempt with (endpoint, target mchid), right before it is signed and
+# sent; may block, or raise Throttled. A hook may also have ``ready(endpoint, mchid)``, called
+# before the call's encrypted fields are built: it may raise what the hook would, knowing
+# without a round trip (the rate limiter's remembered refusal).
 BeforeRequest = Callable[[Endpoint, str], None]
 # Called after every attempt with (endpoint, outcome label, seconds).
 Observer = Callable[[Endpoint, str, float], None]
