@@ -260,7 +260,7 @@ class WeChatPayClient:
     # -- plumbing -------------------------------------------------------------------------
 
     def _ledger_params(self, mchid: str, bal_account_no: str) -> Build:
-        """A ledger query's parameters, its number encrypted once the call has a grant."""
+        """A ledger query's parameters, its number encrypted on the first attempt."""
         return lambda: (
             {"mchid": mchid, "bal_account_no": self.credentials.encrypt(bal_account_no)},
             b"",
