@@ -152,10 +152,13 @@ def main() -> None:
         print(f"embedded broker: valkey-server on 127.0.0.1:{port}", flush=True)
         sys.exit(serve_until_drained(argv, url))
     reason = "a server already answers there" if port is not None else "not a loopback Redis"
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Blocked, then waited for: a SIGTERM that came between the line and a pause() would
+    # have been handled before the pause, which then waited for ever.
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     print(f"broker {url.rsplit('@', 1)[-1]}: {reason}; nothing to run", flush=True)
-    while True:
-        signal.pause()
+    signal.sigwait(stop)
+    sys.exit(0)
 
 
 if __name__ == "__main__":
