@@ -226,15 +226,19 @@ class _Hook:
         """Inside a chunk's turns, NotYet while a refusal is remembered; else nothing."""
         if putback.on():
             key = limit_key(endpoint, mchid, self.scope)
-            wait = self.not_before.get(key, 0.0) - self.clock()
+            wait = self._left(key)
             if wait > 0:
                 raise NotYet(wait, key, str(endpoint))
+
+    def _left(self, key: str) -> float:
+        """Seconds until a remembered refusal of ``key`` may have a grant free (≤ 0: none)."""
+        return self.not_before.get(key, 0.0) - self.clock()
 
     def __call__(self, endpoint: Endpoint, mchid: str) -> None:
         key = limit_key(endpoint, mchid, self.scope)
         waited = 0.0
         while True:
-            wait = self.not_before.get(key, 0.0) - self.clock()
+            wait = self._left(key)
             if wait <= 0:
                 wait = self.limiter.acquire(key)
                 if wait <= 0:
