@@ -124,4 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # Everything is released and logged; the interpreter's teardown of the imported modules
+    # would add 0.3-0.5 s (more on a loaded machine) to the worker's warm shutdown.
+    logging.shutdown()
+    os._exit(code)

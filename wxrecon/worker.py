@@ -304,14 +304,20 @@ class IntakePumpStep(bootsteps.StartStopStep):
             log.warning("wxrecon intake pump exited (%s); starting another", self.proc.returncode)
             self._spawn(worker.hostname)
 
-    def stop(self, worker: Any) -> None:
+    def close(self, worker: Any) -> None:
+        """Warm shutdown closes every step before it stops any: the pump starts finishing its
+        intake now, beside the pool, instead of after it (honcho kills at 5 s)."""
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def stop(self, worker: Any) -> None:
+        self.close(worker)
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
         try:
             proc.wait(self.STOP_WAIT)
         except subprocess.TimeoutExpired:  # what it holds stays in flight, recovered later

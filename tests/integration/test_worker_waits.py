@@ -54,3 +54,25 @@ def test_a_missing_schema_is_refused_without_waiting(tmp_path: Path) -> None:
     thread.join(30)
     assert done and not isinstance(done[0], DatabaseDown), done
     assert "wxrecon db upgrade" in str(done[0])
+
+
+def test_warm_shutdown_signals_the_intake_pump_at_close_and_waits_for_it_at_stop() -> None:
+    """Celery closes every step before stopping any: the pump is told at close, so it winds
+    down beside the pool; stop then only waits (honcho kills a worker 5 s after SIGTERM)."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from wxrecon.worker import IntakePumpStep
+
+    step = IntakePumpStep.__new__(IntakePumpStep)  # no worker blueprint needed for this
+    step.watch = SimpleNamespace(cancel=lambda: None)
+    code = "import signal,sys,time; signal.signal(15, lambda *a: sys.exit(3)); time.sleep(60)"
+    step.proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = step.proc
+    time.sleep(0.5)  # its handler is installed
+    step.close(None)
+    assert step.watch is None and step.proc is proc  # told, not waited for
+    assert proc.wait(10) == 3  # SIGTERM, not a kill
+    step.stop(None)
+    assert step.proc is None
