@@ -2,8 +2,10 @@
 relay worker (``-Q wxrecon.outcomes``, one process) and a beat that schedules the relay; a
 receiver process (``benchmarks/receiver.py``: verifies, deduplicates, answers 200) takes
 the deliveries. Orders finalised per second with delivery on ÷ the same figure with delivery
-off (the outbox rows are written, nothing is sent), same N: the mean of the throughput phase,
-before, and of ``off_again``, right after."""
+off (the outbox rows are written, nothing is sent), same N: the mean of two ``off`` phases,
+right before and right after it, each on fresh workers and a vacuumed database as delivery
+on is, so that the three differ in delivery alone and a drift of the machine's speed over
+them cancels."""
 
 from __future__ import annotations
 
@@ -163,23 +165,31 @@ def run(
     return out
 
 
-def off_again(
-    rig: Rig, orders: list[e2e.Planned], prefix: str, *, floor: crypto_floor.During | None = None
+def off(
+    rig: Rig,
+    orders: list[e2e.Planned],
+    prefix: str,
+    *,
+    name: str,
+    floor: crypto_floor.During | None = None,
 ) -> dict[str, Any]:
-    """The throughput phase once more, after delivery on, with delivery off again (the
-    workers and beat restarted without a target, the database vacuumed): delivery on is
-    compared with the mean of the phases before and after it, so that a drift of this
-    shared machine's speed over the minutes between them cancels."""
+    """The throughput phase once more with delivery off, right before or after delivery on
+    (``name`` tells their workers' logs apart): the workers and beat restarted without a
+    target and the database vacuumed, as for delivery on."""
     workers, beat = rig.workers, rig.beat
     for child in [*workers, *beat]:
         harness.stop_child(rig.sup, child)
     harness.vacuum(rig.db)
     workers[:] = [
         harness.start_worker(
-            rig.sup, "benchE", rig.env, rig.logs / "workerE.log", concurrency=rig.concurrency
+            rig.sup,
+            f"bench{name}",
+            rig.env,
+            rig.logs / f"worker{name}.log",
+            concurrency=rig.concurrency,
         )
     ]
-    beat[:] = [harness.start_beat(rig.sup, rig.env, rig.logs / "beatE.log", rig.data)]
+    beat[:] = [harness.start_beat(rig.sup, rig.env, rig.logs / f"beat{name}.log", rig.data)]
     harness.wait_for(lambda: all(harness.worker_ready(c) for c in workers), 120, "workers")
 
     def check() -> None:

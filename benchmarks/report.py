@@ -85,10 +85,11 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
         normalized = _normalized(raw, d, t)
         out["delivery_on_vs_off"] = normalized
         if e:  # bracketed: ÷ the mean of the off phases before and after (drift cancels)
-            off = (t["orders_per_second"] + e["orders_per_second"]) / 2
+            before = report.get("delivery_off_before", t)  # else the throughput phase
+            off = (before["orders_per_second"] + e["orders_per_second"]) / 2
             out["delivery_on_vs_off"] = _div(d["orders_per_second"], off)
             out["delivery_off_after_vs_before"] = _div(
-                e["orders_per_second"], t["orders_per_second"]
+                e["orders_per_second"], before["orders_per_second"]
             )
             out["delivery_on_vs_off_floor_normalized"] = normalized
         out["delivery_on_vs_off_unnormalized"] = raw
@@ -192,9 +193,10 @@ def render(console: Console, report: dict[str, Any]) -> None:
                 "delivery on: CPU per event (relay, receiver)",
                 ", ".join(f"{v:.2f} ms" for v in d["cpu_ms_per_event"].values()),
             )
-    e = report.get("delivery_off_after")
-    if e:
-        table.add_row("delivery off again: orders/s", f"{e['orders_per_second']:.1f}")
+    for key, label in (("delivery_off_before", "before"), ("delivery_off_after", "after")):
+        if key in report:
+            off = report[key]["orders_per_second"]
+            table.add_row(f"delivery off, {label} it: orders/s", f"{off:.1f}")
     if b:
         for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):
             r = b[name]

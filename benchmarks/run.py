@@ -76,8 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--delivery-orders",
         type=int,
-        default=-1,
-        help="delivery-on phase: reductions (-1: as many as --orders; 0: skip it)",
+        default=10_000,
+        help="delivery phases (off, on, off): reductions each (-1: as many as --orders; "
+        "0: skip them)",
     )
     p.add_argument("--workers", type=int, default=1, help="celery worker nodes")
     p.add_argument("--concurrency", type=int, default=4, help="processes per worker node")
@@ -351,12 +352,11 @@ def run_processes(
                         )
                     n = args.orders if args.delivery_orders < 0 else args.delivery_orders
                     if n:
-                        console.print(f"[bold]delivery on[/]: {n:,} reductions, webhook")
                         rig = delivery_phase.Rig(
                             sup,
                             env,
                             workers,
-                            [beat],  # both phases restart it in place
+                            [beat],  # each phase restarts it in place
                             logs,
                             work / "data",
                             db,
@@ -366,6 +366,15 @@ def run_processes(
                             timeout=args.timeout,
                             progress=ticker(console),
                         )
+                        console.print(f"[bold]delivery off[/]: {n:,} reductions")
+                        report["delivery_off_before"] = delivery_phase.off(
+                            rig,
+                            e2e.plan(n, mchids, f"{tag}C", rng),
+                            f"{tag}C",
+                            name="C",
+                            floor=crypto_floor.During(sim_dir),
+                        )
+                        console.print(f"[bold]delivery on[/]: {n:,} reductions, webhook")
                         report["delivery_on"] = delivery_phase.run(
                             rig,
                             e2e.plan(n, mchids, f"{tag}D", rng),
@@ -374,10 +383,11 @@ def run_processes(
                             floor=crypto_floor.During(sim_dir),
                         )
                         console.print(f"[bold]delivery off again[/]: {n:,} reductions")
-                        report["delivery_off_after"] = delivery_phase.off_again(
+                        report["delivery_off_after"] = delivery_phase.off(
                             rig,
                             e2e.plan(n, mchids, f"{tag}E", rng),
                             f"{tag}E",
+                            name="E",
                             floor=crypto_floor.During(sim_dir),
                         )
                 else:

@@ -36,6 +36,8 @@ def test_benchmark_smoke(
             "4",
             "--hot-orders",
             "150",
+            "--delivery-orders",
+            "-1",  # as many as --orders, in each of the three delivery phases
             "--limit-merchants",
             "2",
             "--limit-orders",
@@ -91,8 +93,9 @@ def test_benchmark_smoke(
     on = written["delivery_on"]
     assert on["final"] == on["orders"] == 200 and on["problems"] == []
     assert on["delivered"] == 200  # every final order's outcome reached the receiver once
-    again = written["delivery_off_after"]
-    assert again["final"] == again["orders"] == 200 and again["problems"] == []
+    for key in ("delivery_off_before", "delivery_off_after"):
+        off = written[key]
+        assert off["final"] == off["orders"] == 200 and off["problems"] == []
     assert written["ratios"]["delivery_off_after_vs_before"] > 0
     t = written["throughput"]
     assert t["worker_cpu_seconds"] > 0 and t["rss"]["peak_mb"] > 0

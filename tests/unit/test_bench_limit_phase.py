@@ -88,3 +88,18 @@ def test_delivery_on_is_compared_with_the_off_phases_before_and_after_it() -> No
     assert r["delivery_off_after_vs_before"] == 0.8
     assert r["delivery_on_vs_off_unnormalized"] == 0.9
     assert r["delivery_on_vs_off_floor_normalized"] == 0.75
+
+
+def test_delivery_on_is_bracketed_by_the_off_phases_next_to_it_when_there_are_two() -> None:
+    """An off phase right before delivery on replaces the throughput phase, minutes earlier
+    and on a smaller database, in the bracket; the raw ratio still names the throughput."""
+    report = {
+        "throughput": {**RIG, "orders_per_second": 400.0},
+        "delivery_off_before": {"orders_per_second": 300.0},
+        "delivery_on": {"orders_per_second": 270.0},
+        "delivery_off_after": {"orders_per_second": 240.0},
+    }
+    r = ratios(report)
+    assert r["delivery_on_vs_off"] == 1.0  # 270 ÷ mean(300, 240), not of 400
+    assert r["delivery_off_after_vs_before"] == 0.8
+    assert r["delivery_on_vs_off_unnormalized"] == 0.675
