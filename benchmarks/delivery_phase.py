@@ -1,11 +1,15 @@
-"""Outcome delivery on against off: the throughput phase again with a webhook target, its
-relay worker (``-Q wxrecon.outcomes``, one process) and a beat that schedules the relay; a
-receiver process (``benchmarks/receiver.py``: verifies, deduplicates, answers 200) takes
-the deliveries. Orders finalised per second with delivery on ÷ the same figure with delivery
-off (the outbox rows are written, nothing is sent), same N: the mean of two ``off`` phases,
-right before and right after it, each on fresh workers and a vacuumed database as delivery
-on is, so that the three differ in delivery alone and a drift of the machine's speed over
-them cancels."""
+"""Outcome delivery on against off, interleaved: blocks of orders run one after another on
+the same engine workers, with delivery off (the outbox rows are written, nothing is sent)
+and on (a relay worker, ``-Q wxrecon.outcomes``, one process, delivering to a receiver,
+``benchmarks/receiver.py``, which verifies, deduplicates and answers 200) in the order
+``PATTERN``. Orders finalised per second over the on blocks ÷ over the off blocks.
+
+Why blocks and not one phase each: this shared machine's speed drifts by up to ±25 % over
+minutes (docs/benchmarks.md), more than delivery costs, and whole phases a few minutes apart
+compared that drift as much as delivery. The pattern is balanced (a linear or quadratic drift
+over it cancels), the engine workers are not restarted between blocks (delivery on and off
+differ only by the relay and the receiver's work), and an off block's outbox rows are marked
+dead after it, so that no on block delivers another block's events."""
 
 from __future__ import annotations
 
@@ -19,12 +23,13 @@ from typing import Any
 
 from sqlalchemy import text
 
-from benchmarks import crypto_floor, e2e, harness
+from benchmarks import e2e, harness
 from wxrecon.demo.env import free_port
 from wxrecon.demo.procs import Child, Supervisor
 from wxrecon.store.db import Database
 
 RECEIVER = Path(__file__).resolve().parent / "receiver.py"
+OUTCOMES = "wxrecon.outcomes"  # the relay worker's queue
 
 
 def delivered(log: Path) -> int:
@@ -53,13 +58,9 @@ class Rig:
     progress: Callable[[int, int], None] | None = None
 
     def phase(
-        self, orders: list[e2e.Planned], prefix: str, check: Callable[[], None], floor: Any
-    ) -> tuple[e2e.PhaseResult, Any]:
-        """Run ``orders`` to the end; the phase and the machine's speed sampled over it
-        (report._normalized), if ``floor`` samples it."""
-        if floor is not None:
-            floor.start()
-        phase = e2e.run_phase(
+        self, orders: list[e2e.Planned], prefix: str, check: Callable[[], None]
+    ) -> e2e.PhaseResult:
+        return e2e.run_phase(
             self.db,
             self.admin,
             orders,
@@ -69,30 +70,48 @@ class Rig:
             check=check,
             progress=self.progress,
         )
-        return phase, floor.stop() if floor is not None else None
 
 
-def with_floor(phase: e2e.PhaseResult, sampled: Any) -> dict[str, Any]:
-    out = phase.to_json()
-    if sampled:
-        out["crypto_floor"] = sampled.to_json(phase.requests / max(1, phase.final))
+PATTERN = "ABBABAAB"  # A: delivery off, B: on
+
+
+def blocks(per_side: int) -> list[tuple[bool, int]]:
+    """(delivery on, orders) for each block of ``PATTERN``: ``per_side`` orders on each side."""
+    per_block, extra = divmod(per_side, PATTERN.count("A"))
+    out, seen = [], {"A": 0, "B": 0}
+    for letter in PATTERN:
+        out.append((letter == "B", per_block + (1 if seen[letter] < extra else 0)))
+        seen[letter] += 1
     return out
 
 
-def run(
+def side(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The blocks of one side as one: their orders over their seconds."""
+    final = sum(r["final"] for r in results)
+    seconds = sum(r["seconds"] for r in results)
+    return {
+        "orders": sum(r["orders"] for r in results),
+        "final": final,
+        "seconds": round(seconds, 2),
+        "orders_per_second": round(final / seconds, 1) if seconds else 0.0,
+        "blocks": [r["orders_per_second"] for r in results],
+        "problems": [p for r in results for p in r["problems"]],
+    }
+
+
+def alternate(
     rig: Rig,
-    orders: list[e2e.Planned],
+    plan: Callable[[int, str], list[e2e.Planned]],
+    per_side: int,
     prefix: str,
     *,
     simulator_pid: int | None = None,
-    floor: crypto_floor.During | None = None,
-) -> dict[str, Any]:
-    """Restart the workers and beat with a webhook target (``workers`` and ``beat`` are
-    replaced in place), run the phase, wait until every final order's outcome arrived.
-    The earlier phases' outbox rows (written, never sent) are marked dead first, so the relay
-    delivers this phase's events only, and the database vacuumed."""
-    with rig.db.begin() as conn:
-        conn.execute(text("UPDATE outcomes SET delivery = 'dead' WHERE delivery = 'pending'"))
+) -> dict[str, dict[str, Any]]:
+    """Restart the workers and beat once with a webhook target (``workers`` and ``beat`` are
+    replaced in place) and run the blocks; the relay runs during the on blocks only, until
+    the block's every final order's outcome arrived. Earlier phases' outbox rows (written,
+    never sent) are marked dead first and the database vacuumed. ``{"on": ..., "off": ...}``."""
+    _bury_pending(rig.db)
     harness.vacuum(rig.db)  # that UPDATE's dead rows too
     port, secret = free_port(), secrets.token_hex(16)
     log = rig.logs / "webhook-events.jsonl"
@@ -114,90 +133,66 @@ def run(
             rig.sup, "benchD", on, rig.logs / "workerD.log", concurrency=rig.concurrency
         )
     ]
-    relay = harness.start_worker(
-        rig.sup, "relay", on, rig.logs / "relay.log", concurrency=1, queues="wxrecon.outcomes"
-    )
     rig.beat[:] = [harness.start_beat(rig.sup, on, rig.logs / "beatD.log", rig.data)]
-    harness.wait_for(
-        lambda: all(harness.worker_ready(c) for c in [*rig.workers, relay]),
-        120,
-        "workers",
-        every=0.2,
+    harness.wait_for(lambda: all(harness.worker_ready(c) for c in rig.workers), 120, "workers")
+    # The receiver idles through the off blocks; its CPU and the relay's are per event.
+    spent = harness.cpu_from_now(
+        {k: p for k, p in (("receiver", receiver.pid), ("simulator", simulator_pid)) if p}
     )
+    relay: Child | None = None
+    relay_cpu, waits = 0.0, []
+    done: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
 
     def check() -> None:
-        for child in [*rig.workers, *rig.beat, relay, receiver]:
+        for child in [*rig.workers, *rig.beat, receiver, *([relay] if relay else [])]:
             if not child.alive():
                 raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
 
-    # Where delivery's cost goes, over the phase and its wait for the last deliveries: the
-    # engine's workers, the relay worker, the receiver (a stand-in for the business app,
-    # which would not share these cores) and the simulator.
-    engine = harness.ProcSampler(lambda: [w.pid for w in rig.workers]).start()
-    relayed = harness.ProcSampler(lambda: [relay.pid]).start()
-    singles = {k: p for k, p in (("receiver", receiver.pid), ("simulator", simulator_pid)) if p}
-    spent = harness.cpu_from_now(singles)
-    phase, sampled = rig.phase(orders, prefix, check, floor)
-    final_at = time.monotonic()
-    deadline = final_at + rig.timeout
-    while delivered(log) < phase.final and time.monotonic() < deadline:
-        check()
-        time.sleep(0.5)
-    engine.stop()
-    relayed.stop()
-    out = with_floor(phase, sampled)
-    out["delivered"] = delivered(log)
-    out["all_delivered_after_last_final_s"] = round(time.monotonic() - final_at, 1)
-    cpu = {
-        "engine_workers": engine.cpu - engine.samples[0].cpu,
-        "relay": relayed.cpu - relayed.samples[0].cpu,
-        **spent(),
+    for i, (delivering, n) in enumerate(blocks(per_side)):
+        if delivering and relay is None:
+            relay = harness.start_worker(
+                rig.sup, "relay", on, rig.logs / "relay.log", concurrency=1, queues=OUTCOMES
+            )
+            harness.wait_for(lambda r=relay: harness.worker_ready(r), 120, "relay", every=0.2)
+            relayed = harness.ProcSampler(lambda r=relay: [r.pid]).start()
+        elif not delivering and relay is not None:
+            relayed.stop()
+            relay_cpu += relayed.cpu - relayed.samples[0].cpu
+            harness.stop_child(rig.sup, relay)
+            relay = None
+        orders = plan(n, f"{prefix}{i}")
+        phase = rig.phase(orders, f"{prefix}{i}", check)
+        out = phase.to_json()
+        out["problems"] = e2e.ground_truth_problems(rig.admin, orders)
+        if delivering:
+            final_at, want = time.monotonic(), sum(r["final"] for r in done[True]) + phase.final
+            while delivered(log) < want and time.monotonic() < final_at + rig.timeout:
+                check()
+                time.sleep(0.2)
+            waits.append(round(time.monotonic() - final_at, 1))
+        else:
+            _bury_pending(rig.db)
+        done[delivering].append(out)
+    if relay is not None:
+        relayed.stop()
+        relay_cpu += relayed.cpu - relayed.samples[0].cpu
+        harness.stop_child(rig.sup, relay)
+    cpu = {"relay": relay_cpu, **spent()}
+    harness.stop_child(rig.sup, receiver)
+    result = {"on": side(done[True]), "off": side(done[False])}
+    events = delivered(log)
+    result["on"] |= {
+        "delivered": events,
+        "all_delivered_after_last_final_s": max(waits, default=0.0),
+        "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
+        "cpu_ms_per_event": {
+            k: round(1000 * cpu[k] / max(1, events), 3) for k in ("relay", "receiver") if k in cpu
+        },
     }
-    out["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
-    out["cpu_ms_per_event"] = {
-        k: round(1000 * cpu[k] / max(1, out["delivered"]), 3)
-        for k in ("relay", "receiver")
-        if k in cpu
-    }
-    out["problems"] = e2e.ground_truth_problems(rig.admin, orders)
-    for child in (relay, receiver):
-        harness.stop_child(rig.sup, child)
-    return out
+    return result
 
 
-def off(
-    rig: Rig,
-    orders: list[e2e.Planned],
-    prefix: str,
-    *,
-    name: str,
-    floor: crypto_floor.During | None = None,
-) -> dict[str, Any]:
-    """The throughput phase once more with delivery off, right before or after delivery on
-    (``name`` tells their workers' logs apart): the workers and beat restarted without a
-    target and the database vacuumed, as for delivery on."""
-    workers, beat = rig.workers, rig.beat
-    for child in [*workers, *beat]:
-        harness.stop_child(rig.sup, child)
-    harness.vacuum(rig.db)
-    workers[:] = [
-        harness.start_worker(
-            rig.sup,
-            f"bench{name}",
-            rig.env,
-            rig.logs / f"worker{name}.log",
-            concurrency=rig.concurrency,
-        )
-    ]
-    beat[:] = [harness.start_beat(rig.sup, rig.env, rig.logs / f"beat{name}.log", rig.data)]
-    harness.wait_for(lambda: all(harness.worker_ready(c) for c in workers), 120, "workers")
-
-    def check() -> None:
-        for child in [*workers, *beat]:
-            if not child.alive():
-                raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
-
-    phase, sampled = rig.phase(orders, prefix, check, floor)
-    out = with_floor(phase, sampled)
-    out["problems"] = e2e.ground_truth_problems(rig.admin, orders)
-    return out
+def _bury_pending(db: Database) -> None:
+    """Outbox rows no relay is to send (delivery was off when they were written)."""
+    with db.begin() as conn:
+        conn.execute(text("UPDATE outcomes SET delivery = 'dead' WHERE delivery = 'pending'"))

@@ -79,20 +79,15 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
             .values(),
         ]
         out["peak_requests_per_second"] = float(max(peaks)) if peaks else None
-    d, e = report.get("delivery_on"), report.get("delivery_off_after")
-    if d and t:
-        raw = _div(d["orders_per_second"], t["orders_per_second"])
-        normalized = _normalized(raw, d, t)
-        out["delivery_on_vs_off"] = normalized
-        if e:  # bracketed: ÷ the mean of the off phases before and after (drift cancels)
-            before = report.get("delivery_off_before", t)  # else the throughput phase
-            off = (before["orders_per_second"] + e["orders_per_second"]) / 2
-            out["delivery_on_vs_off"] = _div(d["orders_per_second"], off)
-            out["delivery_off_after_vs_before"] = _div(
-                e["orders_per_second"], before["orders_per_second"]
+    d, f = report.get("delivery_on"), report.get("delivery_off")
+    if d and f:  # interleaved blocks on the same workers (delivery_phase): drift cancels
+        out["delivery_on_vs_off"] = _div(d["orders_per_second"], f["orders_per_second"])
+        blocks = [*f["blocks"], *d["blocks"]]
+        out["delivery_blocks_fastest_vs_slowest"] = _div(max(blocks), min(blocks))
+        if t:
+            out["delivery_on_vs_throughput_phase"] = _div(
+                d["orders_per_second"], t["orders_per_second"]
             )
-            out["delivery_on_vs_off_floor_normalized"] = normalized
-        out["delivery_on_vs_off_unnormalized"] = raw
     if limited:
         out["ratelimit_efficiency"] = limited["efficiency"]["min"]
         for endpoint, e in limited["efficiency"]["by_endpoint"].items():
@@ -181,22 +176,23 @@ def render(console: Console, report: dict[str, Any]) -> None:
             ", ".join(f"{k} {v}" for k, v in sorted(lim["peak_per_second"]["by_endpoint"].items()))
             + f"; {lim['refused_429']}",
         )
-    d = report.get("delivery_on")
+    d, f = report.get("delivery_on"), report.get("delivery_off")
     if d:
         table.add_row(
-            "delivery on: orders/s, delivered, all in after",
-            f"{d['orders_per_second']:.1f}, {d['delivered']:,}/{d['final']:,}, "
-            f"{d['all_delivered_after_last_final_s']} s",
+            "delivery on: orders/s (each block), delivered, all in after",
+            f"{d['orders_per_second']:.1f} ({', '.join(f'{r:.0f}' for r in d['blocks'])}), "
+            f"{d['delivered']:,}/{d['final']:,}, {d['all_delivered_after_last_final_s']} s",
         )
         if "cpu_ms_per_event" in d:
             table.add_row(
                 "delivery on: CPU per event (relay, receiver)",
                 ", ".join(f"{v:.2f} ms" for v in d["cpu_ms_per_event"].values()),
             )
-    for key, label in (("delivery_off_before", "before"), ("delivery_off_after", "after")):
-        if key in report:
-            off = report[key]["orders_per_second"]
-            table.add_row(f"delivery off, {label} it: orders/s", f"{off:.1f}")
+    if f:
+        table.add_row(
+            "delivery off: orders/s (each block)",
+            f"{f['orders_per_second']:.1f} ({', '.join(f'{r:.0f}' for r in f['blocks'])})",
+        )
     if b:
         for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):
             r = b[name]

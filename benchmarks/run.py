@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--delivery-orders",
         type=int,
         default=10_000,
-        help="delivery phases (off, on, off): reductions each (-1: as many as --orders; "
-        "0: skip them)",
+        help="delivery blocks: reductions with delivery on, and as many off (-1: as many as "
+        "--orders; 0: skip them)",
     )
     p.add_argument("--workers", type=int, default=1, help="celery worker nodes")
     p.add_argument("--concurrency", type=int, default=4, help="processes per worker node")
@@ -356,7 +356,7 @@ def run_processes(
                             sup,
                             env,
                             workers,
-                            [beat],  # each phase restarts it in place
+                            [beat],  # restarted in place
                             logs,
                             work / "data",
                             db,
@@ -366,30 +366,19 @@ def run_processes(
                             timeout=args.timeout,
                             progress=ticker(console),
                         )
-                        console.print(f"[bold]delivery off[/]: {n:,} reductions")
-                        report["delivery_off_before"] = delivery_phase.off(
-                            rig,
-                            e2e.plan(n, mchids, f"{tag}C", rng),
-                            f"{tag}C",
-                            name="C",
-                            floor=crypto_floor.During(sim_dir),
+                        console.print(
+                            f"[bold]delivery off and on[/]: {n:,} reductions each, in "
+                            f"{len(delivery_phase.PATTERN)} blocks ({delivery_phase.PATTERN}, "
+                            "B: webhook)"
                         )
-                        console.print(f"[bold]delivery on[/]: {n:,} reductions, webhook")
-                        report["delivery_on"] = delivery_phase.run(
+                        found = delivery_phase.alternate(
                             rig,
-                            e2e.plan(n, mchids, f"{tag}D", rng),
+                            lambda k, p: e2e.plan(k, mchids, p, rng),
+                            n,
                             f"{tag}D",
                             simulator_pid=sim.pid,
-                            floor=crypto_floor.During(sim_dir),
                         )
-                        console.print(f"[bold]delivery off again[/]: {n:,} reductions")
-                        report["delivery_off_after"] = delivery_phase.off(
-                            rig,
-                            e2e.plan(n, mchids, f"{tag}E", rng),
-                            f"{tag}E",
-                            name="E",
-                            floor=crypto_floor.During(sim_dir),
-                        )
+                        report["delivery_on"], report["delivery_off"] = found["on"], found["off"]
                 else:
                     e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
                     wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)

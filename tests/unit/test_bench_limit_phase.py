@@ -1,9 +1,11 @@
-"""The benchmark report's arithmetic (the rate-limit phase, benchmarks/limit_phase.py; ratios of
-phases corrected for the machine's speed, benchmarks/report.py), on made-up figures."""
+"""The benchmark report's arithmetic (the rate-limit phase, benchmarks/limit_phase.py; the
+delivery blocks, benchmarks/delivery_phase.py; ratios of phases corrected for the machine's
+speed, benchmarks/report.py), on made-up figures."""
 
 from __future__ import annotations
 
 from benchmarks import limit_phase
+from benchmarks.delivery_phase import PATTERN, blocks
 from benchmarks.report import goals, ratios
 
 
@@ -60,46 +62,29 @@ RIG = {  # a throughput phase's other figures, as ratios() reads them
 }
 
 
-def test_rates_of_phases_minutes_apart_are_corrected_for_the_machines_speed() -> None:
-    """Delivery on ran while the machine's cryptography cost 1.5 ms a request, delivery off
-    while it cost 1.2: on ÷ off 0.72 raw is 0.9 at one speed. No samples: the raw ratio."""
-    report = {
-        "throughput": {**RIG, "orders_per_second": 300.0, "crypto_floor": {"per_request_ms": 1.2}},
-        "delivery_on": {"orders_per_second": 216.0, "crypto_floor": {"per_request_ms": 1.5}},
-    }
-    r = ratios(report)
-    assert r["delivery_on_vs_off_unnormalized"] == 0.72
-    assert r["delivery_on_vs_off"] == 0.9
-    del report["delivery_on"]["crypto_floor"]
-    assert ratios(report)["delivery_on_vs_off"] == 0.72
-
-
-def test_delivery_on_is_compared_with_the_off_phases_before_and_after_it() -> None:
-    """With delivery off run again after delivery on, on ÷ the mean of the two off phases
-    (a drift of the machine's speed cancels), whatever the floor samples say; the
-    floor-normalized ratio and the drift itself are kept beside it."""
-    report = {
-        "throughput": {**RIG, "orders_per_second": 300.0, "crypto_floor": {"per_request_ms": 1.2}},
-        "delivery_on": {"orders_per_second": 270.0, "crypto_floor": {"per_request_ms": 1.0}},
-        "delivery_off_after": {"orders_per_second": 240.0},
-    }
-    r = ratios(report)
-    assert r["delivery_on_vs_off"] == 1.0  # 270 ÷ mean(300, 240)
-    assert r["delivery_off_after_vs_before"] == 0.8
-    assert r["delivery_on_vs_off_unnormalized"] == 0.9
-    assert r["delivery_on_vs_off_floor_normalized"] == 0.75
-
-
-def test_delivery_on_is_bracketed_by_the_off_phases_next_to_it_when_there_are_two() -> None:
-    """An off phase right before delivery on replaces the throughput phase, minutes earlier
-    and on a smaller database, in the bracket; the raw ratio still names the throughput."""
+def test_delivery_on_is_compared_with_the_off_blocks_between_which_it_ran() -> None:
+    """On ÷ off over the interleaved blocks; the spread of the blocks' own rates (the
+    machine's drift) and on ÷ the throughput phase are kept beside it."""
     report = {
         "throughput": {**RIG, "orders_per_second": 400.0},
-        "delivery_off_before": {"orders_per_second": 300.0},
-        "delivery_on": {"orders_per_second": 270.0},
-        "delivery_off_after": {"orders_per_second": 240.0},
+        "delivery_off": {"orders_per_second": 300.0, "blocks": [280.0, 320.0]},
+        "delivery_on": {"orders_per_second": 270.0, "blocks": [250.0, 290.0]},
     }
     r = ratios(report)
-    assert r["delivery_on_vs_off"] == 1.0  # 270 ÷ mean(300, 240), not of 400
-    assert r["delivery_off_after_vs_before"] == 0.8
-    assert r["delivery_on_vs_off_unnormalized"] == 0.675
+    assert r["delivery_on_vs_off"] == 0.9
+    assert r["delivery_blocks_fastest_vs_slowest"] == 1.28  # 320 ÷ 250
+    assert r["delivery_on_vs_throughput_phase"] == 0.675
+    del report["delivery_off"]
+    assert "delivery_on_vs_off" not in ratios(report)
+
+
+def test_delivery_blocks_follow_a_balanced_pattern_with_as_many_orders_on_each_side() -> None:
+    """ABBABAAB: the off (A) and on (B) blocks' mean positions, and the means of their
+    squared positions, are equal, so a linear or quadratic drift weighs on both alike."""
+    found = blocks(10_001)
+    assert [on for on, _ in found] == [c == "B" for c in PATTERN]
+    assert sum(n for on, n in found if on) == sum(n for on, n in found if not on) == 10_001
+    for power in (1, 2):
+        a = sum(i**power for i, c in enumerate(PATTERN) if c == "A")
+        b = sum(i**power for i, c in enumerate(PATTERN) if c == "B")
+        assert a == b
