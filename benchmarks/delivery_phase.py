@@ -7,13 +7,16 @@ and on (a relay worker, ``-Q wxrecon.outcomes``, one process, delivering to a re
 Why blocks and not one phase each: this shared machine's speed drifts by up to ±25 % over
 minutes (docs/benchmarks.md), more than delivery costs, and whole phases a few minutes apart
 compared that drift as much as delivery. The pattern is balanced (a linear or quadratic drift
-over it cancels), the engine workers are not restarted between blocks (delivery on and off
-differ only by the relay and the receiver's work), and an off block's outbox rows are marked
-dead after it, so that no on block delivers another block's events."""
+over it cancels), nothing is restarted between blocks (the relay is frozen with SIGSTOP
+through the off blocks, so on and off differ only by the relay's and the receiver's work), and
+an off block's outbox rows are marked dead after it, so that no on block delivers another
+block's events."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -108,8 +111,8 @@ def alternate(
     simulator_pid: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Restart the workers and beat once with a webhook target (``workers`` and ``beat`` are
-    replaced in place) and run the blocks; the relay runs during the on blocks only, until
-    the block's every final order's outcome arrived. Earlier phases' outbox rows (written,
+    replaced in place) and run the blocks; the relay runs during the on blocks only, each
+    until the block's every final order's outcome arrived. Earlier phases' outbox rows (written,
     never sent) are marked dead first and the database vacuumed. ``{"on": ..., "off": ...}``."""
     _bury_pending(rig.db)
     harness.vacuum(rig.db)  # that UPDATE's dead rows too
@@ -135,48 +138,48 @@ def alternate(
     ]
     rig.beat[:] = [harness.start_beat(rig.sup, on, rig.logs / "beatD.log", rig.data)]
     harness.wait_for(lambda: all(harness.worker_ready(c) for c in rig.workers), 120, "workers")
-    # The receiver idles through the off blocks; its CPU and the relay's are per event.
+    # Started and warmed once (its first run opens its connections and loads its keys),
+    # then frozen (SIGSTOP) through the off blocks: a restart per block cost more CPU than
+    # the deliveries. The receiver idles through them; its CPU and the relay's are per event.
+    relay = harness.start_worker(
+        rig.sup, "relay", on, rig.logs / "relay.log", concurrency=1, queues=OUTCOMES
+    )
+    harness.wait_for(lambda: harness.worker_ready(relay), 120, "relay", every=0.2)
+    harness.wait_for(lambda: "succeeded" in relay.log_tail(50), 60, "relay's first run")
+    relayed = harness.ProcSampler(lambda: [relay.pid]).start()
     spent = harness.cpu_from_now(
         {k: p for k, p in (("receiver", receiver.pid), ("simulator", simulator_pid)) if p}
     )
-    relay: Child | None = None
-    relay_cpu, waits = 0.0, []
+    waits: list[float] = []
     done: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
 
     def check() -> None:
-        for child in [*rig.workers, *rig.beat, receiver, *([relay] if relay else [])]:
+        for child in [*rig.workers, *rig.beat, receiver, relay]:
             if not child.alive():
                 raise RuntimeError(f"{child.name} died: {child.log_tail(10)}")
 
-    for i, (delivering, n) in enumerate(blocks(per_side)):
-        if delivering and relay is None:
-            relay = harness.start_worker(
-                rig.sup, "relay", on, rig.logs / "relay.log", concurrency=1, queues=OUTCOMES
-            )
-            harness.wait_for(lambda r=relay: harness.worker_ready(r), 120, "relay", every=0.2)
-            relayed = harness.ProcSampler(lambda r=relay: [r.pid]).start()
-        elif not delivering and relay is not None:
-            relayed.stop()
-            relay_cpu += relayed.cpu - relayed.samples[0].cpu
-            harness.stop_child(rig.sup, relay)
-            relay = None
-        orders = plan(n, f"{prefix}{i}")
-        phase = rig.phase(orders, f"{prefix}{i}", check)
-        out = phase.to_json()
-        out["problems"] = e2e.ground_truth_problems(rig.admin, orders)
-        if delivering:
-            final_at, want = time.monotonic(), sum(r["final"] for r in done[True]) + phase.final
-            while delivered(log) < want and time.monotonic() < final_at + rig.timeout:
-                check()
-                time.sleep(0.2)
-            waits.append(round(time.monotonic() - final_at, 1))
-        else:
-            _bury_pending(rig.db)
-        done[delivering].append(out)
-    if relay is not None:
-        relayed.stop()
-        relay_cpu += relayed.cpu - relayed.samples[0].cpu
-        harness.stop_child(rig.sup, relay)
+    try:
+        for i, (delivering, n) in enumerate(blocks(per_side)):
+            os.killpg(relay.pid, signal.SIGCONT if delivering else signal.SIGSTOP)
+            orders = plan(n, f"{prefix}{i}")
+            phase = rig.phase(orders, f"{prefix}{i}", check)
+            out = phase.to_json()
+            out["problems"] = e2e.ground_truth_problems(rig.admin, orders)
+            if delivering:  # this block's outcomes all in before the next block
+                final_at = time.monotonic()
+                want = sum(r["final"] for r in done[True]) + phase.final
+                while delivered(log) < want and time.monotonic() < final_at + rig.timeout:
+                    check()
+                    time.sleep(0.2)
+                waits.append(round(time.monotonic() - final_at, 1))
+            else:
+                _bury_pending(rig.db)
+            done[delivering].append(out)
+    finally:
+        os.killpg(relay.pid, signal.SIGCONT)  # a stopped process would not see the SIGTERM
+    relayed.stop()
+    relay_cpu = relayed.cpu - relayed.samples[0].cpu
+    harness.stop_child(rig.sup, relay)
     cpu = {"relay": relay_cpu, **spent()}
     harness.stop_child(rig.sup, receiver)
     result = {"on": side(done[True]), "off": side(done[False])}
