@@ -237,8 +237,7 @@ def serve(
         flush=True,
     )
     try:
-        while not sim.stopping.wait(0.5):
-            pass
+        sim.wait()
     finally:
         sim.stop()
         print("wxrecon simulator stopped", flush=True)
