@@ -24,11 +24,10 @@ from wxrecon.simulator.provider import Provider, Reply, Timing
 from wxrecon.simulator.state import ApiError, Books, BusinessConfig
 from wxrecon.simulator.traffic import Traffic
 
-FREEZE_EVERY = 5.0  # seconds between freezes of the heap (Simulator.wait)
-
 log = logging.getLogger("wxrecon.simulator")
 
 SAVE_INTERVAL = 5.0
+FREEZE_EVERY = 5.0  # seconds between freezes of the heap (Simulator.wait)
 
 
 class Simulator:
