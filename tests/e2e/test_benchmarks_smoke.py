@@ -37,7 +37,7 @@ def test_benchmark_smoke(
             "--hot-orders",
             "150",
             "--delivery-orders",
-            "-1",  # as many as --orders, in each of the three delivery phases
+            "-1",  # as many as --orders on each side of the delivery blocks
             "--limit-merchants",
             "2",
             "--limit-orders",

@@ -126,7 +126,7 @@ class Simulator:
 
     def wait(self) -> None:
         """Until ``stopping`` is set. The books only grow: a full collection of them took
-        100-160 ms at 40,000 orders and stamped the requests it held up together (a peak over
+        94-160 ms at 40,000 orders and stamped the requests it held up together (a peak over
         the limit the client never sent); frozen now and then, only what came since is
         scanned."""
         while not self.stopping.wait(FREEZE_EVERY):
