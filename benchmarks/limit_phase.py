@@ -119,6 +119,7 @@ def run(
     restart({**env, "WXRECON_RATE_LIMIT_PER_SECOND": str(rate)}, "L")
     try:
         load0 = os.getloadavg()
+        sampler = harness.ProcSampler(lambda: [w.pid for w in workers]).start()
         phase = e2e.run_phase(
             db,
             admin,
@@ -127,9 +128,14 @@ def run(
             enqueue,
             timeout=args.timeout,
             check=check,
+            sampler=sampler,
             progress=progress,
         )
+        sampler.stop()
         r = phase.to_json()
+        # What waiting for grants costs: the workers' CPU per provider request of this phase
+        # beside the throughput phase's (where nothing waits).
+        r["cpu_ms_per_request"] = round(1000 * phase.worker_cpu_seconds / max(1, phase.requests), 3)
         r["load_average"] = [round(x, 2) for x in (*load0, *os.getloadavg())]
         admitted = admin.admitted_per_second()
         r["admitted_per_second"] = admitted

@@ -67,6 +67,11 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     if t:
         floor = t.get("crypto_floor", {}).get("per_order_ms")
         out["worker_cpu_vs_crypto_floor"] = _div(t["cpu_ms_per_order"], floor)
+        if limited and limited.get("cpu_ms_per_request") and t.get("requests"):
+            # What a request costs while its grant is waited for, over one that never waits.
+            out["ratelimit_cpu_per_request_vs_throughput"] = _div(
+                limited["cpu_ms_per_request"], 1000 * t["worker_cpu_seconds"] / t["requests"]
+            )
         sim = t.get("simulator_cpu_ms_per_order")
         out["simulator_cpu_ms_per_order"] = sim
         out["simulator_cpu_vs_worker_cpu"] = _div(sim, t["cpu_ms_per_order"])
@@ -176,6 +181,11 @@ def render(console: Console, report: dict[str, Any]) -> None:
             ", ".join(f"{k} {v}" for k, v in sorted(lim["peak_per_second"]["by_endpoint"].items()))
             + f"; {lim['refused_429']}",
         )
+        if "cpu_ms_per_request" in lim:
+            table.add_row(
+                f"limit {e['limit']}/s: worker CPU per provider request",
+                f"{lim['cpu_ms_per_request']:.2f} ms",
+            )
     d, f = report.get("delivery_on"), report.get("delivery_off")
     if d:
         table.add_row(
