@@ -1,5 +1,5 @@
 """Whether the caller has other work to do while a rate-limit grant is not free: a chunk of
-orders (engine/steps.turns) sets it, and the limiter's hook (ratelimit.rate_limit_hook) then
+orders (engine/turns.turns) sets it, and the limiter's hook (ratelimit.rate_limit_hook) then
 raises NotYet at once instead of sleeping, so the process spends other merchants' budgets
 meanwhile. A module of its own so the engine needs neither Redis nor the client to set it."""
 

@@ -15,7 +15,9 @@ benchmarks.md); a request that still arrives early is refused with a 429, which 
 and never money.
 
 In Redis the log is a sorted set per key, updated by one Lua script using the Redis server's
-clock, so every process on every host shares one clock and one count.
+clock, so every process on every host shares one clock and one count. Orders handed back to
+wait for a grant are booked on the key's line by another script (``book``): docs/design.md,
+"Waiting for a grant".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import redis
@@ -51,10 +54,46 @@ REDIS_DOWN_RETRY = 1.0  # with no limiter there is no permission: defer, never s
 
 class RateLimiter(Protocol):
     rate: int
+    window: float
 
     def acquire(self, key: str) -> float:
         """Take a grant: 0.0 on success, else the seconds until one may be free (none taken)."""
         ...
+
+    def book(self, key: str, n: int, after: float) -> Booking:
+        """Book ``n`` turns on ``key``'s line, one every ``window / rate`` seconds, from
+        ``after`` seconds on or after the turns booked already. A booking grants nothing
+        (each call still takes its grant); it spreads the orders handed back by every
+        process over the budget's time, so they do not all wake for the same grant and
+        ask again in turn (docs/design.md, "Waiting for a grant")."""
+        ...
+
+
+@dataclass(frozen=True)
+class Booking:
+    """Turns booked on a budget's line, in seconds from now: where the line began (its
+    windows of ``rate`` turns start there), this booking's first turn, and a turn's length."""
+
+    origin: float
+    first: float
+    spacing: float
+
+
+def booked_groups(booking: Booking, n: int, rate: int) -> list[tuple[float, range]]:
+    """The ``n`` orders of ``booking`` in groups by the line's window their turns fall in,
+    each due when its window starts (not before now). The orders of a window take their
+    grants as it starts, so those are free again as the next one starts; and a window's
+    groups, from every process, are ``rate`` orders at most."""
+    start = round((booking.first - booking.origin) / booking.spacing)  # turns before ours
+    width = rate * booking.spacing
+    groups: list[tuple[float, range]] = []
+    j = 0
+    while j < n:
+        window = (start + j) // rate
+        end = min(n, (window + 1) * rate - start)
+        groups.append((max(booking.origin + window * width, 0.0), range(j, end)))
+        j = end
+    return groups
 
 
 class LocalRateLimiter:
@@ -70,6 +109,7 @@ class LocalRateLimiter:
         self.window = window
         self.clock = clock
         self._logs: dict[str, deque[float]] = {}
+        self._lines: dict[str, tuple[float, float]] = {}  # key -> (origin, next free turn)
         self._lock = threading.Lock()
 
     def acquire(self, key: str) -> float:
@@ -82,6 +122,16 @@ class LocalRateLimiter:
                 grants.append(now)
                 return 0.0
             return max(grants[0] + self.window - now, 0.001)
+
+    def book(self, key: str, n: int, after: float) -> Booking:
+        spacing = self.window / self.rate
+        with self._lock:
+            now = self.clock()
+            origin, first = self._lines.get(key, (0.0, 0.0))
+            if first < now + after:  # the line ran dry: a new one from the earliest grant
+                origin = first = now + after
+            self._lines[key] = (origin, first + n * spacing)
+            return Booking(origin - now, first - now, spacing)
 
 
 # KEYS[1]: the log. ARGV: rate, window in microseconds, a unique member.
@@ -104,7 +154,32 @@ return wait
 """
 
 
-_SCRIPT_SHA = hashlib.sha1(_SLIDING_WINDOW.encode()).hexdigest()  # noqa: S324 (Redis's name)
+# KEYS[1]: the key's line, a hash: where it began and its next free turn (microseconds of
+# the server's clock). ARGV: turns, microseconds a turn, microseconds from now to the
+# earliest turn. Returns the line's start and the first turn booked, from now.
+_BOOK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local earliest = now + tonumber(ARGV[3])
+local line = redis.call('HMGET', KEYS[1], 'origin', 'next')
+local origin, first = tonumber(line[1]), tonumber(line[2])
+if not first or first < earliest then
+  origin, first = earliest, earliest
+end
+local stop = first + tonumber(ARGV[1]) * tonumber(ARGV[2])
+local fmt = string.format
+redis.call('HSET', KEYS[1], 'origin', fmt('%d', origin), 'next', fmt('%d', stop))
+redis.call('PEXPIRE', KEYS[1], math.ceil((stop - now) / 1000) + 1000)
+return {origin - now, first - now}
+"""
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis's name for it)
+
+
+_SCRIPT_SHA = _sha(_SLIDING_WINDOW)
+_BOOK_SHA = _sha(_BOOK)
 
 
 class RedisRateLimiter:
@@ -122,6 +197,7 @@ class RedisRateLimiter:
         prefix: str = "wxrecon:rl:",
     ) -> None:
         self.rate = rate
+        self.window = window
         self.window_us = int(window * 1_000_000)
         self.prefix = prefix
         self._client = client
@@ -134,30 +210,43 @@ class RedisRateLimiter:
     def acquire(self, key: str) -> float:
         member = f"{self._tag}:{next(self._ids)}"
         args = (1, self.prefix + key, self.rate, self.window_us, member)
+        wait_us = self._call(_SLIDING_WINDOW, _SCRIPT_SHA, args)
+        return REDIS_DOWN_RETRY if wait_us is None else int(wait_us) / 1_000_000
+
+    def book(self, key: str, n: int, after: float) -> Booking:
+        spacing_us = -(-self.window_us // self.rate)  # rounded up: a line never runs fast
+        args = (1, f"{self.prefix}book:{key}", n, spacing_us, int(max(after, 0.0) * 1_000_000))
+        line = self._call(_BOOK, _BOOK_SHA, args)
+        if line is None:  # no line: a new one from the earliest grant, as if alone
+            return Booking(after, after, spacing_us / 1_000_000)
+        origin_us, first_us = line
+        return Booking(origin_us / 1_000_000, first_us / 1_000_000, spacing_us / 1_000_000)
+
+    def _call(self, script: str, sha: str, args: tuple[Any, ...]) -> Any:
+        """The script's answer; None when Redis cannot be reached (logged)."""
         with self._lock:
             try:
                 try:
-                    wait_us = self._run(args)
+                    return self._run(script, sha, args)
                 except (redis.ConnectionError, redis.TimeoutError):
                     self._drop()
-                    wait_us = self._run(args)
+                    return self._run(script, sha, args)
             except redis.RedisError as exc:
                 self._drop()
                 log.warning("rate limiter unavailable (%s); deferring", type(exc).__name__)
-                return REDIS_DOWN_RETRY
-        return wait_us / 1_000_000
+                return None
 
-    def _run(self, args: tuple[Any, ...]) -> int:
+    def _run(self, script: str, sha: str, args: tuple[Any, ...]) -> Any:
         if self._conn is None or self._pid != os.getpid():
             self._conn = self._client.connection_pool.make_connection()
             self._pid = os.getpid()
         conn = self._conn
         try:
-            conn.send_command("EVALSHA", _SCRIPT_SHA, *args)
-            return int(conn.read_response())
+            conn.send_command("EVALSHA", sha, *args)
+            return conn.read_response()
         except redis.exceptions.NoScriptError:  # a fresh or flushed server: load it
-            conn.send_command("EVAL", _SLIDING_WINDOW, *args)
-            return int(conn.read_response())
+            conn.send_command("EVAL", script, *args)
+            return conn.read_response()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -46,6 +46,17 @@ class Runtime:
                 self._profiles = profiles_of(self.settings)
             return self._profiles
 
+    @property
+    def limiter(self) -> Any:
+        """The shared rate limiter every client of this process takes its grants from."""
+        with self._lock:
+            return self._shared_limiter()
+
+    def _shared_limiter(self) -> Any:  # with the lock held
+        if self._limiter is None:
+            self._limiter = make_shared_limiter(self.settings)
+        return self._limiter
+
     def client(self, caller: str = DEFAULT) -> Provider:
         """The client that signs as ``caller`` (the one place a client is built from a
         profile); CredentialError for an unknown caller or bad keys."""
@@ -56,10 +67,8 @@ class Runtime:
                 profile = profiles.get(caller)
                 if profile is None:
                     raise CredentialError(f"unknown caller {caller!r}")
-                if self._limiter is None:
-                    self._limiter = make_shared_limiter(self.settings)
                 found = self._clients[caller] = build_client(
-                    self.settings, profile, limiter=self._limiter
+                    self.settings, profile, limiter=self._shared_limiter()
                 )
             return found
 

@@ -28,6 +28,7 @@ nowhere else.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import closing
 from typing import Any
 
@@ -37,9 +38,11 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from wxrecon import metrics, runtime
 from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.engine.intake import IntakeResult
-from wxrecon.engine.steps import MAX_CHUNK, Later, Publish, Steps
+from wxrecon.engine.steps import MAX_CHUNK
 from wxrecon.engine.sweep import Claim, sweep
+from wxrecon.engine.turns import Later, Publish, Steps, Waiting
 from wxrecon.logs import safe_reprs
+from wxrecon.ratelimit import RateLimiter, booked_groups
 from wxrecon.takers import DB_DOWN, Refused, refuse_positional, take_bill, take_reduction
 from wxrecon.worker import (
     DUE_QUEUE,
@@ -172,18 +175,49 @@ def _chunk_args(
     return ids, token, {p[0]: p[1] for p in pairs}
 
 
-def _hand_back(task: Task, token: str) -> Publish:
-    """The chunk's waiting orders as a new message on the due queue, run once ``delay`` has
-    passed (held by a worker meanwhile, not by a process: engine/steps.turns)."""
+def hand_back_groups(
+    waiting: Sequence[Waiting], limiter: RateLimiter | None
+) -> list[tuple[float, list[int], bool]]:
+    """The messages a chunk's waiting orders go back in: (seconds until due, ids, booked).
+    Each budget's orders are booked on the shared limiter's line and go in groups due as
+    their windows start (``ratelimit.booked_groups``): every process's handed-back orders
+    take turns, instead of all waking for the next grant and all but one trying again.
+    Without a limiter (orders of a booked group that still found their grant taken: their
+    group came late, or others took it), or with no budget known, a budget's orders go
+    together, due when the first may have its grant: a late group's orders keep their
+    place instead of going to the end of the line, once."""
+    by_key: dict[str, list[Waiting]] = {}
+    for w in waiting:
+        by_key.setdefault(w.key, []).append(w)
+    groups: list[tuple[float, list[int], bool]] = []
+    for key, group in by_key.items():
+        if not key or limiter is None:
+            groups.append((min(w.delay for w in group), [w.id for w in group], False))
+            continue
+        booking = limiter.book(key, len(group), min(w.delay for w in group))
+        for due, turns in booked_groups(booking, len(group), limiter.rate):
+            groups.append((due, [group[i].id for i in turns], True))
+    return sorted(groups, key=lambda g: g[0])
 
-    def publish(ids: list[int], unsent: dict[int, int], delay: float) -> bool:
-        kwargs = {"ids": ids, "token": token, "unsent": [[i, v] for i, v in unsent.items()]}
-        try:
-            task.apply_async(kwargs=kwargs, queue=DUE_QUEUE, countdown=round(delay, 3))
-        except Exception as exc:  # the broker is away: the chunk keeps them and waits
-            log.warning("could not hand back %d waiting orders (%s)", len(ids), type(exc).__name__)
-            return False
-        return True
+
+def _hand_back(task: Task, token: str, limiter: RateLimiter | None = None) -> Publish:
+    """The chunk's waiting orders as new messages on the due queue, each run once its orders'
+    turn comes (held by a worker meanwhile, not by a process: engine/turns.turns)."""
+
+    def publish(waiting: list[Waiting], unsent: dict[int, int]) -> list[int]:
+        published: list[int] = []
+        for delay, ids, booked in hand_back_groups(waiting, limiter):
+            first = [[i, unsent[i]] for i in ids if i in unsent]
+            kwargs = {"ids": ids, "token": token, "unsent": first, "booked": booked}
+            try:
+                task.apply_async(kwargs=kwargs, queue=DUE_QUEUE, countdown=round(delay, 3))
+            except Exception as exc:  # the broker is away: the chunk keeps the rest and waits
+                log.warning(
+                    "could not hand back %d waiting orders (%s)", len(ids), type(exc).__name__
+                )
+                break
+            published += ids
+        return published
 
     return publish
 
@@ -242,13 +276,16 @@ def _poll_tasks(kind: OrderKind, one: str, chunk: str, sweeper: str) -> tuple[Ta
         return runtime.get().reconciler().process(kind, *args)
 
     @app.task(name=chunk, base=WxreconTask, queue=POLL_QUEUE)
-    def poll_chunk(ids: Any = None, token: Any = None, unsent: Any = None) -> int:
+    def poll_chunk(
+        ids: Any = None, token: Any = None, unsent: Any = None, booked: Any = False
+    ) -> int:
         args = _chunk_args(ids, token, unsent)
         if args is None:
             return 0
         ids, token, unsent = args
-        back = _hand_back(poll_chunk, token)
-        steps = runtime.get().reconciler().steps(kind, ids, token, unsent, hand_back=back)
+        rt = runtime.get()
+        back = _hand_back(poll_chunk, token, None if booked is True else rt.limiter)
+        steps = rt.reconciler().steps(kind, ids, token, unsent, hand_back=back)
         return _process_chunk(steps, ids)
 
     @app.task(name=sweeper, base=WxreconTask, queue=SWEEP_QUEUE)

@@ -1,5 +1,5 @@
 """A chunk whose orders all wait for rate-limit grants hands them back as a new message
-(``engine/steps.turns``, ``tasks._hand_back``) instead of holding its worker process asleep.
+(``engine/turns.turns``, ``tasks._hand_back``) instead of holding its worker process asleep.
 An order handed back before its first POST left is marked again, SUBMITTED to SUBMITTED, at
 the row version the hand-back saw, so that exactly one chunk makes that POST."""
 
@@ -13,6 +13,7 @@ from wxrecon import tasks
 from wxrecon.domain.kinds import REDUCTION
 from wxrecon.domain.states import RState
 from wxrecon.engine.steps import Reconciler
+from wxrecon.engine.turns import Waiting
 from wxrecon.ratelimit import LocalRateLimiter, rate_limit_hook
 from wxrecon.store.db import Database
 from wxrecon.store.models import SpecialReduction
@@ -26,9 +27,10 @@ class Asked(Limited):
 
 
 class Published(list[tuple[list[int], dict[int, int], float]]):
-    def __call__(self, ids: list[int], unsent: dict[int, int], delay: float) -> bool:
-        self.append((ids, dict(unsent), delay))
-        return True
+    def __call__(self, waiting: list[Waiting], unsent: dict[int, int]) -> list[int]:
+        ids = [w.id for w in waiting]
+        self.append((ids, dict(unsent), min(w.delay for w in waiting)))
+        return ids
 
 
 def limited(provider: FakeProvider, settings: EngineSettings, clock: FakeClock, rate: int) -> Any:
@@ -107,23 +109,70 @@ def test_a_hint_at_another_version_or_token_is_not_a_first_post(
 
 
 class Task:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail, self.sent = fail, []  # type: ignore[var-annotated]
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.fail_after, self.sent = fail_after, []  # type: ignore[var-annotated]
 
     def apply_async(self, **options: Any) -> None:
-        if self.fail:
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
             raise ConnectionError("broker away")
         self.sent.append(options)
 
 
 def test_the_hand_back_message_is_a_due_chunk_run_after_the_wait() -> None:
+    """Orders whose budget is not known go back together, due when the first may go."""
     task = Task()
-    assert tasks._hand_back(task, "tok")([3, 4], {4: 7}, 1.23456) is True  # type: ignore[arg-type]
+    waiting = [Waiting(3, "", 1.5, False), Waiting(4, "", 1.23456, True)]
+    assert tasks._hand_back(task, "tok")(waiting, {4: 7}) == [3, 4]  # type: ignore[arg-type]
     [sent] = task.sent
-    assert sent["kwargs"] == {"ids": [3, 4], "token": "tok", "unsent": [[4, 7]]}
+    assert sent["kwargs"] == {"ids": [3, 4], "token": "tok", "unsent": [[4, 7]], "booked": False}
     assert sent["queue"] == "wxrecon.due" and sent["countdown"] == 1.235
-    assert tasks._chunk_args(**sent["kwargs"]) == ([3, 4], "tok", {4: 7})
-    assert tasks._hand_back(Task(fail=True), "tok")([3], {}, 1.0) is False  # type: ignore[arg-type]
+    assert tasks._chunk_args([3, 4], "tok", sent["kwargs"]["unsent"]) == ([3, 4], "tok", {4: 7})
+    assert tasks._hand_back(Task(fail_after=0), "tok")(waiting, {}) == []  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_each_budget_s_orders_are_booked_and_go_back_in_groups_as_their_windows_start() -> None:
+    """Two budgets at 4 a second (a window of 1 s: a turn each 0.25 s). A's 6 orders begin a
+    line 0.5 s from now: 4 go back due then, 2 due as its next window starts (1.5). A second
+    chunk's 3 orders of A take the next turns of that line: the two left in its second
+    window, then one in its third. B's order has its own line. Each message names its own
+    unsent orders."""
+    clock = Clock()
+    limiter = LocalRateLimiter(4, window=1.0, clock=clock)
+    task = Task()
+    a = [Waiting(i, "A", 0.5, i % 2 == 0) for i in range(1, 7)]
+    waiting = [*a, Waiting(9, "B", 0.3, False)]
+    published = tasks._hand_back(task, "tok", limiter)(waiting, {2: 5, 4: 5, 6: 5})  # type: ignore[arg-type]
+    assert sorted(published) == [1, 2, 3, 4, 5, 6, 9]
+    got = [(m["countdown"], m["kwargs"]["ids"], m["kwargs"]["unsent"]) for m in task.sent]
+    assert got == [
+        (0.3, [9], []),
+        (0.5, [1, 2, 3, 4], [[2, 5], [4, 5]]),
+        (1.5, [5, 6], [[6, 5]]),
+    ]
+    assert all(m["kwargs"]["booked"] for m in task.sent)
+    later = Task()
+    more = [Waiting(i, "A", 0.5, False) for i in (7, 8, 10)]
+    tasks._hand_back(later, "tok", limiter)(more, {})  # type: ignore[arg-type]
+    assert [(m["countdown"], m["kwargs"]["ids"]) for m in later.sent] == [
+        (1.5, [7, 8]),
+        (2.5, [10]),
+    ]
+
+
+def test_a_broker_failure_keeps_the_unpublished_groups_in_the_chunk() -> None:
+    limiter = LocalRateLimiter(2, window=1.0, clock=Clock())
+    task = Task(fail_after=1)
+    waiting = [Waiting(i, "A", 0.2, False) for i in range(1, 6)]
+    assert tasks._hand_back(task, "tok", limiter)(waiting, {}) == [1, 2]  # type: ignore[arg-type]
+    assert [m["kwargs"]["ids"] for m in task.sent] == [[1, 2]]
 
 
 def test_bad_unsent_arguments_drop_the_message() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import random
 import time
 import uuid
 from collections.abc import Iterable
@@ -14,8 +16,10 @@ import redis
 from wxrecon.putback import putting_back
 from wxrecon.ratelimit import (
     REDIS_DOWN_RETRY,
+    Booking,
     LocalRateLimiter,
     RedisRateLimiter,
+    booked_groups,
     limit_key,
     make_limiter,
     rate_limit_hook,
@@ -359,3 +363,76 @@ def test_the_guard_setting_is_the_windows_length_past_a_second(
         monkeypatch.setenv("WXRECON_RATE_LIMIT_GUARD", bad)
         with pytest.raises((SettingsError, ValueError)):
             Settings()
+
+
+def test_booked_orders_go_in_groups_by_the_window_of_the_line_their_turns_fall_in() -> None:
+    # A new line at 0.5 s, 4 turns a window of 1 s: the first 4 then 2 in the next window.
+    assert booked_groups(Booking(0.5, 0.5, 0.25), 6, 4) == [(0.5, range(4)), (1.5, range(4, 6))]
+    # A line begun 0.6 s ago, its next free turn the fourth of its first window (now past):
+    # that one at once, then 4 as the next window starts, and so on.
+    assert booked_groups(Booking(-0.6, 0.15, 0.25), 7, 4) == [
+        (0.0, range(1)),
+        (0.4, range(1, 5)),
+        (1.4, range(5, 7)),
+    ]
+
+
+def test_a_line_s_windows_hold_at_most_rate_orders_whoever_booked_them() -> None:
+    """Bookings of any sizes with time passing between them (now and then long enough for
+    the line to run dry and begin again): no window of a line gets more than ``rate``
+    orders in all, and a group is due as its window starts, or at once inside it."""
+    rng, clock = random.Random(7), FakeClock()
+    limiter = LocalRateLimiter(5, window=1.02, clock=clock)
+    per_window: dict[tuple[float, int], int] = {}
+    for round_ in range(300):
+        n = rng.randint(1, 12)
+        booking = limiter.book("k", n, rng.uniform(0.1, 1.0))
+        line, width = round(clock.now + booking.origin, 6), 5 * booking.spacing
+        groups = booked_groups(booking, n, 5)
+        assert [j for _, turns in groups for j in turns] == list(range(n))
+        for due, turns in groups:
+            at = (clock.now + due - line) / width  # windows of the line so far
+            k = round(at) if due > 0 else math.floor(at + 1e-6)
+            if due > 0:  # due as its window starts
+                assert at == pytest.approx(k, abs=1e-5)
+            per_window[(line, k)] = per_window.get((line, k), 0) + len(turns)
+        clock.now += 60.0 if round_ % 25 == 24 else rng.uniform(0.0, 0.4)
+    assert max(per_window.values()) == 5
+    assert len({line for line, _ in per_window}) > 5  # lines ran dry and began again
+
+
+def test_local_bookings_follow_each_other_and_a_stale_line_is_forgotten() -> None:
+    clock = FakeClock()
+    limiter = LocalRateLimiter(4, window=1.0, clock=clock)
+    about = pytest.approx
+    assert limiter.book("k", 6, 0.5) == Booking(about(0.5), about(0.5), 0.25)  # 0.5 … 1.75
+    assert limiter.book("k", 2, 0.1) == Booking(about(0.5), about(2.0), 0.25)  # after those
+    assert limiter.book("other", 1, 0.1) == Booking(about(0.1), about(0.1), 0.25)  # its own
+    clock.now += 10  # the line is long done: a new one from its own wait
+    again = limiter.book("k", 1, 0.3)
+    assert again.origin == again.first == pytest.approx(0.3)
+    assert limiter.acquire("k") == 0.0  # a booking takes no grant
+
+
+@pytest.mark.redis
+def test_redis_bookings_are_one_line_across_limiters_and_expire(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test:rl:{uuid.uuid4().hex}:"
+    one = RedisRateLimiter(client, 4, window=1.0, prefix=prefix)
+    two = RedisRateLimiter(redis.Redis.from_url(redis_url), 4, window=1.0, prefix=prefix)
+    first = one.book("k", 6, 0.5)
+    assert 0.49 <= first.origin == first.first <= 0.5 and first.spacing == 0.25
+    # The other process's booking starts where the first ends (6 turns of 0.25 s), in the
+    # same line, less the moment that passed between the two calls.
+    second = two.book("k", 2, 0.1)
+    assert 1.9 <= second.first <= 2.0
+    assert second.first - second.origin == pytest.approx(1.5)
+    assert 0 < client.pttl(prefix + "book:k") <= 3500
+    assert one.acquire("k") == 0.0  # a booking takes no grant
+    client.delete(prefix + "book:k")
+    assert 0.29 <= one.book("k", 1, 0.3).first <= 0.3
+
+
+def test_a_booking_with_redis_down_is_a_line_of_its_own_from_the_wait() -> None:
+    limiter = RedisRateLimiter(redis.Redis.from_url("redis://127.0.0.1:1/0"), 4)
+    assert limiter.book("k", 3, 0.4) == Booking(0.4, 0.4, 0.255)

@@ -268,6 +268,23 @@ def test_poll_chunk_with_bad_arguments_is_dropped(
     assert tasks.poll_reductions.apply(kwargs={"ids": ids, "token": token}).get() == 0
 
 
+def test_a_booked_chunk_hands_back_without_booking_again(
+    installed: tuple[Database, FakeProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A booked group's orders that still find their grant taken go back due when it may be
+    free (no limiter: not to the end of the line); any other chunk's are booked."""
+    given: list[Any] = []
+
+    def hand_back(task: Any, token: str, limiter: Any = None) -> Any:
+        given.append(limiter)
+        return lambda waiting, unsent: []
+
+    monkeypatch.setattr(tasks, "_hand_back", hand_back)
+    for booked in (True, False):
+        tasks.poll_reductions.apply(kwargs={"ids": [99], "token": "t", "booked": booked}).get()
+    assert given[0] is None and given[1] is runtime.get().limiter is not None
+
+
 def test_dispatcher_chunks_by_size_and_token() -> None:
     from wxrecon.engine.sweep import Claim
 

@@ -1,4 +1,4 @@
-"""engine/steps.turns: a chunk's order whose rate-limit grant is not free is put back while
+"""engine/turns.turns: a chunk's order whose rate-limit grant is not free is put back while
 the others go on (a fake clock; no I/O)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from wxrecon import putback
-from wxrecon.engine.steps import Later, turns
+from wxrecon.engine.turns import Later, Waiting, turns
 
 
 class Clock:
@@ -93,13 +93,19 @@ def test_the_time_put_back_is_counted_as_rate_limit_wait() -> None:
 
 
 class HandBack:
-    def __init__(self, accept: bool = True) -> None:
+    """Publishes the first ``accept`` of what it is given (all by default)."""
+
+    def __init__(self, accept: int | None = None) -> None:
         self.accept = accept
         self.calls: list[tuple[list[int], list[int], float]] = []
+        self.keys: list[list[str]] = []
 
-    def __call__(self, ids: list[int], unsent: list[int], delay: float) -> bool:
-        self.calls.append((ids, unsent, round(delay, 3)))
-        return self.accept
+    def __call__(self, waiting: list[Waiting]) -> list[int]:
+        ids = [w.id for w in waiting]
+        delay = round(min(w.delay for w in waiting), 3)
+        self.calls.append((ids, [w.id for w in waiting if w.unsent], delay))
+        self.keys.append([w.key for w in waiting])
+        return ids[: self.accept]
 
 
 def waits_once(wait: float, unsent: bool, seen: list[int]) -> object:
@@ -135,8 +141,34 @@ def test_a_short_wait_is_slept_and_a_refused_hand_back_sleeps_as_before() -> Non
     assert [call() for _, call in steps][-1] == "SUBMITTED"
     assert back.calls == [] and clock.slept == [0.05]  # below HAND_BACK_AFTER: slept
 
-    clock, refused, seen = Clock(), HandBack(accept=False), []
+    clock, refused, seen = Clock(), HandBack(accept=0), []
     pairs = [(1, waits_once(0.5, True, seen))]
     out = [call() for _, call in turns(pairs, clock=clock, sleep=clock.sleep, hand_back=refused)]
     assert out[-1] == "SUBMITTED"
     assert len(refused.calls) == 1 and clock.slept == [0.5]  # asked once, then waited here
+
+
+def test_what_the_hand_back_did_not_publish_the_chunk_waits_for_itself() -> None:
+    """The hand-back published only order 2 (the broker went away after one message): the
+    chunk sleeps for order 3 and runs it; only 2's wait so far is counted at the hand-back.
+    Each waiting order goes with its budget's key."""
+    clock, back, seen_a, seen_b = Clock(), HandBack(accept=1), [], []  # type: ignore[var-annotated]
+
+    def keyed(wait: float, key: str, seen: list[int]) -> object:
+        def run() -> object:
+            seen.append(1)
+            return (
+                Later(wait, run, "submit_reduction", True, key) if len(seen) == 1 else "SUBMITTED"
+            )
+
+        return run
+
+    pairs = [
+        (2, keyed(0.5, "submit_reduction:A", seen_a)),
+        (3, keyed(0.7, "submit_reduction:B", seen_b)),
+    ]
+    out = [(i, call()) for i, call in turns(pairs, clock=clock, sleep=clock.sleep, hand_back=back)]
+    assert back.calls == [([2, 3], [2, 3], 0.5)]
+    assert back.keys == [["submit_reduction:A", "submit_reduction:B"]]
+    assert out == [(2, out[0][1]), (3, out[1][1]), (3, "SUBMITTED")]
+    assert clock.slept == [0.7] and seen_a == [1]  # 2 was not run again here

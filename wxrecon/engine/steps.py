@@ -10,18 +10,14 @@ asking the provider again. What to do with each answer is ``domain.decisions``' 
 from __future__ import annotations
 
 import functools
-import heapq
-import itertools
 import logging
 import random
-import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from wxrecon import metrics, putback
+from wxrecon import metrics
 from wxrecon.domain import decisions
 from wxrecon.domain.decisions import (
     Action,
@@ -33,6 +29,7 @@ from wxrecon.domain.decisions import (
     Write,
 )
 from wxrecon.domain.kinds import OrderKind, kind_of
+from wxrecon.engine.turns import PATIENCE, HandBack, Later, Publish, Steps, Waiting, turns
 from wxrecon.store import sql, unit
 from wxrecon.store.db import Database
 from wxrecon.store.rows import Row
@@ -48,86 +45,6 @@ log = logging.getLogger(__name__)
 MAX_CHUNK = 1000  # orders per poll message, at most
 
 Clock = Callable[[], datetime]
-Step = Callable[[], "str | Later | None"]  # one order's step of a chunk: returns its state
-Steps = Generator[tuple[int, Step], None, None]  # (order id, its step); a Later one again
-PATIENCE = 2.0  # seconds an order of a chunk is put back in all, then its call waits
-HAND_BACK_AFTER = 0.1  # seconds: a shorter wait of a whole chunk is slept, a longer handed back
-# The ids of a chunk's waiting orders, those of them whose first POST was never sent, and the
-# seconds until the first is due; True when they were published again (the chunk then ends).
-HandBack = Callable[[list[int], list[int], float], bool]
-# The same, for a chunk's task: the unsent ones with the row version the hand-back saw.
-Publish = Callable[[list[int], dict[int, int], float], bool]
-
-
-@dataclass(frozen=True)
-class Later:
-    """A step whose call found no rate-limit grant free: nothing was sent; ``resume``
-    carries on from that call after ``wait`` seconds."""
-
-    wait: float
-    resume: Callable[[], str | Later | None]
-    endpoint: str = ""  # whose budget it waits for (the wait metric's label)
-    unsent: bool = False  # the call is the order's first POST: it has never been sent
-
-
-def turns(
-    pairs: Iterable[tuple[int, Step]],
-    patience: float = PATIENCE,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    hand_back: HandBack | None = None,
-) -> Steps:
-    """Each (order id, step) in turn. A step that returns Later (its merchant's budget is
-    spent for now) is put back and comes again when its wait is over, while the others go
-    on: one saturated merchant no longer holds a chunk that has others. When every step
-    left is waiting, sleep until the first is due, or, for a wait of ``HAND_BACK_AFTER`` or
-    more, give the waiting orders to ``hand_back`` and end, so the process serves other
-    merchants and endpoints meanwhile (a sleeping chunk held it: bigger chunks starved the
-    queries). An order put back ``patience`` seconds in all makes its call like a lone one
-    (the limiter's own wait, then Throttled). The time an order spent put back is counted
-    as rate-limit wait once its call is made or it is handed back."""
-    fresh = deque(pairs)
-    # (due, seq, id, resume, seconds put back, the endpoint waited for, first POST unsent)
-    waiting: list[tuple[float, int, int, Step, float, str, bool]] = []
-    seq = itertools.count()
-    while fresh or waiting:
-        if waiting and not fresh and hand_back is not None:
-            delay = waiting[0][0] - clock()
-            if delay >= HAND_BACK_AFTER:
-                left = sorted(waiting, key=lambda w: w[1])  # in the order they were put back
-                ids, unsent = [w[2] for w in left], [w[2] for w in left if w[6]]
-                if hand_back(ids, unsent, delay):
-                    for w in waiting:
-                        metrics.count_ratelimit_wait(w[5], w[4], deferred=False)
-                    return
-                hand_back = None  # not published: this chunk sleeps instead, as before
-        if waiting and (not fresh or waiting[0][0] <= clock()):
-            due, _, order_id, step, waited, endpoint, _ = heapq.heappop(waiting)
-            pause = due - clock()
-            if pause > 0:
-                sleep(pause)
-        else:
-            (order_id, step), waited, endpoint = fresh.popleft(), 0.0, ""
-
-        def call(
-            order_id: int = order_id,
-            step: Step = step,
-            waited: float = waited,
-            endpoint: str = endpoint,
-        ) -> Any:
-            with putback.putting_back(waited < patience):
-                result = step()
-            if isinstance(result, Later):
-                due, waited = clock() + result.wait, waited + result.wait
-                entry = (due, next(seq), order_id, result.resume, waited, result.endpoint)
-                heapq.heappush(waiting, (*entry, result.unsent))
-            elif waited:
-                metrics.count_ratelimit_wait(endpoint, waited, deferred=False)
-            return result
-
-        yield order_id, call
-
-
 _LOG_LEVEL = {Action.REVIEW: logging.WARNING}
 
 
@@ -271,8 +188,10 @@ class Reconciler:
                 if hand_back is not None:
                     publish = hand_back
 
-                    def back(waiting: list[int], first: list[int], delay: float) -> bool:
-                        return publish(waiting, {i: rows[i].version for i in first}, delay)
+                    def back(waiting: list[Waiting]) -> Collection[int]:
+                        return publish(
+                            waiting, {w.id: rows[w.id].version for w in waiting if w.unsent}
+                        )
 
                 patience = getattr(self.settings, "rate_limit_max_wait", PATIENCE)
                 yield from turns(pairs, patience, hand_back=back)
@@ -354,7 +273,7 @@ class Reconciler:
             if isinstance(outcome, errors.NotYet):
                 resume = functools.partial(self._run, kind, work, row, decision, True)
                 unsent = decision.endpoint is Endpoint.SUBMIT and decision.first
-                return Later(outcome.retry_after, resume, outcome.endpoint, unsent)
+                return Later(outcome.retry_after, resume, outcome.endpoint, unsent, outcome.key)
             decision = decisions.decide(kind, row, decision, outcome, self.now(), self.policy)
         self._write(kind, work, row, decision)
         return work.state_of(row)
