@@ -9,6 +9,7 @@ anything else reports it, and its figures are not comparable.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import secrets
@@ -23,7 +24,9 @@ from urllib.parse import quote
 import httpx
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
+from rich.console import Console
 
+from benchmarks import crypto_floor
 from wxrecon.simulator import SimDir
 from wxrecon.wechatpay.client import REDUCTION_PATH, RetryPolicy, Timeouts, WeChatPayClient
 
@@ -257,3 +260,34 @@ def compare(
         name: sorted(found, key=lambda r: r.cpu_ms_per_request)[len(found) // 2]
         for name, found in runs.items()
     }
+
+
+def phase(
+    args: argparse.Namespace,
+    sim_dir: SimDir,
+    base_url: str,
+    admin: Any,
+    queries: Sequence[Query],
+    console: Console,
+) -> dict[str, Any]:
+    """``compare`` over ``--baseline-requests`` of ``queries`` (repeated as needed), the
+    simulator's rate limit off and the crypto floor sampled meanwhile."""
+    threads = args.baseline_threads or args.workers * args.concurrency
+    asked = (list(queries) * (1 + args.baseline_requests // max(1, len(queries))))[
+        : args.baseline_requests
+    ]
+    console.print(f"[bold]client baselines[/]: {len(asked):,} queries each, {threads} threads")
+    limit = admin.config()["rate_limit"]
+    admin.set_config(rate_limit=0)  # the baselines have no shared limiter
+    during = crypto_floor.During(sim_dir).start()
+    try:
+        found = compare(sim_dir, base_url, asked, threads, args.baseline_rounds)
+    finally:
+        admin.set_config(rate_limit=limit)
+        sampled = during.stop()
+    out: dict[str, Any] = {k: v.to_json() for k, v in found.items()}
+    if sampled:
+        out["crypto_floor"] = sampled.to_json()
+    out["threads"] = threads
+    out["rounds"] = args.baseline_rounds
+    return out

@@ -5,6 +5,7 @@ sizes; then an import SIGKILLed half-way and run again, counting the orders exac
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from rich.console import Console
 
 from benchmarks import harness
 from wxrecon.store.sealed import key_setting
@@ -209,3 +211,50 @@ def measure(
         )
     harness.drop_database(server_url, name)
     return report
+
+
+GOALS = {"rows_per_second": ("≥", 5000.0), "peak_rss_mb": ("≤", 150.0)}
+
+
+def phase(
+    args: argparse.Namespace, work: Path, console: Console, server_url: str, name: str
+) -> dict[str, Any]:
+    """``wxrecon import`` at two sizes (rows/s, peak RSS), and killed half-way then re-run,
+    in database ``name`` of ``server_url``; printed as it goes."""
+    console.print("[bold]bulk import[/]")
+    sizes = [int(x) for x in args.import_rows.split(",")]
+    r = measure(server_url, name, sizes, work, args.import_batch, args.import_kill_rows)
+    large, small = (r["runs"][str(n)] for n in sizes)
+    growth = (
+        round((large["peak_rss_mb"] / small["peak_rss_mb"] - 1) * 100, 1)
+        if small["peak_rss_mb"]
+        else None
+    )
+    r["rss_large_vs_small_pct"] = growth
+    goals = {
+        "rows_per_second": (large["rows_per_second"], *GOALS["rows_per_second"]),
+        "peak_rss_mb": (large["peak_rss_mb"], *GOALS["peak_rss_mb"]),
+        "rss_large_vs_small_pct": (growth, "≤", 10.0),
+    }
+    r["goals"] = {}
+    for name, (value, op, target) in goals.items():
+        met = value is not None and (value >= target if op == "≥" else value <= target)
+        r["goals"][name] = {"value": value, "goal": f"{op} {target:g}", "met": met}
+        console.print(f"  {name}: {value} (goal {op} {target:g}) {'met' if met else 'NOT met'}")
+    for n, run in r["runs"].items():
+        console.print(
+            f"  {int(n):>9,} rows: {run['rows_per_second']:,.0f} rows/s "
+            f"({run['seconds']} s), peak RSS {run['peak_rss_mb']} MB, exit {run['exit_code']}, "
+            f"load average {run['load_before']} -> {run['load_after']}"
+        )
+    if growth is not None:
+        console.print(f"  peak RSS {sizes[0]:,} vs {sizes[1]:,} rows: {growth:+.1f} %")
+    k = r["kill_and_rerun"]
+    console.print(
+        f"  killed at {k['stored_when_killed']:,} of {k['rows']:,}; after the re-run "
+        f"{k['orders']:,} orders ({k['distinct_orders']:,} distinct): "
+        f"{'exact' if k['exact'] else 'NOT exact'}; re-run {k['rerun']['created']:,} new + "
+        f"{k['rerun']['existing']:,} known at {k['rerun']['rows_per_second']:,.0f} rows/s, "
+        f"{k['enqueued_ids']:,} ids enqueued ({k['enqueued_distinct']:,} distinct)"
+    )
+    return r

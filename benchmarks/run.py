@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "large": results[str(large)],
             }
         if "import" not in args.skip:
-            run_import_phase(args, work, report, console)
+            report["import"] = bulk_import.phase(args, work, console, POSTGRES_URL, IMPORT_DB)
         report["ratios"] = ratios(report)
         report["goals"] = goals(report["ratios"])
         ok = True
@@ -165,52 +165,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 IMPORT_DB = "wxrecon_bench_import"
-IMPORT_GOALS = {"rows_per_second": ("≥", 5000.0), "peak_rss_mb": ("≤", 150.0)}
-
-
-def run_import_phase(
-    args: argparse.Namespace, work: Path, report: dict[str, Any], console: Console
-) -> None:
-    """``wxrecon import`` at two sizes (rows/s, peak RSS), and killed half-way then re-run."""
-    console.print("[bold]bulk import[/]")
-    sizes = [int(x) for x in args.import_rows.split(",")]
-    r = bulk_import.measure(
-        POSTGRES_URL, IMPORT_DB, sizes, work, args.import_batch, args.import_kill_rows
-    )
-    large, small = (r["runs"][str(n)] for n in sizes)
-    growth = (
-        round((large["peak_rss_mb"] / small["peak_rss_mb"] - 1) * 100, 1)
-        if small["peak_rss_mb"]
-        else None
-    )
-    r["rss_large_vs_small_pct"] = growth
-    goals = {
-        "rows_per_second": (large["rows_per_second"], *IMPORT_GOALS["rows_per_second"]),
-        "peak_rss_mb": (large["peak_rss_mb"], *IMPORT_GOALS["peak_rss_mb"]),
-        "rss_large_vs_small_pct": (growth, "≤", 10.0),
-    }
-    r["goals"] = {}
-    for name, (value, op, target) in goals.items():
-        met = value is not None and (value >= target if op == "≥" else value <= target)
-        r["goals"][name] = {"value": value, "goal": f"{op} {target:g}", "met": met}
-        console.print(f"  {name}: {value} (goal {op} {target:g}) {'met' if met else 'NOT met'}")
-    for n, run in r["runs"].items():
-        console.print(
-            f"  {int(n):>9,} rows: {run['rows_per_second']:,.0f} rows/s "
-            f"({run['seconds']} s), peak RSS {run['peak_rss_mb']} MB, exit {run['exit_code']}, "
-            f"load average {run['load_before']} -> {run['load_after']}"
-        )
-    if growth is not None:
-        console.print(f"  peak RSS {sizes[0]:,} vs {sizes[1]:,} rows: {growth:+.1f} %")
-    k = r["kill_and_rerun"]
-    console.print(
-        f"  killed at {k['stored_when_killed']:,} of {k['rows']:,}; after the re-run "
-        f"{k['orders']:,} orders ({k['distinct_orders']:,} distinct): "
-        f"{'exact' if k['exact'] else 'NOT exact'}; re-run {k['rerun']['created']:,} new + "
-        f"{k['rerun']['existing']:,} known at {k['rerun']['rows_per_second']:,.0f} rows/s, "
-        f"{k['enqueued_ids']:,} ids enqueued ({k['enqueued_distinct']:,} distinct)"
-    )
-    report["import"] = r
 
 
 def run_processes(
@@ -267,9 +221,9 @@ def run_processes(
                     during = crypto_floor.During(sim_dir).start()
                     # CPU of the rest of the rig over the same phase (single processes).
                     redis_pid = redis_server.child.pid if redis_server.child else None
-                    rig = {"simulator": sim.pid, "beat": beat.pid, "redis": redis_pid}
+                    singles = {"simulator": sim.pid, "beat": beat.pid, "redis": redis_pid}
                     others = harness.cpu_from_now(
-                        {k: pid for k, pid in rig.items() if pid is not None}
+                        {k: pid for k, pid in singles.items() if pid is not None}
                     )
                     load0 = os.getloadavg()
                     console.print(
@@ -371,45 +325,25 @@ def run_processes(
                             f"{len(delivery_phase.PATTERN)} blocks ({delivery_phase.PATTERN}, "
                             "B: webhook)"
                         )
-                        found = delivery_phase.alternate(
+                        blocks = delivery_phase.alternate(
                             rig,
                             lambda k, p: e2e.plan(k, mchids, p, rng),
                             n,
                             f"{tag}D",
                             simulator_pid=sim.pid,
                         )
-                        report["delivery_on"], report["delivery_off"] = found["on"], found["off"]
+                        report["delivery_on"], report["delivery_off"] = blocks["on"], blocks["off"]
                 else:
                     e2e.submit_all(db, orders[: args.baseline_requests], enqueue)
                     wait_final(db, f"{tag}T", min(len(orders), args.baseline_requests), check)
                 if "baselines" not in args.skip:
-                    threads = args.baseline_threads or args.workers * args.concurrency
                     queries = [
                         baselines.Query(o.mchid, e2e.account(o.mchid), o.out_request_no)
                         for o in orders
                     ]
-                    queries = (queries * (1 + args.baseline_requests // max(1, len(queries))))[
-                        : args.baseline_requests
-                    ]
-                    console.print(
-                        f"[bold]client baselines[/]: {len(queries):,} queries each, "
-                        f"{threads} threads"
+                    report["baselines"] = baselines.phase(
+                        args, sim_dir, str(sim.url), admin, queries, console
                     )
-                    limit = admin.config()["rate_limit"]
-                    admin.set_config(rate_limit=0)  # the baselines have no shared limiter
-                    during = crypto_floor.During(sim_dir).start()
-                    try:
-                        found = baselines.compare(
-                            sim_dir, str(sim.url), queries, threads, args.baseline_rounds
-                        )
-                    finally:
-                        admin.set_config(rate_limit=limit)
-                        sampled = during.stop()
-                    report["baselines"] = {k: v.to_json() for k, v in found.items()}
-                    if sampled:
-                        report["baselines"]["crypto_floor"] = sampled.to_json()
-                    report["baselines"]["threads"] = threads
-                    report["baselines"]["rounds"] = args.baseline_rounds
                 admin.close()
             finally:
                 db.dispose()

@@ -14,9 +14,7 @@ from sqlalchemy import (
     Connection,
     RowMapping,
     Select,
-    String,
     Table,
-    TypeDecorator,
     and_,
     bindparam,
     func,
@@ -28,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from wxrecon.store import arrays
 from wxrecon.store.db import Database
 from wxrecon.store.models import Base, Event, Outcome, active_predicate
 from wxrecon.store.rows import Row, field_names, row_from
@@ -122,45 +121,10 @@ def _insert_new_unnest(
     """PostgreSQL: every row in one short statement, one array parameter a column
     (``INSERT … SELECT * FROM unnest(…)``). Its text does not grow with the rows, so the
     driver neither parses nor the server plans a statement of thousands of parameters."""
-    columns = tuple(values[0])
-    arrays = _column_arrays(conn, t, columns, values)
-    stmt = _unnest_statement(t.name, columns, tuple(unique), conn.dialect)
-    return [tuple(r) for r in conn.exec_driver_sql(stmt, arrays)]
-
-
-def _column_arrays(
-    conn: Connection, t: Table, columns: Sequence[str], values: Sequence[Mapping[str, Any]]
-) -> tuple[list[Any], ...]:
-    """One list a column, each value through its type's bind processor (UTC datetimes)."""
-    binds = [t.c[c].type.bind_processor(conn.dialect) for c in columns]
-    return _arrays(values, columns, binds)
-
-
-def _arrays(
-    values: Sequence[Mapping[str, Any]], names: Sequence[str], binds: Sequence[Any]
-) -> tuple[list[Any], ...]:
-    arrays = []
-    for name, bind in zip(names, binds, strict=True):
-        raw = [v[name] for v in values]
-        arrays.append([bind(x) for x in raw] if bind is not None else raw)
-    return tuple(arrays)
-
-
-def _array_casts(types: Sequence[Any], dialect: Any) -> str:
-    return ", ".join(f"%b::{_array_of(typ, dialect)}" for typ in types)
-
-
-def _array_of(typ: Any, dialect: Any) -> str:
-    """The array type a column's values are cast to (the arrays are sent in psycopg's binary
-    format, ``%b``: its text format quotes every element through a regular expression,
-    which cost more than the statement saved). Strings go as text[]: an explicit cast
-    to varchar(n) silently truncates (the SQL standard's rule), whereas assigning text to
-    the column refuses a value too long for it, as a one-row statement does."""
-    if isinstance(typ, TypeDecorator):
-        typ = typ.impl_instance
-    if isinstance(typ, String):
-        return "TEXT[]"
-    return f"{typ.compile(dialect=dialect)}[]"
+    names = tuple(values[0])
+    params = arrays.column_arrays(conn, t, names, values)
+    stmt = _unnest_statement(t.name, names, tuple(unique), conn.dialect)
+    return [tuple(r) for r in conn.exec_driver_sql(stmt, params)]
 
 
 @functools.lru_cache(maxsize=32)
@@ -168,7 +132,7 @@ def _unnest_statement(
     name: str, columns: tuple[str, ...], unique: tuple[str, ...], dialect: Any
 ) -> str:
     t = Base.metadata.tables[name]
-    casts = _array_casts([t.c[c].type for c in columns], dialect)
+    casts = arrays.array_casts([t.c[c].type for c in columns], dialect)
     cols = ", ".join(f'"{c}"' for c in columns)
     keys = ", ".join(f'"{c}"' for c in unique)
     returning = ", ".join(['"id"', *(f'"{c}"' for c in unique)])
@@ -190,7 +154,7 @@ def insert_first_events(
             EVENT_INSERT, [event_params(kind, i, None, to, reason, actor, at) for i in ids]
         )
         return
-    (when,) = _column_arrays(conn, EVENTS, ("at",), [{"at": at}])
+    (when,) = arrays.column_arrays(conn, EVENTS, ("at",), [{"at": at}])
     conn.exec_driver_sql(
         _FIRST_EVENTS, (kind, to, reason or "(no reason given)", actor, when[0], list(ids))
     )
@@ -343,7 +307,7 @@ def cas_many(
     inserted for each row the UPDATE matched, so a lost race changes nothing of its order.
     One round trip and one plan instead of one per order."""
     stmt, names, binds = _cas_many_statement(table_name, keys, with_event, conn.dialect)
-    return {r[0] for r in conn.exec_driver_sql(stmt, _arrays(params, names, binds))}
+    return {r[0] for r in conn.exec_driver_sql(stmt, arrays.arrays(params, names, binds))}
 
 
 def update_many(
@@ -359,7 +323,7 @@ def update_many(
     stmt, names, binds = _update_many_statement(
         table_name, keys, tuple(c for c, _ in where), conn.dialect
     )
-    args = (*_arrays(params, names, binds), *(v for _, v in where))
+    args = (*arrays.arrays(params, names, binds), *(v for _, v in where))
     return {r[0] for r in conn.exec_driver_sql(stmt, args)}
 
 
@@ -369,7 +333,7 @@ def _update_many_statement(
 ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
     t = Base.metadata.tables[table_name]
     names = ("id", *keys)
-    casts = _array_casts([t.c[n].type for n in names], dialect)
+    casts = arrays.array_casts([t.c[n].type for n in names], dialect)
     aliases = ", ".join(f'"v_{n}"' for n in names)
     sets = ", ".join(f'"{k}" = v."v_{k}"' for k in keys)
     conditions = "".join(f' AND t."{c}" = %s' for c in where)
@@ -390,7 +354,7 @@ def _cas_many_statement(
     if with_event:
         columns += [(f"e_{n}", EVENTS.c[n].type) for n in EVENT_COLUMNS if n != "order_id"]
     names = tuple(n for n, _ in columns)
-    casts = _array_casts([typ for _, typ in columns], dialect)
+    casts = arrays.array_casts([typ for _, typ in columns], dialect)
     aliases = ", ".join(f'"{n}"' for n in names)
     sets = ", ".join(f'"{k}" = v."v_{k}"' for k in keys)
     update = (
