@@ -60,9 +60,10 @@ class RateLimiter(Protocol):
         """Take a grant: 0.0 on success, else the seconds until one may be free (none taken)."""
         ...
 
-    def book(self, key: str, n: int, after: float) -> Booking:
+    def book(self, key: str, n: int, after: float, horizon: float) -> Booking:
         """Book ``n`` turns on ``key``'s line, one every ``window / rate`` seconds, from
-        ``after`` seconds on or after the turns booked already. A booking grants nothing
+        ``after`` seconds on or after the turns booked already, as many of them as begin
+        within ``horizon`` seconds (``Booking.count``). A booking grants nothing
         (each call still takes its grant); it spreads the orders handed back by every
         process over the budget's time, so they do not all wake for the same grant and
         ask again in turn (docs/design.md, "Waiting for a grant")."""
@@ -72,22 +73,29 @@ class RateLimiter(Protocol):
 @dataclass(frozen=True)
 class Booking:
     """Turns booked on a budget's line, in seconds from now: where the line began (its
-    windows of ``rate`` turns start there), this booking's first turn, and a turn's length."""
+    windows of ``rate`` turns start there), this booking's first turn, a turn's length, and
+    how many turns it holds (those asked for that began within the horizon)."""
 
     origin: float
     first: float
     spacing: float
+    count: int
 
 
-def booked_groups(booking: Booking, n: int, rate: int) -> list[tuple[float, range]]:
-    """The ``n`` orders of ``booking`` in groups by the line's window their turns fall in,
+def within(first: float, n: int, spacing: float, horizon: float) -> int:
+    """How many of ``n`` turns from ``first`` on begin within ``horizon`` (all in seconds)."""
+    return max(0, min(n, int((horizon - first) / spacing) + 1)) if first <= horizon else 0
+
+
+def booked_groups(booking: Booking, rate: int) -> list[tuple[float, range]]:
+    """The orders of ``booking`` in groups by the line's window their turns fall in,
     each due when its window starts (not before now). The orders of a window take their
     grants as it starts, so those are free again as the next one starts; and a window's
     groups, from every process, are ``rate`` orders at most."""
     start = round((booking.first - booking.origin) / booking.spacing)  # turns before ours
     width = rate * booking.spacing
     groups: list[tuple[float, range]] = []
-    j = 0
+    j, n = 0, booking.count
     while j < n:
         window = (start + j) // rate
         end = min(n, (window + 1) * rate - start)
@@ -123,15 +131,17 @@ class LocalRateLimiter:
                 return 0.0
             return max(grants[0] + self.window - now, 0.001)
 
-    def book(self, key: str, n: int, after: float) -> Booking:
+    def book(self, key: str, n: int, after: float, horizon: float) -> Booking:
         spacing = self.window / self.rate
         with self._lock:
             now = self.clock()
             origin, first = self._lines.get(key, (0.0, 0.0))
             if first < now + after:  # the line ran dry: a new one from the earliest grant
                 origin = first = now + after
-            self._lines[key] = (origin, first + n * spacing)
-            return Booking(origin - now, first - now, spacing)
+            count = within(first - now, n, spacing, horizon)
+            if count:
+                self._lines[key] = (origin, first + count * spacing)
+            return Booking(origin - now, first - now, spacing, count)
 
 
 # KEYS[1]: the log. ARGV: rate, window in microseconds, a unique member.
@@ -156,21 +166,30 @@ return wait
 
 # KEYS[1]: the key's line, a hash: where it began and its next free turn (microseconds of
 # the server's clock). ARGV: turns, microseconds a turn, microseconds from now to the
-# earliest turn. Returns the line's start and the first turn booked, from now.
+# earliest turn, to the horizon. Books the turns that begin within the horizon; returns the
+# line's start and the first turn, from now, and how many turns it booked (``within``).
 _BOOK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local spacing = tonumber(ARGV[2])
 local earliest = now + tonumber(ARGV[3])
 local line = redis.call('HMGET', KEYS[1], 'origin', 'next')
 local origin, first = tonumber(line[1]), tonumber(line[2])
 if not first or first < earliest then
   origin, first = earliest, earliest
 end
-local stop = first + tonumber(ARGV[1]) * tonumber(ARGV[2])
-local fmt = string.format
-redis.call('HSET', KEYS[1], 'origin', fmt('%d', origin), 'next', fmt('%d', stop))
-redis.call('PEXPIRE', KEYS[1], math.ceil((stop - now) / 1000) + 1000)
-return {origin - now, first - now}
+local count = 0
+local horizon = now + tonumber(ARGV[4])
+if first <= horizon then
+  count = math.min(tonumber(ARGV[1]), math.floor((horizon - first) / spacing) + 1)
+end
+if count > 0 then
+  local stop = first + count * spacing
+  local fmt = string.format
+  redis.call('HSET', KEYS[1], 'origin', fmt('%d', origin), 'next', fmt('%d', stop))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((stop - now) / 1000) + 1000)
+end
+return {origin - now, first - now, count}
 """
 
 
@@ -213,14 +232,16 @@ class RedisRateLimiter:
         wait_us = self._call(_SLIDING_WINDOW, _SCRIPT_SHA, args)
         return REDIS_DOWN_RETRY if wait_us is None else int(wait_us) / 1_000_000
 
-    def book(self, key: str, n: int, after: float) -> Booking:
+    def book(self, key: str, n: int, after: float, horizon: float) -> Booking:
         spacing_us = -(-self.window_us // self.rate)  # rounded up: a line never runs fast
-        args = (1, f"{self.prefix}book:{key}", n, spacing_us, int(max(after, 0.0) * 1_000_000))
+        us = (max(after, 0.0), horizon)
+        args = (1, f"{self.prefix}book:{key}", n, spacing_us, *(int(x * 1_000_000) for x in us))
+        spacing = spacing_us / 1_000_000
         line = self._call(_BOOK, _BOOK_SHA, args)
         if line is None:  # no line: a new one from the earliest grant, as if alone
-            return Booking(after, after, spacing_us / 1_000_000)
-        origin_us, first_us = line
-        return Booking(origin_us / 1_000_000, first_us / 1_000_000, spacing_us / 1_000_000)
+            return Booking(after, after, spacing, within(after, n, spacing, horizon))
+        origin_us, first_us, count = line
+        return Booking(origin_us / 1_000_000, first_us / 1_000_000, spacing, int(count))
 
     def _call(self, script: str, sha: str, args: tuple[Any, ...]) -> Any:
         """The script's answer; None when Redis cannot be reached (logged)."""

@@ -40,7 +40,7 @@ from wxrecon.domain.kinds import BILL, REDUCTION, OrderKind
 from wxrecon.engine.intake import IntakeResult
 from wxrecon.engine.steps import MAX_CHUNK
 from wxrecon.engine.sweep import Claim, sweep
-from wxrecon.engine.turns import Later, Publish, Steps, Waiting
+from wxrecon.engine.turns import Hold, Later, Publish, Steps, Waiting
 from wxrecon.logs import safe_reprs
 from wxrecon.ratelimit import RateLimiter, booked_groups
 from wxrecon.takers import DB_DOWN, Refused, refuse_positional, take_bill, take_reduction
@@ -176,40 +176,51 @@ def _chunk_args(
 
 
 def hand_back_groups(
-    waiting: Sequence[Waiting], limiter: RateLimiter | None
+    waiting: Sequence[Waiting], limiter: RateLimiter | None, horizon: float
 ) -> list[tuple[float, list[int], bool]]:
     """The messages a chunk's waiting orders go back in: (seconds until due, ids, booked).
     Each budget's orders are booked on the shared limiter's line and go in groups due as
     their windows start (``ratelimit.booked_groups``): every process's handed-back orders
     take turns, instead of all waking for the next grant and all but one trying again.
-    Without a limiter (orders of a booked group that still found their grant taken: their
-    group came late, or others took it), or with no budget known, a budget's orders go
-    together, due when the first may have its grant: a late group's orders keep their
-    place instead of going to the end of the line, once."""
+    Those whose turn would begin past ``horizon`` go together, due then, to be booked again
+    (a message waits in a worker, and a claim is held, for a bounded time). Without a
+    limiter (orders of a booked group that still found their grant taken: their group came
+    late, or others took it), or with no budget known, a budget's orders go together, due
+    when the first may have its grant: a late group keeps its place, once, instead of
+    going to the end of the line."""
     by_key: dict[str, list[Waiting]] = {}
     for w in waiting:
         by_key.setdefault(w.key, []).append(w)
     groups: list[tuple[float, list[int], bool]] = []
     for key, group in by_key.items():
+        after = min(w.delay for w in group)
         if not key or limiter is None:
-            groups.append((min(w.delay for w in group), [w.id for w in group], False))
+            groups.append((min(after, horizon), [w.id for w in group], False))
             continue
-        booking = limiter.book(key, len(group), min(w.delay for w in group))
-        for due, turns in booked_groups(booking, len(group), limiter.rate):
+        booking = limiter.book(key, len(group), after, horizon)
+        for due, turns in booked_groups(booking, limiter.rate):
             groups.append((due, [group[i].id for i in turns], True))
+        if booking.count < len(group):
+            groups.append((horizon, [w.id for w in group[booking.count :]], False))
     return sorted(groups, key=lambda g: g[0])
 
 
-def _hand_back(task: Task, token: str, limiter: RateLimiter | None = None) -> Publish:
+def _hand_back(
+    task: Task, token: str, limiter: RateLimiter | None = None, horizon: float = 60.0
+) -> Publish:
     """The chunk's waiting orders as new messages on the due queue, each run once its orders'
-    turn comes (held by a worker meanwhile, not by a process: engine/turns.turns)."""
+    turn comes (held by a worker meanwhile, not by a process: engine/turns.turns). Each
+    message's orders have their claim held past its due time first (``hold``), so the
+    sweep does not take them again while they wait."""
 
-    def publish(waiting: list[Waiting], unsent: dict[int, int]) -> list[int]:
+    def publish(waiting: list[Waiting], unsent: dict[int, int], hold: Hold) -> list[int]:
         published: list[int] = []
-        for delay, ids, booked in hand_back_groups(waiting, limiter):
+        for delay, ids, booked in hand_back_groups(waiting, limiter, horizon):
             first = [[i, unsent[i]] for i in ids if i in unsent]
             kwargs = {"ids": ids, "token": token, "unsent": first, "booked": booked}
             try:
+                if not hold(ids, delay):
+                    break  # the database refused: the chunk keeps the rest and waits
                 task.apply_async(kwargs=kwargs, queue=DUE_QUEUE, countdown=round(delay, 3))
             except Exception as exc:  # the broker is away: the chunk keeps the rest and waits
                 log.warning(
@@ -284,7 +295,10 @@ def _poll_tasks(kind: OrderKind, one: str, chunk: str, sweeper: str) -> tuple[Ta
             return 0
         ids, token, unsent = args
         rt = runtime.get()
-        back = _hand_back(poll_chunk, token, None if booked is True else rt.limiter)
+        limiter = None if booked is True else rt.limiter
+        # Turns at most a lease ahead: a countdown well inside the broker's visibility
+        # timeout (three leases, worker.visibility_timeout).
+        back = _hand_back(poll_chunk, token, limiter, horizon=rt.settings.claim_lease)
         steps = rt.reconciler().steps(kind, ids, token, unsent, hand_back=back)
         return _process_chunk(steps, ids)
 

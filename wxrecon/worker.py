@@ -75,10 +75,11 @@ RETRY_BACKOFF_MAX = 30
 
 def visibility_timeout(settings: Settings) -> int:
     # How long Redis waits before handing a dead worker's unacknowledged message to another.
-    # Every task ends within its hard time limit (< claim_lease), and a retry waits at most
-    # RETRY_BACKOFF_MAX in the worker that holds it, so a few leases (and twice that wait) is
-    # safe; it bounds how long a poll held by a SIGKILLed worker waits (by-name intake on
-    # Redis never sits in kombu's unacked set: the intake pump reads it, see inbox.py).
+    # Every task ends within its hard time limit (< claim_lease), a retry waits at most
+    # RETRY_BACKOFF_MAX in the worker that holds it, and a handed-back chunk at most a lease
+    # (tasks.hand_back_groups' horizon), so a few leases (and twice that wait) is safe; it
+    # bounds how long a poll held by a SIGKILLed worker waits (by-name intake on Redis never
+    # sits in kombu's unacked set: the intake pump reads it, see inbox.py).
     return int(max(2.0 * RETRY_BACKOFF_MAX, settings.claim_lease * 3))
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.fixtures_db import EngineSettings, FakeClock, FakeProvider, reduction
 from tests.integration.test_chunks import Limited, intake_all, path, state
 from wxrecon import tasks
@@ -27,10 +29,23 @@ class Asked(Limited):
 
 
 class Published(list[tuple[list[int], dict[int, int], float]]):
-    def __call__(self, waiting: list[Waiting], unsent: dict[int, int]) -> list[int]:
-        ids = [w.id for w in waiting]
-        self.append((ids, dict(unsent), min(w.delay for w in waiting)))
+    """Publishes everything in one message, its claims held first (as ``_hand_back`` does)."""
+
+    def __call__(self, waiting: list[Waiting], unsent: dict[int, int], hold: Any) -> list[int]:
+        ids, delay = [w.id for w in waiting], min(w.delay for w in waiting)
+        assert hold(ids, delay)
+        self.append((ids, dict(unsent), delay))
         return ids
+
+
+class Holds(list[tuple[list[int], float]]):
+    def __init__(self, ok: bool = True) -> None:
+        super().__init__()
+        self.ok = ok
+
+    def __call__(self, ids: list[int], seconds: float) -> bool:
+        self.append((ids, seconds))
+        return self.ok
 
 
 def limited(provider: FakeProvider, settings: EngineSettings, clock: FakeClock, rate: int) -> Any:
@@ -122,12 +137,17 @@ def test_the_hand_back_message_is_a_due_chunk_run_after_the_wait() -> None:
     """Orders whose budget is not known go back together, due when the first may go."""
     task = Task()
     waiting = [Waiting(3, "", 1.5, False), Waiting(4, "", 1.23456, True)]
-    assert tasks._hand_back(task, "tok")(waiting, {4: 7}) == [3, 4]  # type: ignore[arg-type]
+    holds = Holds()
+    assert tasks._hand_back(task, "tok")(waiting, {4: 7}, holds) == [3, 4]  # type: ignore[arg-type]
+    assert holds == [([3, 4], 1.23456)]  # held before it was published
     [sent] = task.sent
     assert sent["kwargs"] == {"ids": [3, 4], "token": "tok", "unsent": [[4, 7]], "booked": False}
     assert sent["queue"] == "wxrecon.due" and sent["countdown"] == 1.235
     assert tasks._chunk_args([3, 4], "tok", sent["kwargs"]["unsent"]) == ([3, 4], "tok", {4: 7})
-    assert tasks._hand_back(Task(fail_after=0), "tok")(waiting, {}) == []  # type: ignore[arg-type]
+    assert tasks._hand_back(Task(fail_after=0), "tok")(waiting, {}, Holds()) == []  # type: ignore[arg-type]
+    refused = Task()  # the database would not hold the claims: nothing is published
+    assert tasks._hand_back(refused, "tok")(waiting, {}, Holds(ok=False)) == []  # type: ignore[arg-type]
+    assert refused.sent == []
 
 
 class Clock:
@@ -149,7 +169,8 @@ def test_each_budget_s_orders_are_booked_and_go_back_in_groups_as_their_windows_
     task = Task()
     a = [Waiting(i, "A", 0.5, i % 2 == 0) for i in range(1, 7)]
     waiting = [*a, Waiting(9, "B", 0.3, False)]
-    published = tasks._hand_back(task, "tok", limiter)(waiting, {2: 5, 4: 5, 6: 5})  # type: ignore[arg-type]
+    holds = Holds()
+    published = tasks._hand_back(task, "tok", limiter)(waiting, {2: 5, 4: 5, 6: 5}, holds)  # type: ignore[arg-type]
     assert sorted(published) == [1, 2, 3, 4, 5, 6, 9]
     got = [(m["countdown"], m["kwargs"]["ids"], m["kwargs"]["unsent"]) for m in task.sent]
     assert got == [
@@ -158,9 +179,11 @@ def test_each_budget_s_orders_are_booked_and_go_back_in_groups_as_their_windows_
         (1.5, [5, 6], [[6, 5]]),
     ]
     assert all(m["kwargs"]["booked"] for m in task.sent)
+    # Each message's claims held until it is due.
+    assert [(i, round(d, 6)) for i, d in holds] == [([9], 0.3), ([1, 2, 3, 4], 0.5), ([5, 6], 1.5)]
     later = Task()
     more = [Waiting(i, "A", 0.5, False) for i in (7, 8, 10)]
-    tasks._hand_back(later, "tok", limiter)(more, {})  # type: ignore[arg-type]
+    tasks._hand_back(later, "tok", limiter)(more, {}, Holds())  # type: ignore[arg-type]
     assert [(m["countdown"], m["kwargs"]["ids"]) for m in later.sent] == [
         (1.5, [7, 8]),
         (2.5, [10]),
@@ -171,8 +194,67 @@ def test_a_broker_failure_keeps_the_unpublished_groups_in_the_chunk() -> None:
     limiter = LocalRateLimiter(2, window=1.0, clock=Clock())
     task = Task(fail_after=1)
     waiting = [Waiting(i, "A", 0.2, False) for i in range(1, 6)]
-    assert tasks._hand_back(task, "tok", limiter)(waiting, {}) == [1, 2]  # type: ignore[arg-type]
+    assert tasks._hand_back(task, "tok", limiter)(waiting, {}, Holds()) == [1, 2]  # type: ignore[arg-type]
     assert [m["kwargs"]["ids"] for m in task.sent] == [[1, 2]]
+
+
+def test_turns_past_the_horizon_go_back_together_at_it_to_be_booked_again() -> None:
+    """4 turns a second from 0.5 s, a horizon of 1.5 s: five of the eight are booked (4 at
+    0.5, 1 at 1.5); the other three go back unbooked, due at the horizon."""
+    limiter = LocalRateLimiter(4, window=1.0, clock=Clock())
+    task = Task()
+    waiting = [Waiting(i, "A", 0.5, False) for i in range(1, 9)]
+    publish = tasks._hand_back(task, "tok", limiter, horizon=1.5)  # type: ignore[arg-type]
+    assert sorted(publish(waiting, {}, Holds())) == list(range(1, 9))
+    got = [(m["countdown"], m["kwargs"]["ids"], m["kwargs"]["booked"]) for m in task.sent]
+    assert got == [(0.5, [1, 2, 3, 4], True), (1.5, [5], True), (1.5, [6, 7, 8], False)]
+
+
+def test_a_handed_back_chunk_holds_its_orders_claims_past_their_due_time(
+    db: Database, provider: FakeProvider, engine_settings: EngineSettings, clock: FakeClock
+) -> None:
+    """The sweep must not take a waiting order again while its message waits: its claim is
+    held until the message is due and a lease past that, under the same token, the row's
+    version unchanged (the unsent hint still names it)."""
+    from sqlalchemy import select
+
+    ids, token = intake_all(db, clock, ["HC1", "HC2", "HC3"])
+    provider.submit_answers.extend(reduction(no, "PROCESSING") for no in ["x"] * 3)
+    published = Published()
+    run(limited(provider, engine_settings, clock, 1), db, ids, token, hand_back=published)
+    [(back, unsent, delay)] = published
+    with db.read() as session:
+        rows = session.execute(
+            select(SpecialReduction).where(SpecialReduction.id.in_(back))
+        ).scalars()
+        held = {r.id: (r.claim_token, r.claimed_until, r.next_poll_at, r.version) for r in rows}
+    lease = engine_settings.claim_lease
+    for i in back:
+        claim_token, until, next_poll, version = held[i]
+        assert claim_token == token and until == next_poll
+        assert (until - clock()).total_seconds() == pytest.approx(delay + lease, abs=0.01)
+        assert version == unsent[i]
+
+
+def test_a_hold_extends_only_the_token_s_own_claims_and_never_shortens_one(
+    db: Database, clock: FakeClock
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from wxrecon.store import sql
+
+    ids, token = intake_all(db, clock, ["HD1", "HD2"])
+    far = clock() + timedelta(hours=1)
+    assert sql.hold_claims(db, SpecialReduction, ids, "someone-else", far) == 0
+    assert sql.hold_claims(db, SpecialReduction, ids, token, far) == 2
+    assert sql.hold_claims(db, SpecialReduction, ids, token, clock()) == 0  # not shorter
+    with db.read() as session:
+        until = session.execute(
+            select(SpecialReduction.claimed_until).where(SpecialReduction.id.in_(ids))
+        ).scalars()
+        assert set(until) == {far}
 
 
 def test_bad_unsent_arguments_drop_the_message() -> None:

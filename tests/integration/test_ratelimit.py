@@ -23,6 +23,7 @@ from wxrecon.ratelimit import (
     limit_key,
     make_limiter,
     rate_limit_hook,
+    within,
 )
 from wxrecon.wechatpay.client import Endpoint
 from wxrecon.wechatpay.errors import NotYet, Throttled
@@ -367,10 +368,10 @@ def test_the_guard_setting_is_the_windows_length_past_a_second(
 
 def test_booked_orders_go_in_groups_by_the_window_of_the_line_their_turns_fall_in() -> None:
     # A new line at 0.5 s, 4 turns a window of 1 s: the first 4 then 2 in the next window.
-    assert booked_groups(Booking(0.5, 0.5, 0.25), 6, 4) == [(0.5, range(4)), (1.5, range(4, 6))]
+    assert booked_groups(Booking(0.5, 0.5, 0.25, 6), 4) == [(0.5, range(4)), (1.5, range(4, 6))]
     # A line begun 0.6 s ago, its next free turn the fourth of its first window (now past):
     # that one at once, then 4 as the next window starts, and so on.
-    assert booked_groups(Booking(-0.6, 0.15, 0.25), 7, 4) == [
+    assert booked_groups(Booking(-0.6, 0.15, 0.25, 7), 4) == [
         (0.0, range(1)),
         (0.4, range(1, 5)),
         (1.4, range(5, 7)),
@@ -386,9 +387,9 @@ def test_a_line_s_windows_hold_at_most_rate_orders_whoever_booked_them() -> None
     per_window: dict[tuple[float, int], int] = {}
     for round_ in range(300):
         n = rng.randint(1, 12)
-        booking = limiter.book("k", n, rng.uniform(0.1, 1.0))
+        booking = limiter.book("k", n, rng.uniform(0.1, 1.0), horizon=3600)
         line, width = round(clock.now + booking.origin, 6), 5 * booking.spacing
-        groups = booked_groups(booking, n, 5)
+        groups = booked_groups(booking, 5)
         assert [j for _, turns in groups for j in turns] == list(range(n))
         for due, turns in groups:
             at = (clock.now + due - line) / width  # windows of the line so far
@@ -405,11 +406,11 @@ def test_local_bookings_follow_each_other_and_a_stale_line_is_forgotten() -> Non
     clock = FakeClock()
     limiter = LocalRateLimiter(4, window=1.0, clock=clock)
     about = pytest.approx
-    assert limiter.book("k", 6, 0.5) == Booking(about(0.5), about(0.5), 0.25)  # 0.5 … 1.75
-    assert limiter.book("k", 2, 0.1) == Booking(about(0.5), about(2.0), 0.25)  # after those
-    assert limiter.book("other", 1, 0.1) == Booking(about(0.1), about(0.1), 0.25)  # its own
+    assert limiter.book("k", 6, 0.5, 60) == Booking(about(0.5), about(0.5), 0.25, 6)  # to 1.75
+    assert limiter.book("k", 2, 0.1, 60) == Booking(about(0.5), about(2.0), 0.25, 2)  # after
+    assert limiter.book("other", 1, 0.1, 60) == Booking(about(0.1), about(0.1), 0.25, 1)
     clock.now += 10  # the line is long done: a new one from its own wait
-    again = limiter.book("k", 1, 0.3)
+    again = limiter.book("k", 1, 0.3, 60)
     assert again.origin == again.first == pytest.approx(0.3)
     assert limiter.acquire("k") == 0.0  # a booking takes no grant
 
@@ -420,19 +421,46 @@ def test_redis_bookings_are_one_line_across_limiters_and_expire(redis_url: str) 
     prefix = f"test:rl:{uuid.uuid4().hex}:"
     one = RedisRateLimiter(client, 4, window=1.0, prefix=prefix)
     two = RedisRateLimiter(redis.Redis.from_url(redis_url), 4, window=1.0, prefix=prefix)
-    first = one.book("k", 6, 0.5)
+    first = one.book("k", 6, 0.5, 60)
     assert 0.49 <= first.origin == first.first <= 0.5 and first.spacing == 0.25
+    assert first.count == 6
     # The other process's booking starts where the first ends (6 turns of 0.25 s), in the
     # same line, less the moment that passed between the two calls.
-    second = two.book("k", 2, 0.1)
+    second = two.book("k", 2, 0.1, 60)
     assert 1.9 <= second.first <= 2.0
     assert second.first - second.origin == pytest.approx(1.5)
     assert 0 < client.pttl(prefix + "book:k") <= 3500
     assert one.acquire("k") == 0.0  # a booking takes no grant
     client.delete(prefix + "book:k")
-    assert 0.29 <= one.book("k", 1, 0.3).first <= 0.3
+    assert 0.29 <= one.book("k", 1, 0.3, 60).first <= 0.3
 
 
 def test_a_booking_with_redis_down_is_a_line_of_its_own_from_the_wait() -> None:
     limiter = RedisRateLimiter(redis.Redis.from_url("redis://127.0.0.1:1/0"), 4)
-    assert limiter.book("k", 3, 0.4) == Booking(0.4, 0.4, 0.255)
+    assert limiter.book("k", 3, 0.4, 60) == Booking(0.4, 0.4, 0.255, 3)
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_a_booking_holds_only_the_turns_that_begin_within_the_horizon(
+    backend: str, request: Any
+) -> None:
+    """4 turns a second, the line's first turn at 0.5 s, a horizon of 1.5 s: the turns at
+    0.5, 0.75 … 1.5 (five) are booked of the eight asked; the next booking begins where those
+    end, and one with nothing inside its horizon books nothing and leaves the line be."""
+    if backend == "redis":
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        prefix = f"test:rl:{uuid.uuid4().hex}:"
+        limiter: Any = RedisRateLimiter(client, 4, window=1.0, prefix=prefix)
+    else:
+        limiter = LocalRateLimiter(4, window=1.0, clock=FakeClock())
+    assert limiter.book("k", 8, 0.5, 1.5).count == 5
+    assert limiter.book("k", 3, 0.1, 1.0).count == 0  # the line's next turn is at 1.75
+    later = limiter.book("k", 3, 0.1, 60)
+    assert later.count == 3 and later.first == pytest.approx(1.75, abs=0.02)
+
+
+def test_within_counts_the_turns_that_begin_by_the_horizon() -> None:
+    assert within(0.5, 8, 0.25, 1.5) == 5
+    assert within(0.5, 3, 0.25, 60) == 3
+    assert within(2.0, 3, 0.25, 1.0) == 0
+    assert within(1.0, 3, 0.25, 1.0) == 1

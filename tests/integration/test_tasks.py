@@ -272,17 +272,20 @@ def test_a_booked_chunk_hands_back_without_booking_again(
     installed: tuple[Database, FakeProvider], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A booked group's orders that still find their grant taken go back due when it may be
-    free (no limiter: not to the end of the line); any other chunk's are booked."""
+    free (no limiter: not to the end of the line); any other chunk's are booked. Either way
+    no turn is booked, nor a message due, more than a lease ahead."""
     given: list[Any] = []
 
-    def hand_back(task: Any, token: str, limiter: Any = None) -> Any:
-        given.append(limiter)
-        return lambda waiting, unsent: []
+    def hand_back(task: Any, token: str, limiter: Any = None, horizon: float = 0) -> Any:
+        given.append((limiter, horizon))
+        return lambda waiting, unsent, hold: []
 
     monkeypatch.setattr(tasks, "_hand_back", hand_back)
     for booked in (True, False):
         tasks.poll_reductions.apply(kwargs={"ids": [99], "token": "t", "booked": booked}).get()
-    assert given[0] is None and given[1] is runtime.get().limiter is not None
+    rt = runtime.get()
+    assert given == [(None, rt.settings.claim_lease), (rt.limiter, rt.settings.claim_lease)]
+    assert rt.limiter is not None
 
 
 def test_dispatcher_chunks_by_size_and_token() -> None:

@@ -14,8 +14,10 @@ import logging
 import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+from sqlalchemy.exc import DBAPIError
 
 from wxrecon import metrics
 from wxrecon.domain import decisions
@@ -189,14 +191,28 @@ class Reconciler:
                     publish = hand_back
 
                     def back(waiting: list[Waiting]) -> Collection[int]:
+                        versions = {w.id: rows[w.id].version for w in waiting if w.unsent}
                         return publish(
-                            waiting, {w.id: rows[w.id].version for w in waiting if w.unsent}
+                            waiting, versions, functools.partial(self._hold, kind, token)
                         )
 
                 patience = getattr(self.settings, "rate_limit_max_wait", PATIENCE)
                 yield from turns(pairs, patience, hand_back=back)
             finally:
                 work.flush()
+
+    def _hold(self, kind: OrderKind, token: str, ids: list[int], seconds: float) -> bool:
+        """Keep the claims of a chunk's handed-back orders until ``seconds`` from now and a
+        lease past that (committed now): a message that waits its turn must not find its
+        orders taken by a sweep. False when the database refused."""
+        lease = getattr(self.settings, "claim_lease", 120.0)
+        until = self.now() + timedelta(seconds=seconds + lease)
+        try:
+            sql.hold_claims(self.db, kind.model, ids, token, until)
+        except DBAPIError as exc:
+            log.warning("could not hold %d waiting orders (%s)", len(ids), type(exc).__name__)
+            return False
+        return True
 
     def _mark(
         self, kind: OrderKind, rows: Iterable[Row], token: str, unsent: Mapping[int, int]

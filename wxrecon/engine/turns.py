@@ -33,8 +33,12 @@ class Waiting:
 # A chunk's waiting orders, in the order they were put back, to publish again; returns the
 # ids it published (the chunk keeps the others and waits for them itself).
 HandBack = Callable[[list[Waiting]], Collection[int]]
-# The same, for a chunk's task: with the row version the hand-back saw of each unsent one.
-Publish = Callable[[list[Waiting], dict[int, int]], Collection[int]]
+# Keep these orders' claims until this many seconds from now, and a lease past that; False
+# when the database refused (nothing is published then).
+Hold = Callable[[list[int], float], bool]
+# The same, for a chunk's task: with the row version the hand-back saw of each unsent one,
+# and the chunk's Hold.
+Publish = Callable[[list[Waiting], dict[int, int], Hold], Collection[int]]
 
 
 @dataclass(frozen=True)

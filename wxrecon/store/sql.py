@@ -257,6 +257,22 @@ def claim(
         return sorted(conn.execute(stmt.values(**values).returning(t.c.id)).scalars())
 
 
+def hold_claims(
+    db: Database, model: type[Any], ids: Sequence[int], token: str, until: datetime
+) -> int:
+    """Extend the claims of ``ids`` held under ``token`` to ``until`` (not shorter), in one
+    committed statement; the version stays (nothing about the order changed). Returns how
+    many it held: an order another claim took, or whose claim a write ended, is left be."""
+    t = table(model)
+    stmt = (
+        update(t)
+        .where(t.c.id.in_(list(ids)), t.c.claim_token == token, t.c.claimed_until < until)
+        .values(claimed_until=until, next_poll_at=until)
+    )
+    with db.begin() as conn:
+        return conn.execute(stmt).rowcount
+
+
 @functools.cache
 def cas_statement(table_name: str, keys: tuple[str, ...], with_event: bool) -> Any:
     """The compare-and-set ``UPDATE … WHERE id=? AND version=? AND state=?`` setting
