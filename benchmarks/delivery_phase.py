@@ -92,12 +92,19 @@ def side(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The blocks of one side as one: their orders over their seconds."""
     final = sum(r["final"] for r in results)
     seconds = sum(r["seconds"] for r in results)
+    machine: dict[str, float] = {}
+    for r in results:
+        for k, v in r.get("machine_cpu_seconds", {}).items():
+            machine[k] = machine.get(k, 0.0) + v
     return {
         "orders": sum(r["orders"] for r in results),
         "final": final,
         "seconds": round(seconds, 2),
         "orders_per_second": round(final / seconds, 1) if seconds else 0.0,
         "blocks": [r["orders_per_second"] for r in results],
+        "machine_cpu_ms_per_order": {
+            k: round(1000 * v / max(1, final), 3) for k, v in machine.items()
+        },
         "problems": [p for r in results for p in r["problems"]],
     }
 
@@ -162,8 +169,13 @@ def alternate(
         for i, (delivering, n) in enumerate(blocks(per_side)):
             os.killpg(relay.pid, signal.SIGCONT if delivering else signal.SIGSTOP)
             orders = plan(n, f"{prefix}{i}")
+            machine0 = harness.machine_cpu()
             phase = rig.phase(orders, f"{prefix}{i}", check)
+            machine1 = harness.machine_cpu()
             out = phase.to_json()
+            # Where a block's time went, machine-wide: what delivery costs beyond the relay's
+            # and receiver's own CPU (PostgreSQL, the hypervisor's steal) shows here.
+            out["machine_cpu_seconds"] = {k: machine1[k] - v for k, v in machine0.items()}
             out["problems"] = e2e.ground_truth_problems(rig.admin, orders)
             if delivering:  # this block's outcomes all in before the next block
                 final_at = time.monotonic()

@@ -333,6 +333,29 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_cpu() -> dict[str, float]:
+    """Seconds of CPU the whole machine spent so far (``/proc/stat``): ``busy`` (all but idle
+    and iowait), ``steal`` (taken by the hypervisor), and ``postgres`` (its server's
+    processes now alive, whoever started them)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return {}
+    jiffies = [int(x) for x in first[:8]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = jiffies
+    busy = (user + nice + system + irq + softirq + steal) / CLK_TCK
+    postgres = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "postgres":
+                postgres += cpu_seconds(int(entry.name)) or 0.0
+    return {"busy": busy, "steal": steal / CLK_TCK, "postgres": postgres}
+
+
 def cpu_from_now(pids: Mapping[str, int]) -> Callable[[], dict[str, float]]:
     """The CPU seconds each named process (its own threads) spends from now on: call the
     result for them."""

@@ -203,6 +203,14 @@ def render(console: Console, report: dict[str, Any]) -> None:
             "delivery off: orders/s (each block)",
             f"{f['orders_per_second']:.1f} ({', '.join(f'{r:.0f}' for r in f['blocks'])})",
         )
+    for name, s in (("on", d), ("off", f)):
+        spent = (s or {}).get("machine_cpu_ms_per_order")
+        if spent:
+            table.add_row(
+                f"delivery {name}: machine CPU per order (busy, PostgreSQL, steal)",
+                ", ".join(f"{spent.get(k, 0.0):.2f}" for k in ("busy", "postgres", "steal"))
+                + " ms",
+            )
     if b:
         for name in ("floor", "floor_urllib3", "wechatpayv3", "wxrecon"):
             r = b[name]

@@ -5,7 +5,8 @@ speed, benchmarks/report.py), on made-up figures."""
 from __future__ import annotations
 
 from benchmarks import limit_phase
-from benchmarks.delivery_phase import PATTERN, blocks
+from benchmarks.delivery_phase import PATTERN, blocks, side
+from benchmarks.harness import machine_cpu
 from benchmarks.report import goals, ratios
 
 
@@ -88,3 +89,40 @@ def test_delivery_blocks_follow_a_balanced_pattern_with_as_many_orders_on_each_s
         a = sum(i**power for i, c in enumerate(PATTERN) if c == "A")
         b = sum(i**power for i, c in enumerate(PATTERN) if c == "B")
         assert a == b
+
+
+def test_a_side_adds_its_blocks_machine_cpu_and_divides_it_by_their_orders() -> None:
+    results = [
+        {
+            "orders": 100,
+            "final": 100,
+            "seconds": 1.0,
+            "orders_per_second": 100.0,
+            "problems": [],
+            "machine_cpu_seconds": {"busy": 0.5, "postgres": 0.1, "steal": 0.0},
+        },
+        {
+            "orders": 300,
+            "final": 300,
+            "seconds": 2.0,
+            "orders_per_second": 150.0,
+            "problems": [],
+            "machine_cpu_seconds": {"busy": 1.5, "postgres": 0.3, "steal": 0.2},
+        },
+    ]
+    found = side(results)
+    assert found["orders_per_second"] == 133.3
+    assert found["machine_cpu_ms_per_order"] == {"busy": 5.0, "postgres": 1.0, "steal": 0.5}
+
+
+def test_the_machine_s_cpu_is_read_whole_and_grows_with_work() -> None:
+    import time
+
+    before = machine_cpu()
+    assert set(before) == {"busy", "steal", "postgres"}
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn a third of a second of this process's CPU
+        pass
+    after = machine_cpu()
+    assert after["busy"] - before["busy"] >= 0.2
+    assert after["steal"] >= before["steal"] >= 0 and after["postgres"] >= 0
