@@ -1,5 +1,5 @@
 """The ``wxrecon demo`` command: options, the work directory, Ctrl-C, and the summary (the run
-itself is :mod:`wxrecon.demo.run`)."""
+itself is :mod:`wxrecon.demo.flow`, its rig :mod:`wxrecon.demo.run`)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import typer
 from wxrecon.cli.errors import CliError, describe
 from wxrecon.cli.output import JsonOpt, Output, safe_url
 from wxrecon.demo import view
+from wxrecon.demo.flow import run
 from wxrecon.demo.procs import ChildDied, Supervisor
-from wxrecon.demo.run import Demo, run
+from wxrecon.demo.run import Demo
 
 
 class Interrupted(CliError):
