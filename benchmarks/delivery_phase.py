@@ -210,4 +210,9 @@ def alternate(
 def _bury_pending(db: Database) -> None:
     """Outbox rows no relay is to send (delivery was off when they were written)."""
     with db.begin() as conn:
-        conn.execute(text("UPDATE outcomes SET delivery = 'dead' WHERE delivery = 'pending'"))
+        conn.execute(
+            text(
+                "UPDATE outcomes SET delivery = 'dead', claim_token = NULL"
+                " WHERE delivery = 'pending'"
+            )
+        )

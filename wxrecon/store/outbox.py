@@ -5,6 +5,15 @@ the transaction of its compare-and-set.)
 The claim works like the sweeps' (a lease that is also the next due time, SKIP LOCKED on
 PostgreSQL) and keeps each order's events in order: an event is claimable only when no
 older event of its order is still pending.
+
+Written for PostgreSQL's planner, whose statistics see the pending index as nearly empty
+(its live entries are few) when it holds thousands of dead ones between two vacuums (every
+delivered event leaves two). The claim's predicate on ``delivery`` is the partial indexes'
+literal text, so even a prepared statement's generic plan can use them
+(``models.active_predicate``, for the same reason); the older-event check cannot be served
+by the pending index, which would be scanned whole for every candidate, so it looks its
+order up in ``ix_outcomes_order_key_id``; verdicts find their rows by primary key and claim
+token only (docs/benchmarks.md has what the other plans cost).
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, exists, func, select, update
+from sqlalchemy import Table, and_, delete, exists, func, select, text, update
 from sqlalchemy.orm import aliased
 
 from wxrecon.store import sql
@@ -25,6 +34,9 @@ from wxrecon.store.sql import upsert
 T = cast(Table, Outcome.__table__)
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 DELIVERIES = (PENDING, DELIVERED, DEAD)
+# The partial indexes' predicates, as text (see the module's docstring).
+IS_PENDING = text(f"outcomes.delivery = '{PENDING}'")
+UNDELIVERED = text(f"outcomes.delivery <> '{DELIVERED}'")
 
 
 @dataclass(frozen=True)
@@ -56,19 +68,20 @@ def _claimable(now: datetime) -> Any:
         and_(
             older.order_key == T.c.order_key,
             older.id < T.c.id,
-            older.delivery == PENDING,
+            # Not the partial predicate's text on purpose: only the order's own index fits.
+            func.coalesce(older.delivery, "") == PENDING,
         )
     )
+    # Most overdue first, in the pending index's order: the scan stops at the limit.
     return (
         select(T.c.id)
-        .where(T.c.delivery == PENDING, T.c.next_attempt_at <= now, ~blocked)
-        .order_by(T.c.id)
+        .where(IS_PENDING, T.c.next_attempt_at <= now, ~blocked)
+        .order_by(T.c.next_attempt_at, T.c.id)
     )
 
 
-def claim(db: Database, token: str, *, limit: int, lease: float, now: datetime) -> list[Claimed]:
-    """Lease up to ``limit`` due events (the oldest pending one of each order) under
-    ``token``, committed; a dead relay's claims come back when the lease runs out."""
+def claim_statement(db: Database, token: str, *, limit: int, lease: float, now: datetime) -> Any:
+    """The claim's ``UPDATE … RETURNING`` (apart, so a test can read PostgreSQL's plan)."""
     due = _claimable(now).limit(limit)
     values = {"next_attempt_at": now + timedelta(seconds=lease), "claim_token": token}
     if db.is_postgresql:
@@ -77,8 +90,14 @@ def claim(db: Database, token: str, *, limit: int, lease: float, now: datetime) 
     else:
         stmt = update(T).where(T.c.id.in_(due.scalar_subquery()))
     cols = (T.c.id, T.c.event_id, T.c.payload, T.c.attempts, T.c.task_sent_at, T.c.webhook_sent_at)
+    return stmt.values(**values).returning(*cols)
+
+
+def claim(db: Database, token: str, *, limit: int, lease: float, now: datetime) -> list[Claimed]:
+    """Lease up to ``limit`` due events (the oldest pending one of each order) under
+    ``token``, committed; a dead relay's claims come back when the lease runs out."""
     with db.begin() as conn:
-        rows = conn.execute(stmt.values(**values).returning(*cols)).all()
+        rows = conn.execute(claim_statement(db, token, limit=limit, lease=lease, now=now)).all()
     out = [
         Claimed(
             r.id,
@@ -106,22 +125,24 @@ def record_many(
 ) -> list[bool]:
     """Write several attempts' verdicts in one transaction (one commit, not one per event);
     for each, whether the claim was still ours. On PostgreSQL the verdicts of one shape
-    (delivered, retried, dead: the same columns) go as one statement."""
+    (delivered, retried, dead: the same columns) go as one statement.
+
+    A row is found by id and claim token alone: a token is set only on a pending row (the
+    claim) and cleared by every write of ``delivery`` (verdicts, ``redeliver``), so it still
+    says "pending, and ours"."""
     with db.begin() as conn:
         if not db.is_postgresql:
             won = []
             for event, values in verdicts:
                 stmt = (
-                    update(T)
-                    .where(T.c.id == event.id, T.c.claim_token == token, T.c.delivery == PENDING)
-                    .values(**values)
+                    update(T).where(T.c.id == event.id, T.c.claim_token == token).values(**values)
                 )
                 won.append(conn.execute(stmt).rowcount == 1)
             return won
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for event, values in verdicts:
             shapes.setdefault(tuple(sorted(values)), []).append({"id": event.id, **values})
-        where = (("claim_token", token), ("delivery", PENDING))
+        where = (("claim_token", token),)
         updated: set[int] = set()
         for keys, params in shapes.items():
             updated |= sql.update_many(conn, T.name, keys, params, where)
@@ -134,7 +155,7 @@ def release(db: Database, ids: Sequence[int], token: str, now: datetime) -> None
         return
     stmt = (
         update(T)
-        .where(T.c.id.in_(list(ids)), T.c.claim_token == token, T.c.delivery == PENDING)
+        .where(T.c.id.in_(list(ids)), T.c.claim_token == token)  # still pending and ours
         .values(next_attempt_at=now, claim_token=None)
     )
     with db.begin() as conn:
@@ -221,15 +242,14 @@ class Backlog:
 def backlog(db: Database) -> Backlog:
     """Undelivered counts and the oldest pending event's time (for metrics), read through
     the partial index of undelivered rows."""
-    undelivered = T.c.delivery.in_([PENDING, DEAD])
     with db.connect() as conn:
         counts = {PENDING: 0, DEAD: 0}
         for k, v in conn.execute(
-            select(T.c.delivery, func.count()).where(undelivered).group_by(T.c.delivery)
+            select(T.c.delivery, func.count()).where(UNDELIVERED).group_by(T.c.delivery)
         ):
             counts[str(k)] = int(v)
         oldest = conn.execute(
-            select(func.min(T.c.occurred_at)).where(T.c.delivery == PENDING)
+            select(func.min(T.c.occurred_at)).where(IS_PENDING)
         ).scalar_one_or_none()
     if isinstance(oldest, str):  # SQLite: an aggregate loses the column's type
         oldest = datetime.fromisoformat(oldest)
